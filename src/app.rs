@@ -1,0 +1,151 @@
+//! Wires the parts together: the broker core and its network listeners. The only module that knows them all.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, ListenerConfig};
+use crate::mqtt::broker::Broker;
+use crate::mqtt::net::{self, Connections, ListenerContext};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppError {
+    #[error("cannot listen on {addr} ({name}): {source}")]
+    Bind { name: String, addr: SocketAddr, source: std::io::Error },
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir { path: std::path::PathBuf, source: std::io::Error },
+}
+
+/// A listening socket and the configuration it was bound for.
+#[derive(Debug)]
+pub struct BoundListener {
+    pub config: ListenerConfig,
+    pub listener: TcpListener,
+}
+
+impl BoundListener {
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// Binds every configured listener. Kept apart from [`run`] so that tests can bind port 0 and learn the port.
+pub async fn bind(config: &Config) -> Result<Vec<BoundListener>, AppError> {
+    let mut bound = Vec::with_capacity(config.listeners.len());
+    for l in &config.listeners {
+        let listener = TcpListener::bind(l.bind).await.map_err(|source| AppError::Bind {
+            name: l.name.clone(),
+            addr: l.bind,
+            source,
+        })?;
+        bound.push(BoundListener { config: l.clone(), listener });
+    }
+    Ok(bound)
+}
+
+/// Runs the gateway on already bound listeners until `shutdown` resolves, then shuts down gracefully.
+pub async fn run(
+    config: Config,
+    listeners: Vec<BoundListener>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AppError> {
+    let gateway = Gateway::start(config, listeners).await?;
+    shutdown.await;
+    gateway.shutdown().await;
+    Ok(())
+}
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Gateway {
+    broker: Broker,
+    router: JoinHandle<()>,
+    listeners: Vec<(String, SocketAddr, JoinHandle<()>)>,
+    stop: watch::Sender<bool>,
+    connections: Arc<Connections>,
+    connections_done: mpsc::Receiver<()>,
+    shutdown_timeout: Duration,
+}
+
+impl Gateway {
+    pub async fn start(config: Config, listeners: Vec<BoundListener>) -> Result<Gateway, AppError> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|source| AppError::DataDir { path: config.data_dir.clone(), source })?;
+        let (broker, router) = Broker::start(config.broker.clone());
+        let (connections, connections_done) = Connections::new(config.max_connections);
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = Vec::new();
+        for bound in listeners {
+            let addr = bound.local_addr().map_err(|source| AppError::Bind {
+                name: bound.config.name.clone(),
+                addr: bound.config.bind,
+                source,
+            })?;
+            let l = bound.config;
+            tracing::info!(
+                listener = %l.name, "listening on {} ({}{}), anonymous {}",
+                addr,
+                match l.protocol { net::Protocol::Tcp => "mqtt", net::Protocol::WebSocket => "mqtt over websocket " },
+                l.ws_path,
+                if l.allow_anonymous { "allowed" } else { "refused" },
+            );
+            let context = Arc::new(ListenerContext {
+                name: l.name.clone(),
+                protocol: l.protocol,
+                ws_path: l.ws_path,
+                allow_anonymous: l.allow_anonymous,
+                connect_timeout: config.connect_timeout,
+                broker: broker.clone(),
+                connections: connections.clone(),
+            });
+            let task = tokio::spawn(net::serve(bound.listener, context, stopped.clone()));
+            tasks.push((l.name, addr, task));
+        }
+        Ok(Gateway {
+            broker,
+            router,
+            listeners: tasks,
+            stop,
+            connections,
+            connections_done,
+            shutdown_timeout: config.shutdown_timeout,
+        })
+    }
+
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// The address each listener is bound to, by listener name.
+    pub fn local_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners.iter().find(|(n, _, _)| n == name).map(|(_, addr, _)| *addr)
+    }
+
+    /// Stops accepting, tells every client the server is shutting down, and waits (bounded) for them to go.
+    pub async fn shutdown(self) {
+        tracing::info!("shutting down");
+        let _ = self.stop.send(true);
+        for (_, _, task) in self.listeners {
+            let _ = task.await;
+        }
+        self.broker.shutdown().await;
+        let Gateway { broker, router, connections, mut connections_done, shutdown_timeout, .. } = self;
+        // Our own counter holds a tracker sender too; drop it so that only live connections keep the channel open.
+        let active = connections.active();
+        drop(connections);
+        if tokio::time::timeout(shutdown_timeout, connections_done.recv()).await.is_err() {
+            tracing::warn!(active, "connections did not close within the shutdown timeout");
+        }
+        drop(broker);
+        if tokio::time::timeout(shutdown_timeout, router).await.is_err() {
+            tracing::warn!("the router did not stop within the shutdown timeout");
+        }
+        tracing::info!("stopped");
+    }
+}

@@ -1,0 +1,289 @@
+//! Configuration: a TOML file parsed strictly into [`FileConfig`], then checked and completed into [`Config`].
+//!
+//! With no file at all, [`Config::default`] is a safe local setup: MQTT on 127.0.0.1:1883, MQTT over WebSocket
+//! on 127.0.0.1:8083 at `/mqtt`, anonymous clients allowed because nothing else can reach a loopback listener.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::mqtt::broker::BrokerConfig;
+use crate::mqtt::net::Protocol;
+
+/// A configuration file that could not be used. The message names the file, and for syntax errors and unknown
+/// keys the line and the key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The configuration as the gateway uses it.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Everything the gateway writes lives under here.
+    pub data_dir: PathBuf,
+    pub listeners: Vec<ListenerConfig>,
+    pub broker: BrokerConfig,
+    /// Across all listeners; clients beyond it get CONNACK "quota exceeded" / "server unavailable".
+    pub max_connections: usize,
+    /// Time a new connection has to send CONNECT (and, for WebSocket, to finish the handshake).
+    pub connect_timeout: Duration,
+    /// How long shutdown waits for connections to close before it stops anyway.
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub protocol: Protocol,
+    pub bind: SocketAddr,
+    pub ws_path: String,
+    pub allow_anonymous: bool,
+}
+
+/// The file as written. Every table rejects unknown keys, so a typo is an error rather than a silent default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<FileListener>,
+    #[serde(default)]
+    pub mqtt: FileMqtt,
+    #[serde(default)]
+    pub limits: FileLimits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileListener {
+    pub name: Option<String>,
+    /// `tcp` or `ws`.
+    pub protocol: FileProtocol,
+    pub bind: String,
+    /// WebSocket only; default `/mqtt`.
+    pub path: Option<String>,
+    /// Defaults to true on loopback addresses and false elsewhere.
+    pub allow_anonymous: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileProtocol {
+    Tcp,
+    Ws,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileMqtt {
+    pub max_packet_size: Option<u32>,
+    pub receive_maximum: Option<u16>,
+    pub topic_alias_maximum: Option<u16>,
+    pub server_keep_alive: Option<u16>,
+    pub max_session_expiry_secs: Option<u32>,
+    pub max_queued_messages: Option<usize>,
+    pub max_queued_qos0: Option<usize>,
+    /// 0 turns `$SYS` off.
+    pub sys_interval_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimits {
+    pub max_connections: Option<usize>,
+    pub connect_timeout_secs: Option<u64>,
+    pub shutdown_timeout_secs: Option<u64>,
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.to_owned(), message },
+            other => other,
+        })
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let file: FileConfig = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: PathBuf::from("<config>"), message: e.to_string() })?;
+        Config::from_file(file)
+    }
+
+    pub fn from_file(file: FileConfig) -> Result<Config, ConfigError> {
+        let defaults = BrokerConfig::default();
+        let m = file.mqtt;
+        let broker = BrokerConfig {
+            max_packet_size: m.max_packet_size.unwrap_or(defaults.max_packet_size),
+            receive_maximum: m.receive_maximum.unwrap_or(defaults.receive_maximum),
+            topic_alias_maximum: m.topic_alias_maximum.unwrap_or(defaults.topic_alias_maximum),
+            server_keep_alive: m.server_keep_alive,
+            max_session_expiry: m.max_session_expiry_secs,
+            max_queued_messages: m.max_queued_messages.unwrap_or(defaults.max_queued_messages),
+            max_queued_qos0: m.max_queued_qos0.unwrap_or(defaults.max_queued_qos0),
+            sys_interval: match m.sys_interval_secs {
+                Some(0) => None,
+                Some(secs) => Some(Duration::from_secs(secs)),
+                None => defaults.sys_interval,
+            },
+        };
+        if broker.max_packet_size < 64 {
+            return Err(ConfigError::Invalid("mqtt.max_packet_size must be at least 64 bytes".into()));
+        }
+        if broker.receive_maximum == 0 {
+            return Err(ConfigError::Invalid("mqtt.receive_maximum must be at least 1".into()));
+        }
+        let listeners = if file.listeners.is_empty() {
+            default_listeners()
+        } else {
+            file.listeners.into_iter().enumerate().map(|(i, l)| listener(i, l)).collect::<Result<_, _>>()?
+        };
+        let mut names = std::collections::HashSet::new();
+        for l in &listeners {
+            if !names.insert(l.name.as_str()) {
+                return Err(ConfigError::Invalid(format!("two listeners are named {:?}", l.name)));
+            }
+        }
+        Ok(Config {
+            data_dir: file.data_dir.unwrap_or_else(|| PathBuf::from("data")),
+            listeners,
+            broker,
+            max_connections: file.limits.max_connections.unwrap_or(10_000),
+            connect_timeout: Duration::from_secs(file.limits.connect_timeout_secs.unwrap_or(10).max(1)),
+            shutdown_timeout: Duration::from_secs(file.limits.shutdown_timeout_secs.unwrap_or(5)),
+        })
+    }
+
+    /// A configuration for tests: listeners on 127.0.0.1 port 0 (the caller binds them), data in `data_dir`.
+    pub fn for_test(data_dir: &Path) -> Config {
+        let mut config = Config { data_dir: data_dir.to_owned(), ..Config::default() };
+        for l in &mut config.listeners {
+            l.bind.set_port(0);
+        }
+        config.connect_timeout = Duration::from_secs(5);
+        config
+    }
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        // The embedded defaults are valid by construction.
+        match Config::from_file(FileConfig::default()) {
+            Ok(config) => config,
+            Err(e) => unreachable!("embedded defaults are invalid: {e}"),
+        }
+    }
+}
+
+fn default_listeners() -> Vec<ListenerConfig> {
+    let loopback = std::net::Ipv4Addr::LOCALHOST.into();
+    vec![
+        ListenerConfig {
+            name: "mqtt".into(),
+            protocol: Protocol::Tcp,
+            bind: SocketAddr::new(loopback, 1883),
+            ws_path: String::new(),
+            allow_anonymous: true,
+        },
+        ListenerConfig {
+            name: "ws".into(),
+            protocol: Protocol::WebSocket,
+            bind: SocketAddr::new(loopback, 8083),
+            ws_path: "/mqtt".into(),
+            allow_anonymous: true,
+        },
+    ]
+}
+
+fn listener(index: usize, l: FileListener) -> Result<ListenerConfig, ConfigError> {
+    let name = l.name.unwrap_or_else(|| format!("listener{}", index + 1));
+    let bind: SocketAddr = l.bind.parse().map_err(|_| {
+        ConfigError::Invalid(format!("listener {name:?}: bind = {:?} is not an address:port", l.bind))
+    })?;
+    let (protocol, ws_path) = match l.protocol {
+        FileProtocol::Tcp => {
+            if l.path.is_some() {
+                return Err(ConfigError::Invalid(format!(
+                    "listener {name:?}: path is only for ws listeners"
+                )));
+            }
+            (Protocol::Tcp, String::new())
+        }
+        FileProtocol::Ws => {
+            let path = l.path.unwrap_or_else(|| "/mqtt".into());
+            if !path.starts_with('/') {
+                return Err(ConfigError::Invalid(format!("listener {name:?}: path must start with /")));
+            }
+            (Protocol::WebSocket, path)
+        }
+    };
+    Ok(ListenerConfig {
+        name,
+        protocol,
+        bind,
+        ws_path,
+        allow_anonymous: l.allow_anonymous.unwrap_or(bind.ip().is_loopback()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_loopback_and_anonymous() {
+        let config = Config::default();
+        assert_eq!(config.listeners.len(), 2);
+        assert!(config.listeners.iter().all(|l| l.bind.ip().is_loopback() && l.allow_anonymous));
+        assert_eq!(config.listeners[0].bind.port(), 1883);
+        assert_eq!(config.listeners[1].bind.port(), 8083);
+        assert_eq!(config.listeners[1].ws_path, "/mqtt");
+        assert_eq!(config.data_dir, PathBuf::from("data"));
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let text = "data_dir = \"/var/lib/weir\"\n\n[mqtt]\nmax_packet_sise = 10\n";
+        let err = Config::parse(text).unwrap_err().to_string();
+        assert!(err.contains("max_packet_sise"), "{err}");
+        assert!(err.contains("line 4"), "{err}");
+    }
+
+    #[test]
+    fn non_loopback_listener_is_not_anonymous_by_default() {
+        let text = "[[listener]]\nprotocol = \"tcp\"\nbind = \"0.0.0.0:1883\"\n\n[[listener]]\nprotocol = \"ws\"\nbind = \"[::1]:8083\"\n";
+        let config = Config::parse(text).unwrap();
+        assert!(!config.listeners[0].allow_anonymous);
+        assert!(config.listeners[1].allow_anonymous);
+        assert_eq!(config.listeners[1].ws_path, "/mqtt");
+    }
+
+    #[test]
+    fn invalid_values_are_refused_with_a_reason() {
+        for (text, needle) in [
+            ("[[listener]]\nprotocol = \"tcp\"\nbind = \"localhost\"\n", "not an address:port"),
+            ("[[listener]]\nprotocol = \"udp\"\nbind = \"127.0.0.1:1\"\n", "udp"),
+            ("[mqtt]\nreceive_maximum = 0\n", "receive_maximum"),
+            ("[[listener]]\nprotocol = \"ws\"\nbind = \"127.0.0.1:1\"\npath = \"mqtt\"\n", "path must start"),
+            (
+                "[[listener]]\nname = \"a\"\nprotocol = \"tcp\"\nbind = \"127.0.0.1:1\"\n[[listener]]\nname = \"a\"\nprotocol = \"tcp\"\nbind = \"127.0.0.1:2\"\n",
+                "two listeners",
+            ),
+        ] {
+            let err = Config::parse(text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text:?} gave {err}");
+        }
+    }
+}

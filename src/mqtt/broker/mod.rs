@@ -1,0 +1,269 @@
+//! The broker core. One task, the router, owns every session, the subscription tree and the retained messages;
+//! connection tasks and in-process links talk to it through a bounded channel of [`Command`]s, and it reaches
+//! them back through each session's [`SessionQueue`] and a small control channel. Nothing here does network I/O.
+//!
+//! Why one owner and not a shared, locked map: every publish has to see a consistent view of subscriptions,
+//! sessions and retained messages at once, and session takeover, expiry and wills are all decisions across
+//! several of them. One task makes each of those decisions atomic without lock ordering rules, and the bounded
+//! channel in front of it gives publishers backpressure for free.
+
+mod link;
+mod message;
+mod metrics;
+mod queue;
+mod router;
+mod subscriptions;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+pub use link::{Link, LinkError, LinkOptions};
+pub use message::{ClientId, Delivery, Message, MessageProperties};
+pub use metrics::Metrics;
+pub use queue::{InflightState, Outgoing, Pushed, QueueLimits, QueueStats, SessionQueue};
+
+use crate::mqtt::codec::{ProtocolVersion, ReasonCode, SubscribeFilter};
+
+/// The broker's protocol limits and policies. Built from the configuration file by `config`.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Largest packet accepted from a client, in bytes; announced in the v5 CONNACK.
+    pub max_packet_size: u32,
+    /// QoS 1/2 messages a client may have unacknowledged towards us; announced in the v5 CONNACK.
+    pub receive_maximum: u16,
+    pub topic_alias_maximum: u16,
+    /// When set, overrides the keep alive clients ask for (v5 "server keep alive").
+    pub server_keep_alive: Option<u16>,
+    /// Upper bound on a session's expiry interval in seconds; `None` lets clients choose, including "never".
+    pub max_session_expiry: Option<u32>,
+    /// Per session: QoS 1/2 messages waiting beyond the in-flight window.
+    pub max_queued_messages: usize,
+    /// Per connection: QoS 0 messages waiting to be written before new ones are dropped.
+    pub max_queued_qos0: usize,
+    /// How often `$SYS/broker/...` is published; `None` turns it off.
+    pub sys_interval: Option<Duration>,
+}
+
+impl BrokerConfig {
+    pub fn queue_limits(&self) -> QueueLimits {
+        QueueLimits {
+            max_queued: self.max_queued_messages,
+            max_queued_qos0: self.max_queued_qos0,
+            lossless: false,
+        }
+    }
+}
+
+impl Default for BrokerConfig {
+    fn default() -> BrokerConfig {
+        BrokerConfig {
+            max_packet_size: 1024 * 1024,
+            receive_maximum: 100,
+            topic_alias_maximum: 64,
+            server_keep_alive: None,
+            max_session_expiry: None,
+            max_queued_messages: 10_000,
+            max_queued_qos0: 1_000,
+            sys_interval: Some(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// A handle to the running broker: cheap to clone, one per connection task or link.
+#[derive(Debug, Clone)]
+pub struct Broker {
+    commands: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: BrokerConfig,
+    metrics: Metrics,
+    started: Instant,
+    next_connection: AtomicU64,
+}
+
+/// The router has stopped: the broker is shutting down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the broker is shutting down")]
+pub struct BrokerGone;
+
+/// Sent by the router to a connection it wants closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Close with this reason (v5 DISCONNECT): session taken over, server shutting down, ...
+    Disconnect(ReasonCode),
+}
+
+/// What a connection asks of the router once CONNECT has been accepted at the protocol level.
+#[derive(Debug)]
+pub struct ConnectRequest {
+    pub client_id: ClientId,
+    pub connection: ConnectionId,
+    pub clean_start: bool,
+    /// Seconds; `u32::MAX` never expires.
+    pub session_expiry: u32,
+    pub will: Option<Will>,
+    pub control: mpsc::Sender<Control>,
+    pub protocol: ProtocolVersion,
+    pub username: Option<String>,
+    pub peer: String,
+}
+
+/// A Last Will as stored by the broker until the connection ends.
+#[derive(Debug, Clone)]
+pub struct Will {
+    pub message: Message,
+    /// v5 will delay interval, seconds.
+    pub delay: u32,
+}
+
+#[derive(Debug)]
+pub struct ConnectOutcome {
+    pub session_present: bool,
+    pub queue: Arc<SessionQueue>,
+}
+
+/// Identifies one network connection, so that the router can tell a stale notice from a taken-over
+/// connection apart from one about the current connection of the same client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnectionId(u64);
+
+/// Why a connection ended, as its connection task saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// DISCONNECT with reason 0x00: no will.
+    Normal,
+    /// v5 DISCONNECT with reason 0x04: publish the will anyway.
+    NormalWithWill,
+    /// Anything else: keep alive timeout, socket error, protocol error, takeover, shutdown.
+    Lost(String),
+}
+
+#[derive(Debug)]
+pub struct DisconnectNotice {
+    pub client_id: ClientId,
+    pub connection: ConnectionId,
+    pub reason: DisconnectReason,
+    /// A new session expiry interval sent with a v5 DISCONNECT.
+    pub session_expiry: Option<u32>,
+}
+
+#[derive(Debug)]
+pub struct SubscribeRequest {
+    pub client_id: ClientId,
+    pub filters: Vec<SubscribeFilter>,
+    pub subscription_id: Option<u32>,
+}
+
+/// A snapshot of the router's state, for `$SYS`, tests and the console.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BrokerStats {
+    pub clients_connected: usize,
+    pub sessions: usize,
+    pub subscriptions: usize,
+    pub retained: usize,
+}
+
+#[derive(Debug)]
+pub(crate) enum Command {
+    Connect(Box<ConnectRequest>, oneshot::Sender<Result<ConnectOutcome, ReasonCode>>),
+    Publish(Arc<Message>),
+    Subscribe(SubscribeRequest, oneshot::Sender<Vec<ReasonCode>>),
+    Unsubscribe(ClientId, Vec<String>, oneshot::Sender<Vec<ReasonCode>>),
+    Disconnected(Box<DisconnectNotice>),
+    OpenLink(ClientId, QueueLimits, oneshot::Sender<Result<Arc<SessionQueue>, LinkError>>),
+    CloseLink(ClientId),
+    Stats(oneshot::Sender<BrokerStats>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+impl Broker {
+    /// Starts the router task. It runs until [`Broker::shutdown`] or until every handle is dropped.
+    pub fn start(config: BrokerConfig) -> (Broker, JoinHandle<()>) {
+        let (commands, receiver) = mpsc::channel(1024);
+        let shared = Arc::new(Shared {
+            config,
+            metrics: Metrics::default(),
+            started: Instant::now(),
+            next_connection: AtomicU64::new(1),
+        });
+        let task = tokio::spawn(router::Router::new(receiver, shared.clone()).run());
+        (Broker { commands, shared }, task)
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.shared.config
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    pub fn next_connection_id(&self) -> ConnectionId {
+        ConnectionId(self.shared.next_connection.fetch_add(1, Ordering::Relaxed))
+    }
+
+    async fn send(&self, command: Command) -> Result<(), BrokerGone> {
+        self.commands.send(command).await.map_err(|_| BrokerGone)
+    }
+
+    async fn request<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, BrokerGone> {
+        let (tx, rx) = oneshot::channel();
+        self.send(make(tx)).await?;
+        rx.await.map_err(|_| BrokerGone)
+    }
+
+    /// Attaches a connection to its session. `Err` carries the CONNACK reason for a refusal.
+    pub async fn connect(
+        &self,
+        request: ConnectRequest,
+    ) -> Result<Result<ConnectOutcome, ReasonCode>, BrokerGone> {
+        self.request(|tx| Command::Connect(Box::new(request), tx)).await
+    }
+
+    /// Routes a message. Returns once the router has it; waits while the router is busy (backpressure).
+    pub async fn publish(&self, message: Message) -> Result<(), BrokerGone> {
+        self.send(Command::Publish(Arc::new(message))).await
+    }
+
+    pub async fn subscribe(&self, request: SubscribeRequest) -> Result<Vec<ReasonCode>, BrokerGone> {
+        self.request(|tx| Command::Subscribe(request, tx)).await
+    }
+
+    pub async fn unsubscribe(
+        &self,
+        client: ClientId,
+        filters: Vec<String>,
+    ) -> Result<Vec<ReasonCode>, BrokerGone> {
+        self.request(|tx| Command::Unsubscribe(client, filters, tx)).await
+    }
+
+    pub async fn disconnected(&self, notice: DisconnectNotice) -> Result<(), BrokerGone> {
+        self.send(Command::Disconnected(Box::new(notice))).await
+    }
+
+    pub async fn stats(&self) -> Result<BrokerStats, BrokerGone> {
+        self.request(Command::Stats).await
+    }
+
+    /// Opens an in-process link: a session that lives inside the process, see [`Link`].
+    pub async fn link(&self, name: &str, options: LinkOptions) -> Result<Link, LinkError> {
+        Link::open(self.clone(), name, options).await
+    }
+
+    /// Asks every connection to close with "server shutting down" and stops the router once it has done so.
+    pub async fn shutdown(&self) {
+        // An error means the router is already gone, which is what was asked for.
+        let _ = self.request(Command::Shutdown).await;
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.shared.started.elapsed()
+    }
+}

@@ -1,0 +1,417 @@
+//! A session's outgoing queue: the messages waiting for a subscriber and those in flight to it.
+//!
+//! The router pushes deliveries in; the subscriber's connection task (or in-process link) takes them out. This is
+//! the one piece of session state that two tasks touch, so it sits behind a plain `std` mutex that is held only
+//! for a few pointer moves and never across an `.await`. The queue outlives connections: when a persistent
+//! session's client goes away, its pending and in-flight messages wait here for the next connection.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use tokio::sync::Notify;
+
+use super::message::Delivery;
+use crate::mqtt::codec::QoS;
+
+/// How many messages a queue holds, and what happens beyond that.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    /// QoS 1 and 2 messages waiting (not yet in flight) for one session.
+    pub max_queued: usize,
+    /// QoS 0 messages waiting for one online session; QoS 0 is never queued for an offline one.
+    pub max_queued_qos0: usize,
+    /// In-process consumers that must not lose anything: when full, the router waits for room instead of
+    /// dropping (backpressure on every publisher).
+    pub lossless: bool,
+}
+
+#[derive(Debug)]
+pub struct SessionQueue {
+    state: Mutex<QueueState>,
+    /// Wakes whoever drains this queue.
+    ready: Notify,
+    /// Wakes a router that waits for room in a lossless queue.
+    room: Notify,
+    limits: QueueLimits,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    pending: VecDeque<Delivery>,
+    pending_qos0: usize,
+    /// In the order first sent, which is also the order to resend in after a reconnect.
+    inflight: VecDeque<Inflight>,
+    last_packet_id: u16,
+    online: bool,
+    /// Packet identifiers of QoS 2 messages received from this client whose PUBREL has not come yet: a
+    /// retransmitted PUBLISH with one of these is acknowledged again but not routed twice.
+    incoming_qos2: HashSet<u16>,
+    dropped: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Inflight {
+    packet_id: u16,
+    delivery: Delivery,
+    state: InflightState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InflightState {
+    /// PUBLISH sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Published,
+    /// PUBREL sent, waiting for PUBCOMP.
+    Released,
+}
+
+/// What became of a pushed delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Queued,
+    /// Dropped by the queue's policy (counted): QoS 0 for an offline session or beyond `max_queued_qos0`, QoS 1/2
+    /// beyond `max_queued`.
+    Dropped,
+    /// A lossless queue is full: nothing was queued; wait with [`SessionQueue::wait_for_room`] and push again.
+    Full,
+}
+
+/// Something the drainer should send next.
+#[derive(Debug)]
+pub enum Outgoing {
+    Publish { packet_id: Option<u16>, delivery: Delivery, dup: bool },
+    PubRel { packet_id: u16 },
+}
+
+impl SessionQueue {
+    pub fn new(limits: QueueLimits) -> SessionQueue {
+        SessionQueue {
+            state: Mutex::new(QueueState::default()),
+            ready: Notify::new(),
+            room: Notify::new(),
+            limits,
+        }
+    }
+
+    pub fn limits(&self) -> QueueLimits {
+        self.limits
+    }
+
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // The state stays consistent even if a holder panicked: every critical section is a few field updates.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn push(&self, delivery: Delivery) -> Pushed {
+        let mut state = self.lock();
+        let queued_qos12 = state.pending.len() - state.pending_qos0;
+        let fits = match delivery.qos {
+            QoS::AtMostOnce => state.online && state.pending_qos0 < self.limits.max_queued_qos0,
+            QoS::AtLeastOnce | QoS::ExactlyOnce => queued_qos12 < self.limits.max_queued,
+        };
+        if !fits {
+            if self.limits.lossless {
+                return Pushed::Full;
+            }
+            state.dropped += 1;
+            return Pushed::Dropped;
+        }
+        if delivery.qos == QoS::AtMostOnce {
+            state.pending_qos0 += 1;
+        }
+        state.pending.push_back(delivery);
+        drop(state);
+        self.ready.notify_one();
+        Pushed::Queued
+    }
+
+    /// Queues regardless of the bounds, for the finite burst of retained messages a new subscription gets. QoS 0
+    /// for an offline session is still dropped.
+    pub fn push_unbounded(&self, delivery: Delivery) -> Pushed {
+        let mut state = self.lock();
+        if delivery.qos == QoS::AtMostOnce {
+            if !state.online {
+                state.dropped += 1;
+                return Pushed::Dropped;
+            }
+            state.pending_qos0 += 1;
+        }
+        state.pending.push_back(delivery);
+        drop(state);
+        self.ready.notify_one();
+        Pushed::Queued
+    }
+
+    /// Resolves when a lossless queue may have room again.
+    pub async fn wait_for_room(&self) {
+        self.room.notified().await;
+    }
+
+    /// Resolves when there may be something to take.
+    pub async fn ready(&self) {
+        self.ready.notified().await;
+    }
+
+    /// Wakes the drainer, for example after an acknowledgement freed a place in the send window.
+    pub fn wake(&self) {
+        self.ready.notify_one();
+    }
+
+    /// Marks the session connected or not. Going offline discards waiting QoS 0 messages (counted), as a QoS 0
+    /// message is never kept for an absent client.
+    pub fn set_online(&self, online: bool) {
+        let mut state = self.lock();
+        state.online = online;
+        if !online && state.pending_qos0 > 0 {
+            let before = state.pending.len();
+            state.pending.retain(|d| d.qos != QoS::AtMostOnce);
+            let removed = before - state.pending.len();
+            state.dropped += removed as u64;
+            state.pending_qos0 = 0;
+        }
+    }
+
+    /// Messages to resend after a reconnect: every in-flight message, as PUBLISH with DUP or as PUBREL.
+    pub fn resend(&self) -> Vec<Outgoing> {
+        self.lock()
+            .inflight
+            .iter()
+            .map(|f| match f.state {
+                InflightState::Published => Outgoing::Publish {
+                    packet_id: Some(f.packet_id),
+                    delivery: f.delivery.clone(),
+                    dup: true,
+                },
+                InflightState::Released => Outgoing::PubRel { packet_id: f.packet_id },
+            })
+            .collect()
+    }
+
+    /// Takes up to `max` messages to send now. QoS 1/2 messages are moved in flight under a fresh packet
+    /// identifier while fewer than `send_quota` are in flight (the client's receive maximum). Expired messages
+    /// are discarded on the way.
+    pub fn take(&self, send_quota: usize, max: usize, now: Instant, out: &mut Vec<Outgoing>) {
+        let mut state = self.lock();
+        let mut taken = 0;
+        while taken < max {
+            let Some(front) = state.pending.front() else { break };
+            let qos = front.qos;
+            if qos != QoS::AtMostOnce && state.inflight.len() >= send_quota {
+                break;
+            }
+            let Some(delivery) = state.pending.pop_front() else { break };
+            if qos == QoS::AtMostOnce {
+                state.pending_qos0 -= 1;
+            }
+            if delivery.message.is_expired(now) {
+                continue;
+            }
+            let packet_id = if qos == QoS::AtMostOnce {
+                None
+            } else {
+                let id = state.next_packet_id();
+                state.inflight.push_back(Inflight {
+                    packet_id: id,
+                    delivery: delivery.clone(),
+                    state: InflightState::Published,
+                });
+                Some(id)
+            };
+            out.push(Outgoing::Publish { packet_id, delivery, dup: false });
+            taken += 1;
+        }
+        let had_room = taken > 0;
+        drop(state);
+        if had_room && self.limits.lossless {
+            self.room.notify_one();
+        }
+    }
+
+    /// Takes the next message for an in-process consumer, which acknowledges by taking.
+    pub fn pop(&self) -> Option<Delivery> {
+        let mut state = self.lock();
+        let delivery = state.pending.pop_front()?;
+        if delivery.qos == QoS::AtMostOnce {
+            state.pending_qos0 -= 1;
+        }
+        drop(state);
+        self.room.notify_one();
+        Some(delivery)
+    }
+
+    /// PUBACK, PUBCOMP, or a PUBREC with an error code: the message is done. False if the identifier was not
+    /// in flight in the expected state.
+    pub fn complete(&self, packet_id: u16, expected: InflightState) -> bool {
+        let mut state = self.lock();
+        let position = state.inflight.iter().position(|f| f.packet_id == packet_id && f.state == expected);
+        match position {
+            Some(i) => {
+                state.inflight.remove(i);
+                drop(state);
+                self.ready.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// PUBREC: the message moves to its second phase (the caller sends PUBREL). True if it was in flight; a
+    /// repeated PUBREC for an already released message is also answered with PUBREL.
+    pub fn received(&self, packet_id: u16) -> bool {
+        let mut state = self.lock();
+        match state.inflight.iter_mut().find(|f| f.packet_id == packet_id) {
+            Some(f) => {
+                f.state = InflightState::Released;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records an incoming QoS 2 PUBLISH; false if this identifier is already awaiting its PUBREL (a
+    /// retransmission that must not be routed again).
+    pub fn begin_incoming_qos2(&self, packet_id: u16) -> bool {
+        self.lock().incoming_qos2.insert(packet_id)
+    }
+
+    /// PUBREL from the client; false if the identifier was unknown.
+    pub fn release_incoming_qos2(&self, packet_id: u16) -> bool {
+        self.lock().incoming_qos2.remove(&packet_id)
+    }
+
+    pub fn incoming_qos2_len(&self) -> usize {
+        self.lock().incoming_qos2.len()
+    }
+
+    pub fn stats(&self) -> QueueStats {
+        let state = self.lock();
+        QueueStats { pending: state.pending.len(), inflight: state.inflight.len(), dropped: state.dropped }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueStats {
+    pub pending: usize,
+    pub inflight: usize,
+    pub dropped: u64,
+}
+
+impl QueueState {
+    /// The next packet identifier not in flight. There is always one: the in-flight window is bounded by a
+    /// receive maximum of at most 65,535, and identifiers run 1..=65,535.
+    fn next_packet_id(&mut self) -> u16 {
+        loop {
+            self.last_packet_id = self.last_packet_id.checked_add(1).unwrap_or(1);
+            let id = self.last_packet_id;
+            if !self.inflight.iter().any(|f| f.packet_id == id) {
+                return id;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::mqtt::broker::message::Message;
+
+    fn delivery(qos: QoS) -> Delivery {
+        Delivery {
+            message: Arc::new(Message::new("t", "p", qos, false)),
+            qos,
+            retain: false,
+            subscription_ids: Vec::new(),
+        }
+    }
+
+    fn queue(lossless: bool) -> SessionQueue {
+        SessionQueue::new(QueueLimits { max_queued: 2, max_queued_qos0: 1, lossless })
+    }
+
+    #[test]
+    fn qos0_is_not_queued_offline_and_dropped_beyond_bound() {
+        let q = queue(false);
+        assert_eq!(q.push(delivery(QoS::AtMostOnce)), Pushed::Dropped);
+        q.set_online(true);
+        assert_eq!(q.push(delivery(QoS::AtMostOnce)), Pushed::Queued);
+        assert_eq!(q.push(delivery(QoS::AtMostOnce)), Pushed::Dropped);
+        assert_eq!(q.stats().dropped, 2);
+        q.set_online(false);
+        assert_eq!(q.stats(), QueueStats { pending: 0, inflight: 0, dropped: 3 });
+    }
+
+    #[test]
+    fn qos1_respects_bound_and_send_quota() {
+        let q = queue(false);
+        assert_eq!(q.push(delivery(QoS::AtLeastOnce)), Pushed::Queued);
+        assert_eq!(q.push(delivery(QoS::AtLeastOnce)), Pushed::Queued);
+        assert_eq!(q.push(delivery(QoS::AtLeastOnce)), Pushed::Dropped);
+        let mut out = Vec::new();
+        q.take(1, 10, Instant::now(), &mut out);
+        assert_eq!(out.len(), 1);
+        let Outgoing::Publish { packet_id: Some(id), .. } = out[0] else { panic!("expected a publish") };
+        assert_eq!(id, 1);
+        out.clear();
+        q.take(1, 10, Instant::now(), &mut out);
+        assert!(out.is_empty(), "quota of one is used");
+        assert!(q.complete(1, InflightState::Published));
+        assert!(!q.complete(1, InflightState::Published), "completing twice");
+        q.take(1, 10, Instant::now(), &mut out);
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn inflight_is_resent_after_reconnect() {
+        let q = queue(false);
+        q.push(delivery(QoS::ExactlyOnce));
+        q.push(delivery(QoS::AtLeastOnce));
+        let mut out = Vec::new();
+        q.take(10, 10, Instant::now(), &mut out);
+        assert!(q.received(1));
+        let resend = q.resend();
+        assert!(matches!(resend[0], Outgoing::PubRel { packet_id: 1 }));
+        assert!(matches!(resend[1], Outgoing::Publish { packet_id: Some(2), dup: true, .. }));
+    }
+
+    #[test]
+    fn lossless_queue_reports_full_instead_of_dropping() {
+        let q = queue(true);
+        q.set_online(true);
+        assert_eq!(q.push(delivery(QoS::AtMostOnce)), Pushed::Queued);
+        assert_eq!(q.push(delivery(QoS::AtMostOnce)), Pushed::Full);
+        assert_eq!(q.stats().dropped, 0);
+        assert!(q.pop().is_some());
+        assert_eq!(q.push(delivery(QoS::AtMostOnce)), Pushed::Queued);
+    }
+
+    #[test]
+    fn packet_ids_skip_those_in_flight_and_wrap() {
+        let q = SessionQueue::new(QueueLimits { max_queued: 10, max_queued_qos0: 0, lossless: false });
+        q.lock().last_packet_id = u16::MAX - 1;
+        for _ in 0..3 {
+            q.push(delivery(QoS::AtLeastOnce));
+        }
+        let mut out = Vec::new();
+        q.take(10, 10, Instant::now(), &mut out);
+        let ids: Vec<_> = out
+            .iter()
+            .map(|o| match o {
+                Outgoing::Publish { packet_id, .. } => packet_id.unwrap(),
+                Outgoing::PubRel { packet_id } => *packet_id,
+            })
+            .collect();
+        assert_eq!(ids, vec![u16::MAX, 1, 2]);
+    }
+
+    #[test]
+    fn incoming_qos2_is_deduplicated_until_released() {
+        let q = queue(false);
+        assert!(q.begin_incoming_qos2(7));
+        assert!(!q.begin_incoming_qos2(7));
+        assert!(q.release_incoming_qos2(7));
+        assert!(!q.release_incoming_qos2(7));
+        assert!(q.begin_incoming_qos2(7));
+    }
+}

@@ -1,0 +1,545 @@
+//! The router task: the single owner of sessions, subscriptions and retained messages.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+
+use super::message::{ClientId, Delivery, Message};
+use super::metrics::Metrics;
+use super::queue::{Pushed, QueueLimits, SessionQueue};
+use super::subscriptions::{Matched, Subscriber, SubscriptionTree};
+use super::{
+    BrokerStats, Command, ConnectOutcome, ConnectRequest, ConnectionId, Control, DisconnectNotice,
+    DisconnectReason, LinkError, Shared, SubscribeRequest, Will,
+};
+use crate::mqtt::codec::topic::{self, SharedFilter};
+use crate::mqtt::codec::{QoS, ReasonCode, RetainHandling};
+
+/// Session expiry interval meaning "never".
+const NEVER: u32 = u32::MAX;
+
+pub(super) struct Router {
+    commands: mpsc::Receiver<Command>,
+    shared: Arc<Shared>,
+    sessions: HashMap<ClientId, Session>,
+    subscriptions: SubscriptionTree,
+    retained: HashMap<Arc<str>, Arc<Message>>,
+    /// Reused for every publish, to spare an allocation per message.
+    matched: Vec<Matched>,
+    shutting_down: bool,
+    last_sys: Instant,
+    /// Rate limit for the "queue full" warning: once per interval, with the count since the last one.
+    last_drop_warning: Option<Instant>,
+    drops_since_warning: u64,
+}
+
+struct Session {
+    queue: Arc<SessionQueue>,
+    /// Every subscription of this session, keyed by the filter as subscribed (including `$share/...`), so that
+    /// the session can be removed from the tree when it ends.
+    subscriptions: HashMap<String, ()>,
+    connection: Option<Attached>,
+    is_link: bool,
+    /// Seconds after disconnection until the session ends; [`NEVER`] for never.
+    expiry: u32,
+    disconnected_at: Option<Instant>,
+    /// A will waiting for its delay interval, and when it is due.
+    pending_will: Option<(Instant, Message)>,
+}
+
+struct Attached {
+    id: ConnectionId,
+    control: mpsc::Sender<Control>,
+    will: Option<Will>,
+}
+
+impl Session {
+    fn online(&self) -> bool {
+        self.is_link || self.connection.is_some()
+    }
+}
+
+impl Router {
+    pub(super) fn new(commands: mpsc::Receiver<Command>, shared: Arc<Shared>) -> Router {
+        Router {
+            commands,
+            shared,
+            sessions: HashMap::new(),
+            subscriptions: SubscriptionTree::default(),
+            retained: HashMap::new(),
+            matched: Vec::new(),
+            shutting_down: false,
+            last_sys: Instant::now(),
+            last_drop_warning: None,
+            drops_since_warning: 0,
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    Some(command) => self.handle(command).await,
+                    None => break,
+                },
+                _ = tick.tick() => self.on_tick(Instant::now()).await,
+            }
+        }
+        tracing::debug!("router stopped");
+    }
+
+    async fn handle(&mut self, command: Command) {
+        match command {
+            Command::Publish(message) => self.route(message).await,
+            Command::Connect(request, reply) => {
+                let outcome = self.connect(*request).await;
+                let _ = reply.send(outcome);
+            }
+            Command::Subscribe(request, reply) => {
+                let reasons = self.subscribe(request);
+                let _ = reply.send(reasons);
+            }
+            Command::Unsubscribe(client, filters, reply) => {
+                let reasons = self.unsubscribe(&client, &filters);
+                let _ = reply.send(reasons);
+            }
+            Command::Disconnected(notice) => self.disconnected(*notice).await,
+            Command::OpenLink(client, limits, reply) => {
+                let _ = reply.send(self.open_link(client, limits));
+            }
+            Command::CloseLink(client) => self.end_session(&client),
+            Command::Stats(reply) => {
+                let _ = reply.send(self.stats());
+            }
+            Command::Shutdown(reply) => {
+                self.shutting_down = true;
+                for session in self.sessions.values() {
+                    if let Some(attached) = &session.connection {
+                        let _ =
+                            attached.control.try_send(Control::Disconnect(ReasonCode::SERVER_SHUTTING_DOWN));
+                    }
+                }
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    async fn connect(&mut self, request: ConnectRequest) -> Result<ConnectOutcome, ReasonCode> {
+        if self.shutting_down {
+            return Err(ReasonCode::SERVER_UNAVAILABLE);
+        }
+        let id = request.client_id;
+        if self.sessions.get(&id).is_some_and(|s| s.is_link) {
+            return Err(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+        }
+        let now = Instant::now();
+        // Session takeover: the client is connected elsewhere. Close that connection; its will is published
+        // unless the session continues and the will has a delay (the client is back before the delay ran out).
+        if let Some(old) = self.sessions.get_mut(&id).and_then(|s| s.connection.take()) {
+            let _ = old.control.try_send(Control::Disconnect(ReasonCode::SESSION_TAKEN_OVER));
+            tracing::info!(client = %id, "session taken over by a new connection from {}", request.peer);
+            if let Some(will) = old.will
+                && (request.clean_start || will.delay == 0)
+            {
+                self.publish_will(will.message).await;
+            }
+            self.publish_presence(&id, "lost", Some("session taken over")).await;
+        }
+        let resume = !request.clean_start && self.sessions.contains_key(&id);
+        if !resume {
+            if let Some((_, will)) = self.sessions.get_mut(&id).and_then(|s| s.pending_will.take()) {
+                self.publish_will(will).await;
+            }
+            self.end_session(&id);
+            let queue = Arc::new(SessionQueue::new(self.shared.config.queue_limits()));
+            let session = Session {
+                queue,
+                subscriptions: HashMap::new(),
+                connection: None,
+                is_link: false,
+                expiry: 0,
+                disconnected_at: None,
+                pending_will: None,
+            };
+            self.sessions.insert(id.clone(), session);
+        }
+        let expiry = self.cap_expiry(request.session_expiry);
+        let Some(session) = self.sessions.get_mut(&id) else { return Err(ReasonCode::UNSPECIFIED_ERROR) };
+        session.pending_will = None;
+        session.connection =
+            Some(Attached { id: request.connection, control: request.control, will: request.will });
+        session.expiry = expiry;
+        session.disconnected_at = None;
+        session.queue.set_online(true);
+        let queue = session.queue.clone();
+        tracing::debug!(client = %id, resume, ?now, "session attached");
+        self.publish_presence(&id, "online", None).await;
+        Ok(ConnectOutcome { session_present: resume, queue })
+    }
+
+    fn cap_expiry(&self, requested: u32) -> u32 {
+        match self.shared.config.max_session_expiry {
+            Some(max) => requested.min(max),
+            None => requested,
+        }
+    }
+
+    async fn disconnected(&mut self, notice: DisconnectNotice) {
+        let id = notice.client_id;
+        let Some(session) = self.sessions.get_mut(&id) else { return };
+        // A connection that was taken over reports its end after the new one attached: nothing to do.
+        if session.connection.as_ref().map(|a| a.id) != Some(notice.connection) {
+            return;
+        }
+        let attached = session.connection.take();
+        session.queue.set_online(false);
+        if let Some(expiry) = notice.session_expiry {
+            session.expiry = match self.shared.config.max_session_expiry {
+                Some(max) => expiry.min(max),
+                None => expiry,
+            };
+        }
+        let now = Instant::now();
+        session.disconnected_at = Some(now);
+        let expiry = session.expiry;
+        let will = match notice.reason {
+            DisconnectReason::Normal => None,
+            DisconnectReason::NormalWithWill | DisconnectReason::Lost(_) => attached.and_then(|a| a.will),
+        };
+        if let Some(will) = will {
+            if will.delay == 0 || expiry == 0 {
+                self.publish_will(will.message).await;
+            } else {
+                let due = now + Duration::from_secs(u64::from(will.delay.min(expiry)));
+                if let Some(session) = self.sessions.get_mut(&id) {
+                    session.pending_will = Some((due, will.message));
+                }
+            }
+        }
+        let (state, reason) = match &notice.reason {
+            DisconnectReason::Normal | DisconnectReason::NormalWithWill => ("offline", None),
+            DisconnectReason::Lost(reason) => ("lost", Some(reason.as_str())),
+        };
+        self.publish_presence(&id, state, reason).await;
+        if expiry == 0 {
+            self.end_session(&id);
+        }
+    }
+
+    /// Removes a session and all its subscriptions.
+    fn end_session(&mut self, id: &ClientId) {
+        let Some(session) = self.sessions.remove(id) else { return };
+        for filter in session.subscriptions.keys() {
+            let (group, filter) = split_shared(filter);
+            self.subscriptions.remove(group, filter, id);
+        }
+    }
+
+    fn subscribe(&mut self, request: SubscribeRequest) -> Vec<ReasonCode> {
+        let id = request.client_id;
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return vec![ReasonCode::UNSPECIFIED_ERROR; request.filters.len()];
+        };
+        let mut reasons = Vec::with_capacity(request.filters.len());
+        let mut retained_for = Vec::new();
+        for f in request.filters {
+            let (group, filter) = match topic::parse_shared(&f.filter) {
+                Some(Ok(SharedFilter { group, filter })) => (Some(group), filter),
+                None => (None, f.filter.as_str()),
+                Some(Err(_)) => {
+                    reasons.push(ReasonCode::TOPIC_FILTER_INVALID);
+                    continue;
+                }
+            };
+            if !topic::valid_topic_filter(filter) {
+                reasons.push(ReasonCode::TOPIC_FILTER_INVALID);
+                continue;
+            }
+            let subscriber =
+                Subscriber { client: id.clone(), options: f.options, id: request.subscription_id };
+            let existed = self.subscriptions.insert(group, filter, subscriber.clone());
+            session.subscriptions.insert(f.filter.clone(), ());
+            reasons.push(ReasonCode(f.options.qos as u8));
+            // Retained messages are not sent for shared subscriptions.
+            let send_retained = group.is_none()
+                && match f.options.retain_handling {
+                    RetainHandling::SendAtSubscribe => true,
+                    RetainHandling::SendAtNewSubscribe => !existed,
+                    RetainHandling::DoNotSend => false,
+                };
+            if send_retained {
+                retained_for.push((filter.to_owned(), subscriber));
+            }
+        }
+        let queue = session.queue.clone();
+        for (filter, subscriber) in retained_for {
+            self.send_retained(&queue, &filter, &subscriber);
+        }
+        reasons
+    }
+
+    /// Queues the retained messages matching a new subscription. These bypass a lossless queue's bound: the
+    /// subscriber is typically waiting for its SUBACK and not draining, and the set is finite.
+    fn send_retained(&mut self, queue: &SessionQueue, filter: &str, subscriber: &Subscriber) {
+        let now = Instant::now();
+        self.retained.retain(|_, m| !m.is_expired(now));
+        let mut matching: Vec<&Arc<Message>> =
+            self.retained.values().filter(|m| topic::matches(filter, &m.topic)).collect();
+        matching.sort_by(|a, b| a.topic.cmp(&b.topic));
+        for message in matching {
+            let delivery = Delivery {
+                message: message.clone(),
+                qos: message.qos.min(subscriber.options.qos),
+                retain: true,
+                subscription_ids: subscriber.id.into_iter().collect(),
+            };
+            if queue.push_unbounded(delivery) == Pushed::Dropped {
+                Metrics::add(&self.shared.metrics.messages_dropped, 1);
+            }
+        }
+    }
+
+    fn unsubscribe(&mut self, id: &ClientId, filters: &[String]) -> Vec<ReasonCode> {
+        let Some(session) = self.sessions.get_mut(id) else {
+            return vec![ReasonCode::UNSPECIFIED_ERROR; filters.len()];
+        };
+        filters
+            .iter()
+            .map(|f| {
+                if session.subscriptions.remove(f).is_some() {
+                    let (group, filter) = split_shared(f);
+                    self.subscriptions.remove(group, filter, id);
+                    ReasonCode::SUCCESS
+                } else {
+                    ReasonCode::NO_SUBSCRIPTION_EXISTED
+                }
+            })
+            .collect()
+    }
+
+    async fn route(&mut self, message: Arc<Message>) {
+        if message.retain {
+            if message.payload.is_empty() {
+                self.retained.remove(&message.topic);
+            } else {
+                self.retained.insert(message.topic.clone(), message.clone());
+            }
+        }
+        let mut matched = std::mem::take(&mut self.matched);
+        matched.clear();
+        let sessions = &self.sessions;
+        self.subscriptions.matches(
+            &message.topic,
+            &|c| sessions.get(c).is_some_and(Session::online),
+            &mut matched,
+        );
+        if matched.is_empty() {
+            Metrics::add(&self.shared.metrics.messages_unrouted, 1);
+        }
+        if matched.len() > 1 {
+            matched.sort_by(|a, b| a.subscriber.client.cmp(&b.subscriber.client));
+        }
+        // Overlapping subscriptions of one client get one delivery, at the highest QoS among them, carrying every
+        // matching subscription identifier.
+        let mut rest = matched.as_slice();
+        while let Some(first) = rest.first() {
+            let client = &first.subscriber.client;
+            let n = rest.iter().take_while(|m| &m.subscriber.client == client).count();
+            let (group, tail) = rest.split_at(n);
+            rest = tail;
+            if let Some(delivery) = delivery_for(&message, group) {
+                self.deliver(client, delivery).await;
+            }
+        }
+        self.matched = matched;
+    }
+
+    async fn deliver(&mut self, client: &ClientId, delivery: Delivery) {
+        let Some(session) = self.sessions.get(client) else { return };
+        let queue = session.queue.clone();
+        loop {
+            match queue.push(delivery.clone()) {
+                Pushed::Queued => return,
+                Pushed::Dropped => {
+                    self.count_drop(client, delivery.qos);
+                    return;
+                }
+                // A lossless in-process consumer is behind: wait for it. This holds up routing as a whole, which is
+                // the point: such a consumer must see everything, so publishers are slowed down instead.
+                Pushed::Full => queue.wait_for_room().await,
+            }
+        }
+    }
+
+    fn count_drop(&mut self, client: &ClientId, qos: QoS) {
+        Metrics::add(&self.shared.metrics.messages_dropped, 1);
+        self.drops_since_warning += 1;
+        let now = Instant::now();
+        if self.last_drop_warning.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10)) {
+            tracing::warn!(
+                client = %client,
+                ?qos,
+                dropped = self.drops_since_warning,
+                "subscriber queue full or client offline: messages dropped (max_queued_messages / max_queued_qos0)"
+            );
+            self.last_drop_warning = Some(now);
+            self.drops_since_warning = 0;
+        }
+    }
+
+    async fn publish_will(&mut self, mut message: Message) {
+        message.received = Instant::now();
+        tracing::debug!(topic = %message.topic, "publishing will");
+        self.route(Arc::new(message)).await;
+    }
+
+    /// Publishes a client's presence as a retained message on `$SYS/weir/clients/<id>/presence`.
+    async fn publish_presence(&mut self, client: &ClientId, state: &str, reason: Option<&str>) {
+        let ts = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        let payload = serde_json::json!({ "state": state, "reason": reason, "ts": ts }).to_string();
+        let topic = format!("$SYS/weir/clients/{}/presence", escape_level(client.as_str()));
+        self.route(Arc::new(Message::new(&topic, payload, QoS::AtLeastOnce, true))).await;
+    }
+
+    fn open_link(&mut self, id: ClientId, limits: QueueLimits) -> Result<Arc<SessionQueue>, LinkError> {
+        if self.sessions.contains_key(&id) {
+            return Err(LinkError::NameInUse(id.to_string()));
+        }
+        let queue = Arc::new(SessionQueue::new(limits));
+        queue.set_online(true);
+        let session = Session {
+            queue: queue.clone(),
+            subscriptions: HashMap::new(),
+            connection: None,
+            is_link: true,
+            expiry: NEVER,
+            disconnected_at: None,
+            pending_will: None,
+        };
+        self.sessions.insert(id, session);
+        Ok(queue)
+    }
+
+    async fn on_tick(&mut self, now: Instant) {
+        let mut wills = Vec::new();
+        let mut expired = Vec::new();
+        for (id, session) in &mut self.sessions {
+            if session.pending_will.as_ref().is_some_and(|(due, _)| *due <= now)
+                && let Some((_, will)) = session.pending_will.take()
+            {
+                wills.push(will);
+            }
+            let ended = session.connection.is_none()
+                && !session.is_link
+                && session.expiry != NEVER
+                && session.disconnected_at.is_some_and(|at| {
+                    now.duration_since(at) >= Duration::from_secs(u64::from(session.expiry))
+                });
+            if ended {
+                if let Some((_, will)) = session.pending_will.take() {
+                    wills.push(will);
+                }
+                expired.push(id.clone());
+            }
+        }
+        for id in expired {
+            tracing::debug!(client = %id, "session expired");
+            self.end_session(&id);
+        }
+        for will in wills {
+            self.publish_will(will).await;
+        }
+        if let Some(interval) = self.shared.config.sys_interval
+            && now.duration_since(self.last_sys) >= interval
+        {
+            self.last_sys = now;
+            self.publish_sys().await;
+        }
+    }
+
+    async fn publish_sys(&mut self) {
+        let metrics = &self.shared.metrics;
+        let stats = self.stats();
+        let values: [(&str, String); 11] = [
+            ("$SYS/broker/version", format!("weir {}", env!("CARGO_PKG_VERSION"))),
+            ("$SYS/broker/uptime", format!("{} seconds", self.shared.started.elapsed().as_secs())),
+            ("$SYS/broker/clients/connected", stats.clients_connected.to_string()),
+            ("$SYS/broker/clients/total", stats.sessions.to_string()),
+            ("$SYS/broker/messages/received", Metrics::get(&metrics.messages_received).to_string()),
+            ("$SYS/broker/messages/sent", Metrics::get(&metrics.messages_sent).to_string()),
+            ("$SYS/broker/messages/dropped", Metrics::get(&metrics.messages_dropped).to_string()),
+            ("$SYS/broker/bytes/received", Metrics::get(&metrics.bytes_received).to_string()),
+            ("$SYS/broker/bytes/sent", Metrics::get(&metrics.bytes_sent).to_string()),
+            ("$SYS/broker/retained messages/count", stats.retained.to_string()),
+            ("$SYS/broker/subscriptions/count", stats.subscriptions.to_string()),
+        ];
+        for (topic, value) in values {
+            self.route(Arc::new(Message::new(topic, value, QoS::AtMostOnce, true))).await;
+        }
+    }
+
+    fn stats(&self) -> BrokerStats {
+        BrokerStats {
+            clients_connected: self.sessions.values().filter(|s| s.connection.is_some()).count(),
+            sessions: self.sessions.values().filter(|s| !s.is_link).count(),
+            subscriptions: self.subscriptions.len(),
+            retained: self.retained.len(),
+        }
+    }
+}
+
+/// Builds one client's delivery from the subscriptions of it that matched, or `None` if "no local" excludes it.
+fn delivery_for(message: &Arc<Message>, matched: &[Matched]) -> Option<Delivery> {
+    let mut qos = None;
+    let mut retain = false;
+    let mut subscription_ids = Vec::new();
+    for m in matched {
+        let options = &m.subscriber.options;
+        if options.no_local && !m.shared && message.origin.as_ref() == Some(&m.subscriber.client) {
+            continue;
+        }
+        let granted = message.qos.min(options.qos);
+        qos = Some(qos.map_or(granted, |q: QoS| q.max(granted)));
+        retain |= options.retain_as_published && message.retain;
+        subscription_ids.extend(m.subscriber.id);
+    }
+    Some(Delivery { message: message.clone(), qos: qos?, retain, subscription_ids })
+}
+
+/// Splits a filter as subscribed into its shared-subscription group, if any, and the filter proper.
+fn split_shared(filter: &str) -> (Option<&str>, &str) {
+    match topic::parse_shared(filter) {
+        Some(Ok(SharedFilter { group, filter })) => (Some(group), filter),
+        _ => (None, filter),
+    }
+}
+
+/// Makes a client identifier usable as one topic level: `/`, `+`, `#` and `%` are percent-encoded.
+pub(super) fn escape_level(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for c in id.chars() {
+        match c {
+            '/' => out.push_str("%2F"),
+            '+' => out.push_str("%2B"),
+            '#' => out.push_str("%23"),
+            '%' => out.push_str("%25"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_ids_are_escaped_into_one_topic_level() {
+        assert_eq!(escape_level("plant/line+1#%"), "plant%2Fline%2B1%23%25");
+        assert_eq!(escape_level("sensor-7"), "sensor-7");
+    }
+}

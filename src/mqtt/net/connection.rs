@@ -1,0 +1,691 @@
+//! One client connection: the MQTT protocol state machine between a transport and the broker.
+//!
+//! The task reads and decodes packets, answers what it can answer alone (PINGREQ, acknowledgements, topic
+//! aliases, keep alive), asks the router for the rest, and writes out what the session queue holds for its
+//! client. It owns no shared state except through the session queue, so a slow or dead client costs only its own
+//! task and its own bounded queue.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+use super::transport::Transport;
+use super::{ConnectionGuard, ListenerContext};
+use crate::mqtt::broker::{
+    Broker, ClientId, ConnectRequest, ConnectionId, Control, DisconnectNotice, DisconnectReason,
+    InflightState, Message, MessageProperties, Metrics, Outgoing, SessionQueue, SubscribeRequest, Will,
+};
+use crate::mqtt::codec::{
+    self, AckProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect, DisconnectProperties,
+    Packet, ProtocolVersion, PubResp, Publish, PublishProperties, QoS, ReasonCode, SubAck, Subscribe,
+    UnsubAck, Unsubscribe, topic,
+};
+
+/// Session expiry interval meaning "never" (MQTT 5.0 §3.1.2.11.2).
+const NEVER: u32 = u32::MAX;
+/// Deliveries encoded per wake-up before the socket is written: bounds the write buffer and keeps reading fair.
+const DRAIN_BATCH: usize = 256;
+/// How long one write may stall when no keep alive bounds it.
+const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Serves one accepted connection until it ends.
+pub(crate) async fn serve<T: Transport>(
+    mut transport: T,
+    peer: SocketAddr,
+    context: Arc<ListenerContext>,
+    guard: ConnectionGuard,
+) {
+    let broker = context.broker.clone();
+    let max_packet = broker.config().max_packet_size as usize;
+    let mut inbuf = BytesMut::with_capacity(4096);
+    let first =
+        timeout(context.connect_timeout, read_packet(&mut transport, &mut inbuf, max_packet, &broker)).await;
+    let connect = match first {
+        Err(_) => {
+            tracing::debug!(%peer, listener = %context.name, "no CONNECT within the connect timeout; closing");
+            return transport.close().await;
+        }
+        Ok(Err(ReadError::Decode(DecodeError::UnsupportedProtocolVersion(level)))) => {
+            tracing::info!(%peer, level, "refused: unsupported protocol version");
+            let ack = ConnAck { reason: ReasonCode::UNSUPPORTED_PROTOCOL_VERSION, ..ConnAck::default() };
+            send_and_close(&mut transport, Packet::ConnAck(ack), ProtocolVersion::V3_1_1).await;
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::info!(%peer, "closed before CONNECT: {e}");
+            return transport.close().await;
+        }
+        Ok(Ok(Packet::Connect(connect))) => connect,
+        Ok(Ok(other)) => {
+            tracing::info!(%peer, "protocol error: first packet was {} instead of CONNECT", other.name());
+            Metrics::add(&broker.metrics().protocol_errors, 1);
+            return transport.close().await;
+        }
+    };
+    let version = connect.protocol;
+    let refuse = |reason: ReasonCode, why: &str| {
+        tracing::info!(%peer, client = %connect.client_id, listener = %context.name, "connection refused: {why}");
+        Metrics::add(&broker.metrics().connections_refused, 1);
+        let mut ack = ConnAck { reason, ..ConnAck::default() };
+        if version.is_v5() && connect.properties.request_problem_information != Some(false) {
+            ack.properties.reason_string = Some(why.to_owned());
+        }
+        Packet::ConnAck(ack)
+    };
+    if guard.over_limit {
+        let ack = refuse(ReasonCode::QUOTA_EXCEEDED, "too many connections (limits.max_connections)");
+        return send_and_close(&mut transport, ack, version).await;
+    }
+    if let Err((reason, why)) = check_connect(&connect, &context) {
+        let ack = refuse(reason, why);
+        return send_and_close(&mut transport, ack, version).await;
+    }
+    let assigned = connect.client_id.is_empty();
+    let client_id =
+        if assigned { ClientId::new(&generate_client_id()) } else { ClientId::new(&connect.client_id) };
+    let keep_alive = broker.config().server_keep_alive.unwrap_or(connect.keep_alive);
+    let session_expiry = if version.is_v5() {
+        connect.properties.session_expiry_interval.unwrap_or(0)
+    } else if connect.clean_start {
+        0
+    } else {
+        NEVER
+    };
+    let (control_tx, control_rx) = mpsc::channel(4);
+    let connection = broker.next_connection_id();
+    let request = ConnectRequest {
+        client_id: client_id.clone(),
+        connection,
+        clean_start: connect.clean_start,
+        session_expiry,
+        will: connect.will.as_ref().map(|w| will_message(w, &client_id)),
+        control: control_tx,
+        protocol: version,
+        username: connect.username.clone(),
+        peer: peer.to_string(),
+    };
+    let outcome = match broker.connect(request).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(reason)) => {
+            let ack = refuse(reason, "the broker refused the session");
+            return send_and_close(&mut transport, ack, version).await;
+        }
+        Err(_) => {
+            let ack = refuse(ReasonCode::SERVER_UNAVAILABLE, "the broker is shutting down");
+            return send_and_close(&mut transport, ack, version).await;
+        }
+    };
+    tracing::info!(
+        %peer, client = %client_id, listener = %context.name, ?version, keep_alive,
+        clean_start = connect.clean_start, session_present = outcome.session_present, "client connected"
+    );
+    let mut ack = ConnAck { session_present: outcome.session_present, ..ConnAck::default() };
+    if version.is_v5() {
+        let config = broker.config();
+        ack.properties = ConnAckProperties {
+            receive_maximum: Some(config.receive_maximum),
+            maximum_packet_size: Some(config.max_packet_size),
+            topic_alias_maximum: Some(config.topic_alias_maximum),
+            assigned_client_identifier: assigned.then(|| client_id.to_string()),
+            server_keep_alive: config.server_keep_alive,
+            session_expiry_interval: config.max_session_expiry.filter(|&max| max < session_expiry),
+            response_information: (connect.properties.request_response_information == Some(true))
+                .then(|| format!("weir/response/{client_id}")),
+            ..ConnAckProperties::default()
+        };
+    }
+    let mut session = Session {
+        transport,
+        peer,
+        broker,
+        client_id,
+        connection,
+        version,
+        queue: outcome.queue,
+        control: control_rx,
+        inbuf,
+        outbuf: BytesMut::with_capacity(4096),
+        keep_alive: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
+        send_quota: usize::from(connect.properties.receive_maximum.unwrap_or(u16::MAX)),
+        client_max_packet: connect.properties.maximum_packet_size.map_or(usize::MAX, |m| m as usize),
+        max_packet,
+        aliases: HashMap::new(),
+        problem_information: connect.properties.request_problem_information != Some(false),
+        session_expiry,
+        outgoing: Vec::new(),
+    };
+    if session.encode(&Packet::ConnAck(ack)).is_err() {
+        return;
+    }
+    for outgoing in session.queue.resend() {
+        session.encode_outgoing(outgoing);
+    }
+    let (reason, expiry) = session.run().await;
+    match &reason {
+        DisconnectReason::Lost(why) => {
+            tracing::info!(peer = %session.peer, client = %session.client_id, "connection lost: {why}")
+        }
+        _ => tracing::info!(peer = %session.peer, client = %session.client_id, "client disconnected"),
+    }
+    session.transport.close().await;
+    let notice = DisconnectNotice {
+        client_id: session.client_id,
+        connection: session.connection,
+        reason,
+        session_expiry: expiry,
+    };
+    let _ = session.broker.disconnected(notice).await;
+    drop(guard);
+}
+
+/// A CONNECT the protocol layer accepted can still be refused here; the error carries the CONNACK reason and
+/// a reason string for the log (and for a v5 client that asked for problem information).
+fn check_connect(connect: &Connect, context: &ListenerContext) -> Result<(), (ReasonCode, &'static str)> {
+    if connect.properties.authentication_method.is_some() {
+        return Err((ReasonCode::BAD_AUTHENTICATION_METHOD, "enhanced authentication is not supported"));
+    }
+    if connect.client_id.is_empty() && !connect.clean_start && !connect.protocol.is_v5() {
+        return Err((ReasonCode::CLIENT_IDENTIFIER_NOT_VALID, "an empty client id needs clean session"));
+    }
+    if connect.client_id.starts_with("link:") {
+        return Err((ReasonCode::CLIENT_IDENTIFIER_NOT_VALID, "client ids starting with link: are reserved"));
+    }
+    if let Some(will) = &connect.will
+        && !topic::valid_topic_name(&will.topic)
+    {
+        return Err((ReasonCode::TOPIC_NAME_INVALID, "invalid will topic"));
+    }
+    if !context.allow_anonymous {
+        return Err((
+            ReasonCode::NOT_AUTHORIZED,
+            "anonymous access is not allowed on this listener and no user database is configured",
+        ));
+    }
+    Ok(())
+}
+
+fn will_message(will: &codec::Will, client: &ClientId) -> Will {
+    let p = &will.properties;
+    let properties = MessageProperties {
+        payload_format_indicator: p.payload_format_indicator,
+        message_expiry_interval: p.message_expiry_interval,
+        content_type: p.content_type.clone(),
+        response_topic: p.response_topic.clone(),
+        correlation_data: p.correlation_data.clone(),
+        user_properties: p.user_properties.clone(),
+    };
+    let mut message = Message::new(&will.topic, will.payload.clone(), will.qos, will.retain);
+    message.origin = Some(client.clone());
+    message.properties = properties.boxed();
+    Will { message, delay: p.will_delay_interval.unwrap_or(0) }
+}
+
+/// A client identifier for a client that sent none: unique per process run and hard to guess.
+fn generate_client_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    format!("weir-{:016x}", hasher.finish())
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    #[error("connection closed")]
+    Closed,
+    #[error("read failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}
+
+/// Reads until one whole packet is buffered. Only used for CONNECT, whose version decides the rest.
+async fn read_packet<T: Transport>(
+    transport: &mut T,
+    buf: &mut BytesMut,
+    max_packet: usize,
+    broker: &Broker,
+) -> Result<Packet, ReadError> {
+    loop {
+        if let Some(packet) = codec::decode(buf, ProtocolVersion::V5, max_packet)? {
+            return Ok(packet);
+        }
+        let n = transport.read(buf).await?;
+        if n == 0 {
+            return Err(ReadError::Closed);
+        }
+        Metrics::add(&broker.metrics().bytes_received, n as u64);
+    }
+}
+
+async fn send_and_close<T: Transport>(transport: &mut T, packet: Packet, version: ProtocolVersion) {
+    let mut buf = BytesMut::new();
+    if codec::encode(&packet, version, &mut buf).is_ok() {
+        let _ = timeout(Duration::from_secs(5), transport.write(&mut buf)).await;
+    }
+    transport.close().await;
+}
+
+/// What handling one packet leads to.
+enum Flow {
+    Continue,
+    /// End the connection; the session expiry is the one a v5 DISCONNECT set, if any.
+    End(DisconnectReason, Option<u32>),
+}
+
+/// The state of an established connection.
+struct Session<T> {
+    transport: T,
+    peer: SocketAddr,
+    broker: Broker,
+    client_id: ClientId,
+    connection: ConnectionId,
+    version: ProtocolVersion,
+    queue: Arc<SessionQueue>,
+    control: mpsc::Receiver<Control>,
+    inbuf: BytesMut,
+    outbuf: BytesMut,
+    /// 1.5 times the negotiated keep alive; `None` when keep alive is 0.
+    keep_alive: Option<Duration>,
+    /// The client's receive maximum: how many QoS 1/2 messages may be in flight to it.
+    send_quota: usize,
+    /// The client's maximum packet size: larger messages are not sent to it.
+    client_max_packet: usize,
+    max_packet: usize,
+    /// Topic aliases the client set up (client to server only; we do not use aliases towards clients).
+    aliases: HashMap<u16, Arc<str>>,
+    /// Whether a v5 client wants reason strings on acknowledgements.
+    problem_information: bool,
+    session_expiry: u32,
+    /// Reused buffer of deliveries taken from the queue.
+    outgoing: Vec<Outgoing>,
+}
+
+impl<T: Transport> Session<T> {
+    async fn run(&mut self) -> (DisconnectReason, Option<u32>) {
+        let mut last_read = Instant::now();
+        self.queue.wake();
+        loop {
+            if !self.outbuf.is_empty()
+                && let Err(reason) = self.flush().await
+            {
+                return (reason, None);
+            }
+            let deadline = self.keep_alive.map(|k| tokio::time::Instant::from_std(last_read + k));
+            tokio::select! {
+                control = self.control.recv() => {
+                    let code = match control {
+                        Some(Control::Disconnect(code)) => code,
+                        None => ReasonCode::SERVER_SHUTTING_DOWN,
+                    };
+                    self.send_disconnect(code, None).await;
+                    return (DisconnectReason::Lost(describe(code).to_owned()), None);
+                }
+                read = self.transport.read(&mut self.inbuf) => {
+                    match read {
+                        Ok(0) => return (DisconnectReason::Lost("connection closed by the client".into()), None),
+                        Ok(n) => {
+                            Metrics::add(&self.broker.metrics().bytes_received, n as u64);
+                            last_read = Instant::now();
+                        }
+                        Err(e) => return (DisconnectReason::Lost(format!("read failed: {e}")), None),
+                    }
+                    if let Flow::End(reason, expiry) = self.handle_input().await {
+                        // Write what is buffered (acknowledgements, a DISCONNECT) before closing.
+                        let _ = self.flush().await;
+                        return (reason, expiry);
+                    }
+                }
+                () = self.queue.ready() => self.drain(),
+                () = sleep_until(deadline) => {
+                    self.send_disconnect(ReasonCode::KEEP_ALIVE_TIMEOUT, None).await;
+                    return (DisconnectReason::Lost("keep alive timeout".into()), None);
+                }
+            }
+        }
+    }
+
+    /// Decodes and handles every complete packet in the input buffer.
+    async fn handle_input(&mut self) -> Flow {
+        loop {
+            let packet = match codec::decode(&mut self.inbuf, self.version, self.max_packet) {
+                Ok(Some(packet)) => packet,
+                Ok(None) => return Flow::Continue,
+                Err(e) => {
+                    Metrics::add(&self.broker.metrics().protocol_errors, 1);
+                    let reason = e.reason_code();
+                    tracing::info!(peer = %self.peer, client = %self.client_id, "bad packet: {e}");
+                    self.queue_disconnect(reason, Some(&e.to_string()));
+                    return Flow::End(DisconnectReason::Lost(format!("bad packet: {e}")), None);
+                }
+            };
+            if let Flow::End(reason, expiry) = self.handle(packet).await {
+                return Flow::End(reason, expiry);
+            }
+        }
+    }
+
+    async fn handle(&mut self, packet: Packet) -> Flow {
+        match packet {
+            Packet::Publish(publish) => return self.on_publish(publish).await,
+            Packet::PubAck(ack) => {
+                self.queue.complete(ack.packet_id, InflightState::Published);
+            }
+            Packet::PubRec(rec) => {
+                if rec.reason.is_error() {
+                    self.queue.complete(rec.packet_id, InflightState::Published);
+                } else {
+                    let mut rel = PubResp::new(rec.packet_id);
+                    if !self.queue.received(rec.packet_id) {
+                        rel.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
+                    }
+                    self.encode_or_log(&Packet::PubRel(rel));
+                }
+            }
+            Packet::PubRel(rel) => {
+                let mut comp = PubResp::new(rel.packet_id);
+                if !self.queue.release_incoming_qos2(rel.packet_id) {
+                    comp.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
+                }
+                self.encode_or_log(&Packet::PubComp(comp));
+            }
+            Packet::PubComp(comp) => {
+                self.queue.complete(comp.packet_id, InflightState::Released);
+            }
+            Packet::Subscribe(subscribe) => return self.on_subscribe(subscribe).await,
+            Packet::Unsubscribe(unsubscribe) => return self.on_unsubscribe(unsubscribe).await,
+            Packet::PingReq => self.encode_or_log(&Packet::PingResp),
+            Packet::Disconnect(disconnect) => return self.on_disconnect(disconnect),
+            Packet::Auth(_) => {
+                return self
+                    .protocol_error(ReasonCode::PROTOCOL_ERROR, "AUTH without enhanced authentication");
+            }
+            other => {
+                let why = format!("unexpected {} from a client", other.name());
+                return self.protocol_error(ReasonCode::PROTOCOL_ERROR, &why);
+            }
+        }
+        Flow::Continue
+    }
+
+    async fn on_publish(&mut self, publish: Publish) -> Flow {
+        let topic = match self.resolve_topic(&publish) {
+            Ok(topic) => topic,
+            Err((code, why)) => return self.protocol_error(code, why),
+        };
+        let packet_id = publish.packet_id.unwrap_or(0);
+        if publish.qos == QoS::ExactlyOnce {
+            if !self.queue.begin_incoming_qos2(packet_id) {
+                // A retransmission of a message we already have: acknowledge again, do not route twice.
+                self.encode_or_log(&Packet::PubRec(PubResp::new(packet_id)));
+                return Flow::Continue;
+            }
+            if self.queue.incoming_qos2_len() > usize::from(self.broker.config().receive_maximum) {
+                return self.protocol_error(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded");
+            }
+        }
+        Metrics::add(&self.broker.metrics().messages_received, 1);
+        if topic.starts_with("$SYS") {
+            tracing::info!(peer = %self.peer, client = %self.client_id, %topic, "publish to $SYS refused");
+            self.ack_publish(&publish, ReasonCode::NOT_AUTHORIZED);
+            return Flow::Continue;
+        }
+        let p = publish.properties;
+        let properties = MessageProperties {
+            payload_format_indicator: p.payload_format_indicator,
+            message_expiry_interval: p.message_expiry_interval,
+            content_type: p.content_type,
+            response_topic: p.response_topic,
+            correlation_data: p.correlation_data,
+            user_properties: p.user_properties,
+        };
+        let message = Message {
+            topic,
+            payload: publish.payload,
+            qos: publish.qos,
+            retain: publish.retain,
+            origin: Some(self.client_id.clone()),
+            received: Instant::now(),
+            properties: properties.boxed(),
+        };
+        if self.broker.publish(message).await.is_err() {
+            return Flow::End(DisconnectReason::Lost("the broker is shutting down".into()), None);
+        }
+        let ack = PubResp { packet_id, ..PubResp::default() };
+        match publish.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.encode_or_log(&Packet::PubAck(ack)),
+            QoS::ExactlyOnce => self.encode_or_log(&Packet::PubRec(ack)),
+        }
+        Flow::Continue
+    }
+
+    /// Acknowledges a publish that was not routed: v5 with a reason code; 3.1.1 has no way to say no, so QoS 1/2
+    /// are acknowledged as the specification says for an unauthorised publish.
+    fn ack_publish(&mut self, publish: &Publish, reason: ReasonCode) {
+        let Some(packet_id) = publish.packet_id else { return };
+        let mut ack = PubResp::new(packet_id);
+        if self.version.is_v5() {
+            ack.reason = reason;
+            if self.problem_information {
+                ack.properties.reason_string = Some(describe(reason).to_owned());
+            }
+            if publish.qos == QoS::ExactlyOnce {
+                // A failed PUBREC ends the exchange: forget the identifier.
+                self.queue.release_incoming_qos2(packet_id);
+            }
+        }
+        let packet = if publish.qos == QoS::AtLeastOnce { Packet::PubAck(ack) } else { Packet::PubRec(ack) };
+        self.encode_or_log(&packet);
+    }
+
+    /// Applies topic aliases (MQTT 5.0 §3.3.2.3.4): an alias with a topic sets it, an alias alone uses it.
+    fn resolve_topic(&mut self, publish: &Publish) -> Result<Arc<str>, (ReasonCode, &'static str)> {
+        let Some(alias) = publish.properties.topic_alias else {
+            if publish.topic.is_empty() {
+                return Err((ReasonCode::PROTOCOL_ERROR, "empty topic without a topic alias"));
+            }
+            return Ok(Arc::from(publish.topic.as_str()));
+        };
+        if alias == 0 || alias > self.broker.config().topic_alias_maximum {
+            return Err((ReasonCode::TOPIC_ALIAS_INVALID, "topic alias out of range"));
+        }
+        if publish.topic.is_empty() {
+            return self
+                .aliases
+                .get(&alias)
+                .cloned()
+                .ok_or((ReasonCode::PROTOCOL_ERROR, "unknown topic alias"));
+        }
+        let topic: Arc<str> = Arc::from(publish.topic.as_str());
+        self.aliases.insert(alias, topic.clone());
+        Ok(topic)
+    }
+
+    async fn on_subscribe(&mut self, subscribe: Subscribe) -> Flow {
+        if let Some(filter) = subscribe
+            .filters
+            .iter()
+            .find(|f| f.options.no_local && matches!(topic::parse_shared(&f.filter), Some(Ok(_))))
+        {
+            tracing::debug!(filter = %filter.filter, "no local on a shared subscription");
+            return self.protocol_error(ReasonCode::PROTOCOL_ERROR, "no local on a shared subscription");
+        }
+        let request = SubscribeRequest {
+            client_id: self.client_id.clone(),
+            filters: subscribe.filters,
+            subscription_id: subscribe.properties.subscription_identifier,
+        };
+        let Ok(reasons) = self.broker.subscribe(request).await else {
+            return Flow::End(DisconnectReason::Lost("the broker is shutting down".into()), None);
+        };
+        let ack = SubAck { packet_id: subscribe.packet_id, reasons, properties: AckProperties::default() };
+        self.encode_or_log(&Packet::SubAck(ack));
+        // Retained messages for the new subscriptions are in the queue now, after the SUBACK.
+        self.queue.wake();
+        Flow::Continue
+    }
+
+    async fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) -> Flow {
+        let Ok(reasons) = self.broker.unsubscribe(self.client_id.clone(), unsubscribe.filters).await else {
+            return Flow::End(DisconnectReason::Lost("the broker is shutting down".into()), None);
+        };
+        let ack =
+            UnsubAck { packet_id: unsubscribe.packet_id, reasons, properties: AckProperties::default() };
+        self.encode_or_log(&Packet::UnsubAck(ack));
+        Flow::Continue
+    }
+
+    fn on_disconnect(&mut self, disconnect: Disconnect) -> Flow {
+        let expiry = disconnect.properties.session_expiry_interval;
+        // A client that connected with expiry 0 may not set one at DISCONNECT (MQTT 5.0 §3.14.2.2.2).
+        if self.session_expiry == 0 && expiry.is_some_and(|e| e != 0) {
+            return self.protocol_error(
+                ReasonCode::PROTOCOL_ERROR,
+                "session expiry set at DISCONNECT after 0 at CONNECT",
+            );
+        }
+        let reason = if disconnect.reason == ReasonCode::DISCONNECT_WITH_WILL {
+            DisconnectReason::NormalWithWill
+        } else if disconnect.reason.is_error() {
+            DisconnectReason::Lost(format!("client reported error 0x{:02X}", disconnect.reason.0))
+        } else {
+            DisconnectReason::Normal
+        };
+        Flow::End(reason, expiry)
+    }
+
+    /// Ends the connection for a protocol violation: v5 clients are told why with a DISCONNECT.
+    fn protocol_error(&mut self, code: ReasonCode, why: &str) -> Flow {
+        Metrics::add(&self.broker.metrics().protocol_errors, 1);
+        tracing::info!(peer = %self.peer, client = %self.client_id, "protocol error: {why}");
+        self.queue_disconnect(code, Some(why));
+        Flow::End(DisconnectReason::Lost(format!("protocol error: {why}")), None)
+    }
+
+    /// Buffers a v5 DISCONNECT (3.1.1 has none from the server: the connection is just closed).
+    fn queue_disconnect(&mut self, code: ReasonCode, why: Option<&str>) {
+        if !self.version.is_v5() {
+            return;
+        }
+        let properties =
+            DisconnectProperties { reason_string: why.map(str::to_owned), ..DisconnectProperties::default() };
+        self.encode_or_log(&Packet::Disconnect(Disconnect { reason: code, properties }));
+    }
+
+    async fn send_disconnect(&mut self, code: ReasonCode, why: Option<&str>) {
+        self.queue_disconnect(code, why);
+        let _ = self.flush().await;
+    }
+
+    /// Moves what the session queue holds into the write buffer, within the client's receive maximum.
+    fn drain(&mut self) {
+        let mut outgoing = std::mem::take(&mut self.outgoing);
+        self.queue.take(self.send_quota, DRAIN_BATCH, Instant::now(), &mut outgoing);
+        let full_batch = outgoing.len() == DRAIN_BATCH;
+        for o in outgoing.drain(..) {
+            self.encode_outgoing(o);
+        }
+        self.outgoing = outgoing;
+        if full_batch {
+            // More may be waiting: come back after this batch is written.
+            self.queue.wake();
+        }
+    }
+
+    fn encode_outgoing(&mut self, outgoing: Outgoing) {
+        let (packet_id, delivery, dup) = match outgoing {
+            Outgoing::PubRel { packet_id } => {
+                return self.encode_or_log(&Packet::PubRel(PubResp::new(packet_id)));
+            }
+            Outgoing::Publish { packet_id, delivery, dup } => (packet_id, delivery, dup),
+        };
+        let message = &delivery.message;
+        let mut properties = PublishProperties::default();
+        if self.version.is_v5() {
+            if let Some(p) = &message.properties {
+                properties.payload_format_indicator = p.payload_format_indicator;
+                properties.message_expiry_interval = message.remaining_expiry(Instant::now());
+                properties.content_type = p.content_type.clone();
+                properties.response_topic = p.response_topic.clone();
+                properties.correlation_data = p.correlation_data.clone();
+                properties.user_properties = p.user_properties.clone();
+            }
+            properties.subscription_identifiers = delivery.subscription_ids;
+        }
+        let publish = Publish {
+            dup,
+            qos: delivery.qos,
+            retain: delivery.retain,
+            topic: message.topic.to_string(),
+            packet_id,
+            properties,
+            payload: message.payload.clone(),
+        };
+        let start = self.outbuf.len();
+        if let Err(e) = codec::encode(&Packet::Publish(publish), self.version, &mut self.outbuf) {
+            tracing::warn!(client = %self.client_id, "cannot encode a delivery: {e}");
+            self.outbuf.truncate(start);
+            return;
+        }
+        if self.outbuf.len() - start > self.client_max_packet {
+            // Larger than the client accepts: discard it as if delivered (MQTT 5.0 §3.1.2.11.4).
+            self.outbuf.truncate(start);
+            if let Some(id) = packet_id {
+                self.queue.complete(id, InflightState::Published);
+            }
+            Metrics::add(&self.broker.metrics().messages_dropped, 1);
+            tracing::debug!(client = %self.client_id, topic = %message.topic, "message exceeds the client's maximum packet size; not sent");
+            return;
+        }
+        Metrics::add(&self.broker.metrics().messages_sent, 1);
+    }
+
+    fn encode(&mut self, packet: &Packet) -> Result<(), codec::EncodeError> {
+        codec::encode(packet, self.version, &mut self.outbuf)
+    }
+
+    fn encode_or_log(&mut self, packet: &Packet) {
+        if let Err(e) = self.encode(packet) {
+            tracing::warn!(client = %self.client_id, "cannot encode {}: {e}", packet.name());
+        }
+    }
+
+    /// Writes the buffer out, unless the router asks us to close first or the peer stops reading for too long.
+    async fn flush(&mut self) -> Result<(), DisconnectReason> {
+        let written = self.outbuf.len() as u64;
+        let limit = self.keep_alive.unwrap_or(DEFAULT_WRITE_TIMEOUT).max(Duration::from_secs(10));
+        match timeout(limit, self.transport.write(&mut self.outbuf)).await {
+            Ok(Ok(())) => {
+                Metrics::add(&self.broker.metrics().bytes_sent, written);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(DisconnectReason::Lost(format!("write failed: {e}"))),
+            Err(_) => Err(DisconnectReason::Lost("write timed out: the client stopped reading".into())),
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Words for the log and the presence message.
+fn describe(code: ReasonCode) -> &'static str {
+    match code {
+        ReasonCode::SESSION_TAKEN_OVER => "session taken over",
+        ReasonCode::SERVER_SHUTTING_DOWN => "server shutting down",
+        ReasonCode::ADMINISTRATIVE_ACTION => "disconnected by an administrator",
+        ReasonCode::NOT_AUTHORIZED => "not authorized",
+        _ => "disconnected by the server",
+    }
+}

@@ -1,0 +1,156 @@
+//! Network listeners: accept TCP and WebSocket connections and hand each to its own connection task.
+
+mod connection;
+mod transport;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+
+use crate::mqtt::broker::{Broker, Metrics};
+use transport::{Stream, WebSocket};
+
+/// The WebSocket subprotocols we accept, in order of preference.
+const WS_PROTOCOLS: [&str; 2] = ["mqtt", "mqttv3.1"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// MQTT over TCP.
+    Tcp,
+    /// MQTT over WebSocket, on the given HTTP path.
+    WebSocket,
+}
+
+/// What a listener needs to know about itself and the limits it shares with the others.
+#[derive(Debug)]
+pub struct ListenerContext {
+    pub name: String,
+    pub protocol: Protocol,
+    /// For WebSocket listeners: the only path upgraded.
+    pub ws_path: String,
+    pub allow_anonymous: bool,
+    pub connect_timeout: Duration,
+    pub broker: Broker,
+    pub connections: Arc<Connections>,
+}
+
+/// Counts live connections across all listeners, enforces the limit and lets shutdown wait for them to finish.
+#[derive(Debug)]
+pub struct Connections {
+    active: AtomicUsize,
+    max: usize,
+    /// Every connection holds a sender; shutdown waits until the receiver sees all of them gone.
+    tracker: mpsc::Sender<()>,
+}
+
+impl Connections {
+    /// The counter, and the receiver that yields `None` once every connection (and this counter) is gone.
+    pub fn new(max: usize) -> (Arc<Connections>, mpsc::Receiver<()>) {
+        let (tracker, done) = mpsc::channel(1);
+        (Arc::new(Connections { active: AtomicUsize::new(0), max, tracker }), done)
+    }
+
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    fn enter(self: &Arc<Self>) -> ConnectionGuard {
+        let n = self.active.fetch_add(1, Ordering::Relaxed) + 1;
+        ConnectionGuard {
+            connections: self.clone(),
+            over_limit: n > self.max,
+            _tracker: self.tracker.clone(),
+        }
+    }
+}
+
+/// Held by a connection task for its lifetime.
+#[derive(Debug)]
+pub(crate) struct ConnectionGuard {
+    connections: Arc<Connections>,
+    /// This connection is beyond `max_connections`: it is answered with a refusal and closed.
+    over_limit: bool,
+    _tracker: mpsc::Sender<()>,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.connections.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Accepts connections until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    context: Arc<ListenerContext>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Typically EMFILE: back off briefly rather than spin.
+                tracing::warn!(listener = %context.name, "accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let guard = context.connections.enter();
+        let _ = stream.set_nodelay(true);
+        let context = context.clone();
+        tokio::spawn(async move {
+            match context.protocol {
+                Protocol::Tcp => connection::serve(Stream(stream), peer, context, guard).await,
+                Protocol::WebSocket => serve_websocket(stream, peer, context, guard).await,
+            }
+        });
+    }
+}
+
+async fn serve_websocket(
+    stream: TcpStream,
+    peer: SocketAddr,
+    context: Arc<ListenerContext>,
+    guard: ConnectionGuard,
+) {
+    let path = context.ws_path.clone();
+    // The callback's signature is tungstenite's; its large error type is not ours to box.
+    #[allow(clippy::result_large_err)]
+    let callback = move |request: &Request, mut response: Response| -> Result<Response, ErrorResponse> {
+        if request.uri().path() != path {
+            let mut error = ErrorResponse::new(Some(format!("MQTT is served on {path}\n")));
+            *error.status_mut() = StatusCode::NOT_FOUND;
+            return Err(error);
+        }
+        let offered = request.headers().get_all("sec-websocket-protocol");
+        let offered: Vec<&str> = offered
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect();
+        if let Some(chosen) = WS_PROTOCOLS.iter().find(|p| offered.contains(p)) {
+            response.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_static(chosen));
+        }
+        Ok(response)
+    };
+    let handshake = tokio_tungstenite::accept_hdr_async(stream, callback);
+    match tokio::time::timeout(context.connect_timeout, handshake).await {
+        Ok(Ok(ws)) => connection::serve(WebSocket(ws), peer, context, guard).await,
+        Ok(Err(e)) => {
+            Metrics::add(&context.broker.metrics().protocol_errors, 1);
+            tracing::info!(%peer, listener = %context.name, "WebSocket handshake failed: {e}");
+        }
+        Err(_) => tracing::info!(%peer, listener = %context.name, "WebSocket handshake timed out"),
+    }
+}

@@ -1,0 +1,14 @@
+//! Integration tests: the gateway driven through real sockets by independent client implementations (rumqttc,
+//! hand-written bytes, mosquitto_pub/sub, paho-mqtt). One test binary, modules per area (see STYLE.md §13).
+
+// Test helpers are `pub` for the sibling modules; the lint is meant for the library.
+#![allow(unreachable_pub)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod clients;
+mod link;
+mod raw;
+mod support;
+mod v311;
+mod v5;
+mod websocket;

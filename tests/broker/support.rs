@@ -1,0 +1,158 @@
+//! Shared test harness: a gateway on 127.0.0.1 port 0 with a temporary data directory, and small clients.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use weir::app::{self, Gateway};
+use weir::config::Config;
+
+/// Upper bound for anything a test waits for. Generous: CI machines are slow; passing tests never wait this long.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct TestGateway {
+    gateway: Option<Gateway>,
+    pub tcp: SocketAddr,
+    pub ws: SocketAddr,
+    pub _dir: TempDir,
+}
+
+impl TestGateway {
+    pub async fn start() -> TestGateway {
+        TestGateway::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestGateway {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::for_test(dir.path());
+        config.broker.sys_interval = None;
+        adjust(&mut config);
+        let listeners = app::bind(&config).await.unwrap();
+        let gateway = Gateway::start(config, listeners).await.unwrap();
+        let tcp = gateway.local_addr("mqtt").unwrap();
+        let ws = gateway.local_addr("ws").unwrap();
+        TestGateway { gateway: Some(gateway), tcp, ws, _dir: dir }
+    }
+
+    pub fn gateway(&self) -> &Gateway {
+        self.gateway.as_ref().unwrap()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.tcp.port()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(gateway) = self.gateway.take() {
+            gateway.shutdown().await;
+        }
+    }
+}
+
+/// Polls `condition` until it holds, failing the test after [`WAIT`].
+pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !condition().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A raw TCP client that speaks bytes we write by hand, independent of any MQTT library.
+pub struct Raw {
+    pub stream: TcpStream,
+}
+
+impl Raw {
+    pub async fn connect(addr: SocketAddr) -> Raw {
+        Raw { stream: TcpStream::connect(addr).await.unwrap() }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// Reads exactly `n` bytes.
+    pub async fn read_exact(&mut self, n: usize) -> Vec<u8> {
+        let mut buf = vec![0; n];
+        tokio::time::timeout(WAIT, self.stream.read_exact(&mut buf))
+            .await
+            .expect("timed out reading")
+            .unwrap();
+        buf
+    }
+
+    /// Reads one whole MQTT packet (fixed header + body) by its length prefix.
+    pub async fn read_packet(&mut self) -> Vec<u8> {
+        let mut packet = self.read_exact(1).await;
+        let mut len = 0usize;
+        let mut shift = 0;
+        loop {
+            let b = self.read_exact(1).await[0];
+            packet.push(b);
+            len |= usize::from(b & 0x7f) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        let body = self.read_exact(len).await;
+        packet.extend(body);
+        packet
+    }
+
+    /// Waits for the server to close the connection, returning everything it sent before closing.
+    pub async fn read_to_close(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        tokio::time::timeout(WAIT, self.stream.read_to_end(&mut out))
+            .await
+            .expect("server did not close the connection")
+            .ok();
+        out
+    }
+}
+
+/// A v3.1.1 CONNECT with the given client id, clean session and keep alive.
+pub fn connect_v311(client_id: &str, clean: bool, keep_alive: u16) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, if clean { 0x02 } else { 0x00 }];
+    body.extend(keep_alive.to_be_bytes());
+    body.extend((client_id.len() as u16).to_be_bytes());
+    body.extend(client_id.as_bytes());
+    packet(0x10, &body)
+}
+
+/// A v5 CONNECT with no properties.
+pub fn connect_v5(client_id: &str, keep_alive: u16) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0x02];
+    body.extend(keep_alive.to_be_bytes());
+    body.push(0); // no properties
+    body.extend((client_id.len() as u16).to_be_bytes());
+    body.extend(client_id.as_bytes());
+    packet(0x10, &body)
+}
+
+/// Frames a body with a fixed header byte and a variable-length remaining length.
+pub fn packet(header: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![header];
+    let mut len = body.len();
+    loop {
+        let mut b = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if len == 0 {
+            break;
+        }
+    }
+    out.extend(body);
+    out
+}
