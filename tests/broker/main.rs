@@ -8,6 +8,7 @@
 mod clients;
 mod link;
 mod raw;
+mod raw_v5;
 mod support;
 mod v311;
 mod v5;
