@@ -252,3 +252,87 @@ async fn enhanced_authentication_is_refused_with_0x8c() {
     assert_eq!((reply[0], reply[3]), (0x20, 0x8C), "{reply:?}");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn suback_and_unsuback_carry_a_reason_code_per_filter() {
+    let gw = TestGateway::start().await;
+    let mut c = connected(&gw, "codes", 0x02, &[]).await;
+    let mut body = vec![0, 7, 0];
+    for (filter, options) in [("ok/+", 2u8), ("bad/#/x", 1), ("$share/g/s", 1), ("$share/bad", 0), ("q1", 1)]
+    {
+        body.extend(string(filter));
+        body.push(options);
+    }
+    c.send(&packet(0x82, &body)).await;
+    assert_eq!(c.read_packet().await, [0x90, 8, 0, 7, 0, 2, 0x8F, 1, 0x8F, 1]);
+    let mut body = vec![0, 8, 0];
+    for filter in ["ok/+", "never/subscribed", "$share/g/s"] {
+        body.extend(string(filter));
+    }
+    c.send(&packet(0xA2, &body)).await;
+    assert_eq!(c.read_packet().await, [0xB0, 6, 0, 8, 0, 0, 0x11, 0]);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn server_keep_alive_overrides_the_client_and_is_announced() {
+    let gw = TestGateway::start_with(|c| c.broker.server_keep_alive = Some(1)).await;
+    let mut c = Raw::connect(gw.tcp).await;
+    c.send(&connect("ka", 0x02, &[], &[])).await;
+    let ack = c.read_packet().await;
+    assert!(ack.windows(3).any(|w| w == [0x13, 0, 1]), "server keep alive 1 in CONNACK: {ack:?}");
+    let started = std::time::Instant::now();
+    let reply = c.read_to_close().await;
+    assert_eq!((reply[0], reply[2]), (0xE0, 0x8D), "keep alive timeout: {reply:?}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(1400));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn offline_queue_bound_drops_and_counts_the_excess() {
+    let gw = TestGateway::start_with(|c| c.broker.max_queued_messages = 5).await;
+    let props = [0x11, 0, 0, 0, 60];
+    let mut sub = connected(&gw, "bounded", 0x02, &props).await;
+    sub.send(&subscribe(1, "b/t", 1)).await;
+    sub.read_packet().await;
+    sub.send(&[0xE0, 0]).await;
+    sub.read_to_close().await;
+    let mut p = connected(&gw, "b-pub", 0x02, &[]).await;
+    for i in 0..10u8 {
+        p.send(&publish("b/t", 1, u16::from(i) + 1, &[b'0' + i])).await;
+        p.read_packet().await;
+    }
+    let metrics = &gw.gateway().broker().metrics().messages_dropped;
+    assert_eq!(metrics.load(std::sync::atomic::Ordering::Relaxed), 5);
+    let mut back = Raw::connect(gw.tcp).await;
+    back.send(&connect("bounded", 0x00, &props, &[])).await;
+    back.read_packet().await;
+    for i in 0..5u8 {
+        let got = back.read_packet().await;
+        assert_eq!(*got.last().unwrap(), b'0' + i, "the oldest five are kept, in order");
+    }
+    back.send(&[0xC0, 0]).await;
+    assert_eq!(back.read_packet().await, [0xD0, 0], "and nothing more");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn several_tcp_listeners_serve_the_same_broker() {
+    let gw = TestGateway::start_with(|c| {
+        let mut extra = c.listeners[0].clone();
+        extra.name = "extra".into();
+        c.listeners.push(extra);
+    })
+    .await;
+    let extra = gw.gateway().local_addr("extra").unwrap();
+    assert_ne!(extra, gw.tcp);
+    let mut sub = connected(&gw, "on-main", 0x02, &[]).await;
+    sub.send(&subscribe(1, "x", 0)).await;
+    sub.read_packet().await;
+    let mut other = Raw::connect(extra).await;
+    other.send(&connect("on-extra", 0x02, &[], &[])).await;
+    other.read_packet().await;
+    other.send(&publish("x", 0, 0, b"across")).await;
+    assert!(sub.read_packet().await.ends_with(b"across"));
+    gw.stop().await;
+}

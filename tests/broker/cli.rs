@@ -1,0 +1,81 @@
+//! The `weir` binary itself: version, help, configuration errors, serving and graceful shutdown on SIGTERM.
+
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+use crate::support::{Raw, WAIT, connect_v5};
+
+const WEIR: &str = env!("CARGO_BIN_EXE_weir");
+
+#[tokio::test]
+async fn version_and_help() {
+    let out = Command::new(WEIR).arg("--version").output().await.unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("weir {}", env!("CARGO_PKG_VERSION")));
+    let out = Command::new(WEIR).args(["serve", "--help"]).output().await.unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("--config") && help.contains("127.0.0.1:1883"), "{help}");
+}
+
+#[tokio::test]
+async fn unknown_config_key_is_an_error_naming_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.toml");
+    std::fs::write(&path, "[mqtt]\nreceive_maximum = 10\nrecieve_maximum = 10\n").unwrap();
+    let out = Command::new(WEIR).args(["serve", "--config"]).arg(&path).output().await.unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("recieve_maximum") && err.contains("line 3") && err.contains("weir.toml"), "{err}");
+    let out = Command::new(WEIR)
+        .args(["check-config"])
+        .arg(dir.path().join("missing.toml"))
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+}
+
+#[tokio::test]
+async fn serve_prints_its_listeners_and_shuts_down_gracefully_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.toml");
+    let data = dir.path().join("state");
+    let config = format!(
+        "data_dir = {:?}\n[[listener]]\nname = \"t\"\nprotocol = \"tcp\"\nbind = \"127.0.0.1:0\"\n[[listener]]\nname = \"w\"\nprotocol = \"ws\"\nbind = \"127.0.0.1:0\"\n",
+        data.display().to_string()
+    );
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new(WEIR)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut mqtt = None;
+    let mut ws = false;
+    while mqtt.is_none() || !ws {
+        let line =
+            tokio::time::timeout(WAIT, lines.next_line()).await.unwrap().unwrap().expect("weir exited");
+        if let Some(addr) = line.strip_prefix("weir: MQTT on mqtt://") {
+            mqtt = Some(addr.parse::<std::net::SocketAddr>().unwrap());
+        }
+        ws |= line.starts_with("weir: MQTT over WebSocket on ws://127.0.0.1:") && line.ends_with("/mqtt");
+    }
+    let mut client = Raw::connect(mqtt.unwrap()).await;
+    client.send(&connect_v5("cli", 60)).await;
+    assert_eq!(client.read_packet().await[0], 0x20);
+    assert!(data.is_dir(), "the data directory is created");
+
+    let pid = child.id().unwrap().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().await.unwrap().success());
+    let reply = client.read_to_close().await;
+    assert_eq!((reply[0], reply[2]), (0xE0, 0x8B), "DISCONNECT server shutting down: {reply:?}");
+    let status = tokio::time::timeout(WAIT, child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+}
