@@ -157,12 +157,16 @@ impl Config {
             }
         }
         Ok(Config {
-            data_dir: file.data_dir.unwrap_or_else(|| PathBuf::from("data")),
+            data_dir: file.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             listeners,
             broker,
-            max_connections: file.limits.max_connections.unwrap_or(10_000),
-            connect_timeout: Duration::from_secs(file.limits.connect_timeout_secs.unwrap_or(10).max(1)),
-            shutdown_timeout: Duration::from_secs(file.limits.shutdown_timeout_secs.unwrap_or(5)),
+            max_connections: file.limits.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            connect_timeout: Duration::from_secs(
+                file.limits.connect_timeout_secs.unwrap_or(DEFAULT_CONNECT_TIMEOUT_SECS).max(1),
+            ),
+            shutdown_timeout: Duration::from_secs(
+                file.limits.shutdown_timeout_secs.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT_SECS),
+            ),
         })
     }
 
@@ -178,14 +182,23 @@ impl Config {
 }
 
 impl Default for Config {
+    /// The embedded defaults: what `weir serve` runs on without a file.
     fn default() -> Config {
-        // The embedded defaults are valid by construction.
-        match Config::from_file(FileConfig::default()) {
-            Ok(config) => config,
-            Err(e) => unreachable!("embedded defaults are invalid: {e}"),
+        Config {
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            listeners: default_listeners(),
+            broker: BrokerConfig::default(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            connect_timeout: Duration::from_secs(DEFAULT_CONNECT_TIMEOUT_SECS),
+            shutdown_timeout: Duration::from_secs(DEFAULT_SHUTDOWN_TIMEOUT_SECS),
         }
     }
 }
+
+const DEFAULT_DATA_DIR: &str = "data";
+const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 10;
+const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 5;
 
 fn default_listeners() -> Vec<ListenerConfig> {
     let loopback = std::net::Ipv4Addr::LOCALHOST.into();
@@ -241,6 +254,13 @@ fn listener(index: usize, l: FileListener) -> Result<ListenerConfig, ConfigError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_file_means_the_embedded_defaults() {
+        let parsed = Config::parse("").unwrap();
+        let default = Config::default();
+        assert_eq!(format!("{parsed:?}"), format!("{default:?}"));
+    }
 
     #[test]
     fn defaults_are_loopback_and_anonymous() {

@@ -1,6 +1,6 @@
 //! The router task: the single owner of sessions, subscriptions and retained messages.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -39,7 +39,7 @@ struct Session {
     queue: Arc<SessionQueue>,
     /// Every subscription of this session, keyed by the filter as subscribed (including `$share/...`), so that
     /// the session can be removed from the tree when it ends.
-    subscriptions: HashMap<String, ()>,
+    subscriptions: HashSet<String>,
     connection: Option<Attached>,
     is_link: bool,
     /// Seconds after disconnection until the session ends; [`NEVER`] for never.
@@ -158,7 +158,7 @@ impl Router {
             let queue = Arc::new(SessionQueue::new(self.shared.config.queue_limits()));
             let session = Session {
                 queue,
-                subscriptions: HashMap::new(),
+                subscriptions: HashSet::new(),
                 connection: None,
                 is_link: false,
                 expiry: 0,
@@ -233,7 +233,7 @@ impl Router {
     /// Removes a session and all its subscriptions.
     fn end_session(&mut self, id: &ClientId) {
         let Some(session) = self.sessions.remove(id) else { return };
-        for filter in session.subscriptions.keys() {
+        for filter in &session.subscriptions {
             let (group, filter) = split_shared(filter);
             self.subscriptions.remove(group, filter, id);
         }
@@ -262,7 +262,7 @@ impl Router {
             let subscriber =
                 Subscriber { client: id.clone(), options: f.options, id: request.subscription_id };
             let existed = self.subscriptions.insert(group, filter, subscriber.clone());
-            session.subscriptions.insert(f.filter.clone(), ());
+            session.subscriptions.insert(f.filter.clone());
             reasons.push(ReasonCode(f.options.qos as u8));
             // Retained messages are not sent for shared subscriptions.
             let send_retained = group.is_none()
@@ -310,7 +310,7 @@ impl Router {
         filters
             .iter()
             .map(|f| {
-                if session.subscriptions.remove(f).is_some() {
+                if session.subscriptions.remove(f) {
                     let (group, filter) = split_shared(f);
                     self.subscriptions.remove(group, filter, id);
                     ReasonCode::SUCCESS
@@ -413,7 +413,7 @@ impl Router {
         queue.set_online(true);
         let session = Session {
             queue: queue.clone(),
-            subscriptions: HashMap::new(),
+            subscriptions: HashSet::new(),
             connection: None,
             is_link: true,
             expiry: NEVER,
