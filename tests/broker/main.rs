@@ -7,6 +7,7 @@
 
 mod cli;
 mod clients;
+mod external;
 mod link;
 mod raw;
 mod raw_v5;
