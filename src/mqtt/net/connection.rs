@@ -42,7 +42,7 @@ pub(crate) async fn serve<T: Transport>(
 ) {
     let broker = context.broker.clone();
     let max_packet = broker.config().max_packet_size as usize;
-    let mut inbuf = BytesMut::with_capacity(4096);
+    let mut inbuf = BytesMut::new();
     let first =
         timeout(context.connect_timeout, read_packet(&mut transport, &mut inbuf, max_packet, &broker)).await;
     let connect = match first {
@@ -149,7 +149,7 @@ pub(crate) async fn serve<T: Transport>(
         queue: outcome.queue,
         control: control_rx,
         inbuf,
-        outbuf: BytesMut::with_capacity(4096),
+        outbuf: BytesMut::new(),
         keep_alive: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
         send_quota: usize::from(connect.properties.receive_maximum.unwrap_or(u16::MAX)),
         client_max_packet: connect.properties.maximum_packet_size.map_or(usize::MAX, |m| m as usize),

@@ -23,12 +23,23 @@ pub(crate) trait Transport: Send + 'static {
 #[derive(Debug)]
 pub(crate) struct Stream<S>(pub(crate) S);
 
+/// Read buffer growth: small while a connection is quiet (idle connections are most of them and each holds its
+/// buffer), larger once a read fills what was there (a busy publisher then needs fewer system calls).
+const READ_CHUNK_QUIET: usize = 2 * 1024;
+const READ_CHUNK_BUSY: usize = 16 * 1024;
+
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for Stream<S> {
     async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(16 * 1024);
+        let spare = buf.capacity() - buf.len();
+        if spare < 512 {
+            buf.reserve(READ_CHUNK_QUIET);
         }
-        self.0.read_buf(buf).await
+        let spare = buf.capacity() - buf.len();
+        let n = self.0.read_buf(buf).await?;
+        if n == spare && buf.capacity() - buf.len() < READ_CHUNK_BUSY {
+            buf.reserve(READ_CHUNK_BUSY);
+        }
+        Ok(n)
     }
 
     async fn write(&mut self, buf: &mut BytesMut) -> io::Result<()> {

@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# Weir vs Mosquitto, one broker at a time, each scenario back to back on every broker configuration.
+#
+#   benches/compare.sh                      # every scenario, Weir + Mosquitto (persistence off and on), release
+#   benches/compare.sh --scenarios fanin-q0,fanout-q0 --duration 5
+#   benches/compare.sh --brokers weir-default,mosquitto-nopersist
+#   benches/compare.sh --smoke              # ~1 s per scenario, few clients, Weir only, debug build: checks that
+#                                           # every scenario runs and reports numbers (never speeds)
+#
+# Broker configurations are the files in benches/configs/: weir-<name>.toml runs target/<profile>/weir,
+# mosquitto-<name>.conf runs /usr/sbin/mosquitto; @PORT@ and @DATA_DIR@ are filled in (a fresh temporary
+# directory for every broker start). Results: <out>/results.jsonl (one JSON line per run) and <out>/table.md.
+# Only loopback ports from 21883 up are used (never 1883/8883/8080).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+SMOKE=0
+BROKERS=weir-default,mosquitto-nopersist,mosquitto-persist
+SCENARIOS=all
+DURATION=10
+OUT=""
+BASE_PORT=21883
+MOSQUITTO=${MOSQUITTO:-/usr/sbin/mosquitto}
+
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --smoke) SMOKE=1 ;;
+        --brokers) BROKERS=$2; shift ;;
+        --scenarios) SCENARIOS=$2; shift ;;
+        --duration) DURATION=$2; shift ;;
+        --out) OUT=$2; shift ;;
+        --port) BASE_PORT=$2; shift ;;
+        -h|--help) usage 0 ;;
+        *) echo "unknown argument: $1" >&2; usage 2 ;;
+    esac
+    shift
+done
+
+ALL_SCENARIOS=fanin-q0,fanout-q0,fanin-q1,pairs-q1,fanin-q0-half,pairs-q1-half,connect-storm,idle-broker,idle-10k
+if [ "$SMOKE" = 1 ]; then
+    [ "$BROKERS" = weir-default,mosquitto-nopersist,mosquitto-persist ] && BROKERS=weir-default
+    DURATION=1
+fi
+[ "$SCENARIOS" = all ] && SCENARIOS=$ALL_SCENARIOS
+
+# Thousands of sockets on each side; the brokers inherit the limit.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+if [ "$SMOKE" = 1 ]; then
+    cargo build --locked --quiet -p weir -p weir-loadgen
+    BIN=$TARGET_DIR/debug
+else
+    cargo build --locked --release -p weir -p weir-loadgen
+    BIN=$TARGET_DIR/release
+fi
+LOADGEN=$BIN/weir-loadgen
+
+WORK=$(mktemp -d /tmp/weir-bench.XXXXXX)
+[ -n "$OUT" ] || OUT=$WORK
+mkdir -p "$OUT"
+RESULTS=$OUT/results.jsonl
+: >"$RESULTS"
+BROKER_PID=""
+stop_broker() {
+    if [ -n "$BROKER_PID" ] && kill -0 "$BROKER_PID" 2>/dev/null; then
+        kill -TERM "$BROKER_PID" 2>/dev/null || true
+        for _ in $(seq 100); do kill -0 "$BROKER_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$BROKER_PID" 2>/dev/null || true
+        wait "$BROKER_PID" 2>/dev/null || true
+    fi
+    BROKER_PID=""
+}
+cleanup() { stop_broker; [ "$OUT" = "$WORK" ] || rm -rf "$WORK"; }
+trap cleanup EXIT
+
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# start_broker NAME RUN-ID: starts a fresh broker from benches/configs/NAME.*, sets BROKER_PID and PORT.
+start_broker() {
+    local name=$1 id=$2 conf data
+    PORT=$BASE_PORT
+    while listening "$PORT"; do PORT=$((PORT + 1)); done
+    data=$(mktemp -d "$WORK/data-$name-$id.XXXX")
+    chmod 0777 "$data" # Mosquitto started as root drops to its own user
+    case "$name" in
+        weir-*)
+            conf=$WORK/$name-$id.toml
+            sed -e "s|@PORT@|$PORT|g" -e "s|@DATA_DIR@|$data|g" "benches/configs/$name.toml" >"$conf"
+            RUST_LOG=warn "$BIN/weir" serve --config "$conf" 2>"$WORK/$name-$id.log" &
+            ;;
+        mosquitto-*)
+            conf=$WORK/$name-$id.conf
+            sed -e "s|@PORT@|$PORT|g" -e "s|@DATA_DIR@|$data|g" "benches/configs/$name.conf" >"$conf"
+            "$MOSQUITTO" -c "$conf" 2>"$WORK/$name-$id.log" &
+            ;;
+        *) echo "unknown broker configuration $name (want weir-* or mosquitto-*)" >&2; exit 2 ;;
+    esac
+    BROKER_PID=$!
+    for _ in $(seq 200); do
+        listening "$PORT" && return 0
+        kill -0 "$BROKER_PID" 2>/dev/null || break
+        sleep 0.05
+    done
+    echo "broker $name did not start listening on $PORT; its log:" >&2
+    cat "$WORK/$name-$id.log" >&2
+    exit 1
+}
+
+# The loadgen arguments of each scenario.
+scenario_args() {
+    local d=$DURATION
+    if [ "$SMOKE" = 1 ]; then
+        case "$1" in
+            fanin-q0) echo "fan-in --clients 3 --qos 0 --duration $d" ;;
+            fanout-q0) echo "fan-out --clients 3 --qos 0 --duration $d" ;;
+            fanin-q1) echo "fan-in --clients 3 --qos 1 --duration $d" ;;
+            pairs-q1) echo "pairs --clients 3 --qos 1 --duration $d" ;;
+            fanin-q0-half) echo "fan-in --clients 3 --qos 0 --duration $d --rate $(half fanin-q0)" ;;
+            pairs-q1-half) echo "pairs --clients 3 --qos 1 --duration $d --rate $(half pairs-q1)" ;;
+            connect-storm) echo "connect-storm --clients 50" ;;
+            idle-broker) echo "idle --clients 0 --duration 0.5" ;;
+            idle-10k) echo "idle --clients 100 --duration 0.5" ;;
+            *) echo "unknown scenario $1" >&2; exit 2 ;;
+        esac
+        return
+    fi
+    case "$1" in
+        fanin-q0) echo "fan-in --clients 10 --qos 0 --payload 256 --duration $d" ;;
+        fanout-q0) echo "fan-out --clients 10 --qos 0 --payload 256 --duration $d" ;;
+        fanin-q1) echo "fan-in --clients 10 --qos 1 --payload 256 --duration $d" ;;
+        pairs-q1) echo "pairs --clients 10 --qos 1 --payload 256 --duration $d" ;;
+        fanin-q0-half) echo "fan-in --clients 10 --qos 0 --payload 256 --duration $d --rate $(half fanin-q0)" ;;
+        pairs-q1-half) echo "pairs --clients 10 --qos 1 --payload 256 --duration $d --rate $(half pairs-q1)" ;;
+        connect-storm) echo "connect-storm --clients 1000" ;;
+        idle-broker) echo "idle --clients 0 --duration 2" ;;
+        idle-10k) echo "idle --clients 10000 --duration 5 --keep-alive 600" ;;
+        *) echo "unknown scenario $1" >&2; exit 2 ;;
+    esac
+}
+
+# Half of the slowest broker's publish rate in an earlier max-rate run (the same rate for every broker).
+half() {
+    "$LOADGEN" half-rate "$RESULTS" "$1" 2>/dev/null || {
+        echo "scenario ${1}-half needs $1 to run first (in the same --scenarios list)" >&2
+        exit 2
+    }
+}
+
+FAILED=0
+IFS=, read -r -a scenario_list <<<"$SCENARIOS"
+IFS=, read -r -a broker_list <<<"$BROKERS"
+for sc in "${scenario_list[@]}"; do
+    args=$(scenario_args "$sc")
+    for br in "${broker_list[@]}"; do
+        start_broker "$br" "$sc"
+        echo "== $sc on $br (port $PORT, pid $BROKER_PID): weir-loadgen $args" >&2
+        # shellcheck disable=SC2086 # $args is a list of words on purpose
+        if ! "$LOADGEN" $args --port "$PORT" --broker "$br" --broker-pid "$BROKER_PID" --name "$sc" \
+            --out "$RESULTS"; then
+            echo "!! $sc on $br did not complete (broker log: $WORK/$br-$sc.log)" >&2
+            FAILED=1
+        fi
+        stop_broker
+    done
+done
+
+echo
+echo "Results: $RESULTS"
+echo
+if [ "$SMOKE" = 1 ]; then
+    "$LOADGEN" report --check "$RESULTS" | tee "$OUT/table.md"
+    exit "$FAILED"
+fi
+"$LOADGEN" report "$RESULTS" | tee "$OUT/table.md"
