@@ -11,7 +11,9 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, ListenerConfig};
 use crate::mqtt::broker::Broker;
+use crate::mqtt::broker::Durable;
 use crate::mqtt::net::{self, Connections, ListenerContext};
+use crate::store::{self, Durability, Journal, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -20,6 +22,8 @@ pub enum AppError {
     Bind { name: String, addr: SocketAddr, source: std::io::Error },
     #[error("cannot create the data directory {path}: {source}")]
     DataDir { path: std::path::PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// A listening socket and the configuration it was bound for.
@@ -65,6 +69,8 @@ pub async fn run(
 #[derive(Debug)]
 pub struct Gateway {
     broker: Broker,
+    journal: Option<Journal>,
+    config_db: sqlx::SqlitePool,
     router: JoinHandle<()>,
     listeners: Vec<(String, SocketAddr, JoinHandle<()>)>,
     stop: watch::Sender<bool>,
@@ -77,7 +83,22 @@ impl Gateway {
     pub async fn start(config: Config, listeners: Vec<BoundListener>) -> Result<Gateway, AppError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| AppError::DataDir { path: config.data_dir.clone(), source })?;
-        let (broker, router) = Broker::start(config.broker.clone());
+        let (config_db, recovered) = store::open(
+            &config.data_dir,
+            store::Database::Config,
+            sqlx::sqlite::SqliteSynchronous::Full,
+            None,
+        )
+        .await?;
+        if recovered {
+            let _ = store::audit(&config_db, "system", "database.recovered", store::CONFIG_FILE).await;
+        }
+        let journal = match config.journal.durability {
+            Durability::Off => None,
+            _ => Some(Journal::open(&config.data_dir, config.journal.clone()).await?),
+        };
+        let durable = journal.clone().map(|j| Arc::new(j) as Arc<dyn Durable>);
+        let (broker, router) = Broker::start(config.broker.clone(), durable);
         let (connections, connections_done) = Connections::new(config.max_connections);
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -109,6 +130,8 @@ impl Gateway {
         }
         Ok(Gateway {
             broker,
+            journal,
+            config_db,
             router,
             listeners: tasks,
             stop,
@@ -120,6 +143,11 @@ impl Gateway {
 
     pub fn broker(&self) -> &Broker {
         &self.broker
+    }
+
+    /// The message journal, unless durability is off.
+    pub fn journal(&self) -> Option<&Journal> {
+        self.journal.as_ref()
     }
 
     /// The address each listener is bound to, by listener name.
@@ -135,7 +163,16 @@ impl Gateway {
             let _ = task.await;
         }
         self.broker.shutdown().await;
-        let Gateway { broker, router, connections, mut connections_done, shutdown_timeout, .. } = self;
+        let Gateway {
+            broker,
+            router,
+            connections,
+            mut connections_done,
+            shutdown_timeout,
+            journal,
+            config_db,
+            ..
+        } = self;
         // Our own counter holds a tracker sender too; drop it so that only live connections keep the channel open.
         let active = connections.active();
         drop(connections);
@@ -146,6 +183,10 @@ impl Gateway {
         if tokio::time::timeout(shutdown_timeout, router).await.is_err() {
             tracing::warn!("the router did not stop within the shutdown timeout");
         }
+        if let Some(journal) = journal {
+            journal.close().await;
+        }
+        config_db.close().await;
         tracing::info!("stopped");
     }
 }

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::mqtt::broker::BrokerConfig;
 use crate::mqtt::net::Protocol;
+use crate::store::{Durability, JournalConfig, Retention};
 
 /// A configuration file that could not be used. The message names the file, and for syntax errors and unknown
 /// keys the line and the key.
@@ -38,6 +39,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// How long shutdown waits for connections to close before it stops anyway.
     pub shutdown_timeout: Duration,
+    /// The message journal (history, durability of acknowledged messages).
+    pub journal: JournalConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -60,6 +63,35 @@ pub struct FileConfig {
     pub mqtt: FileMqtt,
     #[serde(default)]
     pub limits: FileLimits,
+    #[serde(default)]
+    pub journal: FileJournal,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileJournal {
+    /// `synced` (default), `batched` or `off`.
+    pub durability: Option<FileDurability>,
+    /// `batched` only: the longest a commit waits for its sync.
+    pub batch_window_ms: Option<u64>,
+    /// Topic filters recorded; default everything.
+    pub include: Option<Vec<String>>,
+    /// Topic filters not recorded; default `$SYS/#`.
+    pub exclude: Option<Vec<String>>,
+    pub max_age_days: Option<u64>,
+    pub max_mb: Option<u64>,
+    pub hard_cap_mb: Option<u64>,
+    pub max_batch: Option<usize>,
+    /// SQLite page limit for the journal (4 KiB pages): it reports itself full beyond it.
+    pub max_pages: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileDurability {
+    Synced,
+    Batched,
+    Off,
 }
 
 #[derive(Debug, Deserialize)]
@@ -145,6 +177,7 @@ impl Config {
         if broker.receive_maximum == 0 {
             return Err(ConfigError::Invalid("mqtt.receive_maximum must be at least 1".into()));
         }
+        let journal = journal(file.journal)?;
         let listeners = if file.listeners.is_empty() {
             default_listeners()
         } else {
@@ -167,6 +200,7 @@ impl Config {
             shutdown_timeout: Duration::from_secs(
                 file.limits.shutdown_timeout_secs.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT_SECS),
             ),
+            journal,
         })
     }
 
@@ -191,6 +225,7 @@ impl Default for Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             connect_timeout: Duration::from_secs(DEFAULT_CONNECT_TIMEOUT_SECS),
             shutdown_timeout: Duration::from_secs(DEFAULT_SHUTDOWN_TIMEOUT_SECS),
+            journal: JournalConfig::default(),
         }
     }
 }
@@ -199,6 +234,45 @@ const DEFAULT_DATA_DIR: &str = "data";
 const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 10;
 const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 5;
+
+fn journal(j: FileJournal) -> Result<JournalConfig, ConfigError> {
+    let defaults = JournalConfig::default();
+    let durability = match j.durability.unwrap_or(FileDurability::Synced) {
+        FileDurability::Synced => Durability::Synced,
+        FileDurability::Off => Durability::Off,
+        FileDurability::Batched => {
+            Durability::Batched { window: Duration::from_millis(j.batch_window_ms.unwrap_or(100).max(1)) }
+        }
+    };
+    let include = j.include.unwrap_or(defaults.include);
+    let exclude = j.exclude.unwrap_or(defaults.exclude);
+    if let Some(bad) =
+        include.iter().chain(&exclude).find(|f| !crate::mqtt::codec::topic::valid_topic_filter(f))
+    {
+        return Err(ConfigError::Invalid(format!("journal: {bad:?} is not a valid topic filter")));
+    }
+    const MB: u64 = 1024 * 1024;
+    let retention = Retention {
+        max_age: j.max_age_days.map(|d| Duration::from_secs(d * 24 * 3600)).or(defaults.retention.max_age),
+        max_bytes: j.max_mb.map(|m| m * MB).or(defaults.retention.max_bytes),
+        hard_cap_bytes: j.hard_cap_mb.map(|m| m * MB).or(defaults.retention.hard_cap_bytes),
+        prune_interval: defaults.retention.prune_interval,
+    };
+    if let (Some(soft), Some(hard)) = (retention.max_bytes, retention.hard_cap_bytes)
+        && hard < soft
+    {
+        return Err(ConfigError::Invalid("journal.hard_cap_mb must not be below journal.max_mb".into()));
+    }
+    Ok(JournalConfig {
+        durability,
+        include,
+        exclude,
+        max_batch: j.max_batch.unwrap_or(defaults.max_batch).max(1),
+        queue: defaults.queue,
+        retention,
+        max_pages: j.max_pages,
+    })
+}
 
 fn default_listeners() -> Vec<ListenerConfig> {
     let loopback = std::net::Ipv4Addr::LOCALHOST.into();

@@ -7,3 +7,5 @@
 pub mod app;
 pub mod config;
 pub mod mqtt;
+pub mod store;
+pub mod timefmt;

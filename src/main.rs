@@ -36,6 +36,72 @@ enum Command {
         #[arg(value_name = "FILE")]
         config: PathBuf,
     },
+    /// Read the message history in the data directory (works while the gateway runs).
+    History {
+        #[command(subcommand)]
+        command: HistoryCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum HistoryCommand {
+    /// Print matching messages, newest first.
+    Query {
+        #[command(flatten)]
+        select: Selection,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        oldest_first: bool,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        jsonl: bool,
+    },
+    /// Write matching messages, oldest first, as CSV or JSON lines. Streams: any size runs in constant memory.
+    Export {
+        #[command(flatten)]
+        select: Selection,
+        #[arg(long, value_enum, default_value = "csv")]
+        format: ExportFormat,
+        /// Write here instead of standard output.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+}
+
+/// Which messages, from where.
+#[derive(Debug, clap::Args)]
+struct Selection {
+    /// Configuration file, to find the data directory.
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// MQTT topic filter; + and # allowed.
+    #[arg(long, default_value = "#")]
+    filter: String,
+    /// From this time on: 2026-11-25T10:00:00Z, 2026-11-25, unix milliseconds, or 15m / 2h / 7d ago.
+    #[arg(long)]
+    since: Option<String>,
+    /// Before this time (same forms as --since).
+    #[arg(long)]
+    until: Option<String>,
+    /// How payloads are shown.
+    #[arg(long, value_enum, default_value = "text")]
+    payload: PayloadFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    Csv,
+    Jsonl,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum PayloadFormat {
+    Text,
+    Json,
+    Hex,
 }
 
 fn main() -> ExitCode {
@@ -63,6 +129,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             runtime.block_on(serve(config))
         }
+        Command::History { command } => {
+            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            runtime.block_on(history(command))
+        }
         Command::CheckConfig { config } => {
             let config = Config::load(&config)?;
             for l in &config.listeners {
@@ -75,18 +145,105 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    use std::io::Write;
     let listeners = app::bind(&config).await?;
+    // Whoever started us may stop reading our output: that is no reason to stop serving.
+    let mut out = std::io::stdout();
     for l in &listeners {
         let addr = l.local_addr()?;
-        match l.config.protocol {
-            weir::mqtt::net::Protocol::Tcp => println!("weir: MQTT on mqtt://{addr}"),
+        let _ = match l.config.protocol {
+            weir::mqtt::net::Protocol::Tcp => writeln!(out, "weir: MQTT on mqtt://{addr}"),
             weir::mqtt::net::Protocol::WebSocket => {
-                println!("weir: MQTT over WebSocket on ws://{addr}{}", l.config.ws_path)
+                writeln!(out, "weir: MQTT over WebSocket on ws://{addr}{}", l.config.ws_path)
+            }
+        };
+    }
+    let _ = writeln!(out, "weir: data directory {}", config.data_dir.display());
+    app::run(config, listeners, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn history(command: HistoryCommand) -> anyhow::Result<()> {
+    use std::io::{IsTerminal, Write};
+    use weir::store::{self, export, history};
+
+    let select = match &command {
+        HistoryCommand::Query { select, .. } | HistoryCommand::Export { select, .. } => select,
+    };
+    let data_dir = match (&select.data_dir, &select.config) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(path)) => Config::load(path)?.data_dir,
+        (None, None) => Config::default().data_dir,
+    };
+    let pool = store::open_for_reading(&data_dir, store::Database::Journal)
+        .await
+        .with_context(|| format!("no history in {} (is this the data directory?)", data_dir.display()))?;
+    let now = weir::timefmt::now_ms();
+    let mut query = history::HistoryQuery::new(&select.filter);
+    query.since = select
+        .since
+        .as_deref()
+        .map(|t| weir::timefmt::parse(t, now))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    query.until = select
+        .until
+        .as_deref()
+        .map(|t| weir::timefmt::parse(t, now))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let view = match select.payload {
+        PayloadFormat::Text => history::PayloadView::Text,
+        PayloadFormat::Json => history::PayloadView::Json,
+        PayloadFormat::Hex => history::PayloadView::Hex,
+    };
+    match command {
+        HistoryCommand::Query { limit, oldest_first, jsonl, .. } => {
+            query.limit = limit;
+            if oldest_first {
+                query.order = history::Order::OldestFirst;
+            }
+            let page = history::query(&pool, &query).await?;
+            let mut out = std::io::stdout().lock();
+            for m in &page.messages {
+                if jsonl {
+                    writeln!(out, "{}", export::json(m, view))?;
+                } else {
+                    let payload = match m.payload_as(view) {
+                        serde_json::Value::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    writeln!(out, "{} {} q{} {}", weir::timefmt::format(m.ts), m.topic, m.qos, payload)?;
+                }
+            }
+        }
+        HistoryCommand::Export { format, output, .. } => {
+            let format = match format {
+                ExportFormat::Csv => export::Format::Csv,
+                ExportFormat::Jsonl => export::Format::Jsonl,
+            };
+            let mut out: Box<dyn Write> = match &output {
+                Some(path) => Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(path)
+                        .with_context(|| format!("cannot create {}", path.display()))?,
+                )),
+                None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+            };
+            let terminal = std::io::stderr().is_terminal();
+            let written = export::export(&pool, &query, format, view, &mut out, |n| {
+                if terminal {
+                    eprint!("\rexported {n} messages");
+                }
+            })
+            .await?;
+            if terminal {
+                eprintln!();
+            }
+            if let Some(path) = output {
+                eprintln!("weir: exported {written} messages to {}", path.display());
             }
         }
     }
-    println!("weir: data directory {}", config.data_dir.display());
-    app::run(config, listeners, shutdown_signal()).await?;
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 
 mod cli;
 mod clients;
+mod durability;
 mod external;
 mod link;
 mod raw;

@@ -93,9 +93,10 @@ async fn client_exceeding_the_broker_receive_maximum_gets_0x93() {
         c.send(&publish("q2", 2, id, b"x")).await;
     }
     let reply = c.read_to_close().await;
-    // Two PUBRECs, then DISCONNECT 0x93.
-    assert_eq!(&reply[..8], [0x50, 2, 0, 1, 0x50, 2, 0, 2]);
-    assert_eq!((reply[8], reply[10]), (0xE0, 0x93), "{reply:?}");
+    // At most the two allowed PUBRECs (they may still be waiting for the journal), then DISCONNECT 0x93.
+    let disconnect = reply.iter().position(|&b| b == 0xE0).expect("a DISCONNECT");
+    assert!(reply[..disconnect].chunks(4).all(|p| p[0] == 0x50 && p[3] != 3), "{reply:?}");
+    assert_eq!(reply[disconnect + 2], 0x93, "{reply:?}");
     gw.stop().await;
 }
 

@@ -41,6 +41,10 @@ impl TestGateway {
         self.gateway.as_ref().unwrap()
     }
 
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     pub fn port(&self) -> u16 {
         self.tcp.port()
     }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::clients::v4::{Client, ConnectReturnCode, LastWill, QoS, options};
+use crate::clients::v4::{Client, ConnectReturnCode, LastWill, Packet, QoS, options};
 use crate::support::TestGateway;
 
 #[tokio::test]
@@ -46,11 +46,15 @@ async fn messages_arrive_in_order() {
 #[tokio::test]
 async fn retained_message_is_replaced_and_cleared_only_by_an_empty_retained_publish() {
     let gw = TestGateway::start().await;
-    let (publisher, _) = Client::connect(options("pub", gw.port())).await;
+    let (mut publisher, _) = Client::connect(options("pub", gw.port())).await;
     publisher.client.publish("r/t", QoS::AtLeastOnce, true, "first").await.unwrap();
     publisher.client.publish("r/t", QoS::AtLeastOnce, true, "second").await.unwrap();
     // A non-retained publish does not touch the retained value.
     publisher.client.publish("r/t", QoS::AtLeastOnce, false, "live").await.unwrap();
+    // Acknowledged means durable and routed: only then is the retained value certain.
+    for _ in 0..3 {
+        publisher.expect(|p| matches!(p, Packet::PubAck(_)).then_some(())).await;
+    }
 
     let (mut sub, _) = Client::connect(options("sub1", gw.port())).await;
     sub.client.subscribe("r/#", QoS::AtLeastOnce).await.unwrap();
@@ -66,6 +70,10 @@ async fn retained_message_is_replaced_and_cleared_only_by_an_empty_retained_publ
 
     publisher.client.publish("r/t", QoS::AtLeastOnce, true, "").await.unwrap();
     publisher.client.publish("r/marker", QoS::AtLeastOnce, true, "m").await.unwrap();
+    // The acknowledgements of "third", the clearing publish and the marker.
+    for _ in 0..3 {
+        publisher.expect(|p| matches!(p, Packet::PubAck(_)).then_some(())).await;
+    }
     let (mut late, _) = Client::connect(options("sub2", gw.port())).await;
     late.client.subscribe("r/#", QoS::AtLeastOnce).await.unwrap();
     let got = late.publish_msg().await;

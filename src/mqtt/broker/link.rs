@@ -103,7 +103,11 @@ impl Link {
         }
         message.origin = Some(self.id.clone());
         crate::mqtt::broker::Metrics::add(&self.broker.metrics().messages_received, 1);
-        self.broker.publish(message).await?;
+        let message = Arc::new(message);
+        if let Some(durable) = self.broker.durable() {
+            durable.record_nowait(&message);
+        }
+        self.broker.publish_shared(message).await?;
         Ok(())
     }
 

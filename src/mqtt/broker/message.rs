@@ -45,6 +45,8 @@ pub struct Message {
     /// The publishing client, for "no local" subscriptions and for history; `None` for messages the broker
     /// makes itself ($SYS, presence).
     pub origin: Option<ClientId>,
+    /// The publisher's user name, for history and ACLs.
+    pub username: Option<Arc<str>>,
     /// When the broker accepted it: the message expiry interval counts from here.
     pub received: Instant,
     /// MQTT 5.0 properties, boxed because 3.1.1 traffic and most 5.0 traffic carries none.
@@ -59,6 +61,7 @@ impl Message {
             qos,
             retain,
             origin: None,
+            username: None,
             received: Instant::now(),
             properties: None,
         }

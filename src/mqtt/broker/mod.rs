@@ -83,9 +83,35 @@ pub struct Broker {
 #[derive(Debug)]
 struct Shared {
     config: BrokerConfig,
+    durable: Option<Arc<dyn Durable>>,
     metrics: Metrics,
     started: Instant,
     next_connection: AtomicU64,
+}
+
+/// Where accepted messages are made durable before they are acknowledged: the store's journal implements it.
+/// A trait so that the broker core does not depend on the store.
+pub trait Durable: Send + Sync + std::fmt::Debug {
+    /// Records a message (QoS 1/2); waits while the store is behind, then returns a receiver that resolves
+    /// once the message is durable, or with the reason it was refused.
+    fn record<'a>(
+        &'a self,
+        message: &'a Arc<Message>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Completion> + Send + 'a>>;
+    /// Records a message (QoS 0, wills, in-process publishes) without waiting; the store counts what it drops.
+    fn record_nowait(&self, message: &Arc<Message>);
+}
+
+/// Resolves when a recorded message is durable.
+pub type Completion = oneshot::Receiver<Result<(), Refusal>>;
+
+/// Why the store did not take a message. The publisher is told (v5: 0x97) and keeps its message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("storage is full")]
+    Full,
+    #[error("storage is unavailable")]
+    Unavailable,
 }
 
 /// The router has stopped: the broker is shutting down.
@@ -185,10 +211,14 @@ pub(crate) enum Command {
 
 impl Broker {
     /// Starts the router task. It runs until [`Broker::shutdown`] or until every handle is dropped.
-    pub fn start(config: BrokerConfig) -> (Broker, JoinHandle<()>) {
+    ///
+    /// With a `durable` store, QoS 1/2 publishes are acknowledged only once it has them, and everything else
+    /// accepted is recorded too.
+    pub fn start(config: BrokerConfig, durable: Option<Arc<dyn Durable>>) -> (Broker, JoinHandle<()>) {
         let (commands, receiver) = mpsc::channel(1024);
         let shared = Arc::new(Shared {
             config,
+            durable,
             metrics: Metrics::default(),
             started: Instant::now(),
             next_connection: AtomicU64::new(1),
@@ -199,6 +229,10 @@ impl Broker {
 
     pub fn config(&self) -> &BrokerConfig {
         &self.shared.config
+    }
+
+    pub fn durable(&self) -> Option<&Arc<dyn Durable>> {
+        self.shared.durable.as_ref()
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -229,7 +263,12 @@ impl Broker {
 
     /// Routes a message. Returns once the router has it; waits while the router is busy (backpressure).
     pub async fn publish(&self, message: Message) -> Result<(), BrokerGone> {
-        self.send(Command::Publish(Arc::new(message))).await
+        self.publish_shared(Arc::new(message)).await
+    }
+
+    /// [`Broker::publish`] for a message already shared (for example with the store).
+    pub async fn publish_shared(&self, message: Arc<Message>) -> Result<(), BrokerGone> {
+        self.send(Command::Publish(message)).await
     }
 
     pub async fn subscribe(&self, request: SubscribeRequest) -> Result<Vec<ReasonCode>, BrokerGone> {

@@ -394,7 +394,11 @@ impl Router {
     async fn publish_will(&mut self, mut message: Message) {
         message.received = Instant::now();
         tracing::debug!(topic = %message.topic, "publishing will");
-        self.route(Arc::new(message)).await;
+        let message = Arc::new(message);
+        if let Some(durable) = &self.shared.durable {
+            durable.record_nowait(&message);
+        }
+        self.route(message).await;
     }
 
     /// Publishes a client's presence as a retained message on `$SYS/weir/clients/<id>/presence`.

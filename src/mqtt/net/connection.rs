@@ -5,7 +5,7 @@
 //! client. It owns no shared state except through the session queue, so a slow or dead client costs only its own
 //! task and its own bounded queue.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,8 +17,9 @@ use tokio::time::timeout;
 use super::transport::Transport;
 use super::{ConnectionGuard, ListenerContext};
 use crate::mqtt::broker::{
-    Broker, ClientId, ConnectRequest, ConnectionId, Control, DisconnectNotice, DisconnectReason,
-    InflightState, Message, MessageProperties, Metrics, Outgoing, SessionQueue, SubscribeRequest, Will,
+    Broker, ClientId, Completion, ConnectRequest, ConnectionId, Control, DisconnectNotice, DisconnectReason,
+    InflightState, Message, MessageProperties, Metrics, Outgoing, Refusal, SessionQueue, SubscribeRequest,
+    Will,
 };
 use crate::mqtt::codec::{
     self, AckProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect, DisconnectProperties,
@@ -158,6 +159,8 @@ pub(crate) async fn serve<T: Transport>(
         problem_information: connect.properties.request_problem_information != Some(false),
         session_expiry,
         outgoing: Vec::new(),
+        username: connect.username.as_deref().map(Arc::from),
+        pending: VecDeque::new(),
     };
     if session.encode(&Packet::ConnAck(ack)).is_err() {
         return;
@@ -166,6 +169,13 @@ pub(crate) async fn serve<T: Transport>(
         session.encode_outgoing(outgoing);
     }
     let (reason, expiry) = session.run().await;
+    // Publishes still waiting for the store were never acknowledged: the client sends them again, and a QoS 2
+    // retransmission must then count as new.
+    for p in session.pending.drain(..) {
+        if p.qos == QoS::ExactlyOnce {
+            session.queue.release_incoming_qos2(p.packet_id);
+        }
+    }
     match &reason {
         DisconnectReason::Lost(why) => {
             tracing::info!(peer = %session.peer, client = %session.client_id, "connection lost: {why}")
@@ -305,6 +315,18 @@ struct Session<T> {
     session_expiry: u32,
     /// Reused buffer of deliveries taken from the queue.
     outgoing: Vec<Outgoing>,
+    username: Option<Arc<str>>,
+    /// QoS 1/2 publishes waiting for the store, in arrival order: each is routed and acknowledged when its
+    /// group commit completes. While this is full the socket is not read (backpressure on the publisher).
+    pending: VecDeque<PendingPublish>,
+}
+
+/// A QoS 1/2 publish handed to the store and not yet acknowledged.
+struct PendingPublish {
+    message: Arc<Message>,
+    packet_id: u16,
+    qos: QoS,
+    completion: Completion,
 }
 
 impl<T: Transport> Session<T> {
@@ -318,6 +340,7 @@ impl<T: Transport> Session<T> {
                 return (reason, None);
             }
             let deadline = self.keep_alive.map(|k| tokio::time::Instant::from_std(last_read + k));
+            let can_read = self.pending.len() < usize::from(self.broker.config().receive_maximum);
             tokio::select! {
                 control = self.control.recv() => {
                     let code = match control {
@@ -327,7 +350,13 @@ impl<T: Transport> Session<T> {
                     self.send_disconnect(code, None).await;
                     return (DisconnectReason::Lost(describe(code).to_owned()), None);
                 }
-                read = self.transport.read(&mut self.inbuf) => {
+                done = next_completion(&mut self.pending) => {
+                    if let Flow::End(reason, expiry) = self.on_durable(done).await {
+                        let _ = self.flush().await;
+                        return (reason, expiry);
+                    }
+                }
+                read = self.transport.read(&mut self.inbuf), if can_read => {
                     match read {
                         Ok(0) => return (DisconnectReason::Lost("connection closed by the client".into()), None),
                         Ok(n) => {
@@ -426,7 +455,10 @@ impl<T: Transport> Session<T> {
                 self.encode_or_log(&Packet::PubRec(PubResp::new(packet_id)));
                 return Flow::Continue;
             }
-            if self.queue.incoming_qos2_len() > usize::from(self.broker.config().receive_maximum) {
+            // Only a v5 client knows our receive maximum; for 3.1.1 the packet id space (65,535) is the bound.
+            if self.version.is_v5()
+                && self.queue.incoming_qos2_len() > usize::from(self.broker.config().receive_maximum)
+            {
                 return self.protocol_error(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded");
             }
         }
@@ -445,23 +477,93 @@ impl<T: Transport> Session<T> {
             correlation_data: p.correlation_data,
             user_properties: p.user_properties,
         };
-        let message = Message {
+        let message = Arc::new(Message {
             topic,
             payload: publish.payload,
             qos: publish.qos,
             retain: publish.retain,
             origin: Some(self.client_id.clone()),
+            username: self.username.clone(),
             received: Instant::now(),
             properties: properties.boxed(),
-        };
-        if self.broker.publish(message).await.is_err() {
-            return Flow::End(DisconnectReason::Lost("the broker is shutting down".into()), None);
+        });
+        let durable = self.broker.durable().cloned();
+        match (publish.qos, durable) {
+            (QoS::AtMostOnce, durable) => {
+                if let Some(durable) = durable {
+                    durable.record_nowait(&message);
+                }
+                self.route(message).await
+            }
+            (qos, None) => self.route_and_ack(message, packet_id, qos).await,
+            (qos, Some(durable)) => {
+                // Acknowledged only once the store has it: see `on_durable`.
+                let completion = durable.record(&message).await;
+                self.pending.push_back(PendingPublish { message, packet_id, qos, completion });
+                Flow::Continue
+            }
         }
-        let ack = PubResp { packet_id, ..PubResp::default() };
-        match publish.qos {
+    }
+
+    async fn route(&mut self, message: Arc<Message>) -> Flow {
+        match self.broker.publish_shared(message).await {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::End(DisconnectReason::Lost("the broker is shutting down".into()), None),
+        }
+    }
+
+    async fn route_and_ack(&mut self, message: Arc<Message>, packet_id: u16, qos: QoS) -> Flow {
+        if let Flow::End(reason, expiry) = self.route(message).await {
+            return Flow::End(reason, expiry);
+        }
+        let ack = PubResp::new(packet_id);
+        match qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => self.encode_or_log(&Packet::PubAck(ack)),
             QoS::ExactlyOnce => self.encode_or_log(&Packet::PubRec(ack)),
+        }
+        Flow::Continue
+    }
+
+    /// The store finished with the oldest pending publish (and maybe more): route and acknowledge what it took,
+    /// refuse what it did not. v5 clients get 0x97 and keep their message; 3.1.1 has no way to refuse, so the
+    /// connection is closed without an acknowledgement and the client sends the message again later.
+    async fn on_durable(&mut self, first: Result<(), Refusal>) -> Flow {
+        let mut result = first;
+        while let Some(p) = self.pending.pop_front() {
+            match result {
+                Ok(()) => {
+                    if let Flow::End(reason, expiry) = self.route_and_ack(p.message, p.packet_id, p.qos).await
+                    {
+                        return Flow::End(reason, expiry);
+                    }
+                }
+                Err(refusal) => {
+                    tracing::warn!(client = %self.client_id, topic = %p.message.topic, "publish refused: {refusal}");
+                    if p.qos == QoS::ExactlyOnce {
+                        // Not taken: a retransmission must be treated as new, not as a duplicate.
+                        self.queue.release_incoming_qos2(p.packet_id);
+                    }
+                    if !self.version.is_v5() {
+                        return Flow::End(
+                            DisconnectReason::Lost(format!("publish refused: {refusal}")),
+                            None,
+                        );
+                    }
+                    let code = match refusal {
+                        Refusal::Full => ReasonCode::QUOTA_EXCEEDED,
+                        Refusal::Unavailable => ReasonCode::UNSPECIFIED_ERROR,
+                    };
+                    let publish = Publish { qos: p.qos, packet_id: Some(p.packet_id), ..Publish::default() };
+                    self.ack_publish(&publish, code);
+                }
+            }
+            let Some(next) = self.pending.front_mut() else { break };
+            result = match next.completion.try_recv() {
+                Ok(r) => r,
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => break,
+                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => Err(Refusal::Unavailable),
+            };
         }
         Flow::Continue
     }
@@ -672,6 +774,14 @@ impl<T: Transport> Session<T> {
     }
 }
 
+/// Resolves with the store's answer for the oldest pending publish; never, when there is none.
+async fn next_completion(pending: &mut VecDeque<PendingPublish>) -> Result<(), Refusal> {
+    match pending.front_mut() {
+        Some(p) => (&mut p.completion).await.unwrap_or(Err(Refusal::Unavailable)),
+        None => std::future::pending().await,
+    }
+}
+
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
@@ -686,6 +796,7 @@ fn describe(code: ReasonCode) -> &'static str {
         ReasonCode::SERVER_SHUTTING_DOWN => "server shutting down",
         ReasonCode::ADMINISTRATIVE_ACTION => "disconnected by an administrator",
         ReasonCode::NOT_AUTHORIZED => "not authorized",
+        ReasonCode::QUOTA_EXCEEDED => "storage full: message not accepted",
         _ => "disconnected by the server",
     }
 }

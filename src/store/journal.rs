@@ -1,0 +1,756 @@
+//! The message journal: every accepted message, appended by one writer task with group commit.
+//!
+//! Appends queue up on a bounded channel. The writer takes everything waiting (up to `max_batch`), inserts it in
+//! one transaction with multi-row INSERTs and commits once: with `synchronous = FULL` that is one fsync for the
+//! whole group, so durability costs one sync per batch rather than per message, and batches grow by themselves
+//! when load rises. Only then are the waiting publishers told their messages are durable (and acknowledged).
+//!
+//! Retention runs in the same task, in small steps between batches (so it never stalls ingest for long and never
+//! contends with the writer for SQLite's write lock): rows older than `max_age`, and the oldest rows while the
+//! file is larger than `max_bytes`, except rows a durable consumer's cursor still needs; beyond `hard_cap_bytes`
+//! the oldest go regardless, and if that is not enough new QoS 1/2 messages are refused (the client sees it).
+//! Freed pages are returned to the file system with `PRAGMA incremental_vacuum`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use sqlx::pool::PoolConnection;
+use sqlx::sqlite::SqliteSynchronous;
+use sqlx::{QueryBuilder, Sqlite, SqlitePool};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Database, StoreError, unix_millis};
+use crate::mqtt::broker::{Completion, Durable, Message, Refusal};
+use crate::mqtt::codec::topic;
+
+/// Rows per INSERT statement: 14 columns each, well under SQLite's limit of 32,766 bound parameters.
+const ROWS_PER_INSERT: usize = 200;
+/// Rows deleted per pruning step, and steps per pruning round.
+const PRUNE_CHUNK: i64 = 2000;
+const PRUNE_STEPS: usize = 8;
+
+/// How accepted messages are made durable. The trade-off between safety and speed, explicitly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// The default. QoS 1/2 are acknowledged only after their group's commit is synced to disk: nothing
+    /// acknowledged is lost, even on power loss.
+    Synced,
+    /// Acknowledged after commit without a sync; the log is synced at least every `window`. Survives a crash
+    /// or kill -9 of the gateway; a power cut may lose the last `window` of messages.
+    Batched { window: Duration },
+    /// No journal and no history: acknowledged at once, as Mosquitto does without persistence.
+    Off,
+}
+
+#[derive(Debug, Clone)]
+pub struct Retention {
+    pub max_age: Option<Duration>,
+    /// Prune the oldest rows (that no cursor needs) while the journal file is larger than this.
+    pub max_bytes: Option<u64>,
+    /// Beyond this the oldest rows go even if a cursor needs them, and if the file is still larger, QoS 1/2
+    /// messages are refused until space returns.
+    pub hard_cap_bytes: Option<u64>,
+    pub prune_interval: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Retention {
+        Retention {
+            max_age: Some(Duration::from_secs(30 * 24 * 3600)),
+            max_bytes: Some(1024 * 1024 * 1024),
+            hard_cap_bytes: Some(2 * 1024 * 1024 * 1024),
+            prune_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct JournalConfig {
+    pub durability: Durability,
+    /// Topic filters recorded; empty means all.
+    pub include: Vec<String>,
+    /// Topic filters not recorded, even if included.
+    pub exclude: Vec<String>,
+    /// Most messages in one transaction.
+    pub max_batch: usize,
+    /// Appends that may wait for the writer before publishers are slowed down (QoS 1/2) or QoS 0 is dropped.
+    pub queue: usize,
+    pub retention: Retention,
+    /// SQLite's `max_page_count`: beyond this many pages the database reports itself full, exactly as on a
+    /// full disk. A safety net below the file system's own limit; `None` leaves SQLite's default.
+    pub max_pages: Option<u32>,
+}
+
+impl Default for JournalConfig {
+    fn default() -> JournalConfig {
+        JournalConfig {
+            durability: Durability::Synced,
+            include: Vec::new(),
+            exclude: vec!["$SYS/#".into()],
+            max_batch: 4096,
+            queue: 16 * 1024,
+            retention: Retention::default(),
+            max_pages: None,
+        }
+    }
+}
+
+/// Counters for `$SYS`, the console and benchmarks.
+#[derive(Debug, Default)]
+pub struct JournalStats {
+    pub appended: AtomicU64,
+    pub batches: AtomicU64,
+    /// QoS 0 messages not recorded because the writer was behind.
+    pub dropped_qos0: AtomicU64,
+    /// QoS 1/2 messages refused (disk full or hard cap).
+    pub refused: AtomicU64,
+    pub pruned: AtomicU64,
+}
+
+/// A handle to the journal: cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    ops: mpsc::Sender<Op>,
+    pool: SqlitePool,
+    include: Vec<String>,
+    exclude: Vec<String>,
+    stats: JournalStats,
+    /// Set while the disk is full or the hard cap is reached; cleared by the next successful commit.
+    refusing: AtomicBool,
+}
+
+#[derive(Debug)]
+enum Op {
+    Append {
+        ts: i64,
+        message: Arc<Message>,
+        done: Option<oneshot::Sender<Result<(), Refusal>>>,
+    },
+    Prune(Option<oneshot::Sender<u64>>),
+    Checkpoint,
+    Flush(oneshot::Sender<()>),
+    /// Commit what is queued, then stop the writer and release its connection.
+    Close(oneshot::Sender<()>),
+}
+
+impl Journal {
+    /// Opens `journal.sqlite` in `dir` and starts the writer. `Durability::Off` is the caller's to honour by not
+    /// opening a journal at all.
+    pub async fn open(dir: &std::path::Path, config: JournalConfig) -> Result<Journal, StoreError> {
+        let synchronous = match config.durability {
+            Durability::Synced => SqliteSynchronous::Full,
+            Durability::Batched { .. } | Durability::Off => SqliteSynchronous::Normal,
+        };
+        let (pool, _recovered) = super::open(dir, Database::Journal, synchronous, config.max_pages).await?;
+        let writer_conn = pool.acquire().await?;
+        let (ops, receiver) = mpsc::channel(config.queue.max(1));
+        let inner = Arc::new(Inner {
+            ops,
+            pool,
+            include: config.include.clone(),
+            exclude: config.exclude.clone(),
+            stats: JournalStats::default(),
+            refusing: AtomicBool::new(false),
+        });
+        let writer = Writer { conn: writer_conn, inner: Arc::downgrade(&inner), config: config.clone() };
+        tokio::spawn(writer.run(receiver));
+        spawn_timer(Arc::downgrade(&inner), config.retention.prune_interval, || Op::Prune(None));
+        if let Durability::Batched { window } = config.durability {
+            spawn_timer(Arc::downgrade(&inner), window, || Op::Checkpoint);
+        }
+        Ok(Journal { inner })
+    }
+
+    /// Whether messages on `topic` are recorded (the include/exclude filters).
+    pub fn records(&self, topic_name: &str) -> bool {
+        let included =
+            self.inner.include.is_empty() || self.inner.include.iter().any(|f| topic::matches(f, topic_name));
+        included && !self.inner.exclude.iter().any(|f| topic::matches(f, topic_name))
+    }
+
+    /// Appends a message; the returned receiver resolves once it is committed (or refused).
+    pub async fn append(&self, message: &Arc<Message>) -> Completion {
+        let (done, completion) = oneshot::channel();
+        if !self.records(&message.topic) {
+            let _ = done.send(Ok(()));
+            return completion;
+        }
+        let op =
+            Op::Append { ts: unix_millis(SystemTime::now()), message: message.clone(), done: Some(done) };
+        if let Err(mpsc::error::SendError(Op::Append { done: Some(done), .. })) =
+            self.inner.ops.send(op).await
+        {
+            let _ = done.send(Err(Refusal::Unavailable));
+        }
+        completion
+    }
+
+    /// Appends without waiting for the writer, for QoS 0: if the writer is behind, the message is not recorded
+    /// (counted in [`JournalStats::dropped_qos0`]) rather than holding up the publisher.
+    pub fn append_nowait(&self, message: &Arc<Message>) {
+        if !self.records(&message.topic) {
+            return;
+        }
+        let op = Op::Append { ts: unix_millis(SystemTime::now()), message: message.clone(), done: None };
+        if self.inner.ops.try_send(op).is_err() {
+            self.inner.stats.dropped_qos0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Waits until everything appended before this call is committed.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.inner.ops.send(Op::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Runs one pruning round now; returns the rows deleted.
+    pub async fn prune_now(&self) -> u64 {
+        let (tx, rx) = oneshot::channel();
+        if self.inner.ops.send(Op::Prune(Some(tx))).await.is_err() {
+            return 0;
+        }
+        rx.await.unwrap_or(0)
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.inner.pool
+    }
+
+    pub fn stats(&self) -> &JournalStats {
+        &self.inner.stats
+    }
+
+    /// True while the journal refuses QoS 1/2 (disk full or hard cap); cleared as soon as a commit succeeds.
+    pub fn is_refusing(&self) -> bool {
+        self.inner.refusing.load(Ordering::Relaxed)
+    }
+
+    /// Stores a consumer's progress: it has processed everything up to and including `position`.
+    pub async fn commit_cursor(&self, name: &str, position: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO cursors (name, position, updated) VALUES (?, ?, ?) \
+             ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated = excluded.updated",
+        )
+        .bind(name)
+        .bind(position)
+        .bind(unix_millis(SystemTime::now()))
+        .execute(&self.inner.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn cursor(&self, name: &str) -> Result<Option<i64>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT position FROM cursors WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.inner.pool)
+            .await?)
+    }
+
+    /// Commits what was queued, stops the writer and closes the database. Appends after this are refused.
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.inner.ops.send(Op::Close(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        self.inner.pool.close().await;
+    }
+}
+
+impl Durable for Journal {
+    fn record<'a>(
+        &'a self,
+        message: &'a Arc<Message>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Completion> + Send + 'a>> {
+        Box::pin(self.append(message))
+    }
+
+    fn record_nowait(&self, message: &Arc<Message>) {
+        self.append_nowait(message);
+    }
+}
+
+fn spawn_timer(inner: std::sync::Weak<Inner>, every: Duration, op: fn() -> Op) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(inner) = inner.upgrade() else { return };
+            // Skip a round rather than queue behind a backlog: the next tick comes soon.
+            let _ = inner.ops.try_send(op());
+        }
+    });
+}
+
+struct Writer {
+    conn: PoolConnection<Sqlite>,
+    inner: std::sync::Weak<Inner>,
+    config: JournalConfig,
+}
+
+/// An append taken off the channel, waiting for its batch's commit.
+struct Queued {
+    ts: i64,
+    message: Arc<Message>,
+    done: Option<oneshot::Sender<Result<(), Refusal>>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    Continue,
+    Stop,
+}
+
+/// Why a batch was not committed.
+#[derive(Debug)]
+enum WriteFailure {
+    Full,
+    Other(sqlx::Error),
+}
+
+impl Writer {
+    async fn run(mut self, mut ops: mpsc::Receiver<Op>) {
+        let mut batch = Vec::with_capacity(self.config.max_batch);
+        let mut last_error_log: Option<Instant> = None;
+        while let Some(first) = ops.recv().await {
+            batch.push(first);
+            while batch.len() < self.config.max_batch {
+                match ops.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            if self.process(&mut batch, &mut last_error_log).await == Next::Stop {
+                break;
+            }
+        }
+        // Dropping the receiver refuses later appends; dropping the connection lets the pool close.
+        drop(ops);
+        tracing::debug!("journal writer stopped");
+    }
+
+    async fn process(&mut self, batch: &mut Vec<Op>, last_error_log: &mut Option<Instant>) -> Next {
+        let Some(inner) = self.inner.upgrade() else {
+            batch.clear();
+            return Next::Stop;
+        };
+        let mut appends = Vec::new();
+        let mut after = Vec::new();
+        for op in batch.drain(..) {
+            match op {
+                Op::Append { ts, message, done } => appends.push(Queued { ts, message, done }),
+                other => after.push(other),
+            }
+        }
+        if !appends.is_empty() {
+            let result = match self.over_hard_cap().await {
+                true => Err(WriteFailure::Full),
+                false => self.insert(&appends).await,
+            };
+            match result {
+                Ok(()) => {
+                    inner.refusing.store(false, Ordering::Relaxed);
+                    inner.stats.appended.fetch_add(appends.len() as u64, Ordering::Relaxed);
+                    inner.stats.batches.fetch_add(1, Ordering::Relaxed);
+                    for done in appends.into_iter().filter_map(|a| a.done) {
+                        let _ = done.send(Ok(()));
+                    }
+                }
+                Err(failure) => {
+                    let refusal = match &failure {
+                        WriteFailure::Full => Refusal::Full,
+                        WriteFailure::Other(_) => Refusal::Unavailable,
+                    };
+                    inner.refusing.store(refusal == Refusal::Full, Ordering::Relaxed);
+                    let mut refused = 0u64;
+                    let mut dropped = 0u64;
+                    for append in appends {
+                        match append.done {
+                            Some(done) => {
+                                refused += 1;
+                                let _ = done.send(Err(refusal));
+                            }
+                            None => dropped += 1,
+                        }
+                    }
+                    inner.stats.refused.fetch_add(refused, Ordering::Relaxed);
+                    inner.stats.dropped_qos0.fetch_add(dropped, Ordering::Relaxed);
+                    let why = match &failure {
+                        WriteFailure::Full => "the disk or the journal's hard cap is full".to_owned(),
+                        WriteFailure::Other(e) => e.to_string(),
+                    };
+                    let now = Instant::now();
+                    if last_error_log.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10)) {
+                        *last_error_log = Some(now);
+                        tracing::error!(
+                            refused,
+                            dropped_qos0 = dropped,
+                            "journal write failed ({why}): QoS 1/2 publishes are refused and QoS 0 dropped until it succeeds again"
+                        );
+                    }
+                }
+            }
+        }
+        let mut next = Next::Continue;
+        for op in after {
+            match op {
+                Op::Flush(done) => {
+                    let _ = done.send(());
+                }
+                Op::Close(done) => {
+                    let _ = done.send(());
+                    next = Next::Stop;
+                }
+                Op::Prune(done) => {
+                    let pruned = self.prune().await;
+                    inner.stats.pruned.fetch_add(pruned, Ordering::Relaxed);
+                    if let Some(done) = done {
+                        let _ = done.send(pruned);
+                    }
+                }
+                Op::Checkpoint => {
+                    if let Err(e) =
+                        sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&mut *self.conn).await
+                    {
+                        tracing::warn!("journal checkpoint failed: {e}");
+                    }
+                }
+                Op::Append { .. } => {}
+            }
+        }
+        next
+    }
+
+    async fn insert(&mut self, appends: &[Queued]) -> Result<(), WriteFailure> {
+        let mut tx = sqlx::Connection::begin(&mut *self.conn).await.map_err(classify)?;
+        for chunk in appends.chunks(ROWS_PER_INSERT) {
+            let mut query = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO messages (ts, topic, payload, qos, retain, client_id, username, payload_format, \
+                 expiry_interval, content_type, response_topic, correlation_data, user_properties) ",
+            );
+            query.push_values(chunk, |mut row, Queued { ts, message: m, .. }| {
+                let p = m.properties.as_deref();
+                let user_properties = p
+                    .filter(|p| !p.user_properties.is_empty())
+                    .and_then(|p| serde_json::to_string(&p.user_properties).ok());
+                row.push_bind(*ts)
+                    .push_bind(m.topic.to_string())
+                    .push_bind(m.payload.to_vec())
+                    .push_bind(m.qos as i64)
+                    .push_bind(m.retain)
+                    .push_bind(m.origin.as_ref().map(|c| c.as_str().to_owned()))
+                    .push_bind(m.username.as_ref().map(|u| u.to_string()))
+                    .push_bind(p.and_then(|p| p.payload_format_indicator).map(i64::from))
+                    .push_bind(p.and_then(|p| p.message_expiry_interval).map(i64::from))
+                    .push_bind(p.and_then(|p| p.content_type.clone()))
+                    .push_bind(p.and_then(|p| p.response_topic.clone()))
+                    .push_bind(p.and_then(|p| p.correlation_data.as_ref().map(|c| c.to_vec())))
+                    .push_bind(user_properties);
+            });
+            query.build().execute(&mut *tx).await.map_err(classify)?;
+        }
+        tx.commit().await.map_err(classify)
+    }
+
+    /// Current size of the file in bytes, not counting free pages.
+    async fn used_bytes(&mut self) -> Result<u64, sqlx::Error> {
+        let pages: i64 = sqlx::query_scalar("PRAGMA page_count").fetch_one(&mut *self.conn).await?;
+        let free: i64 = sqlx::query_scalar("PRAGMA freelist_count").fetch_one(&mut *self.conn).await?;
+        let size: i64 = sqlx::query_scalar("PRAGMA page_size").fetch_one(&mut *self.conn).await?;
+        Ok(u64::try_from((pages - free).max(0) * size).unwrap_or(0))
+    }
+
+    /// At the hard cap even after pruning everything it allows.
+    async fn over_hard_cap(&mut self) -> bool {
+        let Some(cap) = self.config.retention.hard_cap_bytes else { return false };
+        match self.used_bytes().await {
+            Ok(used) if used >= cap => {
+                self.prune().await;
+                self.used_bytes().await.map(|u| u >= cap).unwrap_or(false)
+            }
+            _ => false,
+        }
+    }
+
+    /// One bounded round of retention. Returns the rows deleted.
+    async fn prune(&mut self) -> u64 {
+        match self.prune_inner().await {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::debug!(rows = n, "journal pruned");
+                }
+                n
+            }
+            Err(e) => {
+                tracing::warn!("journal pruning failed: {e}");
+                0
+            }
+        }
+    }
+
+    async fn prune_inner(&mut self) -> Result<u64, sqlx::Error> {
+        let retention = self.config.retention.clone();
+        // Rows up to the slowest durable consumer's cursor are done with; later rows are protected.
+        let protected_from: Option<i64> =
+            sqlx::query_scalar("SELECT min(position) FROM cursors").fetch_one(&mut *self.conn).await?;
+        let limit = protected_from.unwrap_or(i64::MAX);
+        let mut deleted = 0u64;
+        if let Some(age) = retention.max_age {
+            let cutoff = unix_millis(SystemTime::now()) - i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+            for _ in 0..PRUNE_STEPS {
+                let n = sqlx::query(
+                    "DELETE FROM messages WHERE id IN \
+                     (SELECT id FROM messages WHERE ts < ? AND id <= ? ORDER BY id LIMIT ?)",
+                )
+                .bind(cutoff)
+                .bind(limit)
+                .bind(PRUNE_CHUNK)
+                .execute(&mut *self.conn)
+                .await?
+                .rows_affected();
+                deleted += n;
+                if n < PRUNE_CHUNK as u64 {
+                    break;
+                }
+            }
+        }
+        for (bound, cap) in [(limit, retention.max_bytes), (i64::MAX, retention.hard_cap_bytes)] {
+            let Some(cap) = cap else { continue };
+            for _ in 0..PRUNE_STEPS {
+                if self.used_bytes().await? <= cap {
+                    break;
+                }
+                let n = sqlx::query(
+                    "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE id <= ? ORDER BY id LIMIT ?)",
+                )
+                .bind(bound)
+                .bind(PRUNE_CHUNK)
+                .execute(&mut *self.conn)
+                .await?
+                .rows_affected();
+                deleted += n;
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        if deleted > 0 {
+            sqlx::query("PRAGMA incremental_vacuum").execute(&mut *self.conn).await?;
+        }
+        Ok(deleted)
+    }
+}
+
+/// SQLITE_FULL (13): the disk or the database's page limit is full.
+fn classify(e: sqlx::Error) -> WriteFailure {
+    let full = match &e {
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| c == "13" || c.starts_with("13")),
+        sqlx::Error::Io(io) => io.raw_os_error() == Some(28),
+        _ => false,
+    } || e.to_string().contains("database or disk is full");
+    if full { WriteFailure::Full } else { WriteFailure::Other(e) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mqtt::broker::{ClientId, MessageProperties};
+    use crate::mqtt::codec::QoS;
+    use crate::store::history::{self, HistoryQuery, Order};
+
+    async fn journal(dir: &std::path::Path, adjust: impl FnOnce(&mut JournalConfig)) -> Journal {
+        let mut config = JournalConfig::default();
+        config.retention.prune_interval = Duration::from_secs(3600);
+        adjust(&mut config);
+        Journal::open(dir, config).await.unwrap()
+    }
+
+    fn message(topic: &str, payload: impl Into<bytes::Bytes>, qos: QoS) -> Arc<Message> {
+        let mut m = Message::new(topic, payload, qos, false);
+        m.origin = Some(ClientId::new("device-1"));
+        m.username = Some(Arc::from("alice"));
+        Arc::new(m)
+    }
+
+    async fn count(j: &Journal) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM messages").fetch_one(j.pool()).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn committed_messages_are_queryable_with_their_properties() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = journal(dir.path(), |_| {}).await;
+        let mut m = Message::new("plant/a/temp", "21.5", QoS::AtLeastOnce, true);
+        m.origin = Some(ClientId::new("press-1"));
+        m.username = Some(Arc::from("alice"));
+        m.properties = MessageProperties {
+            content_type: Some("text/plain".into()),
+            response_topic: Some("plant/a/reply".into()),
+            correlation_data: Some(bytes::Bytes::from_static(b"\x01\x02")),
+            user_properties: vec![("line".into(), "4".into())],
+            ..MessageProperties::default()
+        }
+        .boxed();
+        let completion = j.append(&Arc::new(m)).await;
+        assert_eq!(completion.await.unwrap(), Ok(()));
+        let page = history::query(j.pool(), &HistoryQuery::new("plant/#")).await.unwrap();
+        let got = &page.messages[0];
+        assert_eq!(
+            (got.topic.as_str(), got.payload.as_slice(), got.qos, got.retain),
+            ("plant/a/temp", &b"21.5"[..], 1, true)
+        );
+        assert_eq!(got.client_id.as_deref(), Some("press-1"));
+        assert_eq!(got.username.as_deref(), Some("alice"));
+        assert_eq!(got.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(got.response_topic.as_deref(), Some("plant/a/reply"));
+        assert_eq!(got.correlation_data.as_deref(), Some(&b"\x01\x02"[..]));
+        assert_eq!(got.user_properties, vec![("line".to_owned(), "4".to_owned())]);
+        assert_eq!(j.stats().appended.load(Ordering::Relaxed), 1);
+        j.close().await;
+    }
+
+    #[tokio::test]
+    async fn include_and_exclude_filters_choose_what_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = journal(dir.path(), |c| {
+            c.include = vec!["plant/#".into()];
+            c.exclude = vec!["plant/debug/#".into()];
+        })
+        .await;
+        for topic in ["plant/a", "plant/debug/x", "office/b", "$SYS/broker/uptime"] {
+            j.append_nowait(&message(topic, "x", QoS::AtMostOnce));
+        }
+        j.flush().await;
+        let page = history::query(j.pool(), &HistoryQuery::new("#")).await.unwrap();
+        let topics: Vec<_> = page.messages.iter().map(|m| m.topic.as_str()).collect();
+        assert_eq!(topics, ["plant/a"]);
+        assert!(!j.records("$SYS/broker/uptime") && j.records("plant/b"));
+    }
+
+    #[tokio::test]
+    async fn queries_filter_by_topic_and_time_and_paginate_both_ways() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = journal(dir.path(), |_| {}).await;
+        for i in 0..60 {
+            j.append_nowait(&message(&format!("site/{}/v", i % 3), i.to_string(), QoS::AtMostOnce));
+        }
+        j.append_nowait(&message("site", "parent", QoS::AtMostOnce));
+        j.flush().await;
+        let mut q = HistoryQuery::new("site/1/+");
+        q.limit = 7;
+        let mut seen = Vec::new();
+        loop {
+            let page = history::query(j.pool(), &q).await.unwrap();
+            seen.extend(page.messages.iter().map(|m| String::from_utf8(m.payload.clone()).unwrap()));
+            match page.next {
+                Some(next) => q.after = Some(next),
+                None => break,
+            }
+        }
+        let expected: Vec<String> = (0..60).rev().filter(|i| i % 3 == 1).map(|i| i.to_string()).collect();
+        assert_eq!(seen, expected, "newest first, every page, nothing twice");
+
+        let mut q = HistoryQuery::new("site/#");
+        q.order = Order::OldestFirst;
+        q.limit = 2;
+        let page = history::query(j.pool(), &q).await.unwrap();
+        assert_eq!(page.messages[0].payload, b"0");
+        let all = history::query(j.pool(), &HistoryQuery { limit: 1000, ..HistoryQuery::new("site/#") })
+            .await
+            .unwrap();
+        assert_eq!(all.messages.len(), 61, "# matches the parent level too");
+        assert!(all.next.is_none());
+
+        let future = unix_millis(SystemTime::now()) + 60_000;
+        let none = HistoryQuery { since: Some(future), ..HistoryQuery::new("#") };
+        assert!(history::query(j.pool(), &none).await.unwrap().messages.is_empty());
+        let before = HistoryQuery { until: Some(future), ..HistoryQuery::new("site/0/v") };
+        assert_eq!(history::query(j.pool(), &before).await.unwrap().messages.len(), 20);
+        assert!(history::query(j.pool(), &HistoryQuery::new("a/#/b")).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn numeric_series_for_charts() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = journal(dir.path(), |_| {}).await;
+        for payload in ["1.5", "{\"t\": 2}", "off", "3"] {
+            j.append_nowait(&message("m/temp", payload, QoS::AtMostOnce));
+        }
+        j.flush().await;
+        let q = HistoryQuery::new("m/temp");
+        let values: Vec<f64> =
+            history::series(j.pool(), &q, None).await.unwrap().into_iter().map(|p| p.1).collect();
+        assert_eq!(values, [1.5, 3.0]);
+        let values: Vec<f64> =
+            history::series(j.pool(), &q, Some("/t")).await.unwrap().into_iter().map(|p| p.1).collect();
+        assert_eq!(values, [2.0]);
+    }
+
+    #[tokio::test]
+    async fn retention_prunes_old_rows_but_spares_what_a_cursor_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = journal(dir.path(), |c| c.retention.max_age = Some(Duration::ZERO)).await;
+        for i in 0..10 {
+            j.append_nowait(&message("r", i.to_string(), QoS::AtMostOnce));
+        }
+        j.flush().await;
+        j.commit_cursor("kafka:route-1", 4).await.unwrap();
+        assert_eq!(j.cursor("kafka:route-1").await.unwrap(), Some(4));
+        // Rows must be strictly older than the cut-off.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(j.prune_now().await, 4);
+        assert_eq!(count(&j).await, 6, "rows after the cursor are kept");
+        j.commit_cursor("kafka:route-1", 10).await.unwrap();
+        assert_eq!(j.prune_now().await, 6);
+        assert_eq!(count(&j).await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_database_refuses_counts_and_recovers_by_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = journal(dir.path(), |c| {
+            c.max_pages = Some(64);
+            c.retention = Retention {
+                max_age: Some(Duration::ZERO),
+                max_bytes: None,
+                hard_cap_bytes: None,
+                ..c.retention.clone()
+            };
+        })
+        .await;
+        let payload = bytes::Bytes::from(vec![b'x'; 2000]);
+        let mut refused = None;
+        for i in 0..1000 {
+            let completion = j.append(&message("fill", payload.clone(), QoS::AtLeastOnce)).await;
+            if let Err(e) = completion.await.unwrap() {
+                refused = Some((i, e));
+                break;
+            }
+        }
+        let (accepted, refusal) = refused.expect("the page limit is reached");
+        assert_eq!(refusal, Refusal::Full);
+        assert!(accepted > 10, "{accepted} messages fit before the limit");
+        assert!(j.is_refusing());
+        j.append_nowait(&message("fill", payload.clone(), QoS::AtMostOnce));
+        j.flush().await;
+        assert_eq!(j.stats().dropped_qos0.load(Ordering::Relaxed), 1);
+        assert_eq!(count(&j).await, accepted, "what was accepted is intact");
+        let check: String = sqlx::query_scalar("PRAGMA integrity_check").fetch_one(j.pool()).await.unwrap();
+        assert_eq!(check, "ok");
+        // Space returns (retention frees it): appends succeed again without any intervention.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(j.prune_now().await > 0);
+        let completion = j.append(&message("fill", "small", QoS::AtLeastOnce)).await;
+        assert_eq!(completion.await.unwrap(), Ok(()));
+        assert!(!j.is_refusing());
+    }
+}

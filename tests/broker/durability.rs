@@ -1,0 +1,279 @@
+//! The durable journal seen from outside: acknowledged messages survive kill -9, a full store is refused
+//! visibly and recovers, damaged databases do not stop the gateway, and `weir history` reads it all back.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+use crate::support::{Raw, TestGateway, WAIT, connect_v5, connect_v311, packet};
+use weir::store::{self, history};
+
+const WEIR: &str = env!("CARGO_BIN_EXE_weir");
+
+/// Starts `weir serve` on port 0 with `data` as its data directory; returns the child and its MQTT address.
+async fn start_weir(data: &Path, extra: &str) -> (Child, std::net::SocketAddr) {
+    let config = data.with_extension("toml");
+    let text = format!(
+        "data_dir = {:?}\n[[listener]]\nname = \"t\"\nprotocol = \"tcp\"\nbind = \"127.0.0.1:0\"\n{extra}",
+        data.display().to_string()
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut child = Command::new(WEIR)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    loop {
+        let line =
+            tokio::time::timeout(WAIT, lines.next_line()).await.unwrap().unwrap().expect("weir exited");
+        if let Some(addr) = line.strip_prefix("weir: MQTT on mqtt://") {
+            // Keep reading what it prints, so that it never writes into a closed pipe.
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            return (child, addr.parse().unwrap());
+        }
+    }
+}
+
+fn publish(qos: u8, packet_id: u16, topic: &str, payload: &[u8]) -> Vec<u8> {
+    let mut body = (topic.len() as u16).to_be_bytes().to_vec();
+    body.extend(topic.as_bytes());
+    body.extend(packet_id.to_be_bytes());
+    body.extend(payload);
+    packet(0x30 | (qos << 1), &body)
+}
+
+/// Publishes `count` messages at `qos` as fast as the socket takes them, and records every packet id the broker
+/// acknowledges (PUBACK, or PUBREC for QoS 2, which is then released), until the connection breaks.
+async fn publish_until_killed(
+    addr: std::net::SocketAddr,
+    client: String,
+    qos: u8,
+    count: u16,
+    acked: tokio::sync::mpsc::UnboundedSender<u16>,
+) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(&connect_v311(&client, true, 0)).await.unwrap();
+    let mut connack = [0u8; 4];
+    stream.read_exact(&mut connack).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let (release, mut to_release) = tokio::sync::mpsc::unbounded_channel::<u16>();
+    let sender = tokio::spawn(async move {
+        let mut next = 1u16;
+        loop {
+            let bytes = tokio::select! {
+                biased;
+                Some(id) = to_release.recv() => packet(0x62, &id.to_be_bytes()),
+                _ = std::future::ready(()), if next <= count => {
+                    next += 1;
+                    publish(qos, next - 1, "durable/t", format!("{client}-{}", next - 1).as_bytes())
+                }
+                else => return,
+            };
+            if writer.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = [0u8; 4];
+    while reader.read_exact(&mut buf).await.is_ok() {
+        let id = u16::from_be_bytes([buf[2], buf[3]]);
+        match buf[0] {
+            0x40 | 0x50 => {
+                let _ = acked.send(id);
+                if buf[0] == 0x50 {
+                    let _ = release.send(id);
+                }
+            }
+            0x70 => {}
+            other => panic!("unexpected packet type {other:#x}"),
+        }
+    }
+    sender.abort();
+}
+
+#[tokio::test]
+async fn acknowledged_messages_survive_kill_9_again_and_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut expected = BTreeSet::new();
+    for round in 0..6u8 {
+        let qos = 1 + round % 2;
+        let (mut child, addr) = start_weir(&data, "").await;
+        let client = format!("round{round}");
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let publisher = tokio::spawn(publish_until_killed(addr, client.clone(), qos, 20_000, tx));
+        // Kill once a good number are acknowledged, while the rest are still in flight.
+        let mut acked = Vec::new();
+        while acked.len() < 300 + usize::from(round) * 100 {
+            match tokio::time::timeout(WAIT, rx.recv()).await.expect("acknowledgements keep coming") {
+                Some(id) => acked.push(id),
+                None => panic!("publisher stopped before the kill"),
+            }
+        }
+        child.start_kill().unwrap();
+        child.wait().await.unwrap();
+        publisher.await.unwrap();
+        while let Ok(id) = rx.try_recv() {
+            acked.push(id);
+        }
+        expected.extend(acked.iter().map(|id| format!("{client}-{id}")));
+
+        let pool = store::open_for_reading(&data, store::Database::Journal).await.unwrap();
+        let check: String = sqlx::query_scalar("PRAGMA integrity_check").fetch_one(&pool).await.unwrap();
+        assert_eq!(check, "ok", "round {round}");
+        let mut q = history::HistoryQuery::new("durable/t");
+        q.limit = 10_000;
+        let mut stored = BTreeSet::new();
+        loop {
+            let page = history::query(&pool, &q).await.unwrap();
+            stored.extend(page.messages.iter().map(|m| String::from_utf8(m.payload.clone()).unwrap()));
+            match page.next {
+                Some(next) => q.after = Some(next),
+                None => break,
+            }
+        }
+        pool.close().await;
+        let missing: Vec<_> = expected.difference(&stored).take(5).collect();
+        assert!(missing.is_empty(), "round {round} (QoS {qos}): acknowledged but not stored: {missing:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_full_store_is_refused_visibly_and_service_resumes() {
+    let gw = TestGateway::start_with(|c| {
+        c.journal.max_pages = Some(64);
+        c.journal.retention.max_age = Some(Duration::ZERO);
+        c.journal.retention.max_bytes = None;
+        c.journal.retention.hard_cap_bytes = None;
+    })
+    .await;
+    let mut v5 = Raw::connect(gw.tcp).await;
+    v5.send(&connect_v5("filler", 0)).await;
+    v5.read_packet().await;
+    let payload = vec![b'x'; 2000];
+    let mut refused_at = None;
+    for id in 1..=1000u16 {
+        let mut body = vec![0, 4, b'f', b'u', b'l', b'l'];
+        body.extend(id.to_be_bytes());
+        body.push(0);
+        body.extend(&payload);
+        v5.send(&packet(0x32, &body)).await;
+        let ack = v5.read_packet().await;
+        assert_eq!((ack[0], &ack[2..4]), (0x40, &id.to_be_bytes()[..]));
+        if ack.len() > 4 && ack[4] == 0x97 {
+            refused_at = Some(id);
+            break;
+        }
+    }
+    assert!(refused_at.is_some_and(|n| n > 10), "PUBACK 0x97 quota exceeded once the store is full");
+
+    // 3.1.1 cannot be told: the connection is closed without an acknowledgement, so the client keeps the message.
+    let mut v3 = Raw::connect(gw.tcp).await;
+    v3.send(&connect_v311("filler3", true, 0)).await;
+    v3.read_packet().await;
+    v3.send(&publish(1, 1, "full", &payload)).await;
+    assert_eq!(v3.read_to_close().await, Vec::<u8>::new());
+
+    // Space comes back (retention frees it): the same client's next publish is accepted.
+    let journal = gw.gateway().journal().unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert!(journal.prune_now().await > 0);
+    v5.send(&packet(0x32, &[0, 4, b'f', b'u', b'l', b'l', 0x07, 0xD0, 0, b'o', b'k'])).await;
+    assert_eq!(v5.read_packet().await, [0x40, 2, 0x07, 0xD0]);
+    let check: String = sqlx::query_scalar("PRAGMA integrity_check").fetch_one(journal.pool()).await.unwrap();
+    assert_eq!(check, "ok");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn damaged_databases_do_not_stop_the_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join(store::JOURNAL_FILE), vec![0x5A; 8192]).unwrap();
+    std::fs::write(data.join(store::CONFIG_FILE), b"SQLite format 3\0 but then garbage").unwrap();
+    let (_child, addr) = start_weir(&data, "").await;
+    let mut c = Raw::connect(addr).await;
+    c.send(&connect_v311("survivor", true, 0)).await;
+    assert_eq!(c.read_packet().await, [0x20, 2, 0, 0]);
+    c.send(&publish(1, 1, "after/damage", b"ok")).await;
+    assert_eq!(c.read_packet().await, [0x40, 2, 0, 1]);
+    let names: Vec<String> =
+        std::fs::read_dir(&data).unwrap().filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
+    for prefix in ["journal.sqlite.damaged-", "config.sqlite.damaged-"] {
+        assert!(names.iter().any(|n| n.starts_with(prefix)), "{prefix} in {names:?}");
+    }
+    let config = store::open_for_reading(&data, store::Database::Config).await.unwrap();
+    let actions: Vec<String> =
+        sqlx::query_scalar("SELECT action FROM audit_log").fetch_all(&config).await.unwrap();
+    assert_eq!(actions, ["database.recovered"]);
+}
+
+#[tokio::test]
+async fn weir_history_queries_and_exports_what_was_published() {
+    let gw = TestGateway::start().await;
+    let mut c = Raw::connect(gw.tcp).await;
+    c.send(&connect_v311("historian", true, 0)).await;
+    c.read_packet().await;
+    for (id, (topic, payload)) in [
+        ("plant/a/temp", "20.5"),
+        ("plant/b/temp", "{\"v\":1}"),
+        ("office/temp", "x"),
+        ("plant/a/temp", "a,\"b\""),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        c.send(&publish(1, id as u16 + 1, topic, payload.as_bytes())).await;
+        assert_eq!(c.read_packet().await[0], 0x40);
+    }
+    let data = gw.data_dir().to_owned();
+    let out = Command::new(WEIR)
+        .args(["history", "query", "--filter", "plant/+/temp", "--jsonl", "--data-dir"])
+        .arg(&data)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let payloads: Vec<&str> = lines.iter().map(|l| l["payload"].as_str().unwrap()).collect();
+    assert_eq!(payloads, ["a,\"b\"", "{\"v\":1}", "20.5"], "newest first, office/temp not matched");
+    assert_eq!(lines[0]["client_id"], "historian");
+
+    let csv = gw.data_dir().join("export.csv");
+    let out = Command::new(WEIR)
+        .args(["history", "export", "--filter", "plant/#", "--format", "csv", "--since", "1h", "--output"])
+        .arg(&csv)
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let rows: Vec<&str> = text.lines().collect();
+    assert_eq!(rows[0], "id,time,topic,qos,retain,client_id,username,payload");
+    assert_eq!(rows.len(), 4);
+    assert!(rows[1].ends_with(",plant/a/temp,1,0,historian,,20.5"), "{}", rows[1]);
+    assert!(rows[3].ends_with(",\"a,\"\"b\"\"\""), "{}", rows[3]);
+
+    let out = Command::new(WEIR)
+        .args(["history", "query", "--since", "yesterday-ish", "--data-dir"])
+        .arg(&data)
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read \"yesterday-ish\" as a time"));
+    gw.stop().await;
+}
