@@ -408,45 +408,34 @@ mod tests {
 
     #[test]
     fn openssl_made_ca_can_be_imported_and_signs_verifiable_certificates() {
-        let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("ent.key");
-        let crt = dir.path().join("ent.crt");
-        testutil::run_tool(
-            "openssl",
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-days",
-                "30",
-                "-subj",
-                "/C=DE/O=Plant/CN=Enterprise CA",
-                "-keyout",
-                path_str(&key),
-                "-out",
-                path_str(&crt),
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-addext",
-                "keyUsage=critical,keyCertSign,cRLSign",
-            ],
-        );
-        let ca = CertificateAuthority::import(
-            &dir.path().join("ca"),
-            &fs::read_to_string(&crt).unwrap(),
-            &fs::read_to_string(&key).unwrap(),
-            OnExisting::Refuse,
-        )
-        .unwrap();
-        let issued = ca.issue_client(&testutil::client_request("press-1")).unwrap();
-        let leaf = dir.path().join("leaf.crt");
-        fs::write(&leaf, &issued.cert_pem).unwrap();
-        let out = testutil::run_tool("openssl", &["verify", "-CAfile", path_str(&crt), path_str(&leaf)]);
-        assert!(out.contains("OK"), "{out}");
+        // An enterprise CA as openssl makes it: PrintableString country, EC or RSA key in PKCS#8.
+        for key_spec in
+            [&["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"][..], &["-newkey", "rsa:2048"][..]]
+        {
+            let dir = tempfile::tempdir().unwrap();
+            let key = dir.path().join("ent.key");
+            let crt = dir.path().join("ent.crt");
+            let mut args =
+                vec!["req", "-x509", "-nodes", "-days", "30", "-subj", "/C=DE/O=Plant/CN=Enterprise CA"];
+            args.extend_from_slice(key_spec);
+            args.extend_from_slice(&["-keyout", path_str(&key), "-out", path_str(&crt)]);
+            args.extend_from_slice(&["-addext", "basicConstraints=critical,CA:TRUE"]);
+            args.extend_from_slice(&["-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+            testutil::run_tool("openssl", &args);
+            let ca = CertificateAuthority::import(
+                &dir.path().join("ca"),
+                &fs::read_to_string(&crt).unwrap(),
+                &fs::read_to_string(&key).unwrap(),
+                OnExisting::Refuse,
+            )
+            .unwrap();
+            let issued = ca.issue_client(&testutil::client_request("press-1")).unwrap();
+            let leaf = dir.path().join("leaf.crt");
+            fs::write(&leaf, &issued.cert_pem).unwrap();
+            let out = testutil::run_tool("openssl", &["verify", "-CAfile", path_str(&crt), path_str(&leaf)]);
+            assert!(out.contains("OK"), "{key_spec:?}: {out}");
+            testutil::assert_chains_to(&ca, &issued.cert_pem, testutil::Usage::Client);
+        }
     }
 
     fn path_str(p: &Path) -> &str {

@@ -468,33 +468,24 @@ mod tests {
     }
 
     #[test]
-    fn openssl_made_csr_is_signed() {
+    fn openssl_made_csrs_are_signed() {
         let ca = CertificateAuthority::generate(&CaOptions::default()).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("dev.key");
         let csr = dir.path().join("dev.csr");
-        testutil::run_tool(
-            "openssl",
-            &[
-                "req",
-                "-new",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-384",
-                "-nodes",
-                "-subj",
-                "/CN=plc-3",
-                "-keyout",
-                key.to_str().unwrap(),
-                "-out",
-                csr.to_str().unwrap(),
-            ],
-        );
-        let issued = ca
-            .sign_csr(&std::fs::read_to_string(&csr).unwrap(), &CsrOptions::new(Validity::days(1)))
-            .unwrap();
-        assert_eq!(issued.info.common_name.as_deref(), Some("plc-3"));
-        testutil::assert_chains_to(&ca, &issued.cert_pem, testutil::Usage::Client);
+        for key_spec in
+            [&["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-384"][..], &["-newkey", "rsa:2048"][..]]
+        {
+            let mut args = vec!["req", "-new", "-nodes", "-subj", "/CN=plc-3"];
+            args.extend_from_slice(key_spec);
+            args.extend_from_slice(&["-keyout", key.to_str().unwrap(), "-out", csr.to_str().unwrap()]);
+            args.extend_from_slice(&["-addext", "subjectAltName=DNS:plc-3.plant.example,IP:10.0.0.3"]);
+            testutil::run_tool("openssl", &args);
+            let csr_pem = std::fs::read_to_string(&csr).unwrap();
+            let issued = ca.sign_csr(&csr_pem, &CsrOptions::new(Validity::days(1))).unwrap();
+            assert_eq!(issued.info.common_name.as_deref(), Some("plc-3"), "{key_spec:?}");
+            assert_eq!(issued.info.sans.len(), 2);
+            testutil::assert_chains_to(&ca, &issued.cert_pem, testutil::Usage::Client);
+        }
     }
 }

@@ -13,7 +13,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use super::*;
 use crate::pki::testutil;
 use crate::pki::{
-    CaOptions, CertificateAuthority, IssuedCert, RevocationList, RevocationReason, RevokedCert,
+    CaOptions, CertificateAuthority, IssuedCert, KeyType, RevocationList, RevocationReason, RevokedCert,
     ServerCertRequest, SubjectAltName, Validity,
 };
 
@@ -122,6 +122,29 @@ async fn required_policy_accepts_a_valid_client_and_names_it() {
         assert_eq!(seen.name, "press-1");
         assert_eq!(seen.serial, client.info.serial);
         assert_eq!(seen.not_after, client.info.not_after);
+    }
+}
+
+#[tokio::test]
+async fn every_key_type_handshakes_for_ca_server_and_client() {
+    for key_type in [KeyType::EcdsaP256, KeyType::EcdsaP384, KeyType::Ed25519] {
+        let ca = CertificateAuthority::generate(&CaOptions { key_type, ..CaOptions::default() }).unwrap();
+        let mut server_req = ServerCertRequest::new("gw", vec![]);
+        server_req.extra_dns = vec!["localhost".into()];
+        server_req.key_type = key_type;
+        let server = ca.issue_server(&server_req).unwrap();
+        let mut client_req = testutil::client_request("dev");
+        client_req.key_type = key_type;
+        let client = ca.issue_client(&client_req).unwrap();
+        let material = TlsMaterial {
+            cert_chain_pem: &server.cert_pem,
+            key_pem: server.key_pem.as_deref().unwrap(),
+            client_ca_pem: ca.cert_pem(),
+            crl_pem: None,
+        };
+        let config = server_config(&material, ClientAuth::Required).unwrap();
+        let seen = handshake(config, ca.cert_pem(), Some(&client), BOTH).await;
+        assert_eq!(seen.unwrap().unwrap().name, "dev", "{key_type:?}");
     }
 }
 
