@@ -82,6 +82,8 @@ impl Validity {
         if let Some(ca_end) = ca_not_after {
             end = end.min(unix_seconds(ca_end)?);
         }
+        // GeneralizedTime stops at year 9999; beyond that rcgen would write a date no one can parse.
+        let end = end.min(253_402_300_799);
         if self.lifetime.as_secs() == 0 {
             return Err(PkiError::InvalidValidity("the lifetime must be at least one second"));
         }
@@ -92,8 +94,6 @@ impl Validity {
             OffsetDateTime::from_unix_timestamp(secs)
                 .map_err(|_| PkiError::InvalidValidity("the date is out of the range a certificate can hold"))
         };
-        // GeneralizedTime stops at year 9999; beyond that rcgen would write a date no one can parse.
-        let end = end.min(253_402_300_799);
         Ok((to_time(start)?, to_time(end)?))
     }
 }

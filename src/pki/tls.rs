@@ -79,9 +79,10 @@ fn client_verifier(
     client_auth: ClientAuth,
     provider: Arc<CryptoProvider>,
 ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, PkiError> {
+    let ca_ders = cert::cert_ders(material.client_ca_pem)?;
     let mut roots = rustls::RootCertStore::empty();
-    for der in cert::cert_ders(material.client_ca_pem)? {
-        roots.add(der).map_err(|e| PkiError::InvalidCertificate(format!("client CA: {e}")))?;
+    for der in &ca_ders {
+        roots.add(der.clone()).map_err(|e| PkiError::InvalidCertificate(format!("client CA: {e}")))?;
     }
     let crls = match material.crl_pem {
         None => Vec::new(),
@@ -91,6 +92,9 @@ fn client_verifier(
                 .map_err(|e| PkiError::InvalidCrl(e.to_string()))?;
             if crls.is_empty() {
                 return Err(PkiError::InvalidCrl("no X509 CRL block in the PEM text".into()));
+            }
+            for crl in &crls {
+                check_crl_issuer(crl, &ca_ders)?;
             }
             crls
         }
@@ -107,6 +111,20 @@ fn client_verifier(
         rustls::server::VerifierBuilderError::InvalidCrl(e) => PkiError::InvalidCrl(format!("{e:?}")),
         other => PkiError::Tls(other.to_string()),
     })
+}
+
+/// Refuses a CRL that no client CA signed. rustls would silently ignore it, then find no revocation status for
+/// any client and refuse them all: a wrong file would lock every device out instead of failing here.
+fn check_crl_issuer(crl: &[u8], ca_ders: &[rustls::pki_types::CertificateDer<'_>]) -> Result<(), PkiError> {
+    let (_, crl) = x509_parser::parse_x509_crl(crl).map_err(|e| PkiError::InvalidCrl(e.to_string()))?;
+    let signed_by_a_ca = ca_ders.iter().filter_map(|der| cert::parse_x509(der).ok()).any(|ca| {
+        ca.subject().as_raw() == crl.issuer().as_raw() && crl.verify_signature(ca.public_key()).is_ok()
+    });
+    if signed_by_a_ca {
+        Ok(())
+    } else {
+        Err(PkiError::InvalidCrl("it is not signed by the client CA".into()))
+    }
 }
 
 /// A listener's current server configuration, replaced in place when the server certificate is renewed or a

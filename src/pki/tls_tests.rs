@@ -259,8 +259,10 @@ fn bad_material_is_refused_when_building() {
     assert!(matches!(server_config(&m, ClientAuth::Required), Err(PkiError::InvalidCertificate(_))));
     let other = CertificateAuthority::generate(&CaOptions::default()).unwrap();
     let crl = other.crl(&RevocationList::new(), 1, SystemTime::now(), Duration::from_secs(60)).unwrap();
-    // A CRL of another CA parses; rustls only uses CRLs whose issuer matches, so it is accepted but inert.
-    assert!(server_config(&site.material(Some(&crl)), ClientAuth::Required).is_ok());
+    let err = server_config(&site.material(Some(&crl)), ClientAuth::Required).unwrap_err();
+    assert!(matches!(err, PkiError::InvalidCrl(_)), "{err}");
+    let own = site.ca.crl(&RevocationList::new(), 1, SystemTime::now(), Duration::from_secs(60)).unwrap();
+    assert!(server_config(&site.material(Some(&own)), ClientAuth::Required).is_ok());
 }
 
 #[test]
