@@ -7,5 +7,6 @@
 pub mod app;
 pub mod config;
 pub mod mqtt;
+pub mod pki;
 pub mod store;
 pub mod timefmt;
