@@ -17,9 +17,11 @@
 
 pub mod acl;
 pub mod password;
+pub mod throttle;
 
 pub use acl::{Acl, Action, Effect, Rule, Subject, SubscribeDecision};
 pub use password::Verified;
+pub use throttle::{RetryAfter, Throttle, ThrottleConfig};
 
 /// The role that may do everything. It is granted only explicitly (a user listed with it in the role map given
 /// to [`Acl::new`]); no rule, pattern or username grants it implicitly.
