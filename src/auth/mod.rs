@@ -16,6 +16,7 @@
 //! network layer must run them on a blocking thread (`tokio::task::spawn_blocking`), never on the runtime.
 
 pub mod acl;
+pub mod mosquitto;
 pub mod password;
 pub mod throttle;
 
@@ -65,4 +66,7 @@ pub enum AuthError {
     /// A rule is invalid (bad topic filter).
     #[error(transparent)]
     Acl(#[from] acl::AclError),
+    /// A Mosquitto password or ACL file could not be parsed; the error names the line.
+    #[error(transparent)]
+    Mosquitto(#[from] mosquitto::MosquittoError),
 }
