@@ -8,7 +8,7 @@
 //!
 //! One `username:hash` per line; blank lines and lines starting with `#` are skipped. Hashes are kept as they
 //! are (`$6$...` and `$7$...` from `mosquitto_passwd`, or Argon2 PHC strings) and verified by
-//! [`password::verify`](super::password::verify), which asks for an upgrade to argon2id at each user's first
+//! [`password::verify`], which asks for an upgrade to argon2id at each user's first
 //! successful login. A hash of an unknown scheme (a plaintext password, `crypt` formats) is an error naming the
 //! line, as is a username given twice.
 //!

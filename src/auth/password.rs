@@ -20,18 +20,18 @@ use subtle::ConstantTimeEq;
 
 /// Argon2id memory cost in KiB (8 MiB).
 ///
-/// Chosen so that a Raspberry Pi 3 (Cortex-A53) verifies a password in well under 100 ms. On the x86-64
-/// development machine (AMD EPYC, AVX2 path of the `argon2` crate, release build) one verification with
-/// m = 8 MiB, t = 2, p = 1 takes about 7 ms; a Cortex-A53 is roughly 8-10 times slower at this (no AVX2, much
-/// lower memory bandwidth), so about 55-70 ms there.
+/// Chosen so that a Raspberry Pi 3 (Cortex-A53) verifies a password in under 100 ms. On the x86-64
+/// development machine (AMD EPYC, AVX2 path of the `argon2` crate, release build, 40 runs on a loaded
+/// 2-core VM) one verification with m = 8 MiB, t = 2, p = 1 took 7.3 ms at best, 8.2 ms median. A Cortex-A53
+/// is roughly 8-10 times slower at this (no AVX2 path, much lower memory bandwidth): about 60-80 ms there.
 ///
-/// This is below OWASP's minimum (m = 19 MiB, t = 2, p = 1), and deliberately so: that setting measured
-/// 20 ms here, which is 160-200 ms on the Pi, and a gateway must verify every device's password again on
-/// every reconnect (after a restart or a network glitch, hundreds at once). What compensates: the
-/// login [`throttle`](super::throttle) slows online guessing to a crawl, and the hash file lives on the
-/// gateway itself (offline cracking needs its disk first). Raising the cost later is a change to these
-/// constants: stored hashes with other parameters report [`Verified::needs_upgrade`] and are re-hashed on the
-/// next successful login.
+/// This is below OWASP's minimum (m = 19 MiB, t = 2, p = 1), deliberately: that setting measured 19.7 ms
+/// best / 21.8 ms median here, so 160-220 ms on the Pi, and a gateway verifies every device's password again
+/// on every reconnect (after a restart or a network glitch, hundreds at once). What compensates: the login
+/// [`throttle`](super::throttle) slows online guessing to a crawl, and the hashes live on the gateway itself
+/// (offline cracking needs its disk first). Raising the cost later is a change to these constants: stored
+/// hashes with other parameters report [`Verified::needs_upgrade`] and are re-hashed at the next successful
+/// login.
 pub const ARGON2_M_COST_KIB: u32 = 8 * 1024;
 /// Argon2id passes over memory. See [`ARGON2_M_COST_KIB`].
 pub const ARGON2_T_COST: u32 = 2;
