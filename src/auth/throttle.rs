@@ -36,8 +36,8 @@
 //! attacker cycling through addresses or usernames therefore cannot grow memory without bound; the price is
 //! that it may push out older entries, which forgets their failures (and, for a username, its trusted
 //! addresses along with them): the throttle becomes more lenient for them, never stricter. That
-//! sweep is O(n) in the table size and happens only when a new key meets a full table (about 10 µs for
-//! 10,000 keys, against milliseconds for the password hash the attempt would cost).
+//! sweep is O(n) in the table size and happens only when a new key meets a full table (tens of microseconds
+//! for 10,000 keys, against milliseconds for the password hash the attempt would cost).
 //!
 //! The throttle is plain data: time is passed in as an [`Instant`] (tests need no sleeping), and the caller
 //! keeps it behind a `Mutex` held for one call.
