@@ -5,6 +5,7 @@
 //! directly through [`app::Gateway`] with listeners bound on `127.0.0.1:0`.
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod mqtt;
 pub mod pki;
