@@ -97,8 +97,15 @@ impl Gateway {
             Durability::Off => None,
             _ => Some(Journal::open(&config.data_dir, config.journal.clone()).await?),
         };
+        let retained = match &journal {
+            Some(j) => j.retained().await?,
+            None => Vec::new(),
+        };
+        if !retained.is_empty() {
+            tracing::info!(count = retained.len(), "retained messages restored from the journal");
+        }
         let durable = journal.clone().map(|j| Arc::new(j) as Arc<dyn Durable>);
-        let (broker, router) = Broker::start(config.broker.clone(), durable);
+        let (broker, router) = Broker::start(config.broker.clone(), durable, retained);
         let (connections, connections_done) = Connections::new(config.max_connections);
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();

@@ -17,12 +17,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::SqliteSynchronous;
-use sqlx::{QueryBuilder, Sqlite, SqlitePool};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Database, StoreError, unix_millis};
-use crate::mqtt::broker::{Completion, Durable, Message, Refusal};
-use crate::mqtt::codec::topic;
+use crate::mqtt::broker::{ClientId, Completion, Durable, Message, MessageProperties, Refusal};
+use crate::mqtt::codec::{QoS, topic};
 
 /// Rows per INSERT statement: 14 columns each, well under SQLite's limit of 32,766 bound parameters.
 const ROWS_PER_INSERT: usize = 200;
@@ -231,6 +231,56 @@ impl Journal {
     /// True while the journal refuses QoS 1/2 (disk full or hard cap); cleared as soon as a commit succeeds.
     pub fn is_refusing(&self) -> bool {
         self.inner.refusing.load(Ordering::Relaxed)
+    }
+
+    /// The retained messages as of the last commit, for the broker to start with. Messages whose expiry interval
+    /// has run out (counting the time the gateway was down) are left out; the others keep what remains of it.
+    pub async fn retained(&self) -> Result<Vec<Message>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT m.ts, m.topic, m.payload, m.qos, m.client_id, m.username, m.payload_format, m.expiry_interval, \
+             m.content_type, m.response_topic, m.correlation_data, m.user_properties \
+             FROM retained r JOIN messages m ON m.id = r.message_id ORDER BY m.id",
+        )
+        .fetch_all(&self.inner.pool)
+        .await?;
+        let now = unix_millis(SystemTime::now());
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let ts: i64 = row.try_get("ts")?;
+            let expiry: Option<i64> = row.try_get("expiry_interval")?;
+            let remaining = match expiry {
+                Some(e) => match u32::try_from(e - (now - ts) / 1000) {
+                    Ok(r) if r > 0 => Some(r),
+                    _ => continue,
+                },
+                None => None,
+            };
+            let topic: String = row.try_get("topic")?;
+            let payload: Vec<u8> = row.try_get("payload")?;
+            let qos =
+                QoS::from_u8(u8::try_from(row.try_get::<i64, _>("qos")?).unwrap_or(0)).unwrap_or_default();
+            let mut message = Message::new(&topic, payload, qos, true);
+            message.origin = row.try_get::<Option<String>, _>("client_id")?.map(|c| ClientId::new(&c));
+            message.username = row.try_get::<Option<String>, _>("username")?.map(Arc::from);
+            let user_properties: Option<String> = row.try_get("user_properties")?;
+            message.properties = MessageProperties {
+                payload_format_indicator: row
+                    .try_get::<Option<i64>, _>("payload_format")?
+                    .and_then(|p| u8::try_from(p).ok()),
+                message_expiry_interval: remaining,
+                content_type: row.try_get("content_type")?,
+                response_topic: row.try_get("response_topic")?,
+                correlation_data: row
+                    .try_get::<Option<Vec<u8>>, _>("correlation_data")?
+                    .map(bytes::Bytes::from),
+                user_properties: user_properties
+                    .and_then(|j| serde_json::from_str(&j).ok())
+                    .unwrap_or_default(),
+            }
+            .boxed();
+            out.push(message);
+        }
+        Ok(out)
     }
 
     /// Stores a consumer's progress: it has processed everything up to and including `position`.
@@ -456,7 +506,21 @@ impl Writer {
                     .push_bind(p.and_then(|p| p.correlation_data.as_ref().map(|c| c.to_vec())))
                     .push_bind(user_properties);
             });
-            query.build().execute(&mut *tx).await.map_err(classify)?;
+            let done = query.build().execute(&mut *tx).await.map_err(classify)?;
+            // One INSERT gives its rows consecutive ids ending at the last one inserted (no AUTOINCREMENT, no
+            // explicit ids, one writer): that maps each retained message to its row.
+            let last = done.last_insert_rowid();
+            let first = last - i64::try_from(chunk.len()).unwrap_or(0) + 1;
+            for (id, queued) in (first..=last).zip(chunk).filter(|(_, q)| q.message.retain) {
+                let statement = if queued.message.payload.is_empty() {
+                    sqlx::query("DELETE FROM retained WHERE topic = ?").bind(queued.message.topic.to_string())
+                } else {
+                    sqlx::query("INSERT OR REPLACE INTO retained (topic, message_id) VALUES (?, ?)")
+                        .bind(queued.message.topic.to_string())
+                        .bind(id)
+                };
+                statement.execute(&mut *tx).await.map_err(classify)?;
+            }
         }
         tx.commit().await.map_err(classify)
     }
@@ -509,7 +573,8 @@ impl Writer {
             for _ in 0..PRUNE_STEPS {
                 let n = sqlx::query(
                     "DELETE FROM messages WHERE id IN \
-                     (SELECT id FROM messages WHERE ts < ? AND id <= ? ORDER BY id LIMIT ?)",
+                     (SELECT id FROM messages WHERE ts < ? AND id <= ? \
+                      AND id NOT IN (SELECT message_id FROM retained) ORDER BY id LIMIT ?)",
                 )
                 .bind(cutoff)
                 .bind(limit)
@@ -530,7 +595,8 @@ impl Writer {
                     break;
                 }
                 let n = sqlx::query(
-                    "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE id <= ? ORDER BY id LIMIT ?)",
+                    "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE id <= ? \
+                     AND id NOT IN (SELECT message_id FROM retained) ORDER BY id LIMIT ?)",
                 )
                 .bind(bound)
                 .bind(PRUNE_CHUNK)
@@ -563,8 +629,6 @@ fn classify(e: sqlx::Error) -> WriteFailure {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mqtt::broker::{ClientId, MessageProperties};
-    use crate::mqtt::codec::QoS;
     use crate::store::history::{self, HistoryQuery, Order};
 
     async fn journal(dir: &std::path::Path, adjust: impl FnOnce(&mut JournalConfig)) -> Journal {
@@ -712,6 +776,39 @@ mod tests {
         j.commit_cursor("kafka:route-1", 10).await.unwrap();
         assert_eq!(j.prune_now().await, 6);
         assert_eq!(count(&j).await, 0);
+    }
+
+    #[tokio::test]
+    async fn retained_messages_are_kept_through_pruning_and_expire_by_their_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = journal(dir.path(), |c| c.retention.max_age = Some(Duration::ZERO)).await;
+        let retained = |topic: &str, payload: &str, expiry: Option<u32>| {
+            let mut m = Message::new(topic, payload.to_owned(), QoS::AtLeastOnce, true);
+            m.properties =
+                MessageProperties { message_expiry_interval: expiry, ..MessageProperties::default() }.boxed();
+            Arc::new(m)
+        };
+        j.append_nowait(&retained("a", "old", None));
+        j.append_nowait(&retained("a", "new", None));
+        j.append_nowait(&retained("b", "short-lived", Some(1)));
+        j.append_nowait(&retained("c", "gone", None));
+        j.append_nowait(&retained("c", "", None));
+        j.append_nowait(&message("plain", "x", QoS::AtMostOnce));
+        j.flush().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        j.prune_now().await;
+        let kept: Vec<(String, bool)> = j
+            .retained()
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| (String::from_utf8_lossy(&m.payload).into_owned(), m.retain))
+            .collect();
+        assert_eq!(kept, [("new".to_owned(), true), ("short-lived".to_owned(), true)], "pruning spared them");
+        assert_eq!(count(&j).await, 2, "everything else was pruned");
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        let kept: Vec<String> = j.retained().await.unwrap().iter().map(|m| m.topic.to_string()).collect();
+        assert_eq!(kept, ["a"], "b's expiry interval ran out");
     }
 
     #[tokio::test]

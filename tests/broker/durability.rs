@@ -277,3 +277,42 @@ async fn weir_history_queries_and_exports_what_was_published() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read \"yesterday-ish\" as a time"));
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn retained_messages_survive_kill_9_and_so_does_clearing_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut child, addr) = start_weir(&data, "").await;
+    let mut c = Raw::connect(addr).await;
+    c.send(&connect_v311("retainer", true, 0)).await;
+    c.read_packet().await;
+    for (id, (topic, payload)) in [
+        ("line/1/state", "running"),
+        ("line/2/state", "stopped"),
+        ("line/1/state", "idle"),
+        ("line/2/state", ""),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut p = publish(1, id as u16 + 1, topic, payload.as_bytes());
+        p[0] |= 0x01; // RETAIN
+        c.send(&p).await;
+        assert_eq!(c.read_packet().await[0], 0x40, "acknowledged, so durable");
+    }
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+
+    let (_child, addr) = start_weir(&data, "").await;
+    let mut s = Raw::connect(addr).await;
+    s.send(&connect_v311("reader", true, 0)).await;
+    s.read_packet().await;
+    s.send(&packet(0x82, &[0, 1, 0, 6, b'l', b'i', b'n', b'e', b'/', b'#', 0])).await;
+    assert_eq!(s.read_packet().await[0], 0x90);
+    let got = s.read_packet().await;
+    assert_eq!(got[0], 0x31, "a retained QoS 0 delivery");
+    assert!(got.ends_with(b"line/1/stateidle"), "the latest value only: {got:?}");
+    // line/2/state was cleared before the kill: nothing more comes. A PINGREQ round trip proves it.
+    s.send(&[0xC0, 0]).await;
+    assert_eq!(s.read_packet().await, [0xD0, 0]);
+}

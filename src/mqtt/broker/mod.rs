@@ -214,7 +214,12 @@ impl Broker {
     ///
     /// With a `durable` store, QoS 1/2 publishes are acknowledged only once it has them, and everything else
     /// accepted is recorded too.
-    pub fn start(config: BrokerConfig, durable: Option<Arc<dyn Durable>>) -> (Broker, JoinHandle<()>) {
+    /// `retained` seeds the retained messages, as the store kept them across a restart.
+    pub fn start(
+        config: BrokerConfig,
+        durable: Option<Arc<dyn Durable>>,
+        retained: Vec<Message>,
+    ) -> (Broker, JoinHandle<()>) {
         let (commands, receiver) = mpsc::channel(1024);
         let shared = Arc::new(Shared {
             config,
@@ -223,7 +228,7 @@ impl Broker {
             started: Instant::now(),
             next_connection: AtomicU64::new(1),
         });
-        let task = tokio::spawn(router::Router::new(receiver, shared.clone()).run());
+        let task = tokio::spawn(router::Router::new(receiver, shared.clone(), retained).run());
         (Broker { commands, shared }, task)
     }
 

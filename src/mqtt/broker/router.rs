@@ -62,13 +62,17 @@ impl Session {
 }
 
 impl Router {
-    pub(super) fn new(commands: mpsc::Receiver<Command>, shared: Arc<Shared>) -> Router {
+    pub(super) fn new(
+        commands: mpsc::Receiver<Command>,
+        shared: Arc<Shared>,
+        retained: Vec<Message>,
+    ) -> Router {
         Router {
             commands,
             shared,
             sessions: HashMap::new(),
             subscriptions: SubscriptionTree::default(),
-            retained: HashMap::new(),
+            retained: retained.into_iter().map(|m| (m.topic.clone(), Arc::new(m))).collect(),
             matched: Vec::new(),
             shutting_down: false,
             last_sys: Instant::now(),
