@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, ListenerConfig};
 use crate::mqtt::broker::Broker;
-use crate::mqtt::broker::Durable;
+use crate::mqtt::broker::{Durable, Restored};
 use crate::mqtt::net::{self, Connections, ListenerContext};
 use crate::store::{self, Durability, Journal, StoreError};
 
@@ -97,15 +97,15 @@ impl Gateway {
             Durability::Off => None,
             _ => Some(Journal::open(&config.data_dir, config.journal.clone()).await?),
         };
-        let retained = match &journal {
-            Some(j) => j.retained().await?,
-            None => Vec::new(),
+        let restored = match &journal {
+            Some(j) => Restored { retained: j.retained().await?, sessions: j.sessions().await? },
+            None => Restored::default(),
         };
-        if !retained.is_empty() {
-            tracing::info!(count = retained.len(), "retained messages restored from the journal");
+        if !restored.retained.is_empty() {
+            tracing::info!(count = restored.retained.len(), "retained messages restored from the journal");
         }
         let durable = journal.clone().map(|j| Arc::new(j) as Arc<dyn Durable>);
-        let (broker, router) = Broker::start(config.broker.clone(), durable, retained);
+        let (broker, router) = Broker::start(config.broker.clone(), durable, restored);
         let (connections, connections_done) = Connections::new(config.max_connections);
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();

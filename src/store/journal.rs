@@ -21,8 +21,10 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Database, StoreError, unix_millis};
-use crate::mqtt::broker::{ClientId, Completion, Durable, Message, MessageProperties, Refusal};
-use crate::mqtt::codec::{QoS, topic};
+use crate::mqtt::broker::{
+    ClientId, Completion, Durable, Message, MessageProperties, Refusal, SessionRecord, Will,
+};
+use crate::mqtt::codec::{QoS, RetainHandling, SubscribeFilter, SubscriptionOptions, topic};
 
 /// Rows per INSERT statement: 14 columns each, well under SQLite's limit of 32,766 bound parameters.
 const ROWS_PER_INSERT: usize = 200;
@@ -117,12 +119,23 @@ pub struct Journal {
 #[derive(Debug)]
 struct Inner {
     ops: mpsc::Sender<Op>,
+    /// Session changes: few, small, and never to be dropped or to block the router, so unbounded.
+    session_ops: mpsc::UnboundedSender<SessionOp>,
     pool: SqlitePool,
     include: Vec<String>,
     exclude: Vec<String>,
     stats: JournalStats,
     /// Set while the disk is full or the hard cap is reached; cleared by the next successful commit.
     refusing: AtomicBool,
+}
+
+/// A change to a persistent session, applied in the order the router made them.
+#[derive(Debug)]
+enum SessionOp {
+    Save(SessionRecord),
+    Remove(ClientId),
+    Subscribe(ClientId, SubscribeFilter, Option<u32>),
+    Unsubscribe(ClientId, String),
 }
 
 #[derive(Debug)]
@@ -150,8 +163,10 @@ impl Journal {
         let (pool, _recovered) = super::open(dir, Database::Journal, synchronous, config.max_pages).await?;
         let writer_conn = pool.acquire().await?;
         let (ops, receiver) = mpsc::channel(config.queue.max(1));
+        let (session_ops, session_receiver) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             ops,
+            session_ops,
             pool,
             include: config.include.clone(),
             exclude: config.exclude.clone(),
@@ -159,7 +174,7 @@ impl Journal {
             refusing: AtomicBool::new(false),
         });
         let writer = Writer { conn: writer_conn, inner: Arc::downgrade(&inner), config: config.clone() };
-        tokio::spawn(writer.run(receiver));
+        tokio::spawn(writer.run(receiver, session_receiver));
         spawn_timer(Arc::downgrade(&inner), config.retention.prune_interval, || Op::Prune(None));
         if let Durability::Batched { window } = config.durability {
             spawn_timer(Arc::downgrade(&inner), window, || Op::Checkpoint);
@@ -283,6 +298,60 @@ impl Journal {
         Ok(out)
     }
 
+    /// The persistent sessions as of the last commit, with their subscriptions, for the broker to start with.
+    pub async fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        let mut records = Vec::new();
+        let mut index = std::collections::HashMap::new();
+        for row in sqlx::query("SELECT * FROM sessions").fetch_all(&self.inner.pool).await? {
+            let client_id: String = row.try_get("client_id")?;
+            let will_topic: Option<String> = row.try_get("will_topic")?;
+            let will = match will_topic {
+                Some(topic) => {
+                    let payload: Vec<u8> =
+                        row.try_get::<Option<Vec<u8>>, _>("will_payload")?.unwrap_or_default();
+                    let qos = row.try_get::<Option<i64>, _>("will_qos")?.and_then(|q| u8::try_from(q).ok());
+                    let retain = row.try_get::<Option<bool>, _>("will_retain")?.unwrap_or(false);
+                    let mut message =
+                        Message::new(&topic, payload, qos.and_then(QoS::from_u8).unwrap_or_default(), retain);
+                    message.origin = Some(ClientId::new(&client_id));
+                    let delay =
+                        row.try_get::<Option<i64>, _>("will_delay")?.and_then(|d| u32::try_from(d).ok());
+                    Some(Will { message, delay: delay.unwrap_or(0) })
+                }
+                None => None,
+            };
+            index.insert(client_id.clone(), records.len());
+            records.push(SessionRecord {
+                client_id: ClientId::new(&client_id),
+                expiry: u32::try_from(row.try_get::<i64, _>("expiry")?).unwrap_or(u32::MAX),
+                disconnected_at: row.try_get("disconnected_at")?,
+                will,
+                will_due: row.try_get("will_due")?,
+                subscriptions: Vec::new(),
+            });
+        }
+        for row in
+            sqlx::query("SELECT * FROM subscriptions ORDER BY rowid").fetch_all(&self.inner.pool).await?
+        {
+            let client_id: String = row.try_get("client_id")?;
+            let Some(record) = index.get(&client_id).and_then(|&i| records.get_mut(i)) else { continue };
+            let options = SubscriptionOptions {
+                qos: QoS::from_u8(u8::try_from(row.try_get::<i64, _>("qos")?).unwrap_or(0))
+                    .unwrap_or_default(),
+                no_local: row.try_get("no_local")?,
+                retain_as_published: row.try_get("retain_as_published")?,
+                retain_handling: match row.try_get::<i64, _>("retain_handling")? {
+                    1 => RetainHandling::SendAtNewSubscribe,
+                    2 => RetainHandling::DoNotSend,
+                    _ => RetainHandling::SendAtSubscribe,
+                },
+            };
+            let id = row.try_get::<Option<i64>, _>("subscription_id")?.and_then(|i| u32::try_from(i).ok());
+            record.subscriptions.push((SubscribeFilter { filter: row.try_get("filter")?, options }, id));
+        }
+        Ok(records)
+    }
+
     /// Stores a consumer's progress: it has processed everything up to and including `position`.
     pub async fn commit_cursor(&self, name: &str, position: i64) -> Result<(), StoreError> {
         sqlx::query(
@@ -324,6 +393,22 @@ impl Durable for Journal {
 
     fn record_nowait(&self, message: &Arc<Message>) {
         self.append_nowait(message);
+    }
+
+    fn save_session(&self, session: &SessionRecord) {
+        let _ = self.inner.session_ops.send(SessionOp::Save(session.clone()));
+    }
+
+    fn remove_session(&self, client: &ClientId) {
+        let _ = self.inner.session_ops.send(SessionOp::Remove(client.clone()));
+    }
+
+    fn save_subscription(&self, client: &ClientId, filter: &SubscribeFilter, id: Option<u32>) {
+        let _ = self.inner.session_ops.send(SessionOp::Subscribe(client.clone(), filter.clone(), id));
+    }
+
+    fn remove_subscription(&self, client: &ClientId, filter: &str) {
+        let _ = self.inner.session_ops.send(SessionOp::Unsubscribe(client.clone(), filter.to_owned()));
     }
 }
 
@@ -368,18 +453,37 @@ enum WriteFailure {
 }
 
 impl Writer {
-    async fn run(mut self, mut ops: mpsc::Receiver<Op>) {
+    async fn run(mut self, mut ops: mpsc::Receiver<Op>, mut session_ops: mpsc::UnboundedReceiver<SessionOp>) {
         let mut batch = Vec::with_capacity(self.config.max_batch);
+        let mut sessions = Vec::new();
         let mut last_error_log: Option<Instant> = None;
-        while let Some(first) = ops.recv().await {
-            batch.push(first);
+        loop {
+            tokio::select! {
+                op = ops.recv() => match op {
+                    Some(op) => batch.push(op),
+                    None => break,
+                },
+                Some(op) = session_ops.recv() => sessions.push(op),
+            }
             while batch.len() < self.config.max_batch {
                 match ops.try_recv() {
                     Ok(op) => batch.push(op),
                     Err(_) => break,
                 }
             }
-            if self.process(&mut batch, &mut last_error_log).await == Next::Stop {
+            while let Ok(op) = session_ops.try_recv() {
+                sessions.push(op);
+            }
+            // Session changes first: one made before a message was accepted (a subscription before a publish) is
+            // then durable no later than that message's acknowledgement.
+            if !sessions.is_empty()
+                && let Err(e) = self.apply_sessions(&mut sessions).await
+            {
+                tracing::error!("saving session state failed: {e}");
+            }
+            sessions.clear();
+            let next = self.process(&mut batch, &mut last_error_log).await;
+            if next == Next::Stop {
                 break;
             }
         }
@@ -523,6 +627,68 @@ impl Writer {
             }
         }
         tx.commit().await.map_err(classify)
+    }
+
+    async fn apply_sessions(&mut self, ops: &mut Vec<SessionOp>) -> Result<(), sqlx::Error> {
+        let mut tx = sqlx::Connection::begin(&mut *self.conn).await?;
+        for op in ops.drain(..) {
+            match op {
+                SessionOp::Save(r) => {
+                    let will = r.will.as_ref();
+                    sqlx::query(
+                        "INSERT INTO sessions (client_id, expiry, disconnected_at, will_topic, will_payload, will_qos, \
+                         will_retain, will_delay, will_due) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                         ON CONFLICT (client_id) DO UPDATE SET expiry = excluded.expiry, \
+                         disconnected_at = excluded.disconnected_at, will_topic = excluded.will_topic, \
+                         will_payload = excluded.will_payload, will_qos = excluded.will_qos, \
+                         will_retain = excluded.will_retain, will_delay = excluded.will_delay, \
+                         will_due = excluded.will_due",
+                    )
+                    .bind(r.client_id.as_str())
+                    .bind(i64::from(r.expiry))
+                    .bind(r.disconnected_at)
+                    .bind(will.map(|w| w.message.topic.to_string()))
+                    .bind(will.map(|w| w.message.payload.to_vec()))
+                    .bind(will.map(|w| w.message.qos as i64))
+                    .bind(will.map(|w| w.message.retain))
+                    .bind(will.map(|w| i64::from(w.delay)))
+                    .bind(r.will_due)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                SessionOp::Remove(client) => {
+                    for sql in [
+                        "DELETE FROM sessions WHERE client_id = ?",
+                        "DELETE FROM subscriptions WHERE client_id = ?",
+                    ] {
+                        sqlx::query(sql).bind(client.as_str()).execute(&mut *tx).await?;
+                    }
+                }
+                SessionOp::Subscribe(client, f, id) => {
+                    sqlx::query(
+                        "INSERT OR REPLACE INTO subscriptions (client_id, filter, qos, no_local, retain_as_published, \
+                         retain_handling, subscription_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    )
+                    .bind(client.as_str())
+                    .bind(&f.filter)
+                    .bind(f.options.qos as i64)
+                    .bind(f.options.no_local)
+                    .bind(f.options.retain_as_published)
+                    .bind(f.options.retain_handling as i64)
+                    .bind(id.map(i64::from))
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                SessionOp::Unsubscribe(client, filter) => {
+                    sqlx::query("DELETE FROM subscriptions WHERE client_id = ? AND filter = ?")
+                        .bind(client.as_str())
+                        .bind(filter)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+        }
+        tx.commit().await
     }
 
     /// Current size of the file in bytes, not counting free pages.

@@ -316,3 +316,85 @@ async fn retained_messages_survive_kill_9_and_so_does_clearing_them() {
     s.send(&[0xC0, 0]).await;
     assert_eq!(s.read_packet().await, [0xD0, 0]);
 }
+
+/// A v5 CONNECT with clean start 0, a session expiry, and a will on `will/<id>` with the given delay.
+fn persistent_connect(client_id: &str, expiry: u32, will_delay: Option<u32>) -> Vec<u8> {
+    let flags = if will_delay.is_some() { 0x04 | 0x08 } else { 0 }; // will, will QoS 1
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, flags, 0, 0];
+    body.extend([5, 0x11]);
+    body.extend(expiry.to_be_bytes());
+    body.extend((client_id.len() as u16).to_be_bytes());
+    body.extend(client_id.as_bytes());
+    if let Some(delay) = will_delay {
+        body.extend([5, 0x18]);
+        body.extend(delay.to_be_bytes());
+        let topic = format!("will/{client_id}");
+        body.extend((topic.len() as u16).to_be_bytes());
+        body.extend(topic.as_bytes());
+        body.extend([0, 4]);
+        body.extend(b"gone");
+    }
+    packet(0x10, &body)
+}
+
+#[tokio::test]
+async fn persistent_sessions_survive_kill_9_with_subscriptions_expiry_and_will() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut child, addr) = start_weir(&data, "").await;
+    // A persistent subscriber, connected when the gateway dies, with a will delayed 2 s.
+    let mut sub = Raw::connect(addr).await;
+    sub.send(&persistent_connect("keeper", 3600, Some(2))).await;
+    assert_eq!(sub.read_packet().await[3], 0, "CONNACK success");
+    // SUBSCRIBE s/# at QoS 1 with subscription identifier 5.
+    sub.send(&packet(0x82, &[0, 1, 2, 0x0B, 5, 0, 3, b's', b'/', b'#', 1])).await;
+    assert_eq!(sub.read_packet().await[0], 0x90);
+    // A session with a short expiry that goes offline normally before the gateway dies.
+    let mut short = Raw::connect(addr).await;
+    short.send(&persistent_connect("fleeting", 2, None)).await;
+    short.read_packet().await;
+    short.send(&[0xE0, 0]).await;
+    short.read_to_close().await;
+    let short_gone_at = std::time::Instant::now() + Duration::from_secs(2);
+    // Session changes are written in order with messages: once this QoS 1 publish is acknowledged, they are in.
+    let mut p = Raw::connect(addr).await;
+    p.send(&connect_v311("barrier", true, 0)).await;
+    p.read_packet().await;
+    p.send(&publish(1, 1, "barrier", b"x")).await;
+    p.read_packet().await;
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    drop(sub);
+
+    let (_child, addr) = start_weir(&data, "").await;
+    let mut watcher = Raw::connect(addr).await;
+    watcher.send(&connect_v311("watcher", true, 0)).await;
+    watcher.read_packet().await;
+    watcher.send(&packet(0x82, &[0, 1, 0, 6, b'w', b'i', b'l', b'l', b'/', b'#', 0])).await;
+    watcher.read_packet().await;
+    // The subscriber was connected when the gateway died: its will comes, after its delay.
+    let got = watcher.read_packet().await;
+    assert!(got.ends_with(b"will/keepergone"), "{got:?}");
+
+    // A message published while it is away is kept for the restored session.
+    let mut p = Raw::connect(addr).await;
+    p.send(&connect_v311("publisher", true, 0)).await;
+    p.read_packet().await;
+    p.send(&publish(1, 7, "s/x", b"while away")).await;
+    assert_eq!(p.read_packet().await[0], 0x40);
+    let mut back = Raw::connect(addr).await;
+    back.send(&persistent_connect("keeper", 3600, None)).await;
+    let ack = back.read_packet().await;
+    assert_eq!(ack[2], 1, "session present after the restart: {ack:?}");
+    let got = back.read_packet().await;
+    assert_eq!(got[0] & 0xF6, 0x32, "QoS 1 PUBLISH: {got:?}");
+    assert!(got.ends_with(b"while away"));
+    assert!(got.windows(2).any(|w| w == [0x0B, 5]), "subscription identifier restored: {got:?}");
+
+    // The short session's expiry kept counting while the gateway was down.
+    tokio::time::sleep_until(tokio::time::Instant::from_std(short_gone_at + Duration::from_millis(1100)))
+        .await;
+    let mut again = Raw::connect(addr).await;
+    again.send(&persistent_connect("fleeting", 2, None)).await;
+    assert_eq!(again.read_packet().await[2], 0, "the expired session is gone");
+}

@@ -100,6 +100,34 @@ pub trait Durable: Send + Sync + std::fmt::Debug {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Completion> + Send + 'a>>;
     /// Records a message (QoS 0, wills, in-process publishes) without waiting; the store counts what it drops.
     fn record_nowait(&self, message: &Arc<Message>);
+    /// Saves a persistent session's state (not its subscriptions), in order with everything else recorded.
+    fn save_session(&self, session: &SessionRecord);
+    fn remove_session(&self, client: &ClientId);
+    fn save_subscription(&self, client: &ClientId, filter: &SubscribeFilter, id: Option<u32>);
+    fn remove_subscription(&self, client: &ClientId, filter: &str);
+}
+
+/// A persistent session as the store keeps it across restarts.
+#[derive(Debug, Clone)]
+pub struct SessionRecord {
+    pub client_id: ClientId,
+    /// Seconds; `u32::MAX` never expires.
+    pub expiry: u32,
+    /// Unix milliseconds when it went offline; `None` while a client is connected.
+    pub disconnected_at: Option<i64>,
+    /// The will to publish if the connection is lost, or a delayed will waiting to be published.
+    pub will: Option<Will>,
+    /// Unix milliseconds when a delayed will is due; `None` while connected.
+    pub will_due: Option<i64>,
+    /// Filled when restoring; saving goes through [`Durable::save_subscription`].
+    pub subscriptions: Vec<(SubscribeFilter, Option<u32>)>,
+}
+
+/// What the store hands the broker at start-up.
+#[derive(Debug, Default)]
+pub struct Restored {
+    pub retained: Vec<Message>,
+    pub sessions: Vec<SessionRecord>,
 }
 
 /// Resolves when a recorded message is durable.
@@ -214,11 +242,11 @@ impl Broker {
     ///
     /// With a `durable` store, QoS 1/2 publishes are acknowledged only once it has them, and everything else
     /// accepted is recorded too.
-    /// `retained` seeds the retained messages, as the store kept them across a restart.
+    /// `restored` seeds the retained messages and persistent sessions the store kept across a restart.
     pub fn start(
         config: BrokerConfig,
         durable: Option<Arc<dyn Durable>>,
-        retained: Vec<Message>,
+        restored: Restored,
     ) -> (Broker, JoinHandle<()>) {
         let (commands, receiver) = mpsc::channel(1024);
         let shared = Arc::new(Shared {
@@ -228,7 +256,7 @@ impl Broker {
             started: Instant::now(),
             next_connection: AtomicU64::new(1),
         });
-        let task = tokio::spawn(router::Router::new(receiver, shared.clone(), retained).run());
+        let task = tokio::spawn(router::Router::new(receiver, shared.clone(), restored).run());
         (Broker { commands, shared }, task)
     }
 

@@ -12,7 +12,7 @@ use super::queue::{Pushed, QueueLimits, SessionQueue};
 use super::subscriptions::{Matched, Subscriber, SubscriptionTree};
 use super::{
     BrokerStats, Command, ConnectOutcome, ConnectRequest, ConnectionId, Control, DisconnectNotice,
-    DisconnectReason, LinkError, Shared, SubscribeRequest, Will,
+    DisconnectReason, LinkError, Restored, SessionRecord, Shared, SubscribeRequest, Will,
 };
 use crate::mqtt::codec::topic::{self, SharedFilter};
 use crate::mqtt::codec::{QoS, ReasonCode, RetainHandling};
@@ -47,6 +47,8 @@ struct Session {
     disconnected_at: Option<Instant>,
     /// A will waiting for its delay interval, and when it is due.
     pending_will: Option<(Instant, Message)>,
+    /// The store has this session (it is persistent): tell it when the session changes or ends.
+    persisted: bool,
 }
 
 struct Attached {
@@ -62,23 +64,110 @@ impl Session {
 }
 
 impl Router {
-    pub(super) fn new(
-        commands: mpsc::Receiver<Command>,
-        shared: Arc<Shared>,
-        retained: Vec<Message>,
-    ) -> Router {
-        Router {
+    pub(super) fn new(commands: mpsc::Receiver<Command>, shared: Arc<Shared>, restored: Restored) -> Router {
+        let mut router = Router {
             commands,
             shared,
             sessions: HashMap::new(),
             subscriptions: SubscriptionTree::default(),
-            retained: retained.into_iter().map(|m| (m.topic.clone(), Arc::new(m))).collect(),
+            retained: restored.retained.into_iter().map(|m| (m.topic.clone(), Arc::new(m))).collect(),
             matched: Vec::new(),
             shutting_down: false,
             last_sys: Instant::now(),
             last_drop_warning: None,
             drops_since_warning: 0,
+        };
+        let count = restored.sessions.len();
+        for record in restored.sessions {
+            router.restore(record);
         }
+        if count > 0 {
+            tracing::info!(count, "persistent sessions restored");
+        }
+        router
+    }
+
+    /// Puts back a persistent session the store kept: offline, its expiry counting from when it went offline
+    /// (or from now, if its client was connected when the gateway stopped), its subscriptions in the tree, and
+    /// its will pending if the gateway stopped while the client was connected or a delayed will was waiting.
+    fn restore(&mut self, record: SessionRecord) {
+        let now = Instant::now();
+        let now_ms = unix_millis();
+        let ago = |ms: i64| Duration::from_millis(u64::try_from(now_ms.saturating_sub(ms)).unwrap_or(0));
+        let disconnected_at = match record.disconnected_at {
+            Some(at) => now.checked_sub(ago(at)).unwrap_or(now),
+            None => now,
+        };
+        let pending_will = match (record.will, record.will_due, record.disconnected_at) {
+            (Some(will), Some(due), _) => {
+                let wait = Duration::from_millis(u64::try_from(due.saturating_sub(now_ms)).unwrap_or(0));
+                Some((now + wait, will.message))
+            }
+            // The connection was lost with the gateway: that is an abnormal loss.
+            (Some(will), None, None) => {
+                Some((now + Duration::from_secs(u64::from(will.delay.min(record.expiry))), will.message))
+            }
+            _ => None,
+        };
+        let mut session = Session {
+            queue: Arc::new(SessionQueue::new(self.shared.config.queue_limits())),
+            subscriptions: HashSet::new(),
+            connection: None,
+            is_link: false,
+            expiry: record.expiry,
+            disconnected_at: Some(disconnected_at),
+            pending_will,
+            persisted: true,
+        };
+        for (filter, id) in record.subscriptions {
+            let (group, inner) = split_shared(&filter.filter);
+            if topic::valid_topic_filter(inner) {
+                let subscriber = Subscriber { client: record.client_id.clone(), options: filter.options, id };
+                self.subscriptions.insert(group, inner, subscriber);
+                session.subscriptions.insert(filter.filter);
+            }
+        }
+        self.sessions.insert(record.client_id, session);
+    }
+
+    /// Saves a persistent session's state with the store, or forgets it once it is no longer persistent.
+    fn persist(&mut self, id: &ClientId) {
+        let Some(durable) = self.shared.durable.clone() else { return };
+        let Some(session) = self.sessions.get_mut(id) else { return };
+        if session.is_link {
+            return;
+        }
+        if session.expiry == 0 {
+            if session.persisted {
+                durable.remove_session(id);
+                session.persisted = false;
+            }
+            return;
+        }
+        let now = Instant::now();
+        let now_ms = unix_millis();
+        let to_ms = |at: Instant| {
+            let ago = i64::try_from(now.saturating_duration_since(at).as_millis()).unwrap_or(0);
+            let ahead = i64::try_from(at.saturating_duration_since(now).as_millis()).unwrap_or(0);
+            now_ms - ago + ahead
+        };
+        let (will, will_due) = match (&session.connection, &session.pending_will) {
+            (Some(attached), _) => (attached.will.clone(), None),
+            (None, Some((due, message))) => {
+                (Some(Will { message: message.clone(), delay: 0 }), Some(to_ms(*due)))
+            }
+            (None, None) => (None, None),
+        };
+        let record = SessionRecord {
+            client_id: id.clone(),
+            expiry: session.expiry,
+            disconnected_at: session.disconnected_at.map(to_ms),
+            will,
+            will_due,
+            subscriptions: Vec::new(),
+        };
+        durable.save_session(&record);
+        session.persisted = true;
     }
 
     pub(super) async fn run(mut self) {
@@ -168,6 +257,7 @@ impl Router {
                 expiry: 0,
                 disconnected_at: None,
                 pending_will: None,
+                persisted: false,
             };
             self.sessions.insert(id.clone(), session);
         }
@@ -181,6 +271,7 @@ impl Router {
         session.queue.set_online(true);
         let queue = session.queue.clone();
         tracing::debug!(client = %id, resume, ?now, "session attached");
+        self.persist(&id);
         self.publish_presence(&id, "online", None).await;
         Ok(ConnectOutcome { session_present: resume, queue })
     }
@@ -231,12 +322,19 @@ impl Router {
         self.publish_presence(&id, state, reason).await;
         if expiry == 0 {
             self.end_session(&id);
+        } else {
+            self.persist(&id);
         }
     }
 
     /// Removes a session and all its subscriptions.
     fn end_session(&mut self, id: &ClientId) {
         let Some(session) = self.sessions.remove(id) else { return };
+        if session.persisted
+            && let Some(durable) = &self.shared.durable
+        {
+            durable.remove_session(id);
+        }
         for filter in &session.subscriptions {
             let (group, filter) = split_shared(filter);
             self.subscriptions.remove(group, filter, id);
@@ -267,6 +365,12 @@ impl Router {
                 Subscriber { client: id.clone(), options: f.options, id: request.subscription_id };
             let existed = self.subscriptions.insert(group, filter, subscriber.clone());
             session.subscriptions.insert(f.filter.clone());
+            if session.expiry > 0
+                && !session.is_link
+                && let Some(durable) = &self.shared.durable
+            {
+                durable.save_subscription(&id, &f, request.subscription_id);
+            }
             reasons.push(ReasonCode(f.options.qos as u8));
             // Retained messages are not sent for shared subscriptions.
             let send_retained = group.is_none()
@@ -317,6 +421,11 @@ impl Router {
                 if session.subscriptions.remove(f) {
                     let (group, filter) = split_shared(f);
                     self.subscriptions.remove(group, filter, id);
+                    if session.persisted
+                        && let Some(durable) = &self.shared.durable
+                    {
+                        durable.remove_subscription(id, f);
+                    }
                     ReasonCode::SUCCESS
                 } else {
                     ReasonCode::NO_SUBSCRIPTION_EXISTED
@@ -427,6 +536,7 @@ impl Router {
             expiry: NEVER,
             disconnected_at: None,
             pending_will: None,
+            persisted: false,
         };
         self.sessions.insert(id, session);
         Ok(queue)
@@ -434,12 +544,14 @@ impl Router {
 
     async fn on_tick(&mut self, now: Instant) {
         let mut wills = Vec::new();
+        let mut willed = Vec::new();
         let mut expired = Vec::new();
         for (id, session) in &mut self.sessions {
             if session.pending_will.as_ref().is_some_and(|(due, _)| *due <= now)
                 && let Some((_, will)) = session.pending_will.take()
             {
                 wills.push(will);
+                willed.push(id.clone());
             }
             let ended = session.connection.is_none()
                 && !session.is_link
@@ -457,6 +569,9 @@ impl Router {
         for id in expired {
             tracing::debug!(client = %id, "session expired");
             self.end_session(&id);
+        }
+        for id in willed {
+            self.persist(&id);
         }
         for will in wills {
             self.publish_will(will).await;
@@ -524,6 +639,13 @@ fn split_shared(filter: &str) -> (Option<&str>, &str) {
         Some(Ok(SharedFilter { group, filter })) => (Some(group), filter),
         _ => (None, filter),
     }
+}
+
+fn unix_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// Makes a client identifier usable as one topic level: `/`, `+`, `#` and `%` are percent-encoded.
