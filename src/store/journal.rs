@@ -22,7 +22,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Database, StoreError, unix_millis};
 use crate::mqtt::broker::{
-    ClientId, Completion, Durable, Message, MessageProperties, Refusal, SessionRecord, Will,
+    ClientId, Completion, Delivery, Durable, Message, MessageProperties, Refusal, RestoredDelivery,
+    SessionRecord, Will,
 };
 use crate::mqtt::codec::{QoS, RetainHandling, SubscribeFilter, SubscriptionOptions, topic};
 
@@ -136,6 +137,9 @@ enum SessionOp {
     Remove(ClientId),
     Subscribe(ClientId, SubscribeFilter, Option<u32>),
     Unsubscribe(ClientId, String),
+    Queued { client: ClientId, message_id: i64, qos: QoS, retain: bool, sub_ids: Vec<u32> },
+    InFlight { client: ClientId, message_id: i64, packet_id: u16, released: bool },
+    Delivered { client: ClientId, message_id: i64 },
 }
 
 #[derive(Debug)]
@@ -251,49 +255,16 @@ impl Journal {
     /// The retained messages as of the last commit, for the broker to start with. Messages whose expiry interval
     /// has run out (counting the time the gateway was down) are left out; the others keep what remains of it.
     pub async fn retained(&self) -> Result<Vec<Message>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT m.ts, m.topic, m.payload, m.qos, m.client_id, m.username, m.payload_format, m.expiry_interval, \
-             m.content_type, m.response_topic, m.correlation_data, m.user_properties \
-             FROM retained r JOIN messages m ON m.id = r.message_id ORDER BY m.id",
-        )
-        .fetch_all(&self.inner.pool)
-        .await?;
+        let rows =
+            sqlx::query("SELECT m.* FROM retained r JOIN messages m ON m.id = r.message_id ORDER BY m.id")
+                .fetch_all(&self.inner.pool)
+                .await?;
         let now = unix_millis(SystemTime::now());
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
-            let ts: i64 = row.try_get("ts")?;
-            let expiry: Option<i64> = row.try_get("expiry_interval")?;
-            let remaining = match expiry {
-                Some(e) => match u32::try_from(e - (now - ts) / 1000) {
-                    Ok(r) if r > 0 => Some(r),
-                    _ => continue,
-                },
-                None => None,
-            };
-            let topic: String = row.try_get("topic")?;
-            let payload: Vec<u8> = row.try_get("payload")?;
-            let qos =
-                QoS::from_u8(u8::try_from(row.try_get::<i64, _>("qos")?).unwrap_or(0)).unwrap_or_default();
-            let mut message = Message::new(&topic, payload, qos, true);
-            message.origin = row.try_get::<Option<String>, _>("client_id")?.map(|c| ClientId::new(&c));
-            message.username = row.try_get::<Option<String>, _>("username")?.map(Arc::from);
-            let user_properties: Option<String> = row.try_get("user_properties")?;
-            message.properties = MessageProperties {
-                payload_format_indicator: row
-                    .try_get::<Option<i64>, _>("payload_format")?
-                    .and_then(|p| u8::try_from(p).ok()),
-                message_expiry_interval: remaining,
-                content_type: row.try_get("content_type")?,
-                response_topic: row.try_get("response_topic")?,
-                correlation_data: row
-                    .try_get::<Option<Vec<u8>>, _>("correlation_data")?
-                    .map(bytes::Bytes::from),
-                user_properties: user_properties
-                    .and_then(|j| serde_json::from_str(&j).ok())
-                    .unwrap_or_default(),
+            if let Some(message) = message_from_row(&row, now, true)? {
+                out.push(message);
             }
-            .boxed();
-            out.push(message);
         }
         Ok(out)
     }
@@ -328,6 +299,7 @@ impl Journal {
                 will,
                 will_due: row.try_get("will_due")?,
                 subscriptions: Vec::new(),
+                messages: Vec::new(),
             });
         }
         for row in
@@ -348,6 +320,40 @@ impl Journal {
             };
             let id = row.try_get::<Option<i64>, _>("subscription_id")?.and_then(|i| u32::try_from(i).ok());
             record.subscriptions.push((SubscribeFilter { filter: row.try_get("filter")?, options }, id));
+        }
+        let now = unix_millis(SystemTime::now());
+        let rows = sqlx::query(
+            "SELECT s.client_id AS session, s.qos AS delivered_qos, s.retain AS delivered_retain, s.sub_ids, \
+             s.packet_id, s.released, m.* FROM session_messages s JOIN messages m ON m.id = s.message_id ORDER BY s.seq",
+        )
+        .fetch_all(&self.inner.pool)
+        .await?;
+        for row in rows {
+            let client_id: String = row.try_get("session")?;
+            let Some(record) = index.get(&client_id).and_then(|&i| records.get_mut(i)) else { continue };
+            let packet_id = row.try_get::<Option<i64>, _>("packet_id")?.and_then(|p| u16::try_from(p).ok());
+            // An expired message still in flight is resent anyway: its packet id is in use at the client.
+            let Some(message) =
+                message_from_row(&row, if packet_id.is_some() { i64::MIN / 2 } else { now }, false)?
+            else {
+                continue;
+            };
+            let sub_ids: Option<String> = row.try_get("sub_ids")?;
+            let qos = u8::try_from(row.try_get::<i64, _>("delivered_qos")?)
+                .ok()
+                .and_then(QoS::from_u8)
+                .unwrap_or_default();
+            let delivery = Delivery {
+                message: Arc::new(message),
+                qos,
+                retain: row.try_get("delivered_retain")?,
+                subscription_ids: sub_ids.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default(),
+            };
+            record.messages.push(RestoredDelivery {
+                delivery,
+                packet_id,
+                released: row.try_get("released")?,
+            });
         }
         Ok(records)
     }
@@ -410,6 +416,25 @@ impl Durable for Journal {
     fn remove_subscription(&self, client: &ClientId, filter: &str) {
         let _ = self.inner.session_ops.send(SessionOp::Unsubscribe(client.clone(), filter.to_owned()));
     }
+
+    fn queued(&self, client: &ClientId, message_id: i64, delivery: &Delivery) {
+        let _ = self.inner.session_ops.send(SessionOp::Queued {
+            client: client.clone(),
+            message_id,
+            qos: delivery.qos,
+            retain: delivery.retain,
+            sub_ids: delivery.subscription_ids.clone(),
+        });
+    }
+
+    fn in_flight(&self, client: &ClientId, message_id: i64, packet_id: u16, released: bool) {
+        let op = SessionOp::InFlight { client: client.clone(), message_id, packet_id, released };
+        let _ = self.inner.session_ops.send(op);
+    }
+
+    fn delivered(&self, client: &ClientId, message_id: i64) {
+        let _ = self.inner.session_ops.send(SessionOp::Delivered { client: client.clone(), message_id });
+    }
 }
 
 fn spawn_timer(inner: std::sync::Weak<Inner>, every: Duration, op: fn() -> Op) {
@@ -430,6 +455,44 @@ struct Writer {
     conn: PoolConnection<Sqlite>,
     inner: std::sync::Weak<Inner>,
     config: JournalConfig,
+}
+
+/// Rebuilds a journaled message. `None` if its expiry interval has run out (counting the time the gateway was
+/// down); otherwise it keeps what remains of it.
+fn message_from_row(
+    row: &sqlx::sqlite::SqliteRow,
+    now: i64,
+    retain: bool,
+) -> Result<Option<Message>, sqlx::Error> {
+    let ts: i64 = row.try_get("ts")?;
+    let expiry: Option<i64> = row.try_get("expiry_interval")?;
+    let remaining = match expiry {
+        Some(e) => match u32::try_from(e - (now - ts) / 1000) {
+            Ok(r) if r > 0 => Some(r),
+            _ => return Ok(None),
+        },
+        None => None,
+    };
+    let topic: String = row.try_get("topic")?;
+    let payload: Vec<u8> = row.try_get("payload")?;
+    let qos = QoS::from_u8(u8::try_from(row.try_get::<i64, _>("qos")?).unwrap_or(0)).unwrap_or_default();
+    let mut message = Message::new(&topic, payload, qos, retain);
+    message.origin = row.try_get::<Option<String>, _>("client_id")?.map(|c| ClientId::new(&c));
+    message.username = row.try_get::<Option<String>, _>("username")?.map(Arc::from);
+    let user_properties: Option<String> = row.try_get("user_properties")?;
+    message.properties = MessageProperties {
+        payload_format_indicator: row
+            .try_get::<Option<i64>, _>("payload_format")?
+            .and_then(|p| u8::try_from(p).ok()),
+        message_expiry_interval: remaining,
+        content_type: row.try_get("content_type")?,
+        response_topic: row.try_get("response_topic")?,
+        correlation_data: row.try_get::<Option<Vec<u8>>, _>("correlation_data")?.map(bytes::Bytes::from),
+        user_properties: user_properties.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default(),
+    }
+    .boxed();
+    let _ = message.journal_id.set(row.try_get("id")?);
+    Ok(Some(message))
 }
 
 /// An append taken off the channel, waiting for its batch's commit.
@@ -615,6 +678,9 @@ impl Writer {
             // explicit ids, one writer): that maps each retained message to its row.
             let last = done.last_insert_rowid();
             let first = last - i64::try_from(chunk.len()).unwrap_or(0) + 1;
+            for (id, queued) in (first..=last).zip(chunk) {
+                let _ = queued.message.journal_id.set(id);
+            }
             for (id, queued) in (first..=last).zip(chunk).filter(|(_, q)| q.message.retain) {
                 let statement = if queued.message.payload.is_empty() {
                     sqlx::query("DELETE FROM retained WHERE topic = ?").bind(queued.message.topic.to_string())
@@ -679,6 +745,39 @@ impl Writer {
                     .execute(&mut *tx)
                     .await?;
                 }
+                SessionOp::Queued { client, message_id, qos, retain, sub_ids } => {
+                    let sub_ids =
+                        (!sub_ids.is_empty()).then(|| serde_json::to_string(&sub_ids).ok()).flatten();
+                    sqlx::query(
+                        "INSERT OR REPLACE INTO session_messages (client_id, message_id, qos, retain, sub_ids) \
+                         VALUES (?, ?, ?, ?, ?)",
+                    )
+                    .bind(client.as_str())
+                    .bind(message_id)
+                    .bind(qos as i64)
+                    .bind(retain)
+                    .bind(sub_ids)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                SessionOp::InFlight { client, message_id, packet_id, released } => {
+                    sqlx::query(
+                        "UPDATE session_messages SET packet_id = ?, released = ? WHERE client_id = ? AND message_id = ?",
+                    )
+                    .bind(i64::from(packet_id))
+                    .bind(released)
+                    .bind(client.as_str())
+                    .bind(message_id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                SessionOp::Delivered { client, message_id } => {
+                    sqlx::query("DELETE FROM session_messages WHERE client_id = ? AND message_id = ?")
+                        .bind(client.as_str())
+                        .bind(message_id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 SessionOp::Unsubscribe(client, filter) => {
                     sqlx::query("DELETE FROM subscriptions WHERE client_id = ? AND filter = ?")
                         .bind(client.as_str())
@@ -740,7 +839,8 @@ impl Writer {
                 let n = sqlx::query(
                     "DELETE FROM messages WHERE id IN \
                      (SELECT id FROM messages WHERE ts < ? AND id <= ? \
-                      AND id NOT IN (SELECT message_id FROM retained) ORDER BY id LIMIT ?)",
+                      AND id NOT IN (SELECT message_id FROM retained) \
+                      AND id NOT IN (SELECT message_id FROM session_messages) ORDER BY id LIMIT ?)",
                 )
                 .bind(cutoff)
                 .bind(limit)

@@ -338,7 +338,7 @@ fn persistent_connect(client_id: &str, expiry: u32, will_delay: Option<u32>) -> 
 }
 
 #[tokio::test]
-async fn persistent_sessions_survive_kill_9_with_subscriptions_expiry_and_will() {
+async fn persistent_sessions_survive_kill_9_with_queues_subscriptions_expiry_and_will() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let (mut child, addr) = start_weir(&data, "").await;
@@ -356,11 +356,22 @@ async fn persistent_sessions_survive_kill_9_with_subscriptions_expiry_and_will()
     short.send(&[0xE0, 0]).await;
     short.read_to_close().await;
     let short_gone_at = std::time::Instant::now() + Duration::from_secs(2);
-    // Session changes are written in order with messages: once this QoS 1 publish is acknowledged, they are in.
+    // Two messages reach the subscriber, which does not acknowledge them: they are in flight under packet ids.
     let mut p = Raw::connect(addr).await;
     p.send(&connect_v311("barrier", true, 0)).await;
     p.read_packet().await;
-    p.send(&publish(1, 1, "barrier", b"x")).await;
+    for (id, topic) in [(1u16, "s/a"), (2, "s/b")] {
+        p.send(&publish(1, id, topic, topic.as_bytes())).await;
+        p.read_packet().await;
+    }
+    let mut in_flight = Vec::new();
+    for _ in 0..2 {
+        let got = sub.read_packet().await;
+        assert_eq!(got[0], 0x32);
+        in_flight.push(got);
+    }
+    // Session changes are written before later messages: once this QoS 1 publish is acknowledged, they are in.
+    p.send(&publish(1, 3, "barrier", b"x")).await;
     p.read_packet().await;
     child.start_kill().unwrap();
     child.wait().await.unwrap();
@@ -386,6 +397,12 @@ async fn persistent_sessions_survive_kill_9_with_subscriptions_expiry_and_will()
     back.send(&persistent_connect("keeper", 3600, None)).await;
     let ack = back.read_packet().await;
     assert_eq!(ack[2], 1, "session present after the restart: {ack:?}");
+    // First the two that were in flight, again, with DUP and their packet ids; then what was queued.
+    for before in &in_flight {
+        let again = back.read_packet().await;
+        assert_eq!(again[0], before[0] | 0x08, "DUP set: {again:?}");
+        assert_eq!(&again[1..], &before[1..], "same packet id and content");
+    }
     let got = back.read_packet().await;
     assert_eq!(got[0] & 0xF6, 0x32, "QoS 1 PUBLISH: {got:?}");
     assert!(got.ends_with(b"while away"));

@@ -51,6 +51,9 @@ pub struct Message {
     pub received: Instant,
     /// MQTT 5.0 properties, boxed because 3.1.1 traffic and most 5.0 traffic carries none.
     pub properties: Option<Box<MessageProperties>>,
+    /// Its position in the store's journal, set by the store when it writes the message. Persistent sessions
+    /// keep their queues as references to it.
+    pub journal_id: std::sync::OnceLock<i64>,
 }
 
 impl Message {
@@ -64,6 +67,7 @@ impl Message {
             username: None,
             received: Instant::now(),
             properties: None,
+            journal_id: std::sync::OnceLock::new(),
         }
     }
 

@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 pub use link::{Link, LinkError, LinkOptions};
 pub use message::{ClientId, Delivery, Message, MessageProperties};
 pub use metrics::Metrics;
-pub use queue::{InflightState, Outgoing, Pushed, QueueLimits, QueueStats, SessionQueue};
+pub use queue::{InflightState, Outgoing, Pushed, QueueLimits, QueueStats, SessionQueue, StoreHook};
 
 use crate::mqtt::codec::{ProtocolVersion, ReasonCode, SubscribeFilter};
 
@@ -105,6 +105,12 @@ pub trait Durable: Send + Sync + std::fmt::Debug {
     fn remove_session(&self, client: &ClientId);
     fn save_subscription(&self, client: &ClientId, filter: &SubscribeFilter, id: Option<u32>);
     fn remove_subscription(&self, client: &ClientId, filter: &str);
+    /// A QoS 1/2 delivery of a journaled message was queued for a persistent session.
+    fn queued(&self, client: &ClientId, message_id: i64, delivery: &Delivery);
+    /// It went in flight under `packet_id`, or (`released`) its PUBREC came and PUBREL was sent.
+    fn in_flight(&self, client: &ClientId, message_id: i64, packet_id: u16, released: bool);
+    /// It is done with: acknowledged, expired or discarded.
+    fn delivered(&self, client: &ClientId, message_id: i64);
 }
 
 /// A persistent session as the store keeps it across restarts.
@@ -121,6 +127,18 @@ pub struct SessionRecord {
     pub will_due: Option<i64>,
     /// Filled when restoring; saving goes through [`Durable::save_subscription`].
     pub subscriptions: Vec<(SubscribeFilter, Option<u32>)>,
+    /// Filled when restoring: the queued and in-flight QoS 1/2 deliveries, in order.
+    pub messages: Vec<RestoredDelivery>,
+}
+
+/// A queued or in-flight delivery of a persistent session, as restored from the store.
+#[derive(Debug, Clone)]
+pub struct RestoredDelivery {
+    pub delivery: Delivery,
+    /// In flight under this packet identifier; `None` if still queued.
+    pub packet_id: Option<u16>,
+    /// PUBREC came and PUBREL was sent (QoS 2, second phase).
+    pub released: bool,
 }
 
 /// What the store hands the broker at start-up.

@@ -11,8 +11,41 @@ use std::time::Instant;
 
 use tokio::sync::Notify;
 
-use super::message::Delivery;
+use super::message::{ClientId, Delivery};
+use super::{Durable, RestoredDelivery};
 use crate::mqtt::codec::QoS;
+
+/// Where a persistent session's queue reports its QoS 1/2 transitions, so that the store can put the queue back
+/// after a restart: queued, in flight under a packet id, released (QoS 2), done.
+#[derive(Debug, Clone)]
+pub struct StoreHook {
+    pub client: ClientId,
+    pub durable: std::sync::Arc<dyn Durable>,
+}
+
+impl StoreHook {
+    fn queued(&self, delivery: &Delivery) {
+        if delivery.qos != QoS::AtMostOnce
+            && let Some(&id) = delivery.message.journal_id.get()
+        {
+            self.durable.queued(&self.client, id, delivery);
+        }
+    }
+
+    fn in_flight(&self, delivery: &Delivery, packet_id: u16, released: bool) {
+        if let Some(&id) = delivery.message.journal_id.get() {
+            self.durable.in_flight(&self.client, id, packet_id, released);
+        }
+    }
+
+    fn delivered(&self, delivery: &Delivery) {
+        if delivery.qos != QoS::AtMostOnce
+            && let Some(&id) = delivery.message.journal_id.get()
+        {
+            self.durable.delivered(&self.client, id);
+        }
+    }
+}
 
 /// How many messages a queue holds, and what happens beyond that.
 #[derive(Debug, Clone, Copy)]
@@ -48,6 +81,8 @@ struct QueueState {
     /// retransmitted PUBLISH with one of these is acknowledged again but not routed twice.
     incoming_qos2: HashSet<u16>,
     dropped: u64,
+    /// Set while the session is persistent.
+    store: Option<StoreHook>,
 }
 
 #[derive(Debug, Clone)]
@@ -119,10 +154,38 @@ impl SessionQueue {
         if delivery.qos == QoS::AtMostOnce {
             state.pending_qos0 += 1;
         }
+        if let Some(store) = &state.store {
+            store.queued(&delivery);
+        }
         state.pending.push_back(delivery);
         drop(state);
         self.ready.notify_one();
         Pushed::Queued
+    }
+
+    /// Reports every later QoS 1/2 transition to the store (the session became persistent), or stops (`None`).
+    pub fn set_store(&self, store: Option<StoreHook>) {
+        self.lock().store = store;
+    }
+
+    /// Puts back what the store kept: in-flight deliveries under their packet ids, then the queued ones.
+    pub fn restore(&self, deliveries: Vec<RestoredDelivery>) {
+        let mut state = self.lock();
+        for r in deliveries {
+            match r.packet_id {
+                Some(packet_id) => {
+                    let inflight_state =
+                        if r.released { InflightState::Released } else { InflightState::Published };
+                    state.last_packet_id = state.last_packet_id.max(packet_id);
+                    state.inflight.push_back(Inflight {
+                        packet_id,
+                        delivery: r.delivery,
+                        state: inflight_state,
+                    });
+                }
+                None => state.pending.push_back(r.delivery),
+            }
+        }
     }
 
     /// Queues regardless of the bounds, for the finite burst of retained messages a new subscription gets. QoS 0
@@ -204,12 +267,18 @@ impl SessionQueue {
                 state.pending_qos0 -= 1;
             }
             if delivery.message.is_expired(now) {
+                if let Some(store) = &state.store {
+                    store.delivered(&delivery);
+                }
                 continue;
             }
             let packet_id = if qos == QoS::AtMostOnce {
                 None
             } else {
                 let id = state.next_packet_id();
+                if let Some(store) = &state.store {
+                    store.in_flight(&delivery, id, false);
+                }
                 state.inflight.push_back(Inflight {
                     packet_id: id,
                     delivery: delivery.clone(),
@@ -246,7 +315,11 @@ impl SessionQueue {
         let position = state.inflight.iter().position(|f| f.packet_id == packet_id && f.state == expected);
         match position {
             Some(i) => {
-                state.inflight.remove(i);
+                if let Some(done) = state.inflight.remove(i)
+                    && let Some(store) = &state.store
+                {
+                    store.delivered(&done.delivery);
+                }
                 drop(state);
                 self.ready.notify_one();
                 true
@@ -259,8 +332,14 @@ impl SessionQueue {
     /// repeated PUBREC for an already released message is also answered with PUBREL.
     pub fn received(&self, packet_id: u16) -> bool {
         let mut state = self.lock();
-        match state.inflight.iter_mut().find(|f| f.packet_id == packet_id) {
+        let QueueState { inflight, store, .. } = &mut *state;
+        match inflight.iter_mut().find(|f| f.packet_id == packet_id) {
             Some(f) => {
+                if f.state != InflightState::Released
+                    && let Some(store) = store
+                {
+                    store.in_flight(&f.delivery, packet_id, true);
+                }
                 f.state = InflightState::Released;
                 true
             }

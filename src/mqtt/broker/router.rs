@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 
 use super::message::{ClientId, Delivery, Message};
 use super::metrics::Metrics;
-use super::queue::{Pushed, QueueLimits, SessionQueue};
+use super::queue::{Pushed, QueueLimits, SessionQueue, StoreHook};
 use super::subscriptions::{Matched, Subscriber, SubscriptionTree};
 use super::{
     BrokerStats, Command, ConnectOutcome, ConnectRequest, ConnectionId, Control, DisconnectNotice,
@@ -109,8 +109,13 @@ impl Router {
             }
             _ => None,
         };
+        let queue = Arc::new(SessionQueue::new(self.shared.config.queue_limits()));
+        queue.restore(record.messages);
+        if let Some(durable) = self.shared.durable.clone() {
+            queue.set_store(Some(StoreHook { client: record.client_id.clone(), durable }));
+        }
         let mut session = Session {
-            queue: Arc::new(SessionQueue::new(self.shared.config.queue_limits())),
+            queue,
             subscriptions: HashSet::new(),
             connection: None,
             is_link: false,
@@ -139,6 +144,7 @@ impl Router {
         }
         if session.expiry == 0 {
             if session.persisted {
+                session.queue.set_store(None);
                 durable.remove_session(id);
                 session.persisted = false;
             }
@@ -165,8 +171,12 @@ impl Router {
             will,
             will_due,
             subscriptions: Vec::new(),
+            messages: Vec::new(),
         };
         durable.save_session(&record);
+        if !session.persisted {
+            session.queue.set_store(Some(StoreHook { client: id.clone(), durable }));
+        }
         session.persisted = true;
     }
 
@@ -333,6 +343,7 @@ impl Router {
         if session.persisted
             && let Some(durable) = &self.shared.durable
         {
+            session.queue.set_store(None);
             durable.remove_session(id);
         }
         for filter in &session.subscriptions {

@@ -486,6 +486,7 @@ impl<T: Transport> Session<T> {
             username: self.username.clone(),
             received: Instant::now(),
             properties: properties.boxed(),
+            journal_id: std::sync::OnceLock::new(),
         });
         let durable = self.broker.durable().cloned();
         match (publish.qos, durable) {
