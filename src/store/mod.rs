@@ -11,6 +11,7 @@
 //! is moved aside (`<name>.damaged-<unix seconds>`, with its `-wal` and `-shm`) with a clear log line, and a fresh
 //! one is created, so that a damaged file never stops the gateway from starting.
 
+pub mod consumer;
 pub mod export;
 pub mod history;
 pub mod journal;
