@@ -11,8 +11,9 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, ListenerConfig};
 use crate::mqtt::broker::Broker;
-use crate::mqtt::broker::{Durable, Restored};
+use crate::mqtt::broker::{Authenticator, Durable, Restored};
 use crate::mqtt::net::{self, Connections, ListenerContext};
+use crate::security::{Security, SecurityError};
 use crate::store::{self, Durability, Journal, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +25,8 @@ pub enum AppError {
     DataDir { path: std::path::PathBuf, source: std::io::Error },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Security(#[from] SecurityError),
 }
 
 /// A listening socket and the configuration it was bound for.
@@ -71,6 +74,9 @@ pub struct Gateway {
     broker: Broker,
     journal: Option<Journal>,
     config_db: sqlx::SqlitePool,
+    security: Arc<Security>,
+    /// Watches the configuration database for changes made by other processes.
+    reload: JoinHandle<()>,
     router: JoinHandle<()>,
     listeners: Vec<(String, SocketAddr, JoinHandle<()>)>,
     stop: watch::Sender<bool>,
@@ -106,6 +112,22 @@ impl Gateway {
         }
         let durable = journal.clone().map(|j| Arc::new(j) as Arc<dyn Durable>);
         let (broker, router) = Broker::start(config.broker.clone(), durable, restored);
+        let security = Arc::new(Security::load(config_db.clone()).await?);
+        let reload = {
+            // Users changed by `weir user ...` (another process) apply without a restart.
+            let security = Arc::downgrade(&security);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    let Some(security) = security.upgrade() else { return };
+                    if let Err(e) = security.reload_if_changed().await {
+                        tracing::warn!("reloading users: {e}");
+                    }
+                }
+            })
+        };
+        let authenticator: Arc<dyn Authenticator> = security.clone();
         let (connections, connections_done) = Connections::new(config.max_connections);
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -128,6 +150,7 @@ impl Gateway {
                 protocol: l.protocol,
                 ws_path: l.ws_path,
                 allow_anonymous: l.allow_anonymous,
+                authenticator: Some(authenticator.clone()),
                 connect_timeout: config.connect_timeout,
                 broker: broker.clone(),
                 connections: connections.clone(),
@@ -139,6 +162,8 @@ impl Gateway {
             broker,
             journal,
             config_db,
+            security,
+            reload,
             router,
             listeners: tasks,
             stop,
@@ -150,6 +175,11 @@ impl Gateway {
 
     pub fn broker(&self) -> &Broker {
         &self.broker
+    }
+
+    /// Users and their checks at CONNECT.
+    pub fn security(&self) -> &Arc<Security> {
+        &self.security
     }
 
     /// The message journal, unless durability is off.
@@ -178,8 +208,10 @@ impl Gateway {
             shutdown_timeout,
             journal,
             config_db,
+            reload,
             ..
         } = self;
+        reload.abort();
         // Our own counter holds a tracker sender too; drop it so that only live connections keep the channel open.
         let active = connections.active();
         drop(connections);

@@ -9,5 +9,6 @@ pub mod auth;
 pub mod config;
 pub mod mqtt;
 pub mod pki;
+pub mod security;
 pub mod store;
 pub mod timefmt;

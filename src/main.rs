@@ -36,11 +36,62 @@ enum Command {
         #[arg(value_name = "FILE")]
         config: PathBuf,
     },
+    /// Manage MQTT users (passwords are read from a prompt or standard input, never from the command line).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+        #[command(flatten)]
+        place: Place,
+    },
+    /// Print the audit log of security and configuration events, newest first.
+    Audit {
+        #[command(flatten)]
+        place: Place,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
     /// Read the message history in the data directory (works while the gateway runs).
     History {
         #[command(subcommand)]
         command: HistoryCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Add a user; asks for the password twice on a terminal, else reads one line from standard input.
+    Add {
+        name: String,
+        /// A role the user has (repeatable); `admin` may do everything.
+        #[arg(long = "role", value_name = "ROLE")]
+        roles: Vec<String>,
+    },
+    /// Change a user's password.
+    Passwd { name: String },
+    /// Delete a user.
+    Del { name: String },
+    /// List users and their roles.
+    List,
+}
+
+/// Where the gateway keeps its data.
+#[derive(Debug, clap::Args)]
+struct Place {
+    /// Configuration file, to find the data directory.
+    #[arg(long, short, value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+    #[arg(long, value_name = "DIR", global = true)]
+    data_dir: Option<PathBuf>,
+}
+
+impl Place {
+    fn data_dir(&self) -> anyhow::Result<PathBuf> {
+        Ok(match (&self.data_dir, &self.config) {
+            (Some(dir), _) => dir.clone(),
+            (None, Some(path)) => Config::load(path)?.data_dir,
+            (None, None) => Config::default().data_dir,
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -129,6 +180,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             runtime.block_on(serve(config))
         }
+        Command::User { command, place } => {
+            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            runtime.block_on(user(command, place))
+        }
+        Command::Audit { place, limit } => {
+            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            runtime.block_on(audit(place, limit))
+        }
         Command::History { command } => {
             let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             runtime.block_on(history(command))
@@ -161,6 +220,74 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = writeln!(out, "weir: data directory {}", config.data_dir.display());
     app::run(config, listeners, shutdown_signal()).await?;
     Ok(())
+}
+
+async fn user(command: UserCommand, place: Place) -> anyhow::Result<()> {
+    use weir::security::Security;
+    use weir::store;
+
+    let data_dir = place.data_dir()?;
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let (pool, _) = store::open(&data_dir, store::Database::Config, store::Synchronous::Full, None).await?;
+    let security = Security::load(pool).await?;
+    let actor = format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()));
+    match command {
+        UserCommand::Add { name, roles } => {
+            let password = read_new_password(&name)?;
+            security.add_user(&name, &password, &roles, &actor).await?;
+            eprintln!("weir: user {name} added");
+        }
+        UserCommand::Passwd { name } => {
+            let password = read_new_password(&name)?;
+            security.set_password(&name, &password, &actor).await?;
+            eprintln!("weir: password of {name} changed");
+        }
+        UserCommand::Del { name } => {
+            security.delete_user(&name, &actor).await?;
+            eprintln!("weir: user {name} deleted");
+        }
+        UserCommand::List => {
+            for u in security.list_users().await? {
+                println!("{}\t{}\t{}", u.username, u.roles.join(","), weir::timefmt::format(u.created));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn audit(place: Place, limit: i64) -> anyhow::Result<()> {
+    use std::io::Write;
+    let data_dir = place.data_dir()?;
+    let pool = weir::store::open_for_reading(&data_dir, weir::store::Database::Config)
+        .await
+        .with_context(|| format!("no configuration database in {}", data_dir.display()))?;
+    let mut out = std::io::stdout().lock();
+    for entry in weir::store::audit_entries(&pool, limit).await? {
+        writeln!(
+            out,
+            "{} {} {} {}",
+            weir::timefmt::format(entry.ts),
+            entry.actor,
+            entry.action,
+            entry.detail
+        )?;
+    }
+    Ok(())
+}
+
+/// A new password: prompted twice without echo on a terminal, else the first line of standard input.
+fn read_new_password(user: &str) -> anyhow::Result<String> {
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password(format!("password for {user}: "))?;
+        let again = rpassword::prompt_password("again: ")?;
+        anyhow::ensure!(first == again, "the passwords differ");
+        Ok(first)
+    } else {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        Ok(line.trim_end_matches(['\n', '\r']).to_owned())
+    }
 }
 
 async fn history(command: HistoryCommand) -> anyhow::Result<()> {

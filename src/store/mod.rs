@@ -27,6 +27,8 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqlitePool};
 
 pub use journal::{Durability, Journal, JournalConfig, JournalStats, Retention};
+/// SQLite's `synchronous` setting, for callers of [`open`].
+pub use sqlx::sqlite::SqliteSynchronous as Synchronous;
 
 static JOURNAL_MIGRATIONS: Migrator = sqlx::migrate!("migrations/journal");
 static CONFIG_MIGRATIONS: Migrator = sqlx::migrate!("migrations/config");
@@ -200,6 +202,34 @@ pub async fn audit(config: &SqlitePool, actor: &str, action: &str, detail: &str)
         .execute(config)
         .await?;
     Ok(())
+}
+
+/// One audit log entry.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AuditEntry {
+    /// Unix ms.
+    pub ts: i64,
+    pub actor: String,
+    pub action: String,
+    pub detail: String,
+}
+
+/// The newest `limit` audit log entries, newest first.
+pub async fn audit_entries(config: &SqlitePool, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
+    let rows = sqlx::query("SELECT ts, actor, action, detail FROM audit_log ORDER BY id DESC LIMIT ?")
+        .bind(limit)
+        .fetch_all(config)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(AuditEntry {
+                ts: r.try_get("ts")?,
+                actor: r.try_get("actor")?,
+                action: r.try_get("action")?,
+                detail: r.try_get("detail")?,
+            })
+        })
+        .collect()
 }
 
 pub fn unix_millis(t: SystemTime) -> i64 {

@@ -12,6 +12,7 @@ mod external;
 mod link;
 mod raw;
 mod raw_v5;
+mod security;
 mod support;
 mod v311;
 mod v5;

@@ -148,6 +148,34 @@ pub struct Restored {
     pub sessions: Vec<SessionRecord>,
 }
 
+/// Decides who may connect: the security service implements it. A trait so that the broker and the network
+/// layer do not depend on how users are stored.
+pub trait Authenticator: Send + Sync + std::fmt::Debug {
+    fn authenticate<'a>(
+        &'a self,
+        request: AuthRequest<'a>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = AuthDecision> + Send + 'a>>;
+}
+
+/// What a CONNECT presents.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthRequest<'a> {
+    pub peer: std::net::IpAddr,
+    pub username: Option<&'a str>,
+    pub password: Option<&'a [u8]>,
+    pub client_id: &'a str,
+    /// The listener accepts clients without credentials.
+    pub anonymous_allowed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthDecision {
+    /// Connect, as this user (`None`: anonymous).
+    Allow { username: Option<String> },
+    /// Refuse with this CONNACK reason; the text is for the log and a v5 reason string.
+    Deny(ReasonCode, &'static str),
+}
+
 /// Resolves when a recorded message is durable.
 pub type Completion = oneshot::Receiver<Result<(), Refusal>>;
 

@@ -17,9 +17,9 @@ use tokio::time::timeout;
 use super::transport::Transport;
 use super::{ConnectionGuard, ListenerContext};
 use crate::mqtt::broker::{
-    Broker, ClientId, Completion, ConnectRequest, ConnectionId, Control, DisconnectNotice, DisconnectReason,
-    InflightState, Message, MessageProperties, Metrics, Outgoing, Refusal, SessionQueue, SubscribeRequest,
-    Will,
+    AuthDecision, AuthRequest, Broker, ClientId, Completion, ConnectRequest, ConnectionId, Control,
+    DisconnectNotice, DisconnectReason, InflightState, Message, MessageProperties, Metrics, Outgoing,
+    Refusal, SessionQueue, SubscribeRequest, Will,
 };
 use crate::mqtt::codec::{
     self, AckProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect, DisconnectProperties,
@@ -82,10 +82,31 @@ pub(crate) async fn serve<T: Transport>(
         let ack = refuse(ReasonCode::QUOTA_EXCEEDED, "too many connections (limits.max_connections)");
         return send_and_close(&mut transport, ack, version).await;
     }
-    if let Err((reason, why)) = check_connect(&connect, &context) {
+    if let Err((reason, why)) = check_connect(&connect) {
         let ack = refuse(reason, why);
         return send_and_close(&mut transport, ack, version).await;
     }
+    let request = AuthRequest {
+        peer: peer.ip(),
+        username: connect.username.as_deref(),
+        password: connect.password.as_deref(),
+        client_id: &connect.client_id,
+        anonymous_allowed: context.allow_anonymous,
+    };
+    let decision = match &context.authenticator {
+        Some(authenticator) => authenticator.authenticate(request).await,
+        None if context.allow_anonymous => AuthDecision::Allow { username: connect.username.clone() },
+        None => {
+            AuthDecision::Deny(ReasonCode::NOT_AUTHORIZED, "anonymous access is not allowed on this listener")
+        }
+    };
+    let username = match decision {
+        AuthDecision::Allow { username } => username,
+        AuthDecision::Deny(reason, why) => {
+            let ack = refuse(reason, why);
+            return send_and_close(&mut transport, ack, version).await;
+        }
+    };
     let assigned = connect.client_id.is_empty();
     let client_id =
         if assigned { ClientId::new(&generate_client_id()) } else { ClientId::new(&connect.client_id) };
@@ -107,7 +128,7 @@ pub(crate) async fn serve<T: Transport>(
         will: connect.will.as_ref().map(|w| will_message(w, &client_id)),
         control: control_tx,
         protocol: version,
-        username: connect.username.clone(),
+        username: username.clone(),
         peer: peer.to_string(),
     };
     let outcome = match broker.connect(request).await {
@@ -159,7 +180,7 @@ pub(crate) async fn serve<T: Transport>(
         problem_information: connect.properties.request_problem_information != Some(false),
         session_expiry,
         outgoing: Vec::new(),
-        username: connect.username.as_deref().map(Arc::from),
+        username: username.as_deref().map(Arc::from),
         pending: VecDeque::new(),
     };
     if session.encode(&Packet::ConnAck(ack)).is_err() {
@@ -195,7 +216,7 @@ pub(crate) async fn serve<T: Transport>(
 
 /// A CONNECT the protocol layer accepted can still be refused here; the error carries the CONNACK reason and
 /// a reason string for the log (and for a v5 client that asked for problem information).
-fn check_connect(connect: &Connect, context: &ListenerContext) -> Result<(), (ReasonCode, &'static str)> {
+fn check_connect(connect: &Connect) -> Result<(), (ReasonCode, &'static str)> {
     if connect.properties.authentication_method.is_some() {
         return Err((ReasonCode::BAD_AUTHENTICATION_METHOD, "enhanced authentication is not supported"));
     }
@@ -209,12 +230,6 @@ fn check_connect(connect: &Connect, context: &ListenerContext) -> Result<(), (Re
         && !topic::valid_topic_name(&will.topic)
     {
         return Err((ReasonCode::TOPIC_NAME_INVALID, "invalid will topic"));
-    }
-    if !context.allow_anonymous {
-        return Err((
-            ReasonCode::NOT_AUTHORIZED,
-            "anonymous access is not allowed on this listener and no user database is configured",
-        ));
     }
     Ok(())
 }

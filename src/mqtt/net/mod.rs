@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 
-use crate::mqtt::broker::{Broker, Metrics};
+use crate::mqtt::broker::{Authenticator, Broker, Metrics};
 use transport::{Stream, WebSocket};
 
 /// The WebSocket subprotocols we accept, in order of preference.
@@ -35,6 +35,8 @@ pub struct ListenerContext {
     /// For WebSocket listeners: the only path upgraded.
     pub ws_path: String,
     pub allow_anonymous: bool,
+    /// Checks credentials at CONNECT; without one, only anonymous clients on listeners that allow them get in.
+    pub authenticator: Option<Arc<dyn Authenticator>>,
     pub connect_timeout: Duration,
     pub broker: Broker,
     pub connections: Arc<Connections>,

@@ -1,0 +1,444 @@
+//! The security service: users from the configuration database, checked at CONNECT, with login throttling and
+//! an audit trail. Built on the storage-agnostic `auth` library; the broker sees it only as an
+//! [`Authenticator`].
+//!
+//! Users live in `config.sqlite`. The gateway keeps a snapshot in memory and reloads it when `config_version`
+//! moves (every change bumps it, whichever process makes it, `weir user add` included), so changes apply
+//! without a restart.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Instant, SystemTime};
+
+use sqlx::{Row, SqlitePool};
+
+use crate::auth::password::{self, PasswordError};
+use crate::auth::throttle::{Throttle, ThrottleConfig};
+use crate::mqtt::broker::{AuthDecision, AuthRequest, Authenticator};
+use crate::mqtt::codec::ReasonCode;
+use crate::store::{self, StoreError, unix_millis};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SecurityError {
+    #[error("user {0:?} already exists")]
+    UserExists(String),
+    #[error("no user {0:?}")]
+    UnknownUser(String),
+    #[error("invalid user name {0:?}: use 1 to 64 characters, no control characters, no '+', '#' or '/'")]
+    InvalidUserName(String),
+    #[error(transparent)]
+    Password(#[from] PasswordError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("configuration database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// A user as listed for the CLI and the console (never the hash).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UserInfo {
+    pub username: String,
+    pub roles: Vec<String>,
+    /// Unix ms.
+    pub created: i64,
+    pub updated: i64,
+}
+
+#[derive(Debug)]
+pub struct Security {
+    pool: SqlitePool,
+    users: RwLock<Arc<HashMap<String, StoredUser>>>,
+    throttle: Mutex<Throttle>,
+    /// `PRAGMA data_version` when the snapshot was taken.
+    version: Mutex<i64>,
+}
+
+#[derive(Debug, Clone)]
+struct StoredUser {
+    hash: String,
+}
+
+impl Security {
+    pub async fn load(pool: SqlitePool) -> Result<Security, SecurityError> {
+        let security = Security {
+            pool,
+            users: RwLock::new(Arc::new(HashMap::new())),
+            throttle: Mutex::new(Throttle::new(ThrottleConfig::default())),
+            version: Mutex::new(-1),
+        };
+        security.reload().await?;
+        Ok(security)
+    }
+
+    /// Reloads the users if the configuration changed since the last look. Cheap enough to call every second.
+    pub async fn reload_if_changed(&self) -> Result<bool, SecurityError> {
+        let version: i64 =
+            sqlx::query_scalar("SELECT version FROM config_version").fetch_one(&self.pool).await?;
+        if version == *self.version.lock().unwrap_or_else(PoisonError::into_inner) {
+            return Ok(false);
+        }
+        self.reload().await?;
+        Ok(true)
+    }
+
+    async fn reload(&self) -> Result<(), SecurityError> {
+        // One transaction, so that the version read belongs to the users read.
+        let mut tx = self.pool.begin().await?;
+        let version: i64 =
+            sqlx::query_scalar("SELECT version FROM config_version").fetch_one(&mut *tx).await?;
+        let rows = sqlx::query("SELECT username, password_hash FROM users").fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        let mut users = HashMap::with_capacity(rows.len());
+        for row in rows {
+            users.insert(
+                row.try_get::<String, _>("username")?,
+                StoredUser { hash: row.try_get("password_hash")? },
+            );
+        }
+        *self.users.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(users);
+        *self.version.lock().unwrap_or_else(PoisonError::into_inner) = version;
+        Ok(())
+    }
+
+    /// Marks the configuration changed for every process watching it.
+    async fn bump(&self) -> Result<(), SecurityError> {
+        sqlx::query("UPDATE config_version SET version = version + 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Whether the gateway currently accepts this user (its in-memory snapshot, which follows the database).
+    pub fn knows(&self, username: &str) -> bool {
+        self.users.read().unwrap_or_else(PoisonError::into_inner).contains_key(username)
+    }
+
+    fn user(&self, name: &str) -> Option<StoredUser> {
+        self.users.read().unwrap_or_else(PoisonError::into_inner).get(name).cloned()
+    }
+
+    pub async fn add_user(
+        &self,
+        username: &str,
+        password: &str,
+        roles: &[String],
+        actor: &str,
+    ) -> Result<(), SecurityError> {
+        check_user_name(username)?;
+        let hash = hash_blocking(password.to_owned()).await?;
+        let now = unix_millis(SystemTime::now());
+        let roles = serde_json::to_string(roles).unwrap_or_else(|_| "[]".into());
+        let inserted = sqlx::query(
+            "INSERT INTO users (username, password_hash, roles, created, updated) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (username) DO NOTHING",
+        )
+        .bind(username)
+        .bind(hash)
+        .bind(&roles)
+        .bind(now)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            return Err(SecurityError::UserExists(username.to_owned()));
+        }
+        store::audit(&self.pool, actor, "user.add", &format!("{username} roles {roles}")).await?;
+        self.bump().await?;
+        self.reload().await
+    }
+
+    pub async fn set_password(
+        &self,
+        username: &str,
+        password: &str,
+        actor: &str,
+    ) -> Result<(), SecurityError> {
+        let hash = hash_blocking(password.to_owned()).await?;
+        let updated = sqlx::query("UPDATE users SET password_hash = ?, updated = ? WHERE username = ?")
+            .bind(hash)
+            .bind(unix_millis(SystemTime::now()))
+            .bind(username)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if updated == 0 {
+            return Err(SecurityError::UnknownUser(username.to_owned()));
+        }
+        store::audit(&self.pool, actor, "user.passwd", username).await?;
+        self.bump().await?;
+        self.reload().await
+    }
+
+    pub async fn delete_user(&self, username: &str, actor: &str) -> Result<(), SecurityError> {
+        let deleted = sqlx::query("DELETE FROM users WHERE username = ?")
+            .bind(username)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(SecurityError::UnknownUser(username.to_owned()));
+        }
+        store::audit(&self.pool, actor, "user.del", username).await?;
+        self.bump().await?;
+        self.reload().await
+    }
+
+    pub async fn list_users(&self) -> Result<Vec<UserInfo>, SecurityError> {
+        let rows = sqlx::query("SELECT username, roles, created, updated FROM users ORDER BY username")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let roles: String = row.try_get("roles")?;
+                Ok(UserInfo {
+                    username: row.try_get("username")?,
+                    roles: serde_json::from_str(&roles).unwrap_or_default(),
+                    created: row.try_get("created")?,
+                    updated: row.try_get("updated")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The decision for one CONNECT, with throttling, counting and the audit trail.
+    async fn decide(&self, request: AuthRequest<'_>) -> AuthDecision {
+        let Some(username) = request.username else {
+            if request.anonymous_allowed {
+                return AuthDecision::Allow { username: None };
+            }
+            self.audit_failure(&request, "no credentials on a listener that requires them").await;
+            return AuthDecision::Deny(
+                ReasonCode::NOT_AUTHORIZED,
+                "this listener does not allow anonymous clients",
+            );
+        };
+        let now = Instant::now();
+        let throttled = self.throttle.lock().unwrap_or_else(PoisonError::into_inner).check(
+            request.peer,
+            Some(username),
+            now,
+        );
+        if let Err(retry) = throttled {
+            tracing::warn!(peer = %request.peer, user = username, retry_after = ?retry.0, "login refused: too many failed attempts");
+            return AuthDecision::Deny(
+                ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+                "too many failed attempts; try again later",
+            );
+        }
+        let verified = match (self.user(username), request.password) {
+            (Some(user), Some(password)) => {
+                let (hash, password) = (user.hash.clone(), password.to_vec());
+                tokio::task::spawn_blocking(move || password::verify(&hash, &password))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            }
+            _ => None,
+        };
+        match verified {
+            Some(v) if v.ok => {
+                self.throttle.lock().unwrap_or_else(PoisonError::into_inner).record_success(
+                    request.peer,
+                    Some(username),
+                    now,
+                );
+                if v.needs_upgrade
+                    && let Some(password) = request.password.and_then(|p| std::str::from_utf8(p).ok())
+                {
+                    self.upgrade_hash(username, password).await;
+                }
+                AuthDecision::Allow { username: Some(username.to_owned()) }
+            }
+            _ => {
+                self.throttle.lock().unwrap_or_else(PoisonError::into_inner).record_failure(
+                    request.peer,
+                    Some(username),
+                    now,
+                );
+                self.audit_failure(&request, "wrong user name or password").await;
+                AuthDecision::Deny(ReasonCode::BAD_USER_NAME_OR_PASSWORD, "wrong user name or password")
+            }
+        }
+    }
+
+    async fn audit_failure(&self, request: &AuthRequest<'_>, why: &str) {
+        tracing::info!(peer = %request.peer, user = ?request.username, client = request.client_id, "login failed: {why}");
+        let detail = format!(
+            "{why}; user {:?}, client {:?}, from {}",
+            request.username, request.client_id, request.peer
+        );
+        if let Err(e) = store::audit(&self.pool, "mqtt", "login.failed", &detail).await {
+            tracing::warn!("audit log: {e}");
+        }
+    }
+
+    /// Replaces an old-scheme hash (Mosquitto's) with argon2id after a successful login. Best effort: the old
+    /// hash keeps working if this fails (a password that fails today's policy is left as it is).
+    async fn upgrade_hash(&self, username: &str, password: &str) {
+        let Ok(hash) = hash_blocking(password.to_owned()).await else { return };
+        let result = sqlx::query("UPDATE users SET password_hash = ?, updated = ? WHERE username = ?")
+            .bind(hash)
+            .bind(unix_millis(SystemTime::now()))
+            .bind(username)
+            .execute(&self.pool)
+            .await;
+        match result {
+            Ok(_) => {
+                let _ = store::audit(&self.pool, "system", "user.hash_upgraded", username).await;
+                let _ = self.bump().await;
+                let _ = self.reload().await;
+            }
+            Err(e) => tracing::warn!(user = username, "could not upgrade the password hash: {e}"),
+        }
+    }
+}
+
+impl Authenticator for Security {
+    fn authenticate<'a>(
+        &'a self,
+        request: AuthRequest<'a>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = AuthDecision> + Send + 'a>> {
+        Box::pin(self.decide(request))
+    }
+}
+
+/// Argon2id is deliberately slow: keep it off the async worker threads.
+async fn hash_blocking(password: String) -> Result<String, SecurityError> {
+    match tokio::task::spawn_blocking(move || password::hash(&password)).await {
+        Ok(result) => Ok(result?),
+        Err(e) => Err(SecurityError::Password(PasswordError::Hashing(e.to_string()))),
+    }
+}
+
+fn check_user_name(name: &str) -> Result<(), SecurityError> {
+    let ok = !name.is_empty()
+        && name.chars().count() <= 64
+        && !name.chars().any(|c| c.is_control() || matches!(c, '+' | '#' | '/'))
+        && name.trim() == name;
+    if ok { Ok(()) } else { Err(SecurityError::InvalidUserName(name.to_owned())) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn security() -> (tempfile::TempDir, Security) {
+        let dir = tempfile::tempdir().unwrap();
+        let (pool, _) =
+            store::open(dir.path(), store::Database::Config, sqlx::sqlite::SqliteSynchronous::Full, None)
+                .await
+                .unwrap();
+        (dir, Security::load(pool).await.unwrap())
+    }
+
+    fn request<'a>(user: Option<&'a str>, password: Option<&'a [u8]>) -> AuthRequest<'a> {
+        AuthRequest {
+            peer: "192.0.2.7".parse().unwrap(),
+            username: user,
+            password,
+            client_id: "c",
+            anonymous_allowed: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn users_are_managed_with_clear_errors_and_an_audit_trail() {
+        let (_dir, s) = security().await;
+        s.add_user("alice", "correct horse battery", &["operators".into()], "cli").await.unwrap();
+        assert!(matches!(
+            s.add_user("alice", "another good one", &[], "cli").await,
+            Err(SecurityError::UserExists(_))
+        ));
+        assert!(matches!(
+            s.add_user("bob", "short", &[], "cli").await,
+            Err(SecurityError::Password(PasswordError::Weak(_)))
+        ));
+        assert!(matches!(
+            s.add_user("", "long enough pw", &[], "cli").await,
+            Err(SecurityError::InvalidUserName(_))
+        ));
+        assert!(matches!(
+            s.add_user("a/b", "long enough pw", &[], "cli").await,
+            Err(SecurityError::InvalidUserName(_))
+        ));
+        assert!(matches!(s.delete_user("nobody", "cli").await, Err(SecurityError::UnknownUser(_))));
+        assert!(matches!(
+            s.set_password("nobody", "long enough pw", "cli").await,
+            Err(SecurityError::UnknownUser(_))
+        ));
+        let users = s.list_users().await.unwrap();
+        assert_eq!(users.len(), 1);
+        assert_eq!(users[0].roles, ["operators"]);
+        s.set_password("alice", "a new long passphrase", "cli").await.unwrap();
+        s.delete_user("alice", "cli").await.unwrap();
+        let actions: Vec<String> =
+            sqlx::query_scalar("SELECT action FROM audit_log ORDER BY id").fetch_all(&s.pool).await.unwrap();
+        assert_eq!(actions, ["user.add", "user.passwd", "user.del"]);
+    }
+
+    #[tokio::test]
+    async fn connect_decisions() {
+        let (_dir, s) = security().await;
+        s.add_user("alice", "correct horse battery", &[], "cli").await.unwrap();
+        let ok = s.decide(request(Some("alice"), Some(b"correct horse battery"))).await;
+        assert_eq!(ok, AuthDecision::Allow { username: Some("alice".into()) });
+        for (user, password) in
+            [(Some("alice"), Some(&b"wrong"[..])), (Some("mallory"), Some(&b"x"[..])), (Some("alice"), None)]
+        {
+            let d = s.decide(request(user, password)).await;
+            assert!(
+                matches!(d, AuthDecision::Deny(ReasonCode::BAD_USER_NAME_OR_PASSWORD, _)),
+                "{user:?}: {d:?}"
+            );
+        }
+        let anon = s.decide(request(None, None)).await;
+        assert!(matches!(anon, AuthDecision::Deny(ReasonCode::NOT_AUTHORIZED, _)));
+        let mut allowed = request(None, None);
+        allowed.anonymous_allowed = true;
+        assert_eq!(s.decide(allowed).await, AuthDecision::Allow { username: None });
+    }
+
+    #[tokio::test]
+    async fn repeated_failures_are_throttled_and_audited() {
+        let (_dir, s) = security().await;
+        s.add_user("alice", "correct horse battery", &[], "cli").await.unwrap();
+        for _ in 0..6 {
+            s.decide(request(Some("alice"), Some(b"guess"))).await;
+        }
+        let d = s.decide(request(Some("alice"), Some(b"correct horse battery"))).await;
+        assert!(matches!(d, AuthDecision::Deny(_, "too many failed attempts; try again later")), "{d:?}");
+        let failures: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'login.failed'")
+                .fetch_one(&s.pool)
+                .await
+                .unwrap();
+        assert_eq!(failures, 6);
+    }
+
+    #[tokio::test]
+    async fn mosquitto_hashes_work_and_are_upgraded_at_login() {
+        let (_dir, s) = security().await;
+        // Made with `mosquitto_passwd -c -b f plc1 'S3cure-Pump#4'` (2.0.11: PBKDF2-SHA512, 101 iterations).
+        let hash = (
+            "$7$101$q55UyFttirtQuZ1l$XFH5jKTwsZhemob6xRFbsZRQ1Sc3NKyZ3QqeOEVkBe6aiYjoQZajZVxhyNV3lTtEqURoGsbs6oXXNx8QDH7fww==",
+            "S3cure-Pump#4",
+        );
+        sqlx::query(
+            "INSERT INTO users (username, password_hash, created, updated) VALUES ('legacy', ?, 0, 0)",
+        )
+        .bind(hash.0)
+        .execute(&s.pool)
+        .await
+        .unwrap();
+        s.bump().await.unwrap();
+        assert!(s.reload_if_changed().await.unwrap());
+        assert!(!s.reload_if_changed().await.unwrap(), "nothing changed since");
+        let d = s.decide(request(Some("legacy"), Some(hash.1.as_bytes()))).await;
+        assert_eq!(d, AuthDecision::Allow { username: Some("legacy".into()) });
+        let stored: String = sqlx::query_scalar("SELECT password_hash FROM users WHERE username = 'legacy'")
+            .fetch_one(&s.pool)
+            .await
+            .unwrap();
+        assert!(stored.starts_with("$argon2id$"), "{stored}");
+    }
+}
