@@ -1,29 +1,33 @@
 #!/usr/bin/env bash
 # Weir vs Mosquitto, one broker at a time, each scenario back to back on every broker configuration.
 #
-#   benches/compare.sh                      # every scenario, Weir + Mosquitto (persistence off and on), release
+#   benches/compare.sh                      # every scenario; Weir synced, batched, off + Mosquitto (persistence
+#                                           # off and on); release build
 #   benches/compare.sh --scenarios fanin-q0,fanout-q0 --duration 5
-#   benches/compare.sh --brokers weir-default,mosquitto-nopersist
+#   benches/compare.sh --brokers weir-synced,mosquitto-nopersist
 #   benches/compare.sh --smoke              # ~1 s per scenario, few clients, Weir only, debug build: checks that
 #                                           # every scenario runs and reports numbers (never speeds)
 #
 # Broker configurations are the files in benches/configs/: weir-<name>.toml runs target/<profile>/weir,
 # mosquitto-<name>.conf runs /usr/sbin/mosquitto; @PORT@ and @DATA_DIR@ are filled in (a fresh temporary
-# directory for every broker start). Results: <out>/results.jsonl (one JSON line per run) and <out>/table.md.
-# Only loopback ports from 21883 up are used (never 1883/8883/8080).
+# directory for every broker start). Results: <out>/results.jsonl (one JSON line per run), <out>/table.md and,
+# for every pub/sub run on a Weir configuration with a journal, <out>/ingest.md: how many messages the journal
+# recorded and how fast (its row count sampled every 0.25 s with sqlite3 while the run goes), next to what was
+# sent. Only loopback ports from 21883 up are used (never 1883/8883/8080).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 SMOKE=0
-BROKERS=weir-default,mosquitto-nopersist,mosquitto-persist
+DEFAULT_BROKERS=weir-synced,weir-batched,weir-off,mosquitto-nopersist,mosquitto-persist
+BROKERS=$DEFAULT_BROKERS
 SCENARIOS=all
 DURATION=10
 OUT=""
 BASE_PORT=21883
 MOSQUITTO=${MOSQUITTO:-/usr/sbin/mosquitto}
 
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --smoke) SMOKE=1 ;;
@@ -38,9 +42,9 @@ while [ $# -gt 0 ]; do
     shift
 done
 
-ALL_SCENARIOS=fanin-q0,fanout-q0,fanin-q1,pairs-q1,fanin-q0-half,pairs-q1-half,connect-storm,idle-broker,idle-10k
+ALL_SCENARIOS=fanin-q0,fanout-q0,fanin-q1,pairs-q1,pairs-q2,fanin-q0-half,pairs-q1-half,connect-storm,idle-broker,idle-10k
 if [ "$SMOKE" = 1 ]; then
-    [ "$BROKERS" = weir-default,mosquitto-nopersist,mosquitto-persist ] && BROKERS=weir-default
+    [ "$BROKERS" = "$DEFAULT_BROKERS" ] && BROKERS=weir-synced
     DURATION=1
 fi
 [ "$SCENARIOS" = all ] && SCENARIOS=$ALL_SCENARIOS
@@ -73,7 +77,7 @@ stop_broker() {
     fi
     BROKER_PID=""
 }
-cleanup() { stop_broker; [ "$OUT" = "$WORK" ] || rm -rf "$WORK"; }
+cleanup() { ! declare -F stop_sampler >/dev/null || stop_sampler; stop_broker; [ "$OUT" = "$WORK" ] || rm -rf "$WORK"; }
 trap cleanup EXIT
 
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -85,6 +89,7 @@ start_broker() {
     while listening "$PORT"; do PORT=$((PORT + 1)); done
     data=$(mktemp -d "$WORK/data-$name-$id.XXXX")
     chmod 0777 "$data" # Mosquitto started as root drops to its own user
+    DATA=$data
     case "$name" in
         weir-*)
             conf=$WORK/$name-$id.toml
@@ -118,6 +123,7 @@ scenario_args() {
             fanout-q0) echo "fan-out --clients 3 --qos 0 --duration $d" ;;
             fanin-q1) echo "fan-in --clients 3 --qos 1 --duration $d" ;;
             pairs-q1) echo "pairs --clients 3 --qos 1 --duration $d" ;;
+            pairs-q2) echo "pairs --clients 3 --qos 2 --duration $d" ;;
             fanin-q0-half) echo "fan-in --clients 3 --qos 0 --duration $d --rate $(half fanin-q0)" ;;
             pairs-q1-half) echo "pairs --clients 3 --qos 1 --duration $d --rate $(half pairs-q1)" ;;
             connect-storm) echo "connect-storm --clients 50" ;;
@@ -132,6 +138,7 @@ scenario_args() {
         fanout-q0) echo "fan-out --clients 10 --qos 0 --payload 256 --duration $d" ;;
         fanin-q1) echo "fan-in --clients 10 --qos 1 --payload 256 --duration $d" ;;
         pairs-q1) echo "pairs --clients 10 --qos 1 --payload 256 --duration $d" ;;
+        pairs-q2) echo "pairs --clients 10 --qos 2 --payload 256 --duration $d" ;;
         fanin-q0-half) echo "fan-in --clients 10 --qos 0 --payload 256 --duration $d --rate $(half fanin-q0)" ;;
         pairs-q1-half) echo "pairs --clients 10 --qos 1 --payload 256 --duration $d --rate $(half pairs-q1)" ;;
         connect-storm) echo "connect-storm --clients 1000" ;;
@@ -149,6 +156,49 @@ half() {
     }
 }
 
+# Journal ingest: while a pub/sub run goes on a Weir broker with a journal, sample the journal's newest id
+# (max(id) is an index lookup, unlike count(*)) every 0.25 s; afterwards count the rows once the broker has shut
+# down (and flushed). The rate is the slope between the first and the last sample at which the id moved.
+SAMPLER_PID=""
+journal_file() { echo "$DATA/journal.sqlite"; }
+start_sampler() {
+    SAMPLES=$WORK/samples-$1.tsv
+    : >"$SAMPLES"
+    (
+        while :; do
+            n=$(sqlite3 -readonly "$(journal_file)" 'SELECT coalesce(max(id), 0) FROM messages' 2>/dev/null) || n=""
+            [ -n "$n" ] && echo "$(date +%s.%N) $n" >>"$SAMPLES"
+            sleep 0.25
+        done
+    ) &
+    SAMPLER_PID=$!
+}
+stop_sampler() {
+    if [ -n "$SAMPLER_PID" ]; then
+        kill "$SAMPLER_PID" 2>/dev/null || true
+        wait "$SAMPLER_PID" 2>/dev/null || true
+    fi
+    SAMPLER_PID=""
+}
+INGEST=$OUT/ingest.md
+ingest_row() { # scenario broker: after the broker stopped
+    local sc=$1 br=$2 rows sent rate
+    rows=$(sqlite3 -readonly "$(journal_file)" 'SELECT count(*) FROM messages' 2>/dev/null || echo "?")
+    sent=$(tail -n 1 "$RESULTS" | jq -r '.sent')
+    # start: the sample before the id first moved; end: the last sample at which it moved.
+    rate=$(awk 'NR > 1 && $2 > np { if (t0 == "") { t0 = tp; n0 = np }; t1 = $1; n1 = $2 }
+                { tp = $1; np = $2 }
+                END { if (t1 > t0) printf "%.0f", (n1 - n0) / (t1 - t0); else print "-" }' "$SAMPLES")
+    [ -s "$INGEST" ] || {
+        echo "| run | broker | sent | journal rows | not recorded (sent - rows) | journal ingest rows/s |"
+        echo "| --- | --- | ---: | ---: | ---: | ---: |"
+    } >"$INGEST"
+    local missing="?"
+    if [[ "$rows" =~ ^[0-9]+$ && "$sent" =~ ^[0-9]+$ ]]; then missing=$((sent - rows)); fi
+    echo "| $sc | $br | $sent | $rows | $missing | $rate |" >>"$INGEST"
+}
+command -v sqlite3 >/dev/null || echo "sqlite3 not installed: no journal ingest numbers" >&2
+
 FAILED=0
 IFS=, read -r -a scenario_list <<<"$SCENARIOS"
 IFS=, read -r -a broker_list <<<"$BROKERS"
@@ -157,13 +207,23 @@ for sc in "${scenario_list[@]}"; do
     for br in "${broker_list[@]}"; do
         start_broker "$br" "$sc"
         echo "== $sc on $br (port $PORT, pid $BROKER_PID): weir-loadgen $args" >&2
+        journal=0
+        case "$br:$args" in
+            weir-off:*) ;;
+            weir-*:fan-in* | weir-*:fan-out* | weir-*:pairs*)
+                command -v sqlite3 >/dev/null && grep -q '^durability = "\(synced\|batched\)"' \
+                    "benches/configs/$br.toml" && journal=1 ;;
+        esac
+        if [ "$journal" = 1 ]; then start_sampler "$br-$sc"; fi
         # shellcheck disable=SC2086 # $args is a list of words on purpose
         if ! "$LOADGEN" $args --port "$PORT" --broker "$br" --broker-pid "$BROKER_PID" --name "$sc" \
             --out "$RESULTS"; then
             echo "!! $sc on $br did not complete (broker log: $WORK/$br-$sc.log)" >&2
             FAILED=1
         fi
+        stop_sampler
         stop_broker
+        if [ "$journal" = 1 ]; then ingest_row "$sc" "$br"; fi
     done
 done
 
@@ -172,6 +232,8 @@ echo "Results: $RESULTS"
 echo
 if [ "$SMOKE" = 1 ]; then
     "$LOADGEN" report --check "$RESULTS" | tee "$OUT/table.md"
+    if [ -s "$INGEST" ]; then echo; cat "$INGEST"; fi
     exit "$FAILED"
 fi
 "$LOADGEN" report "$RESULTS" | tee "$OUT/table.md"
+if [ -s "$INGEST" ]; then echo; cat "$INGEST"; fi

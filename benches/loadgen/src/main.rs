@@ -51,7 +51,7 @@ pub(crate) struct RunArgs {
     /// PID of the broker process: its RSS (VmRSS) and CPU time (utime+stime) are read before and after.
     #[arg(long)]
     pub(crate) broker_pid: Option<u32>,
-    /// Label of the broker configuration (a column of the report), e.g. `weir-default`, `mosquitto-persist`.
+    /// Label of the broker configuration (a column of the report), e.g. `weir-synced`, `mosquitto-persist`.
     #[arg(long, default_value = "broker")]
     pub(crate) broker: String,
     /// Label of the run (a row group of the report); defaults to a description of the parameters.
