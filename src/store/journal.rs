@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::SqliteSynchronous;
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use sqlx::{Row, Sqlite, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Database, StoreError, unix_millis};
@@ -27,8 +27,33 @@ use crate::mqtt::broker::{
 };
 use crate::mqtt::codec::{QoS, RetainHandling, SubscribeFilter, SubscriptionOptions, topic};
 
-/// Rows per INSERT statement: 14 columns each, well under SQLite's limit of 32,766 bound parameters.
-const ROWS_PER_INSERT: usize = 200;
+/// Rows per INSERT statement, largest first: 13 parameters a row, well under SQLite's limit of 32,766.
+const INSERT_SIZES: [usize; 4] = [200, 40, 8, 1];
+
+/// The INSERT statement for the largest of [`INSERT_SIZES`] not above `rows`, and its size.
+fn insert_statement(rows: usize) -> (usize, &'static str) {
+    static STATEMENTS: std::sync::OnceLock<Vec<(usize, String)>> = std::sync::OnceLock::new();
+    let statements = STATEMENTS.get_or_init(|| {
+        INSERT_SIZES
+            .iter()
+            .map(|&n| {
+                let row = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+                let values = vec![row; n].join(", ");
+                let sql = format!(
+                    "INSERT INTO messages (ts, topic, payload, qos, retain, client_id, username, payload_format, \
+                     expiry_interval, content_type, response_topic, correlation_data, user_properties) VALUES {values}"
+                );
+                (n, sql)
+            })
+            .collect()
+    });
+    statements
+        .iter()
+        .find(|(n, _)| *n <= rows)
+        .or(statements.last())
+        .map(|(n, sql)| (*n, sql.as_str()))
+        .unwrap_or((1, ""))
+}
 /// Rows deleted per pruning step, and steps per pruning round.
 const PRUNE_CHUNK: i64 = 2000;
 const PRUNE_STEPS: usize = 8;
@@ -649,33 +674,37 @@ impl Writer {
 
     async fn insert(&mut self, appends: &[Queued]) -> Result<(), WriteFailure> {
         let mut tx = sqlx::Connection::begin(&mut *self.conn).await.map_err(classify)?;
-        for chunk in appends.chunks(ROWS_PER_INSERT) {
-            let mut query = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO messages (ts, topic, payload, qos, retain, client_id, username, payload_format, \
-                 expiry_interval, content_type, response_topic, correlation_data, user_properties) ",
-            );
-            query.push_values(chunk, |mut row, Queued { ts, message: m, .. }| {
+        let mut rest = appends;
+        while !rest.is_empty() {
+            // The largest of a few fixed statement sizes that fits: the same SQL text every time, so SQLite
+            // prepares each once (sqlx caches them) instead of parsing a new multi-row INSERT per batch.
+            let (rows, sql) = insert_statement(rest.len());
+            let (chunk, tail) = rest.split_at(rows.min(rest.len()));
+            rest = tail;
+            let mut query = sqlx::query(sql);
+            for Queued { ts, message: m, .. } in chunk {
                 let p = m.properties.as_deref();
-                let user_properties = p
-                    .filter(|p| !p.user_properties.is_empty())
-                    .and_then(|p| serde_json::to_string(&p.user_properties).ok());
-                row.push_bind(*ts)
-                    .push_bind(m.topic.to_string())
-                    .push_bind(m.payload.to_vec())
-                    .push_bind(m.qos as i64)
-                    .push_bind(m.retain)
-                    .push_bind(m.origin.as_ref().map(|c| c.as_str().to_owned()))
-                    .push_bind(m.username.as_ref().map(|u| u.to_string()))
-                    .push_bind(p.and_then(|p| p.payload_format_indicator).map(i64::from))
-                    .push_bind(p.and_then(|p| p.message_expiry_interval).map(i64::from))
-                    .push_bind(p.and_then(|p| p.content_type.clone()))
-                    .push_bind(p.and_then(|p| p.response_topic.clone()))
-                    .push_bind(p.and_then(|p| p.correlation_data.as_ref().map(|c| c.to_vec())))
-                    .push_bind(user_properties);
-            });
-            let done = query.build().execute(&mut *tx).await.map_err(classify)?;
+                query = query
+                    .bind(*ts)
+                    .bind(&*m.topic)
+                    .bind(&m.payload[..])
+                    .bind(m.qos as i64)
+                    .bind(m.retain)
+                    .bind(m.origin.as_ref().map(|c| c.as_str()))
+                    .bind(m.username.as_deref())
+                    .bind(p.and_then(|p| p.payload_format_indicator).map(i64::from))
+                    .bind(p.and_then(|p| p.message_expiry_interval).map(i64::from))
+                    .bind(p.and_then(|p| p.content_type.as_deref()))
+                    .bind(p.and_then(|p| p.response_topic.as_deref()))
+                    .bind(p.and_then(|p| p.correlation_data.as_deref()))
+                    .bind(
+                        p.filter(|p| !p.user_properties.is_empty())
+                            .and_then(|p| serde_json::to_string(&p.user_properties).ok()),
+                    );
+            }
+            let done = query.execute(&mut *tx).await.map_err(classify)?;
             // One INSERT gives its rows consecutive ids ending at the last one inserted (no AUTOINCREMENT, no
-            // explicit ids, one writer): that maps each retained message to its row.
+            // explicit ids, one writer): that maps each message to its row.
             let last = done.last_insert_rowid();
             let first = last - i64::try_from(chunk.len()).unwrap_or(0) + 1;
             for (id, queued) in (first..=last).zip(chunk) {
@@ -683,10 +712,10 @@ impl Writer {
             }
             for (id, queued) in (first..=last).zip(chunk).filter(|(_, q)| q.message.retain) {
                 let statement = if queued.message.payload.is_empty() {
-                    sqlx::query("DELETE FROM retained WHERE topic = ?").bind(queued.message.topic.to_string())
+                    sqlx::query("DELETE FROM retained WHERE topic = ?").bind(&*queued.message.topic)
                 } else {
                     sqlx::query("INSERT OR REPLACE INTO retained (topic, message_id) VALUES (?, ?)")
-                        .bind(queued.message.topic.to_string())
+                        .bind(&*queued.message.topic)
                         .bind(id)
                 };
                 statement.execute(&mut *tx).await.map_err(classify)?;
