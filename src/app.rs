@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, ListenerConfig};
 use crate::mqtt::broker::Broker;
-use crate::mqtt::broker::{Authenticator, Durable, Restored};
+use crate::mqtt::broker::{Authenticator, Authorizer, Durable, Restored};
 use crate::mqtt::net::{self, Connections, ListenerContext};
 use crate::security::{Security, SecurityError};
 use crate::store::{self, Durability, Journal, StoreError};
@@ -111,8 +111,9 @@ impl Gateway {
             tracing::info!(count = restored.retained.len(), "retained messages restored from the journal");
         }
         let durable = journal.clone().map(|j| Arc::new(j) as Arc<dyn Durable>);
-        let (broker, router) = Broker::start(config.broker.clone(), durable, restored);
         let security = Arc::new(Security::load(config_db.clone()).await?);
+        let authorizer: Arc<dyn Authorizer> = security.clone();
+        let (broker, router) = Broker::start(config.broker.clone(), durable, Some(authorizer), restored);
         let reload = {
             // Users changed by `weir user ...` (another process) apply without a restart.
             let security = Arc::downgrade(&security);

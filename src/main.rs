@@ -43,6 +43,14 @@ enum Command {
         #[command(flatten)]
         place: Place,
     },
+    /// Manage topic access rules. Users have no access until a rule allows it (the `admin` role may do
+    /// everything); anonymous clients are restricted only once a rule names `anonymous`.
+    Acl {
+        #[command(subcommand)]
+        command: AclCommand,
+        #[command(flatten)]
+        place: Place,
+    },
     /// Print the audit log of security and configuration events, newest first.
     Audit {
         #[command(flatten)]
@@ -71,6 +79,26 @@ enum UserCommand {
     /// Delete a user.
     Del { name: String },
     /// List users and their roles.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum AclCommand {
+    /// Add a rule, e.g. `weir acl add role:operators allow both 'plant/a/#'` or
+    /// `weir acl add anyone allow publish 'devices/%u/#'`.
+    Add {
+        /// `user:NAME`, `role:NAME`, `anyone` (every authenticated user) or `anonymous`.
+        subject: String,
+        /// `allow` or `deny` (a matching deny wins).
+        effect: String,
+        /// `publish`, `subscribe` or `both`.
+        action: String,
+        /// A topic filter; `%u` and `%c` stand for the user name and the client id.
+        filter: String,
+    },
+    /// Delete a rule by its id.
+    Del { id: i64 },
+    /// List the rules with their ids.
     List,
 }
 
@@ -184,6 +212,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             runtime.block_on(user(command, place))
         }
+        Command::Acl { command, place } => {
+            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            runtime.block_on(acl(command, place))
+        }
         Command::Audit { place, limit } => {
             let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             runtime.block_on(audit(place, limit))
@@ -223,14 +255,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 async fn user(command: UserCommand, place: Place) -> anyhow::Result<()> {
-    use weir::security::Security;
-    use weir::store;
-
-    let data_dir = place.data_dir()?;
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
-    let (pool, _) = store::open(&data_dir, store::Database::Config, store::Synchronous::Full, None).await?;
-    let security = Security::load(pool).await?;
-    let actor = format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()));
+    let security = open_security(&place).await?;
+    let actor = cli_actor();
     match command {
         UserCommand::Add { name, roles } => {
             let password = read_new_password(&name)?;
@@ -253,6 +279,58 @@ async fn user(command: UserCommand, place: Place) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+async fn acl(command: AclCommand, place: Place) -> anyhow::Result<()> {
+    use weir::auth::acl::{Action, Effect, Rule, Subject};
+    let security = open_security(&place).await?;
+    let actor = cli_actor();
+    match command {
+        AclCommand::Add { subject, effect, action, filter } => {
+            let subject = match subject.split_once(':') {
+                Some(("user", name)) if !name.is_empty() => Subject::User(name.to_owned()),
+                Some(("role", name)) if !name.is_empty() => Subject::Role(name.to_owned()),
+                None if subject == "anyone" => Subject::Anyone,
+                None if subject == "anonymous" => Subject::Anonymous,
+                _ => anyhow::bail!("subject {subject:?}: use user:NAME, role:NAME, anyone or anonymous"),
+            };
+            let effect = match effect.as_str() {
+                "allow" => Effect::Allow,
+                "deny" => Effect::Deny,
+                other => anyhow::bail!("effect {other:?}: use allow or deny"),
+            };
+            let action = match action.as_str() {
+                "publish" => Action::Publish,
+                "subscribe" => Action::Subscribe,
+                "both" => Action::Both,
+                other => anyhow::bail!("action {other:?}: use publish, subscribe or both"),
+            };
+            let id = security.add_rule(&Rule::new(subject, effect, action, filter), &actor).await?;
+            eprintln!("weir: rule #{id} added");
+        }
+        AclCommand::Del { id } => {
+            security.delete_rule(id, &actor).await?;
+            eprintln!("weir: rule #{id} deleted");
+        }
+        AclCommand::List => {
+            for (id, rule) in security.list_rules().await? {
+                println!("{id}\t{}", serde_json::to_string(&rule)?);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn open_security(place: &Place) -> anyhow::Result<weir::security::Security> {
+    use weir::store;
+    let data_dir = place.data_dir()?;
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let (pool, _) = store::open(&data_dir, store::Database::Config, store::Synchronous::Full, None).await?;
+    Ok(weir::security::Security::load(pool).await?)
+}
+
+fn cli_actor() -> String {
+    format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()))
 }
 
 async fn audit(place: Place, limit: i64) -> anyhow::Result<()> {

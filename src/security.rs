@@ -12,9 +12,11 @@ use std::time::{Instant, SystemTime};
 
 use sqlx::{Row, SqlitePool};
 
+use crate::auth::Identity;
+use crate::auth::acl::{Acl, Rule, SubscribeDecision};
 use crate::auth::password::{self, PasswordError};
 use crate::auth::throttle::{Throttle, ThrottleConfig};
-use crate::mqtt::broker::{AuthDecision, AuthRequest, Authenticator};
+use crate::mqtt::broker::{AuthDecision, AuthRequest, Authenticator, Authorizer, Principal};
 use crate::mqtt::codec::ReasonCode;
 use crate::store::{self, StoreError, unix_millis};
 
@@ -33,6 +35,10 @@ pub enum SecurityError {
     Store(#[from] StoreError),
     #[error("configuration database: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("invalid access rule: {0}")]
+    Rule(String),
+    #[error("no access rule {0}")]
+    UnknownRule(i64),
 }
 
 /// A user as listed for the CLI and the console (never the hash).
@@ -49,6 +55,8 @@ pub struct UserInfo {
 pub struct Security {
     pool: SqlitePool,
     users: RwLock<Arc<HashMap<String, StoredUser>>>,
+    /// The access rules in force, rebuilt with the users.
+    acl: RwLock<Arc<Acl>>,
     throttle: Mutex<Throttle>,
     /// `PRAGMA data_version` when the snapshot was taken.
     version: Mutex<i64>,
@@ -64,6 +72,9 @@ impl Security {
         let security = Security {
             pool,
             users: RwLock::new(Arc::new(HashMap::new())),
+            acl: RwLock::new(Arc::new(
+                Acl::new(Vec::new(), Vec::new()).map_err(|e| SecurityError::Rule(e.to_string()))?,
+            )),
             throttle: Mutex::new(Throttle::new(ThrottleConfig::default())),
             version: Mutex::new(-1),
         };
@@ -87,14 +98,32 @@ impl Security {
         let mut tx = self.pool.begin().await?;
         let version: i64 =
             sqlx::query_scalar("SELECT version FROM config_version").fetch_one(&mut *tx).await?;
-        let rows = sqlx::query("SELECT username, password_hash FROM users").fetch_all(&mut *tx).await?;
+        let rows =
+            sqlx::query("SELECT username, password_hash, roles FROM users").fetch_all(&mut *tx).await?;
+        let rule_rows = sqlx::query("SELECT id, rule FROM acl_rules ORDER BY id").fetch_all(&mut *tx).await?;
         tx.commit().await?;
         let mut users = HashMap::with_capacity(rows.len());
+        let mut roles = Vec::with_capacity(rows.len());
         for row in rows {
-            users.insert(
-                row.try_get::<String, _>("username")?,
-                StoredUser { hash: row.try_get("password_hash")? },
-            );
+            let name: String = row.try_get("username")?;
+            let user_roles: String = row.try_get("roles")?;
+            roles.push((name.clone(), serde_json::from_str::<Vec<String>>(&user_roles).unwrap_or_default()));
+            users.insert(name, StoredUser { hash: row.try_get("password_hash")? });
+        }
+        let mut rules = Vec::with_capacity(rule_rows.len());
+        for row in rule_rows {
+            let text: String = row.try_get("rule")?;
+            match serde_json::from_str::<Rule>(&text) {
+                Ok(rule) => rules.push(rule),
+                Err(e) => {
+                    tracing::error!(id = row.try_get::<i64, _>("id")?, "unreadable access rule ignored: {e}")
+                }
+            }
+        }
+        // Rules are validated when added; a rule set that does not compile keeps the previous one in force.
+        match Acl::new(rules, roles) {
+            Ok(acl) => *self.acl.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(acl),
+            Err(e) => tracing::error!("access rules not applied: {e}"),
         }
         *self.users.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(users);
         *self.version.lock().unwrap_or_else(PoisonError::into_inner) = version;
@@ -181,6 +210,51 @@ impl Security {
         store::audit(&self.pool, actor, "user.del", username).await?;
         self.bump().await?;
         self.reload().await
+    }
+
+    /// Adds an access rule; returns its id.
+    pub async fn add_rule(&self, rule: &Rule, actor: &str) -> Result<i64, SecurityError> {
+        Acl::new(vec![rule.clone()], Vec::new()).map_err(|e| SecurityError::Rule(e.to_string()))?;
+        let text = serde_json::to_string(rule).map_err(|e| SecurityError::Rule(e.to_string()))?;
+        let id = sqlx::query("INSERT INTO acl_rules (rule, created) VALUES (?, ?)")
+            .bind(&text)
+            .bind(unix_millis(SystemTime::now()))
+            .execute(&self.pool)
+            .await?
+            .last_insert_rowid();
+        store::audit(&self.pool, actor, "acl.add", &format!("#{id} {text}")).await?;
+        self.bump().await?;
+        self.reload().await?;
+        Ok(id)
+    }
+
+    pub async fn delete_rule(&self, id: i64, actor: &str) -> Result<(), SecurityError> {
+        let deleted = sqlx::query("DELETE FROM acl_rules WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(SecurityError::UnknownRule(id));
+        }
+        store::audit(&self.pool, actor, "acl.del", &format!("#{id}")).await?;
+        self.bump().await?;
+        self.reload().await
+    }
+
+    pub async fn list_rules(&self) -> Result<Vec<(i64, Rule)>, SecurityError> {
+        let rows = sqlx::query("SELECT id, rule FROM acl_rules ORDER BY id").fetch_all(&self.pool).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let text: String = row.try_get("rule")?;
+            let rule = serde_json::from_str(&text).map_err(|e| SecurityError::Rule(e.to_string()))?;
+            out.push((row.try_get("id")?, rule));
+        }
+        Ok(out)
+    }
+
+    fn acl(&self) -> Arc<Acl> {
+        self.acl.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     pub async fn list_users(&self) -> Result<Vec<UserInfo>, SecurityError> {
@@ -291,6 +365,34 @@ impl Security {
             Err(e) => tracing::warn!(user = username, "could not upgrade the password hash: {e}"),
         }
     }
+}
+
+/// Access decisions. Anonymous clients exist only on listeners that allow them; unless some rule speaks about
+/// anonymous clients they are not restricted by topic. Authenticated users are denied what no rule allows,
+/// except holders of the `admin` role.
+impl Authorizer for Security {
+    fn can_publish(&self, who: &Principal, topic: &str) -> bool {
+        let acl = self.acl();
+        unrestricted(&acl, who) || acl.can_publish(&identity(who), topic)
+    }
+
+    fn can_subscribe(&self, who: &Principal, filter: &str) -> bool {
+        let acl = self.acl();
+        unrestricted(&acl, who) || acl.can_subscribe(&identity(who), filter) != SubscribeDecision::Denied
+    }
+
+    fn can_read(&self, who: &Principal, topic: &str) -> bool {
+        let acl = self.acl();
+        unrestricted(&acl, who) || acl.can_read(&identity(who), topic)
+    }
+}
+
+fn unrestricted(acl: &Acl, who: &Principal) -> bool {
+    who.username.is_none() && !acl.restricts_anonymous()
+}
+
+fn identity(who: &Principal) -> Identity {
+    Identity { username: who.username.clone(), client_id: who.client_id.clone(), roles: Vec::new() }
 }
 
 impl Authenticator for Security {

@@ -226,6 +226,12 @@ impl Acl {
         Identity { username: username.map(str::to_owned), client_id: client_id.to_owned(), roles }
     }
 
+    /// Whether any rule speaks about anonymous clients. Without one, anonymous clients (who exist only on
+    /// listeners that explicitly allow them) are not restricted by topic.
+    pub fn restricts_anonymous(&self) -> bool {
+        !self.anonymous.is_empty()
+    }
+
     /// Whether the client holds the admin role (in this rule set, whatever `identity.roles` says).
     pub fn is_admin(&self, identity: &Identity) -> bool {
         matches!(self.applicable(identity), Applicable::Admin)

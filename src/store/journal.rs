@@ -158,7 +158,7 @@ struct Inner {
 /// A change to a persistent session, applied in the order the router made them.
 #[derive(Debug)]
 enum SessionOp {
-    Save(SessionRecord),
+    Save(Box<SessionRecord>),
     Remove(ClientId),
     Subscribe(ClientId, SubscribeFilter, Option<u32>),
     Unsubscribe(ClientId, String),
@@ -319,6 +319,7 @@ impl Journal {
             index.insert(client_id.clone(), records.len());
             records.push(SessionRecord {
                 client_id: ClientId::new(&client_id),
+                username: row.try_get("username")?,
                 expiry: u32::try_from(row.try_get::<i64, _>("expiry")?).unwrap_or(u32::MAX),
                 disconnected_at: row.try_get("disconnected_at")?,
                 will,
@@ -427,7 +428,7 @@ impl Durable for Journal {
     }
 
     fn save_session(&self, session: &SessionRecord) {
-        let _ = self.inner.session_ops.send(SessionOp::Save(session.clone()));
+        let _ = self.inner.session_ops.send(SessionOp::Save(Box::new(session.clone())));
     }
 
     fn remove_session(&self, client: &ClientId) {
@@ -732,8 +733,8 @@ impl Writer {
                     let will = r.will.as_ref();
                     sqlx::query(
                         "INSERT INTO sessions (client_id, expiry, disconnected_at, will_topic, will_payload, will_qos, \
-                         will_retain, will_delay, will_due) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
-                         ON CONFLICT (client_id) DO UPDATE SET expiry = excluded.expiry, \
+                         will_retain, will_delay, will_due, username) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                         ON CONFLICT (client_id) DO UPDATE SET expiry = excluded.expiry, username = excluded.username, \
                          disconnected_at = excluded.disconnected_at, will_topic = excluded.will_topic, \
                          will_payload = excluded.will_payload, will_qos = excluded.will_qos, \
                          will_retain = excluded.will_retain, will_delay = excluded.will_delay, \
@@ -748,6 +749,7 @@ impl Writer {
                     .bind(will.map(|w| w.message.retain))
                     .bind(will.map(|w| i64::from(w.delay)))
                     .bind(r.will_due)
+                    .bind(r.username.as_deref())
                     .execute(&mut *tx)
                     .await?;
                 }

@@ -83,6 +83,7 @@ impl Link {
                 options: SubscriptionOptions { qos, ..SubscriptionOptions::default() },
             }],
             subscription_id: None,
+            principal: None,
         };
         let reasons = self.broker.subscribe(request).await?;
         match reasons.first() {

@@ -84,6 +84,7 @@ pub struct Broker {
 struct Shared {
     config: BrokerConfig,
     durable: Option<Arc<dyn Durable>>,
+    authorizer: Option<Arc<dyn Authorizer>>,
     metrics: Metrics,
     started: Instant,
     next_connection: AtomicU64,
@@ -117,6 +118,8 @@ pub trait Durable: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Clone)]
 pub struct SessionRecord {
     pub client_id: ClientId,
+    /// The user the session belongs to, whose access rules keep applying to it.
+    pub username: Option<String>,
     /// Seconds; `u32::MAX` never expires.
     pub expiry: u32,
     /// Unix milliseconds when it went offline; `None` while a client is connected.
@@ -155,6 +158,23 @@ pub trait Authenticator: Send + Sync + std::fmt::Debug {
         &'a self,
         request: AuthRequest<'a>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = AuthDecision> + Send + 'a>>;
+}
+
+/// Decides what a connected client may do with topics: the security service implements it. Consulted at every
+/// publish, subscribe and delivery, so that rule changes apply to clients already connected.
+pub trait Authorizer: Send + Sync + std::fmt::Debug {
+    fn can_publish(&self, who: &Principal, topic: &str) -> bool;
+    /// False when nothing the filter matches may be read: the subscription is refused.
+    fn can_subscribe(&self, who: &Principal, filter: &str) -> bool;
+    /// Whether a message on `topic` may be delivered to `who` (checked for every delivery and retained message).
+    fn can_read(&self, who: &Principal, topic: &str) -> bool;
+}
+
+/// Who a connection (and its session's subscriptions) acts for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub username: Option<String>,
+    pub client_id: String,
 }
 
 /// What a CONNECT presents.
@@ -213,6 +233,7 @@ pub struct ConnectRequest {
     pub protocol: ProtocolVersion,
     pub username: Option<String>,
     pub peer: String,
+    pub principal: Option<Arc<Principal>>,
 }
 
 /// A Last Will as stored by the broker until the connection ends.
@@ -259,6 +280,8 @@ pub struct SubscribeRequest {
     pub client_id: ClientId,
     pub filters: Vec<SubscribeFilter>,
     pub subscription_id: Option<u32>,
+    /// Whose access rules apply to deliveries on these subscriptions; `None` for in-process links.
+    pub principal: Option<Arc<Principal>>,
 }
 
 /// A snapshot of the router's state, for `$SYS`, tests and the console.
@@ -292,12 +315,14 @@ impl Broker {
     pub fn start(
         config: BrokerConfig,
         durable: Option<Arc<dyn Durable>>,
+        authorizer: Option<Arc<dyn Authorizer>>,
         restored: Restored,
     ) -> (Broker, JoinHandle<()>) {
         let (commands, receiver) = mpsc::channel(1024);
         let shared = Arc::new(Shared {
             config,
             durable,
+            authorizer,
             metrics: Metrics::default(),
             started: Instant::now(),
             next_connection: AtomicU64::new(1),
@@ -308,6 +333,10 @@ impl Broker {
 
     pub fn config(&self) -> &BrokerConfig {
         &self.shared.config
+    }
+
+    pub fn authorizer(&self) -> Option<&Arc<dyn Authorizer>> {
+        self.shared.authorizer.as_ref()
     }
 
     pub fn durable(&self) -> Option<&Arc<dyn Durable>> {

@@ -11,8 +11,9 @@ use super::metrics::Metrics;
 use super::queue::{Pushed, QueueLimits, SessionQueue, StoreHook};
 use super::subscriptions::{Matched, Subscriber, SubscriptionTree};
 use super::{
-    BrokerStats, Command, ConnectOutcome, ConnectRequest, ConnectionId, Control, DisconnectNotice,
-    DisconnectReason, LinkError, Restored, SessionRecord, Shared, SubscribeRequest, Will,
+    Authorizer, BrokerStats, Command, ConnectOutcome, ConnectRequest, ConnectionId, Control,
+    DisconnectNotice, DisconnectReason, LinkError, Principal, Restored, SessionRecord, Shared,
+    SubscribeRequest, Will,
 };
 use crate::mqtt::codec::topic::{self, SharedFilter};
 use crate::mqtt::codec::{QoS, ReasonCode, RetainHandling};
@@ -49,6 +50,8 @@ struct Session {
     pending_will: Option<(Instant, Message)>,
     /// The store has this session (it is persistent): tell it when the session changes or ends.
     persisted: bool,
+    /// Who the session acts for (the last authenticated connection's user).
+    principal: Option<Arc<Principal>>,
 }
 
 struct Attached {
@@ -114,6 +117,10 @@ impl Router {
         if let Some(durable) = self.shared.durable.clone() {
             queue.set_store(Some(StoreHook { client: record.client_id.clone(), durable }));
         }
+        let principal = Arc::new(Principal {
+            username: record.username.clone(),
+            client_id: record.client_id.as_str().to_owned(),
+        });
         let mut session = Session {
             queue,
             subscriptions: HashSet::new(),
@@ -123,11 +130,17 @@ impl Router {
             disconnected_at: Some(disconnected_at),
             pending_will,
             persisted: true,
+            principal: Some(principal.clone()),
         };
         for (filter, id) in record.subscriptions {
             let (group, inner) = split_shared(&filter.filter);
             if topic::valid_topic_filter(inner) {
-                let subscriber = Subscriber { client: record.client_id.clone(), options: filter.options, id };
+                let subscriber = Subscriber {
+                    client: record.client_id.clone(),
+                    options: filter.options,
+                    id,
+                    principal: Some(principal.clone()),
+                };
                 self.subscriptions.insert(group, inner, subscriber);
                 session.subscriptions.insert(filter.filter);
             }
@@ -166,6 +179,7 @@ impl Router {
         };
         let record = SessionRecord {
             client_id: id.clone(),
+            username: session.principal.as_ref().and_then(|p| p.username.clone()),
             expiry: session.expiry,
             disconnected_at: session.disconnected_at.map(to_ms),
             will,
@@ -268,12 +282,14 @@ impl Router {
                 disconnected_at: None,
                 pending_will: None,
                 persisted: false,
+                principal: None,
             };
             self.sessions.insert(id.clone(), session);
         }
         let expiry = self.cap_expiry(request.session_expiry);
         let Some(session) = self.sessions.get_mut(&id) else { return Err(ReasonCode::UNSPECIFIED_ERROR) };
         session.pending_will = None;
+        session.principal = request.principal.clone();
         session.connection =
             Some(Attached { id: request.connection, control: request.control, will: request.will });
         session.expiry = expiry;
@@ -372,8 +388,12 @@ impl Router {
                 reasons.push(ReasonCode::TOPIC_FILTER_INVALID);
                 continue;
             }
-            let subscriber =
-                Subscriber { client: id.clone(), options: f.options, id: request.subscription_id };
+            let subscriber = Subscriber {
+                client: id.clone(),
+                options: f.options,
+                id: request.subscription_id,
+                principal: request.principal.clone(),
+            };
             let existed = self.subscriptions.insert(group, filter, subscriber.clone());
             session.subscriptions.insert(f.filter.clone());
             if session.expiry > 0
@@ -406,8 +426,13 @@ impl Router {
     fn send_retained(&mut self, queue: &SessionQueue, filter: &str, subscriber: &Subscriber) {
         let now = Instant::now();
         self.retained.retain(|_, m| !m.is_expired(now));
+        let authorizer = self.shared.authorizer.as_deref();
+        let may_read = |m: &Message| match (authorizer, &subscriber.principal) {
+            (Some(a), Some(p)) => a.can_read(p, &m.topic),
+            _ => true,
+        };
         let mut matching: Vec<&Arc<Message>> =
-            self.retained.values().filter(|m| topic::matches(filter, &m.topic)).collect();
+            self.retained.values().filter(|m| topic::matches(filter, &m.topic) && may_read(m)).collect();
         matching.sort_by(|a, b| a.topic.cmp(&b.topic));
         for message in matching {
             let delivery = Delivery {
@@ -475,7 +500,7 @@ impl Router {
             let n = rest.iter().take_while(|m| &m.subscriber.client == client).count();
             let (group, tail) = rest.split_at(n);
             rest = tail;
-            if let Some(delivery) = delivery_for(&message, group) {
+            if let Some(delivery) = delivery_for(&message, group, self.shared.authorizer.as_deref()) {
                 self.deliver(client, delivery).await;
             }
         }
@@ -548,6 +573,7 @@ impl Router {
             disconnected_at: None,
             pending_will: None,
             persisted: false,
+            principal: None,
         };
         self.sessions.insert(id, session);
         Ok(queue)
@@ -627,13 +653,24 @@ impl Router {
 }
 
 /// Builds one client's delivery from the subscriptions of it that matched, or `None` if "no local" excludes it.
-fn delivery_for(message: &Arc<Message>, matched: &[Matched]) -> Option<Delivery> {
+/// With an authorizer, each subscription's principal must be allowed to read the topic: the rules in force now,
+/// not when the subscription was made.
+fn delivery_for(
+    message: &Arc<Message>,
+    matched: &[Matched],
+    authorizer: Option<&dyn Authorizer>,
+) -> Option<Delivery> {
     let mut qos = None;
     let mut retain = false;
     let mut subscription_ids = Vec::new();
     for m in matched {
         let options = &m.subscriber.options;
         if options.no_local && !m.shared && message.origin.as_ref() == Some(&m.subscriber.client) {
+            continue;
+        }
+        if let (Some(authorizer), Some(principal)) = (authorizer, &m.subscriber.principal)
+            && !authorizer.can_read(principal, &message.topic)
+        {
             continue;
         }
         let granted = message.qos.min(options.qos);

@@ -25,6 +25,8 @@ pub(super) struct Subscriber {
     pub(super) client: ClientId,
     pub(super) options: SubscriptionOptions,
     pub(super) id: Option<u32>,
+    /// Whose access rules decide each delivery; `None` for in-process links.
+    pub(super) principal: Option<std::sync::Arc<super::Principal>>,
 }
 
 /// The members of one `$share/{group}/{filter}`: each message goes to one of them, in turn.
@@ -190,7 +192,12 @@ mod tests {
     use super::*;
 
     fn sub(client: &str) -> Subscriber {
-        Subscriber { client: ClientId::new(client), options: SubscriptionOptions::default(), id: None }
+        Subscriber {
+            client: ClientId::new(client),
+            options: SubscriptionOptions::default(),
+            id: None,
+            principal: None,
+        }
     }
 
     fn matching(tree: &mut SubscriptionTree, topic: &str) -> Vec<String> {

@@ -19,7 +19,7 @@ use super::{ConnectionGuard, ListenerContext};
 use crate::mqtt::broker::{
     AuthDecision, AuthRequest, Broker, ClientId, Completion, ConnectRequest, ConnectionId, Control,
     DisconnectNotice, DisconnectReason, InflightState, Message, MessageProperties, Metrics, Outgoing,
-    Refusal, SessionQueue, SubscribeRequest, Will,
+    Principal, Refusal, SessionQueue, SubscribeRequest, Will,
 };
 use crate::mqtt::codec::{
     self, AckProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect, DisconnectProperties,
@@ -110,6 +110,13 @@ pub(crate) async fn serve<T: Transport>(
     let assigned = connect.client_id.is_empty();
     let client_id =
         if assigned { ClientId::new(&generate_client_id()) } else { ClientId::new(&connect.client_id) };
+    let principal = Arc::new(Principal { username: username.clone(), client_id: client_id.to_string() });
+    if let (Some(will), Some(authorizer)) = (&connect.will, broker.authorizer())
+        && !authorizer.can_publish(&principal, &will.topic)
+    {
+        let ack = refuse(ReasonCode::NOT_AUTHORIZED, "not allowed to publish the will topic");
+        return send_and_close(&mut transport, ack, version).await;
+    }
     let keep_alive = broker.config().server_keep_alive.unwrap_or(connect.keep_alive);
     let session_expiry = if version.is_v5() {
         connect.properties.session_expiry_interval.unwrap_or(0)
@@ -130,6 +137,7 @@ pub(crate) async fn serve<T: Transport>(
         protocol: version,
         username: username.clone(),
         peer: peer.to_string(),
+        principal: Some(principal.clone()),
     };
     let outcome = match broker.connect(request).await {
         Ok(Ok(outcome)) => outcome,
@@ -182,6 +190,7 @@ pub(crate) async fn serve<T: Transport>(
         outgoing: Vec::new(),
         username: username.as_deref().map(Arc::from),
         pending: VecDeque::new(),
+        principal,
     };
     if session.encode(&Packet::ConnAck(ack)).is_err() {
         return;
@@ -331,6 +340,8 @@ struct Session<T> {
     /// Reused buffer of deliveries taken from the queue.
     outgoing: Vec<Outgoing>,
     username: Option<Arc<str>>,
+    /// Who this connection acts for, in access decisions.
+    principal: Arc<Principal>,
     /// QoS 1/2 publishes waiting for the store, in arrival order: each is routed and acknowledged when its
     /// group commit completes. While this is full the socket is not read (backpressure on the publisher).
     pending: VecDeque<PendingPublish>,
@@ -478,8 +489,11 @@ impl<T: Transport> Session<T> {
             }
         }
         Metrics::add(&self.broker.metrics().messages_received, 1);
-        if topic.starts_with("$SYS") {
-            tracing::info!(peer = %self.peer, client = %self.client_id, %topic, "publish to $SYS refused");
+        let allowed = !topic.starts_with("$SYS")
+            && self.broker.authorizer().is_none_or(|a| a.can_publish(&self.principal, &topic));
+        if !allowed {
+            // 3.1.1 has no way to say no: the message is acknowledged as usual and dropped (MQTT-3.3.5-2).
+            tracing::info!(peer = %self.peer, client = %self.client_id, %topic, "publish not authorized: dropped");
             self.ack_publish(&publish, ReasonCode::NOT_AUTHORIZED);
             return Flow::Continue;
         }
@@ -635,14 +649,39 @@ impl<T: Transport> Session<T> {
             tracing::debug!(filter = %filter.filter, "no local on a shared subscription");
             return self.protocol_error(ReasonCode::PROTOCOL_ERROR, "no local on a shared subscription");
         }
+        // Filters the client may not read anything of are refused here (0x87; 0x80 in 3.1.1); the router gets the
+        // rest, and checks each delivery on them against the rules in force at the time.
+        let authorizer = self.broker.authorizer().cloned();
+        let (allowed, denied): (Vec<_>, Vec<_>) =
+            subscribe.filters.into_iter().enumerate().partition(|(_, f)| {
+                authorizer.as_ref().is_none_or(|a| a.can_subscribe(&self.principal, &f.filter))
+            });
+        for (_, f) in &denied {
+            tracing::info!(peer = %self.peer, client = %self.client_id, filter = %f.filter, "subscription not authorized");
+        }
+        let (positions, filters): (Vec<usize>, Vec<_>) = allowed.into_iter().unzip();
         let request = SubscribeRequest {
             client_id: self.client_id.clone(),
-            filters: subscribe.filters,
+            filters,
             subscription_id: subscribe.properties.subscription_identifier,
+            principal: Some(self.principal.clone()),
         };
-        let Ok(reasons) = self.broker.subscribe(request).await else {
-            return Flow::End(DisconnectReason::Lost("the broker is shutting down".into()), None);
+        let granted = if request.filters.is_empty() {
+            Vec::new()
+        } else {
+            match self.broker.subscribe(request).await {
+                Ok(reasons) => reasons,
+                Err(_) => {
+                    return Flow::End(DisconnectReason::Lost("the broker is shutting down".into()), None);
+                }
+            }
         };
+        let mut reasons = vec![ReasonCode::NOT_AUTHORIZED; positions.len() + denied.len()];
+        for (position, reason) in positions.into_iter().zip(granted) {
+            if let Some(slot) = reasons.get_mut(position) {
+                *slot = reason;
+            }
+        }
         let ack = SubAck { packet_id: subscribe.packet_id, reasons, properties: AckProperties::default() };
         self.encode_or_log(&Packet::SubAck(ack));
         // Retained messages for the new subscriptions are in the queue now, after the SUBACK.
