@@ -51,6 +51,13 @@ enum Command {
         #[command(flatten)]
         place: Place,
     },
+    /// Import users and access rules from another broker.
+    Import {
+        #[command(subcommand)]
+        command: ImportCommand,
+        #[command(flatten)]
+        place: Place,
+    },
     /// Print the audit log of security and configuration events, newest first.
     Audit {
         #[command(flatten)]
@@ -80,6 +87,17 @@ enum UserCommand {
     Del { name: String },
     /// List users and their roles.
     List,
+}
+
+#[derive(Debug, Subcommand)]
+enum ImportCommand {
+    /// A Mosquitto password file (hashes kept, upgraded to argon2id at each user's next login) and ACL file.
+    Mosquitto {
+        #[arg(long, value_name = "FILE")]
+        passwd: Option<PathBuf>,
+        #[arg(long, value_name = "FILE")]
+        acl: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -215,6 +233,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Acl { command, place } => {
             let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             runtime.block_on(acl(command, place))
+        }
+        Command::Import { command: ImportCommand::Mosquitto { passwd, acl }, place } => {
+            anyhow::ensure!(passwd.is_some() || acl.is_some(), "give --passwd FILE, --acl FILE or both");
+            let read = |path: &Option<PathBuf>| -> anyhow::Result<Option<String>> {
+                path.as_ref()
+                    .map(|p| {
+                        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+                    })
+                    .transpose()
+            };
+            let (passwd, acl) = (read(&passwd)?, read(&acl)?);
+            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            runtime.block_on(async {
+                let security = open_security(&place).await?;
+                let summary =
+                    security.import_mosquitto(passwd.as_deref(), acl.as_deref(), &cli_actor()).await?;
+                for warning in &summary.warnings {
+                    eprintln!("weir: warning: {warning}");
+                }
+                eprintln!("weir: imported {} users and {} rules", summary.users, summary.rules);
+                anyhow::Ok(())
+            })
         }
         Command::Audit { place, limit } => {
             let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;

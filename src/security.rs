@@ -39,6 +39,17 @@ pub enum SecurityError {
     Rule(String),
     #[error("no access rule {0}")]
     UnknownRule(i64),
+    #[error("cannot import: {0}")]
+    Import(String),
+}
+
+/// What `weir import mosquitto` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportSummary {
+    pub users: usize,
+    pub rules: usize,
+    /// Lines that were understood but not exactly representable, and users without a password.
+    pub warnings: Vec<String>,
 }
 
 /// A user as listed for the CLI and the console (never the hash).
@@ -210,6 +221,85 @@ impl Security {
         store::audit(&self.pool, actor, "user.del", username).await?;
         self.bump().await?;
         self.reload().await
+    }
+
+    /// Imports a Mosquitto password file and ACL file in one transaction: all or nothing. Hashes are kept as
+    /// they are (`$6$`/`$7$`) and upgraded to argon2id at each user's next successful login. Users that already
+    /// exist are an error (nothing is imported), so that an import never silently replaces a password.
+    pub async fn import_mosquitto(
+        &self,
+        passwd: Option<&str>,
+        acl: Option<&str>,
+        actor: &str,
+    ) -> Result<ImportSummary, SecurityError> {
+        use crate::auth::mosquitto;
+        let entries = match passwd {
+            Some(text) => {
+                mosquitto::parse_password_file(text).map_err(|e| SecurityError::Import(e.to_string()))?
+            }
+            None => Vec::new(),
+        };
+        let imported = match acl {
+            Some(text) => {
+                Some(mosquitto::parse_acl_file(text).map_err(|e| SecurityError::Import(e.to_string()))?)
+            }
+            None => None,
+        };
+        if let Some(imported) = &imported {
+            Acl::new(imported.rules.clone(), Vec::new()).map_err(|e| SecurityError::Rule(e.to_string()))?;
+        }
+        for e in &entries {
+            check_user_name(&e.username)?;
+        }
+        let now = unix_millis(SystemTime::now());
+        let mut tx = self.pool.begin().await?;
+        for e in &entries {
+            let inserted = sqlx::query(
+                "INSERT INTO users (username, password_hash, roles, created, updated) VALUES (?, ?, '[]', ?, ?) \
+                 ON CONFLICT (username) DO NOTHING",
+            )
+            .bind(&e.username)
+            .bind(&e.hash)
+            .bind(now)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if inserted == 0 {
+                return Err(SecurityError::UserExists(e.username.clone()));
+            }
+        }
+        let mut rules = 0;
+        let mut warnings = Vec::new();
+        if let Some(imported) = imported {
+            for rule in &imported.rules {
+                let text = serde_json::to_string(rule).map_err(|e| SecurityError::Rule(e.to_string()))?;
+                sqlx::query("INSERT INTO acl_rules (rule, created) VALUES (?, ?)")
+                    .bind(text)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                rules += 1;
+            }
+            warnings = imported.warnings.iter().map(|w| format!("line {}: {}", w.line, w.message)).collect();
+            let known: std::collections::HashSet<&str> =
+                entries.iter().map(|e| e.username.as_str()).collect();
+            for user in imported.users.iter().filter(|u| !known.contains(u.as_str()) && !self.knows(u)) {
+                warnings.push(format!("the ACL file names user {user:?}, who has no password"));
+            }
+        }
+        sqlx::query("UPDATE config_version SET version = version + 1").execute(&mut *tx).await?;
+        tx.commit().await?;
+        let summary = ImportSummary { users: entries.len(), rules, warnings };
+        store::audit(
+            &self.pool,
+            actor,
+            "import.mosquitto",
+            &format!("{} users, {} rules", summary.users, summary.rules),
+        )
+        .await?;
+        self.reload().await?;
+        Ok(summary)
     }
 
     /// Adds an access rule; returns its id.

@@ -225,3 +225,90 @@ async fn weir_acl_manages_rules_with_clear_errors() {
         .await;
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_mosquitto_password_file_and_acl_file_are_imported_and_work() {
+    let gw =
+        TestGateway::start_with(|c| c.listeners.iter_mut().for_each(|l| l.allow_anonymous = false)).await;
+    let dir = gw.data_dir().to_owned();
+    let passwd = dir.join("passwd");
+    // A real Mosquitto password file, written by Mosquitto's own tool.
+    for (i, (user, password)) in
+        [("plc1", "S3cure-Pump#4"), ("hmi", "Hmi-Panel-2024")].into_iter().enumerate()
+    {
+        let mut cmd = Command::new("mosquitto_passwd");
+        if i == 0 {
+            cmd.arg("-c");
+        }
+        let out = cmd
+            .arg("-b")
+            .arg(&passwd)
+            .args([user, password])
+            .output()
+            .await
+            .expect("mosquitto_passwd (run .ci/setup)");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let acl = dir.join("acl");
+    std::fs::write(&acl, "# plant ACL\nuser plc1\ntopic readwrite plant/pump/#\n\nuser hmi\ntopic read plant/#\ntopic write plant/cmd/#\n\npattern write devices/%u/status\n").unwrap();
+    let import = |args: Vec<std::ffi::OsString>| {
+        let mut cmd = Command::new(WEIR);
+        cmd.args(["import", "mosquitto", "--data-dir"]).arg(gw.data_dir()).args(args);
+        cmd
+    };
+    let out = tokio::time::timeout(
+        WAIT,
+        import(vec!["--passwd".into(), passwd.clone().into(), "--acl".into(), acl.clone().into()]).output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("imported 2 users"));
+
+    let security = gw.gateway().security().clone();
+    eventually("the imported users are known", || async { security.knows("plc1") && security.knows("hmi") })
+        .await;
+    let mut hmi = Raw::connect(gw.tcp).await;
+    hmi.send(&connect(true, "hmi-1", "hmi", "Hmi-Panel-2024", None)).await;
+    assert_eq!(hmi.read_packet().await[3], 0, "the Mosquitto hash verifies as it is");
+    hmi.send(&subscribe(true, 1, "plant/#")).await;
+    assert_eq!(hmi.read_packet().await[5], 1);
+    let mut plc = Raw::connect(gw.tcp).await;
+    plc.send(&connect(false, "plc1-1", "plc1", "S3cure-Pump#4", None)).await;
+    assert_eq!(plc.read_packet().await, [0x20, 2, 0, 0]);
+    for (id, topic) in [(1u16, "plant/cmd/x"), (2, "devices/plc1/status"), (3, "plant/pump/speed")] {
+        plc.send(&publish(false, id, topic, "1", false)).await;
+        plc.read_packet().await;
+    }
+    let got = hmi.read_packet().await;
+    assert_eq!(
+        topic_of(&got),
+        "plant/pump/speed",
+        "plc1 may only write plant/pump/# (and its status, unread)"
+    );
+    let hash: String = sqlx::query_scalar("SELECT password_hash FROM users WHERE username = 'hmi'")
+        .fetch_one(&weir::store::open_for_reading(&dir, weir::store::Database::Config).await.unwrap())
+        .await
+        .unwrap();
+    assert!(hash.starts_with("$argon2id$"), "upgraded at login: {hash}");
+
+    // Importing again changes nothing and says why; so does a malformed file.
+    let out = tokio::time::timeout(WAIT, import(vec!["--passwd".into(), passwd.into()]).output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    std::fs::write(&acl, "user x\ntopic sideways a/b\n").unwrap();
+    let out =
+        tokio::time::timeout(WAIT, import(vec!["--acl".into(), acl.into()]).output()).await.unwrap().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line 2"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(security.list_rules().await.unwrap().len(), 4, "the first import's rules only");
+    gw.stop().await;
+}
