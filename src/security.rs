@@ -41,6 +41,8 @@ pub enum SecurityError {
     UnknownRule(i64),
     #[error("cannot import: {0}")]
     Import(String),
+    #[error("the system random number generator failed")]
+    Randomness,
 }
 
 /// What `weir import mosquitto` did.
@@ -69,9 +71,18 @@ pub struct Security {
     /// The access rules in force, rebuilt with the users.
     acl: RwLock<Arc<Acl>>,
     throttle: Mutex<Throttle>,
-    /// `PRAGMA data_version` when the snapshot was taken.
+    /// `config_version` when the snapshot was taken.
     version: Mutex<i64>,
+    /// Bounds concurrent argon2 verifications (CPU and 8 MiB each) to the number of cores.
+    verify_slots: tokio::sync::Semaphore,
+    /// Per user: the stored hash a password was last verified against, and an HMAC of that password.
+    verified: Mutex<HashMap<String, (String, Vec<u8>)>>,
+    /// Random per process: the cache means nothing outside this process.
+    cache_key: ring::hmac::Key,
 }
+
+/// Beyond this many users the login cache starts over (bounded memory).
+const MAX_CACHED_LOGINS: usize = 100_000;
 
 #[derive(Debug, Clone)]
 struct StoredUser {
@@ -88,6 +99,12 @@ impl Security {
             )),
             throttle: Mutex::new(Throttle::new(ThrottleConfig::default())),
             version: Mutex::new(-1),
+            verify_slots: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map(std::num::NonZero::get).unwrap_or(1),
+            ),
+            verified: Mutex::new(HashMap::new()),
+            cache_key: ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
+                .map_err(|_| SecurityError::Randomness)?,
         };
         security.reload().await?;
         Ok(security)
@@ -390,13 +407,7 @@ impl Security {
             );
         }
         let verified = match (self.user(username), request.password) {
-            (Some(user), Some(password)) => {
-                let (hash, password) = (user.hash.clone(), password.to_vec());
-                tokio::task::spawn_blocking(move || password::verify(&hash, &password))
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-            }
+            (Some(user), Some(password)) => self.verify(username, &user.hash, password).await,
             _ => None,
         };
         match verified {
@@ -423,6 +434,39 @@ impl Security {
                 AuthDecision::Deny(ReasonCode::BAD_USER_NAME_OR_PASSWORD, "wrong user name or password")
             }
         }
+    }
+
+    /// Checks a password. Argon2 is deliberately expensive in CPU and memory, so at most one verification per
+    /// core runs at a time (a reconnect storm queues instead of allocating 8 MiB per waiting client), and a
+    /// password that verified before against the same stored hash is recognised by a keyed fast hash kept in
+    /// memory only (the key is random per process), so that a device reconnecting does not pay argon2 again.
+    async fn verify(&self, username: &str, stored: &str, password: &[u8]) -> Option<password::Verified> {
+        let tag = ring::hmac::sign(&self.cache_key, &[username.as_bytes(), b"\0", password].concat());
+        let known = || {
+            let cache = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+            cache.get(username).is_some_and(|(hash, known)| {
+                hash == stored && bool::from(subtle::ConstantTimeEq::ct_eq(known.as_slice(), tag.as_ref()))
+            })
+        };
+        if known() {
+            return Some(password::Verified { ok: true, needs_upgrade: false });
+        }
+        let _slot = self.verify_slots.acquire().await.ok()?;
+        // Another connection of the same device may have verified it while this one waited.
+        if known() {
+            return Some(password::Verified { ok: true, needs_upgrade: false });
+        }
+        let (hash, secret) = (stored.to_owned(), password.to_vec());
+        let verified =
+            tokio::task::spawn_blocking(move || password::verify(&hash, &secret)).await.ok()?.ok()?;
+        if verified.ok && !verified.needs_upgrade {
+            let mut cache = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+            if cache.len() >= MAX_CACHED_LOGINS {
+                cache.clear();
+            }
+            cache.insert(username.to_owned(), (stored.to_owned(), tag.as_ref().to_vec()));
+        }
+        Some(verified)
     }
 
     async fn audit_failure(&self, request: &AuthRequest<'_>, why: &str) {
@@ -588,6 +632,25 @@ mod tests {
         let mut allowed = request(None, None);
         allowed.anonymous_allowed = true;
         assert_eq!(s.decide(allowed).await, AuthDecision::Allow { username: None });
+    }
+
+    #[tokio::test]
+    async fn the_login_cache_never_admits_a_wrong_or_old_password() {
+        let (_dir, s) = security().await;
+        s.add_user("alice", "correct horse battery", &[], "cli").await.unwrap();
+        // A storm of the same device: every one admitted, argon2 run only while the cache is cold.
+        let decisions = futures_util::future::join_all(
+            (0..50).map(|_| s.decide(request(Some("alice"), Some(b"correct horse battery")))),
+        )
+        .await;
+        assert!(decisions.iter().all(|d| *d == AuthDecision::Allow { username: Some("alice".into()) }));
+        let wrong = s.decide(request(Some("alice"), Some(b"correct horse batterx"))).await;
+        assert!(matches!(wrong, AuthDecision::Deny(..)), "a cached login does not admit another password");
+        s.set_password("alice", "a brand new passphrase", "cli").await.unwrap();
+        let old = s.decide(request(Some("alice"), Some(b"correct horse battery"))).await;
+        assert!(matches!(old, AuthDecision::Deny(..)), "the old password stops working at once");
+        let new = s.decide(request(Some("alice"), Some(b"a brand new passphrase"))).await;
+        assert_eq!(new, AuthDecision::Allow { username: Some("alice".into()) });
     }
 
     #[tokio::test]
