@@ -13,6 +13,7 @@ use crate::config::{Config, ListenerConfig};
 use crate::mqtt::broker::Broker;
 use crate::mqtt::broker::{Authenticator, Authorizer, Durable, Restored};
 use crate::mqtt::net::{self, Connections, ListenerContext};
+use crate::pki::{ReloadableServerConfig, TlsMaterial};
 use crate::security::{Security, SecurityError};
 use crate::store::{self, Durability, Journal, StoreError};
 
@@ -27,6 +28,10 @@ pub enum AppError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Security(#[from] SecurityError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsSetupError),
+    #[error("TLS: {0}")]
+    Pki(#[from] crate::pki::PkiError),
 }
 
 /// A listening socket and the configuration it was bound for.
@@ -131,6 +136,11 @@ impl Gateway {
         let authenticator: Arc<dyn Authenticator> = security.clone();
         let (connections, connections_done) = Connections::new(config.max_connections);
         let (stop, stopped) = watch::channel(false);
+        let tls_material = if listeners.iter().any(|b| b.config.protocol == net::Protocol::Tls) {
+            Some(crate::tls::server_material(&config.data_dir, &config.listeners)?)
+        } else {
+            None
+        };
         let mut tasks = Vec::new();
         for bound in listeners {
             let addr = bound.local_addr().map_err(|source| AppError::Bind {
@@ -142,11 +152,28 @@ impl Gateway {
             tracing::info!(
                 listener = %l.name, "listening on {} ({}{}), anonymous {}",
                 addr,
-                match l.protocol { net::Protocol::Tcp => "mqtt", net::Protocol::WebSocket => "mqtt over websocket " },
+                match l.protocol {
+                    net::Protocol::Tcp => "mqtt",
+                    net::Protocol::WebSocket => "mqtt over websocket ",
+                    net::Protocol::Tls => "mqtt over tls",
+                },
                 l.ws_path,
                 if l.allow_anonymous { "allowed" } else { "refused" },
             );
+            let tls = match (&tls_material, l.protocol) {
+                (Some(m), net::Protocol::Tls) => {
+                    let material = TlsMaterial {
+                        cert_chain_pem: &m.cert_chain_pem,
+                        key_pem: &m.key_pem,
+                        client_ca_pem: &m.ca_pem,
+                        crl_pem: None,
+                    };
+                    Some(Arc::new(ReloadableServerConfig::new(&material, l.client_certificates)?))
+                }
+                _ => None,
+            };
             let context = Arc::new(ListenerContext {
+                tls,
                 name: l.name.clone(),
                 protocol: l.protocol,
                 ws_path: l.ws_path,

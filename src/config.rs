@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::mqtt::broker::BrokerConfig;
 use crate::mqtt::net::Protocol;
+use crate::pki::ClientAuth;
 use crate::store::{Durability, JournalConfig, Retention};
 
 /// A configuration file that could not be used. The message names the file, and for syntax errors and unknown
@@ -50,6 +51,9 @@ pub struct ListenerConfig {
     pub bind: SocketAddr,
     pub ws_path: String,
     pub allow_anonymous: bool,
+    /// TLS listeners: whether clients present certificates from Weir's CA. A certificate's common name is then
+    /// the client's user name (Mosquitto's `use_identity_as_username`).
+    pub client_certificates: ClientAuth,
 }
 
 /// The file as written. Every table rejects unknown keys, so a typo is an error rather than a silent default.
@@ -105,6 +109,16 @@ pub struct FileListener {
     pub path: Option<String>,
     /// Defaults to true on loopback addresses and false elsewhere.
     pub allow_anonymous: Option<bool>,
+    /// `tls` only: `none` (default), `optional` or `required`.
+    pub client_certificates: Option<FileClientAuth>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileClientAuth {
+    None,
+    Optional,
+    Required,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -112,6 +126,8 @@ pub struct FileListener {
 pub enum FileProtocol {
     Tcp,
     Ws,
+    /// MQTT over TLS, with Weir's own CA and server certificate.
+    Tls,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -283,6 +299,7 @@ fn default_listeners() -> Vec<ListenerConfig> {
             bind: SocketAddr::new(loopback, 1883),
             ws_path: String::new(),
             allow_anonymous: true,
+            client_certificates: ClientAuth::None,
         },
         ListenerConfig {
             name: "ws".into(),
@@ -290,6 +307,7 @@ fn default_listeners() -> Vec<ListenerConfig> {
             bind: SocketAddr::new(loopback, 8083),
             ws_path: "/mqtt".into(),
             allow_anonymous: true,
+            client_certificates: ClientAuth::None,
         },
     ]
 }
@@ -315,6 +333,24 @@ fn listener(index: usize, l: FileListener) -> Result<ListenerConfig, ConfigError
             }
             (Protocol::WebSocket, path)
         }
+        FileProtocol::Tls => {
+            if l.path.is_some() {
+                return Err(ConfigError::Invalid(format!(
+                    "listener {name:?}: path is only for ws listeners"
+                )));
+            }
+            (Protocol::Tls, String::new())
+        }
+    };
+    let client_certificates = match (protocol, l.client_certificates) {
+        (_, None | Some(FileClientAuth::None)) => ClientAuth::None,
+        (Protocol::Tls, Some(FileClientAuth::Optional)) => ClientAuth::Optional,
+        (Protocol::Tls, Some(FileClientAuth::Required)) => ClientAuth::Required,
+        _ => {
+            return Err(ConfigError::Invalid(format!(
+                "listener {name:?}: client_certificates is only for tls listeners"
+            )));
+        }
     };
     Ok(ListenerConfig {
         name,
@@ -322,6 +358,7 @@ fn listener(index: usize, l: FileListener) -> Result<ListenerConfig, ConfigError
         bind,
         ws_path,
         allow_anonymous: l.allow_anonymous.unwrap_or(bind.ip().is_loopback()),
+        client_certificates,
     })
 }
 

@@ -12,3 +12,4 @@ pub mod pki;
 pub mod security;
 pub mod store;
 pub mod timefmt;
+pub mod tls;

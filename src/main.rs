@@ -284,6 +284,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         let addr = l.local_addr()?;
         let _ = match l.config.protocol {
             weir::mqtt::net::Protocol::Tcp => writeln!(out, "weir: MQTT on mqtt://{addr}"),
+            weir::mqtt::net::Protocol::Tls => writeln!(out, "weir: MQTT over TLS on mqtts://{addr}"),
             weir::mqtt::net::Protocol::WebSocket => {
                 writeln!(out, "weir: MQTT over WebSocket on ws://{addr}{}", l.config.ws_path)
             }

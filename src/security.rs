@@ -383,6 +383,9 @@ impl Security {
 
     /// The decision for one CONNECT, with throttling, counting and the audit trail.
     async fn decide(&self, request: AuthRequest<'_>) -> AuthDecision {
+        if let Some(identity) = request.certificate {
+            return AuthDecision::Allow { username: Some(identity.to_owned()) };
+        }
         let Some(username) = request.username else {
             if request.anonymous_allowed {
                 return AuthDecision::Allow { username: None };
@@ -574,6 +577,7 @@ mod tests {
             password,
             client_id: "c",
             anonymous_allowed: false,
+            certificate: None,
         }
     }
 

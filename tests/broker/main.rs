@@ -15,6 +15,7 @@ mod raw;
 mod raw_v5;
 mod security;
 mod support;
+mod tls;
 mod v311;
 mod v5;
 mod websocket;

@@ -186,6 +186,9 @@ pub struct AuthRequest<'a> {
     pub client_id: &'a str,
     /// The listener accepts clients without credentials.
     pub anonymous_allowed: bool,
+    /// The identity of a client certificate the TLS layer verified (chain, validity, revocation): it is the
+    /// user name, and no password is needed.
+    pub certificate: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -40,6 +40,7 @@ pub(crate) async fn serve<T: Transport>(
     peer: SocketAddr,
     context: Arc<ListenerContext>,
     guard: ConnectionGuard,
+    certificate: Option<String>,
 ) {
     let broker = context.broker.clone();
     let max_packet = broker.config().max_packet_size as usize;
@@ -92,9 +93,11 @@ pub(crate) async fn serve<T: Transport>(
         password: connect.password.as_deref(),
         client_id: &connect.client_id,
         anonymous_allowed: context.allow_anonymous,
+        certificate: certificate.as_deref(),
     };
     let decision = match &context.authenticator {
         Some(authenticator) => authenticator.authenticate(request).await,
+        None if certificate.is_some() => AuthDecision::Allow { username: certificate.clone() },
         None if context.allow_anonymous => AuthDecision::Allow { username: connect.username.clone() },
         None => {
             AuthDecision::Deny(ReasonCode::NOT_AUTHORIZED, "anonymous access is not allowed on this listener")

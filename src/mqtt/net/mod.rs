@@ -14,6 +14,7 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 
 use crate::mqtt::broker::{Authenticator, Broker, Metrics};
+use crate::pki::{IdentitySource, ReloadableServerConfig, peer_identity};
 use transport::{Stream, WebSocket};
 
 /// The WebSocket subprotocols we accept, in order of preference.
@@ -25,6 +26,8 @@ pub enum Protocol {
     Tcp,
     /// MQTT over WebSocket, on the given HTTP path.
     WebSocket,
+    /// MQTT over TLS.
+    Tls,
 }
 
 /// What a listener needs to know about itself and the limits it shares with the others.
@@ -37,6 +40,8 @@ pub struct ListenerContext {
     pub allow_anonymous: bool,
     /// Checks credentials at CONNECT; without one, only anonymous clients on listeners that allow them get in.
     pub authenticator: Option<Arc<dyn Authenticator>>,
+    /// TLS listeners: the server configuration in force (swapped when certificates or the CRL change).
+    pub tls: Option<Arc<ReloadableServerConfig>>,
     pub connect_timeout: Duration,
     pub broker: Broker,
     pub connections: Arc<Connections>,
@@ -112,8 +117,9 @@ pub async fn serve(
         let context = context.clone();
         tokio::spawn(async move {
             match context.protocol {
-                Protocol::Tcp => connection::serve(Stream(stream), peer, context, guard).await,
+                Protocol::Tcp => connection::serve(Stream(stream), peer, context, guard, None).await,
                 Protocol::WebSocket => serve_websocket(stream, peer, context, guard).await,
+                Protocol::Tls => serve_tls(stream, peer, context, guard).await,
             }
         });
     }
@@ -148,11 +154,49 @@ async fn serve_websocket(
     };
     let handshake = tokio_tungstenite::accept_hdr_async(stream, callback);
     match tokio::time::timeout(context.connect_timeout, handshake).await {
-        Ok(Ok(ws)) => connection::serve(WebSocket(ws), peer, context, guard).await,
+        Ok(Ok(ws)) => connection::serve(WebSocket(ws), peer, context, guard, None).await,
         Ok(Err(e)) => {
             Metrics::add(&context.broker.metrics().protocol_errors, 1);
             tracing::info!(%peer, listener = %context.name, "WebSocket handshake failed: {e}");
         }
         Err(_) => tracing::info!(%peer, listener = %context.name, "WebSocket handshake timed out"),
     }
+}
+
+/// TLS handshake (bounded by the connect timeout), then MQTT. A verified client certificate's common name becomes
+/// the client's identity; rustls has already refused expired, revoked and foreign-CA certificates.
+async fn serve_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    context: Arc<ListenerContext>,
+    guard: ConnectionGuard,
+) {
+    let Some(tls) = &context.tls else {
+        tracing::error!(listener = %context.name, "TLS listener without a TLS configuration");
+        return;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+    let stream = match tokio::time::timeout(context.connect_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            Metrics::add(&context.broker.metrics().connections_refused, 1);
+            tracing::info!(%peer, listener = %context.name, "TLS handshake refused: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, listener = %context.name, "TLS handshake timed out");
+            return;
+        }
+    };
+    let certificate =
+        stream.get_ref().1.peer_certificates().and_then(|chain| chain.first()).and_then(|der| {
+            match peer_identity(der, IdentitySource::CommonName) {
+                Ok(identity) => Some(identity.name),
+                Err(e) => {
+                    tracing::info!(%peer, "client certificate without a usable identity: {e}");
+                    None
+                }
+            }
+        });
+    connection::serve(Stream(stream), peer, context, guard, certificate).await;
 }

@@ -1,0 +1,167 @@
+//! TLS listeners with Weir's own CA: server authentication checked by independent tools (openssl s_client,
+//! mosquitto_pub), passwords over TLS, and client certificates whose common name is the user name.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use tokio::process::Command;
+
+use crate::support::{TestGateway, WAIT};
+use weir::config::ListenerConfig;
+use weir::mqtt::net::Protocol;
+use weir::pki::{CaOptions, CertificateAuthority, ClientAuth, ClientCertRequest, CommonName, Validity};
+
+fn tls_listener(name: &str, client_certificates: ClientAuth) -> ListenerConfig {
+    ListenerConfig {
+        name: name.into(),
+        protocol: Protocol::Tls,
+        bind: "127.0.0.1:0".parse().unwrap(),
+        ws_path: String::new(),
+        allow_anonymous: false,
+        client_certificates,
+    }
+}
+
+async fn gateway() -> (TestGateway, SocketAddr, SocketAddr) {
+    let gw = TestGateway::start_with(|c| {
+        c.listeners.push(tls_listener("tls", ClientAuth::None));
+        c.listeners.push(tls_listener("mtls", ClientAuth::Required));
+    })
+    .await;
+    gw.gateway()
+        .security()
+        .add_user("alice", "correct horse battery", &["admin".into()], "test")
+        .await
+        .unwrap();
+    let tls = gw.gateway().local_addr("tls").unwrap();
+    let mtls = gw.gateway().local_addr("mtls").unwrap();
+    (gw, tls, mtls)
+}
+
+/// Writes a client certificate and key issued by `ca` into `dir`; returns their paths.
+fn client_cert(ca: &CertificateAuthority, dir: &Path, name: &str, validity: Validity) -> (PathBuf, PathBuf) {
+    let mut request = ClientCertRequest::new(CommonName::new(name).unwrap());
+    request.validity = validity;
+    let issued = ca.issue_client(&request).unwrap();
+    let (cert, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    std::fs::write(&cert, &issued.cert_pem).unwrap();
+    std::fs::write(&key, issued.key_pem.unwrap()).unwrap();
+    (cert, key)
+}
+
+async fn mosquitto_pub(addr: SocketAddr, ca: &Path, extra: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new("mosquitto_pub");
+    cmd.args(["-h", "localhost", "-p", &addr.port().to_string(), "--cafile"]).arg(ca);
+    cmd.args(["-t", "tls/test", "-m", "over tls", "-q", "1"]).args(extra);
+    tokio::time::timeout(WAIT, cmd.output())
+        .await
+        .expect("mosquitto_pub hung")
+        .expect("mosquitto_pub (run .ci/setup)")
+}
+
+#[tokio::test]
+async fn the_server_certificate_chains_to_weirs_ca_and_passwords_work_over_tls() {
+    let (gw, tls, _) = gateway().await;
+    let ca = gw.data_dir().join("pki/ca.crt");
+    let out = tokio::time::timeout(
+        WAIT,
+        Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &tls.to_string(),
+                "-servername",
+                "localhost",
+                "-verify_return_error",
+                "-CAfile",
+            ])
+            .arg(&ca)
+            .stdin(std::process::Stdio::null())
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Verify return code: 0 (ok)"), "{text}");
+    assert!(text.contains("TLSv1.3"), "{text}");
+
+    let ok = mosquitto_pub(tls, &ca, &["-u", "alice", "-P", "correct horse battery"]).await;
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let bad = mosquitto_pub(tls, &ca, &["-u", "alice", "-P", "wrong"]).await;
+    assert!(!bad.status.success());
+    // A client that does not trust Weir's CA refuses the server.
+    let foreign = CertificateAuthority::generate(&CaOptions::default()).unwrap();
+    let foreign_ca = gw.data_dir().join("foreign-ca.crt");
+    std::fs::write(&foreign_ca, foreign.cert_pem()).unwrap();
+    let untrusted = mosquitto_pub(tls, &foreign_ca, &["-u", "alice", "-P", "correct horse battery"]).await;
+    assert!(!untrusted.status.success());
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn client_certificates_identify_devices_and_bad_ones_are_refused() {
+    let (gw, _, mtls) = gateway().await;
+    let pki = gw.data_dir().join("pki");
+    let ca_file = pki.join("ca.crt");
+    let ca = CertificateAuthority::load(&pki).unwrap();
+    let dir = gw.data_dir();
+    let rule = weir::auth::acl::Rule::new(
+        weir::auth::acl::Subject::User("press-7".into()),
+        weir::auth::acl::Effect::Allow,
+        weir::auth::acl::Action::Both,
+        "tls/#",
+    );
+    gw.gateway().security().add_rule(&rule, "test").await.unwrap();
+    let (cert, key) = client_cert(&ca, dir, "press-7", Validity::days(30));
+    let ok =
+        mosquitto_pub(mtls, &ca_file, &["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()])
+            .await;
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    // The certificate's common name is the user name: the journal records it.
+    let journal = gw.gateway().journal().unwrap();
+    journal.flush().await;
+    let page =
+        weir::store::history::query(journal.pool(), &weir::store::history::HistoryQuery::new("tls/test"))
+            .await
+            .unwrap();
+    assert_eq!(page.messages[0].username.as_deref(), Some("press-7"));
+
+    let no_cert = mosquitto_pub(mtls, &ca_file, &[]).await;
+    assert!(!no_cert.status.success(), "a certificate is required");
+    let foreign = CertificateAuthority::generate(&CaOptions::default()).unwrap();
+    let (fcert, fkey) = client_cert(&foreign, dir, "intruder", Validity::days(30));
+    let refused =
+        mosquitto_pub(mtls, &ca_file, &["--cert", fcert.to_str().unwrap(), "--key", fkey.to_str().unwrap()])
+            .await;
+    assert!(!refused.status.success(), "a certificate from another CA is refused");
+    let past = Validity {
+        not_before: SystemTime::now() - Duration::from_secs(10 * 86_400),
+        lifetime: Duration::from_secs(86_400),
+    };
+    let (ecert, ekey) = client_cert(&ca, dir, "expired", past);
+    let expired =
+        mosquitto_pub(mtls, &ca_file, &["--cert", ecert.to_str().unwrap(), "--key", ekey.to_str().unwrap()])
+            .await;
+    assert!(!expired.status.success(), "an expired certificate is refused");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_ca_and_server_certificate_persist_across_restarts() {
+    let (gw, _, _) = gateway().await;
+    let pki = gw.data_dir().join("pki");
+    let ca = std::fs::read_to_string(pki.join("ca.crt")).unwrap();
+    let server = std::fs::read_to_string(pki.join("server.crt")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for key in ["ca.key", "server.key"] {
+        let mode = std::fs::metadata(pki.join(key)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{key}");
+    }
+    let material =
+        weir::tls::server_material(gw.data_dir(), &[tls_listener("tls", ClientAuth::None)]).unwrap();
+    assert_eq!(material.ca_pem.trim(), ca.trim());
+    assert!(material.cert_chain_pem.starts_with(server.trim()), "a valid certificate is kept, not reissued");
+    gw.stop().await;
+}
