@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::certs::{CertError, Certificates};
 use crate::config::{Config, ListenerConfig};
 use crate::mqtt::broker::Broker;
 use crate::mqtt::broker::{Authenticator, Authorizer, Durable, Restored};
@@ -32,6 +33,8 @@ pub enum AppError {
     Tls(#[from] crate::tls::TlsSetupError),
     #[error("TLS: {0}")]
     Pki(#[from] crate::pki::PkiError),
+    #[error("certificates: {0}")]
+    Certificates(#[from] CertError),
 }
 
 /// A listening socket and the configuration it was bound for.
@@ -119,28 +122,18 @@ impl Gateway {
         let security = Arc::new(Security::load(config_db.clone()).await?);
         let authorizer: Arc<dyn Authorizer> = security.clone();
         let (broker, router) = Broker::start(config.broker.clone(), durable, Some(authorizer), restored);
-        let reload = {
-            // Users changed by `weir user ...` (another process) apply without a restart.
-            let security = Arc::downgrade(&security);
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(1));
-                loop {
-                    tick.tick().await;
-                    let Some(security) = security.upgrade() else { return };
-                    if let Err(e) = security.reload_if_changed().await {
-                        tracing::warn!("reloading users: {e}");
-                    }
-                }
-            })
-        };
         let authenticator: Arc<dyn Authenticator> = security.clone();
         let (connections, connections_done) = Connections::new(config.max_connections);
         let (stop, stopped) = watch::channel(false);
+        let certificates = Certificates::new(config_db.clone(), &config.data_dir);
         let tls_material = if listeners.iter().any(|b| b.config.protocol == net::Protocol::Tls) {
-            Some(crate::tls::server_material(&config.data_dir, &config.listeners)?)
+            let material = crate::tls::server_material(&config.data_dir, &config.listeners)?;
+            let crl = certificates.crl_pem().await?;
+            Some((material, crl))
         } else {
             None
         };
+        let mut tls_configs = Vec::new();
         let mut tasks = Vec::new();
         for bound in listeners {
             let addr = bound.local_addr().map_err(|source| AppError::Bind {
@@ -161,14 +154,16 @@ impl Gateway {
                 if l.allow_anonymous { "allowed" } else { "refused" },
             );
             let tls = match (&tls_material, l.protocol) {
-                (Some(m), net::Protocol::Tls) => {
+                (Some((m, crl)), net::Protocol::Tls) => {
                     let material = TlsMaterial {
                         cert_chain_pem: &m.cert_chain_pem,
                         key_pem: &m.key_pem,
                         client_ca_pem: &m.ca_pem,
-                        crl_pem: None,
+                        crl_pem: Some(crl),
                     };
-                    Some(Arc::new(ReloadableServerConfig::new(&material, l.client_certificates)?))
+                    let config = Arc::new(ReloadableServerConfig::new(&material, l.client_certificates)?);
+                    tls_configs.push(config.clone());
+                    Some(config)
                 }
                 _ => None,
             };
@@ -186,6 +181,13 @@ impl Gateway {
             let task = tokio::spawn(net::serve(bound.listener, context, stopped.clone()));
             tasks.push((l.name, addr, task));
         }
+        let reload = tokio::spawn(watch_configuration(
+            Arc::downgrade(&security),
+            certificates,
+            tls_material.map(|(m, _)| m),
+            tls_configs,
+            connections.clone(),
+        ));
         Ok(Gateway {
             broker,
             journal,
@@ -255,5 +257,71 @@ impl Gateway {
         }
         config_db.close().await;
         tracing::info!("stopped");
+    }
+}
+
+/// Applies configuration changes made anywhere (this process, `weir user`, `weir acl`, `weir cert`) without a
+/// restart: users and rules are reloaded; after a revocation the TLS listeners get the new CRL and connections
+/// made with a revoked certificate are closed.
+async fn watch_configuration(
+    security: std::sync::Weak<Security>,
+    certificates: Certificates,
+    material: Option<crate::tls::ServerMaterial>,
+    tls_configs: Vec<Arc<ReloadableServerConfig>>,
+    connections: Arc<Connections>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut revoked: std::collections::HashSet<String> = match certificates.revoked().await {
+        Ok(serials) => serials.into_iter().collect(),
+        Err(e) => {
+            tracing::warn!("reading revocations: {e}");
+            std::collections::HashSet::new()
+        }
+    };
+    loop {
+        tick.tick().await;
+        let Some(security) = security.upgrade() else { return };
+        match security.reload_if_changed().await {
+            Ok(false) => continue,
+            Ok(true) => {}
+            Err(e) => {
+                tracing::warn!("reloading the configuration: {e}");
+                continue;
+            }
+        }
+        let now: std::collections::HashSet<String> = match certificates.revoked().await {
+            Ok(serials) => serials.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!("reading revocations: {e}");
+                continue;
+            }
+        };
+        let newly: Vec<&String> = now.difference(&revoked).collect();
+        if newly.is_empty() {
+            continue;
+        }
+        if let Some(m) = &material {
+            match certificates.crl_pem().await {
+                Ok(crl) => {
+                    let material = TlsMaterial {
+                        cert_chain_pem: &m.cert_chain_pem,
+                        key_pem: &m.key_pem,
+                        client_ca_pem: &m.ca_pem,
+                        crl_pem: Some(&crl),
+                    };
+                    for config in &tls_configs {
+                        if let Err(e) = config.reload(&material) {
+                            tracing::error!("TLS listener keeps its previous CRL: {e}");
+                        }
+                    }
+                }
+                Err(e) => tracing::error!("cannot sign a new CRL: {e}"),
+            }
+        }
+        for serial in &newly {
+            let closed = connections.disconnect_certificate(serial);
+            tracing::info!(%serial, closed, "certificate revoked: its connections are closed");
+        }
+        revoked = now;
     }
 }

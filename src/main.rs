@@ -51,6 +51,20 @@ enum Command {
         #[command(flatten)]
         place: Place,
     },
+    /// Issue, list, show and revoke device certificates from Weir's own CA.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+        #[command(flatten)]
+        place: Place,
+    },
+    /// Weir's certificate authority.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+        #[command(flatten)]
+        place: Place,
+    },
     /// Import users and access rules from another broker.
     Import {
         #[command(subcommand)]
@@ -87,6 +101,48 @@ enum UserCommand {
     Del { name: String },
     /// List users and their roles.
     List,
+}
+
+#[derive(Debug, Subcommand)]
+enum CertCommand {
+    /// Issue a certificate with a key made here. Writes NAME.crt, NAME.key (mode 0600) and NAME-bundle.pem
+    /// (certificate, CA, key) into --out; with --p12, also NAME.p12, protected by a password read from a prompt or
+    /// standard input. The key is not kept by Weir.
+    Issue {
+        name: String,
+        /// Subject alternative name (repeatable): DNS:host, IP:addr, email:x@y, URI:spiffe://...
+        #[arg(long = "san", value_name = "SAN")]
+        sans: Vec<String>,
+        #[arg(long, default_value_t = 365)]
+        days: u64,
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        out: PathBuf,
+        #[arg(long)]
+        p12: bool,
+    },
+    /// Sign a device's certificate request (PEM); the key never leaves the device. Writes NAME.crt into --out.
+    Sign {
+        csr: PathBuf,
+        #[arg(long, default_value_t = 365)]
+        days: u64,
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        out: PathBuf,
+    },
+    /// List issued certificates.
+    List,
+    /// Show one certificate (by name or serial), with its PEM.
+    Show { name: String },
+    /// Revoke a certificate (by name or serial): refused at the next handshake, live connections closed.
+    Revoke { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Print the CA certificate (PEM), for devices' trust stores.
+    Export {
+        #[arg(long, short, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -234,6 +290,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             runtime.block_on(acl(command, place))
         }
+        Command::Cert { command, place } => {
+            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            runtime.block_on(cert(command, place))
+        }
+        Command::Ca { command: CaCommand::Export { out }, place } => {
+            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let ca = runtime.block_on(async { anyhow::Ok(open_certificates(&place).await?.ca()?) })?;
+            match out {
+                Some(path) => std::fs::write(&path, ca.cert_pem())
+                    .with_context(|| format!("cannot write {}", path.display()))?,
+                None => print!("{}", ca.cert_pem()),
+            }
+            Ok(())
+        }
         Command::Import { command: ImportCommand::Mosquitto { passwd, acl }, place } => {
             anyhow::ensure!(passwd.is_some() || acl.is_some(), "give --passwd FILE, --acl FILE or both");
             let read = |path: &Option<PathBuf>| -> anyhow::Result<Option<String>> {
@@ -357,6 +427,81 @@ async fn acl(command: AclCommand, place: Place) -> anyhow::Result<()> {
             for (id, rule) in security.list_rules().await? {
                 println!("{id}\t{}", serde_json::to_string(&rule)?);
             }
+        }
+    }
+    Ok(())
+}
+
+async fn open_certificates(place: &Place) -> anyhow::Result<weir::certs::Certificates> {
+    use weir::store;
+    let data_dir = place.data_dir()?;
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let (pool, _) = store::open(&data_dir, store::Database::Config, store::Synchronous::Full, None).await?;
+    Ok(weir::certs::Certificates::new(pool, &data_dir))
+}
+
+async fn cert(command: CertCommand, place: Place) -> anyhow::Result<()> {
+    let certs = open_certificates(&place).await?;
+    let actor = cli_actor();
+    let write = |path: PathBuf, text: &[u8], private: bool| -> anyhow::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(if private { 0o600 } else { 0o644 })
+            .open(&path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        file.write_all(text)?;
+        eprintln!("weir: wrote {}", path.display());
+        Ok(())
+    };
+    match command {
+        CertCommand::Issue { name, sans, days, out, p12 } => {
+            let password = if p12 { Some(read_new_password(&format!("{name}.p12"))?) } else { None };
+            let issued = certs.issue(&name, &sans, days, &actor).await?;
+            let ca = certs.ca()?;
+            let key = issued.key_pem.clone().unwrap_or_default();
+            write(out.join(format!("{name}.crt")), issued.cert_pem.as_bytes(), false)?;
+            write(out.join(format!("{name}.key")), key.as_bytes(), true)?;
+            let bundle = weir::pki::pem_bundle(&issued.cert_pem, Some(&key), ca.chain_pem());
+            write(out.join(format!("{name}-bundle.pem")), bundle.as_bytes(), true)?;
+            if let Some(password) = password {
+                let p12 = weir::pki::pkcs12(&issued.cert_pem, &key, ca.chain_pem(), &password, &name)?;
+                write(out.join(format!("{name}.p12")), &p12, true)?;
+            }
+            eprintln!("weir: issued {name}, serial {}", issued.info.serial.as_str());
+        }
+        CertCommand::Sign { csr, days, out } => {
+            let pem =
+                std::fs::read_to_string(&csr).with_context(|| format!("cannot read {}", csr.display()))?;
+            let issued = certs.sign_csr(&pem, days, &actor).await?;
+            let name =
+                issued.info.common_name.clone().unwrap_or_else(|| issued.info.serial.as_str().to_owned());
+            write(out.join(format!("{name}.crt")), issued.cert_pem.as_bytes(), false)?;
+            eprintln!("weir: signed {name}, serial {}", issued.info.serial.as_str());
+        }
+        CertCommand::List => {
+            for c in certs.list().await? {
+                let state = if c.revoked_at.is_some() { "revoked" } else { "valid" };
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    c.serial,
+                    c.common_name,
+                    weir::timefmt::format(c.not_after),
+                    state
+                );
+            }
+        }
+        CertCommand::Show { name } => {
+            let c = certs.find(&name).await?;
+            println!("{}", serde_json::to_string_pretty(&c)?);
+            print!("{}", c.cert_pem);
+        }
+        CertCommand::Revoke { name } => {
+            let c = certs.revoke(&name, &actor).await?;
+            eprintln!("weir: revoked {} (serial {})", c.common_name, c.serial);
         }
     }
     Ok(())

@@ -38,7 +38,7 @@ pub fn server_material(
 ) -> Result<ServerMaterial, TlsSetupError> {
     let dir = data_dir.join("pki");
     let hostname = hostname();
-    let ca = CertificateAuthority::load_or_create(&dir, &CaOptions::for_host(&hostname))?;
+    let ca = load_or_create_ca(&dir)?;
     let mut addresses: Vec<IpAddr> =
         listeners.iter().map(|l| l.bind.ip()).filter(|ip| !ip.is_unspecified()).collect();
     addresses.push(IpAddr::from([127, 0, 0, 1]));
@@ -74,6 +74,11 @@ pub fn server_material(
         key_pem,
         ca_pem: ca.cert_pem().to_owned(),
     })
+}
+
+/// The CA in `dir`, created (named after this host) if there is none yet.
+pub fn load_or_create_ca(dir: &Path) -> Result<CertificateAuthority, PkiError> {
+    CertificateAuthority::load_or_create(dir, &CaOptions::for_host(&hostname()))
 }
 
 fn chain(cert_pem: &str, ca: &CertificateAuthority) -> String {

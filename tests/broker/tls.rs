@@ -165,3 +165,121 @@ async fn the_ca_and_server_certificate_persist_across_restarts() {
     assert!(material.cert_chain_pem.starts_with(server.trim()), "a valid certificate is kept, not reissued");
     gw.stop().await;
 }
+
+async fn weir(gw: &TestGateway, args: &[&str], stdin: &str) -> std::process::Output {
+    use tokio::io::AsyncWriteExt;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(gw.data_dir())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).await.unwrap();
+    tokio::time::timeout(WAIT, child.wait_with_output()).await.unwrap().unwrap()
+}
+
+#[tokio::test]
+async fn weir_cert_issues_exports_and_revokes_and_revocation_closes_live_connections() {
+    let (gw, _, mtls) = gateway().await;
+    let out_dir = gw.data_dir().join("issued");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let out = out_dir.to_str().unwrap();
+    let issued = weir(
+        &gw,
+        &["cert", "issue", "press-9", "--san", "DNS:press-9.plant", "--p12", "--out", out],
+        "p12 passphrase\n",
+    )
+    .await;
+    assert!(issued.status.success(), "{}", String::from_utf8_lossy(&issued.stderr));
+    let ca = weir(&gw, &["ca", "export"], "").await;
+    let ca_file = gw.data_dir().join("exported-ca.crt");
+    std::fs::write(&ca_file, &ca.stdout).unwrap();
+    assert_eq!(ca.stdout, std::fs::read(gw.data_dir().join("pki/ca.crt")).unwrap());
+    let cert = out_dir.join("press-9.crt");
+    let key = out_dir.join("press-9.key");
+    // Independent checks: openssl verifies the chain and opens the PKCS#12 file.
+    let verify =
+        Command::new("openssl").args(["verify", "-CAfile"]).arg(&ca_file).arg(&cert).output().await.unwrap();
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    let p12 = Command::new("openssl")
+        .args(["pkcs12", "-info", "-noout", "-passin", "pass:p12 passphrase", "-in"])
+        .arg(out_dir.join("press-9.p12"))
+        .output()
+        .await
+        .unwrap();
+    assert!(p12.status.success(), "{}", String::from_utf8_lossy(&p12.stderr));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+
+    // Bad input: a second live certificate with the same name, a malformed CSR, revoking what does not exist.
+    let again = weir(&gw, &["cert", "issue", "PRESS-9", "--out", out], "").await;
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
+    let csr = gw.data_dir().join("bad.csr");
+    std::fs::write(
+        &csr,
+        "-----BEGIN CERTIFICATE REQUEST-----\nnot base64\n-----END CERTIFICATE REQUEST-----\n",
+    )
+    .unwrap();
+    let bad = weir(&gw, &["cert", "sign", csr.to_str().unwrap(), "--out", out], "").await;
+    assert!(!bad.status.success());
+    let nobody = weir(&gw, &["cert", "revoke", "nobody"], "").await;
+    assert!(String::from_utf8_lossy(&nobody.stderr).contains("no certificate"));
+
+    // A device connected with the certificate...
+    let rule = weir::auth::acl::Rule::new(
+        weir::auth::acl::Subject::User("press-9".into()),
+        weir::auth::acl::Effect::Allow,
+        weir::auth::acl::Action::Both,
+        "#",
+    );
+    gw.gateway().security().add_rule(&rule, "test").await.unwrap();
+    let link = gw.gateway().broker().link("watch", Default::default()).await.unwrap();
+    link.subscribe("$SYS/weir/clients/press-9-sub/presence", weir::mqtt::codec::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let _sub = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "localhost",
+            "-p",
+            &mtls.port().to_string(),
+            "-V",
+            "mqttv5",
+            "-i",
+            "press-9-sub",
+            "-t",
+            "x",
+        ])
+        .arg("--cafile")
+        .arg(&ca_file)
+        .args(["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let state = |d: &weir::mqtt::broker::Delivery| {
+        serde_json::from_slice::<serde_json::Value>(&d.message.payload).unwrap()["state"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(state(&tokio::time::timeout(WAIT, link.recv()).await.unwrap()), "online");
+    // ... is disconnected as soon as the certificate is revoked (by another process), and cannot come back.
+    let revoked = weir(&gw, &["cert", "revoke", "press-9"], "").await;
+    assert!(revoked.status.success(), "{}", String::from_utf8_lossy(&revoked.stderr));
+    let lost = tokio::time::timeout(WAIT, link.recv()).await.expect("the live connection is closed");
+    let lost: serde_json::Value = serde_json::from_slice(&lost.message.payload).unwrap();
+    assert_eq!(lost["state"], "lost");
+    assert_eq!(lost["reason"], "disconnected by an administrator");
+    let refused =
+        mosquitto_pub(mtls, &ca_file, &["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()])
+            .await;
+    assert!(!refused.status.success(), "a revoked certificate is refused at the handshake");
+    let twice = weir(&gw, &["cert", "revoke", "press-9"], "").await;
+    assert!(String::from_utf8_lossy(&twice.stderr).contains("already revoked"));
+    let list = String::from_utf8(weir(&gw, &["cert", "list"], "").await.stdout).unwrap();
+    assert!(list.contains("press-9") && list.contains("revoked"), "{list}");
+    gw.stop().await;
+}

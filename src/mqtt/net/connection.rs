@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 use super::transport::Transport;
-use super::{ConnectionGuard, ListenerContext};
+use super::{Certificate, ConnectionGuard, ListenerContext};
 use crate::mqtt::broker::{
     AuthDecision, AuthRequest, Broker, ClientId, Completion, ConnectRequest, ConnectionId, Control,
     DisconnectNotice, DisconnectReason, InflightState, Message, MessageProperties, Metrics, Outgoing,
@@ -40,7 +40,7 @@ pub(crate) async fn serve<T: Transport>(
     peer: SocketAddr,
     context: Arc<ListenerContext>,
     guard: ConnectionGuard,
-    certificate: Option<String>,
+    certificate: Option<Certificate>,
 ) {
     let broker = context.broker.clone();
     let max_packet = broker.config().max_packet_size as usize;
@@ -93,11 +93,13 @@ pub(crate) async fn serve<T: Transport>(
         password: connect.password.as_deref(),
         client_id: &connect.client_id,
         anonymous_allowed: context.allow_anonymous,
-        certificate: certificate.as_deref(),
+        certificate: certificate.as_ref().map(|c| c.name.as_str()),
     };
     let decision = match &context.authenticator {
         Some(authenticator) => authenticator.authenticate(request).await,
-        None if certificate.is_some() => AuthDecision::Allow { username: certificate.clone() },
+        None if certificate.is_some() => {
+            AuthDecision::Allow { username: certificate.as_ref().map(|c| c.name.clone()) }
+        }
         None if context.allow_anonymous => AuthDecision::Allow { username: connect.username.clone() },
         None => {
             AuthDecision::Deny(ReasonCode::NOT_AUTHORIZED, "anonymous access is not allowed on this listener")
@@ -129,6 +131,9 @@ pub(crate) async fn serve<T: Transport>(
         NEVER
     };
     let (control_tx, control_rx) = mpsc::channel(4);
+    // Revoking the certificate closes this connection.
+    let _registration =
+        certificate.as_ref().map(|c| context.connections.register_certificate(&c.serial, control_tx.clone()));
     let connection = broker.next_connection_id();
     let request = ConnectRequest {
         client_id: client_id.clone(),

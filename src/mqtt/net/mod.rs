@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 
-use crate::mqtt::broker::{Authenticator, Broker, Metrics};
+use crate::mqtt::broker::{Authenticator, Broker, Control, Metrics};
 use crate::pki::{IdentitySource, ReloadableServerConfig, peer_identity};
 use transport::{Stream, WebSocket};
 
@@ -52,6 +52,9 @@ pub struct ListenerContext {
 pub struct Connections {
     active: AtomicUsize,
     max: usize,
+    /// Connections made with a client certificate, by its serial: dropped when it is revoked.
+    by_certificate: std::sync::Mutex<std::collections::HashMap<String, Vec<Registered>>>,
+    next_registration: std::sync::atomic::AtomicU64,
     /// Every connection holds a sender; shutdown waits until the receiver sees all of them gone.
     tracker: mpsc::Sender<()>,
 }
@@ -60,11 +63,46 @@ impl Connections {
     /// The counter, and the receiver that yields `None` once every connection (and this counter) is gone.
     pub fn new(max: usize) -> (Arc<Connections>, mpsc::Receiver<()>) {
         let (tracker, done) = mpsc::channel(1);
-        (Arc::new(Connections { active: AtomicUsize::new(0), max, tracker }), done)
+        let connections = Connections {
+            active: AtomicUsize::new(0),
+            max,
+            by_certificate: std::sync::Mutex::new(std::collections::HashMap::new()),
+            next_registration: std::sync::atomic::AtomicU64::new(0),
+            tracker,
+        };
+        (Arc::new(connections), done)
     }
 
     pub fn active(&self) -> usize {
         self.active.load(Ordering::Relaxed)
+    }
+
+    /// Closes every connection made with the certificate `serial` (v5: DISCONNECT 0x98 administrative action).
+    /// Returns how many there were.
+    pub fn disconnect_certificate(&self, serial: &str) -> usize {
+        let map = self.by_certificate.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(list) = map.get(serial) else { return 0 };
+        for (_, control) in list {
+            let _ =
+                control.try_send(Control::Disconnect(crate::mqtt::codec::ReasonCode::ADMINISTRATIVE_ACTION));
+        }
+        list.len()
+    }
+
+    /// Records a connection made with a certificate until the returned registration is dropped.
+    fn register_certificate(
+        self: &Arc<Self>,
+        serial: &str,
+        control: mpsc::Sender<Control>,
+    ) -> CertificateRegistration {
+        let id = self.next_registration.fetch_add(1, Ordering::Relaxed);
+        self.by_certificate
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(serial.to_owned())
+            .or_default()
+            .push((id, control));
+        CertificateRegistration { connections: self.clone(), serial: serial.to_owned(), id }
     }
 
     fn enter(self: &Arc<Self>) -> ConnectionGuard {
@@ -84,6 +122,30 @@ pub(crate) struct ConnectionGuard {
     /// This connection is beyond `max_connections`: it is answered with a refusal and closed.
     over_limit: bool,
     _tracker: mpsc::Sender<()>,
+}
+
+/// A connection's registration number and the channel that closes it.
+type Registered = (u64, mpsc::Sender<Control>);
+
+/// Held by a connection made with a client certificate.
+#[derive(Debug)]
+pub(crate) struct CertificateRegistration {
+    connections: Arc<Connections>,
+    serial: String,
+    id: u64,
+}
+
+impl Drop for CertificateRegistration {
+    fn drop(&mut self) {
+        let mut map =
+            self.connections.by_certificate.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(list) = map.get_mut(&self.serial) {
+            list.retain(|(id, _)| *id != self.id);
+            if list.is_empty() {
+                map.remove(&self.serial);
+            }
+        }
+    }
 }
 
 impl Drop for ConnectionGuard {
@@ -163,6 +225,13 @@ async fn serve_websocket(
     }
 }
 
+/// A verified client certificate: its identity and serial.
+#[derive(Debug, Clone)]
+pub(crate) struct Certificate {
+    pub(crate) name: String,
+    pub(crate) serial: String,
+}
+
 /// TLS handshake (bounded by the connect timeout), then MQTT. A verified client certificate's common name becomes
 /// the client's identity; rustls has already refused expired, revoked and foreign-CA certificates.
 async fn serve_tls(
@@ -191,7 +260,9 @@ async fn serve_tls(
     let certificate =
         stream.get_ref().1.peer_certificates().and_then(|chain| chain.first()).and_then(|der| {
             match peer_identity(der, IdentitySource::CommonName) {
-                Ok(identity) => Some(identity.name),
+                Ok(identity) => {
+                    Some(Certificate { name: identity.name, serial: identity.serial.as_str().to_owned() })
+                }
                 Err(e) => {
                     tracing::info!(%peer, "client certificate without a usable identity: {e}");
                     None
