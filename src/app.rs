@@ -126,7 +126,7 @@ impl Gateway {
         let (connections, connections_done) = Connections::new(config.max_connections);
         let (stop, stopped) = watch::channel(false);
         let certificates = Certificates::new(config_db.clone(), &config.data_dir);
-        let tls_material = if listeners.iter().any(|b| b.config.protocol == net::Protocol::Tls) {
+        let tls_material = if listeners.iter().any(|b| b.config.protocol.is_tls()) {
             let material = crate::tls::server_material(&config.data_dir, &config.listeners)?;
             let crl = certificates.crl_pem().await?;
             Some((material, crl))
@@ -149,12 +149,13 @@ impl Gateway {
                     net::Protocol::Tcp => "mqtt",
                     net::Protocol::WebSocket => "mqtt over websocket ",
                     net::Protocol::Tls => "mqtt over tls",
+                    net::Protocol::SecureWebSocket => "mqtt over secure websocket ",
                 },
                 l.ws_path,
                 if l.allow_anonymous { "allowed" } else { "refused" },
             );
             let tls = match (&tls_material, l.protocol) {
-                (Some((m, crl)), net::Protocol::Tls) => {
+                (Some((m, crl)), protocol) if protocol.is_tls() => {
                     let material = TlsMaterial {
                         cert_chain_pem: &m.cert_chain_pem,
                         key_pem: &m.key_pem,

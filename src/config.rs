@@ -128,6 +128,8 @@ pub enum FileProtocol {
     Ws,
     /// MQTT over TLS, with Weir's own CA and server certificate.
     Tls,
+    /// MQTT over WebSocket over TLS.
+    Wss,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -341,14 +343,21 @@ fn listener(index: usize, l: FileListener) -> Result<ListenerConfig, ConfigError
             }
             (Protocol::Tls, String::new())
         }
+        FileProtocol::Wss => {
+            let path = l.path.unwrap_or_else(|| "/mqtt".into());
+            if !path.starts_with('/') {
+                return Err(ConfigError::Invalid(format!("listener {name:?}: path must start with /")));
+            }
+            (Protocol::SecureWebSocket, path)
+        }
     };
     let client_certificates = match (protocol, l.client_certificates) {
         (_, None | Some(FileClientAuth::None)) => ClientAuth::None,
-        (Protocol::Tls, Some(FileClientAuth::Optional)) => ClientAuth::Optional,
-        (Protocol::Tls, Some(FileClientAuth::Required)) => ClientAuth::Required,
+        (p, Some(FileClientAuth::Optional)) if p.is_tls() => ClientAuth::Optional,
+        (p, Some(FileClientAuth::Required)) if p.is_tls() => ClientAuth::Required,
         _ => {
             return Err(ConfigError::Invalid(format!(
-                "listener {name:?}: client_certificates is only for tls listeners"
+                "listener {name:?}: client_certificates is only for tls and wss listeners"
             )));
         }
     };

@@ -355,6 +355,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         let _ = match l.config.protocol {
             weir::mqtt::net::Protocol::Tcp => writeln!(out, "weir: MQTT on mqtt://{addr}"),
             weir::mqtt::net::Protocol::Tls => writeln!(out, "weir: MQTT over TLS on mqtts://{addr}"),
+            weir::mqtt::net::Protocol::SecureWebSocket => {
+                writeln!(out, "weir: MQTT over secure WebSocket on wss://{addr}{}", l.config.ws_path)
+            }
             weir::mqtt::net::Protocol::WebSocket => {
                 writeln!(out, "weir: MQTT over WebSocket on ws://{addr}{}", l.config.ws_path)
             }

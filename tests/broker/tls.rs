@@ -283,3 +283,57 @@ async fn weir_cert_issues_exports_and_revokes_and_revocation_closes_live_connect
     assert!(list.contains("press-9") && list.contains("revoked"), "{list}");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn paho_over_secure_websocket() {
+    let gw = TestGateway::start_with(|c| {
+        let mut wss = tls_listener("wss", ClientAuth::None);
+        wss.protocol = Protocol::SecureWebSocket;
+        wss.ws_path = "/mqtt".into();
+        c.listeners.push(wss);
+    })
+    .await;
+    gw.gateway()
+        .security()
+        .add_user("alice", "correct horse battery", &["admin".into()], "test")
+        .await
+        .unwrap();
+    let port = gw.gateway().local_addr("wss").unwrap().port();
+    let ca = gw.data_dir().join("pki/ca.crt");
+    // paho-mqtt, an independent client, over wss:// with our CA; it reports whether its QoS 1 publish completed.
+    let script = r#"
+import sys, paho.mqtt.client as mqtt
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="wss-1", transport="websockets", protocol=mqtt.MQTTv5)
+c.ws_set_options(path="/mqtt")
+c.tls_set(ca_certs=sys.argv[2])
+c.username_pw_set("alice", "correct horse battery")
+c.connect("localhost", int(sys.argv[1]))
+c.loop_start()
+info = c.publish("wss/t", "over wss", qos=1)
+info.wait_for_publish(timeout=5)
+print("published" if info.is_published() else "not published")
+c.disconnect()
+c.loop_stop()
+"#;
+    let python = std::env::var("WEIR_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = tokio::time::timeout(
+        WAIT,
+        Command::new(python).args(["-c", script, &port.to_string()]).arg(&ca).output(),
+    )
+    .await
+    .unwrap()
+    .expect("python3 with paho-mqtt (run .ci/setup)");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "published",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let journal = gw.gateway().journal().unwrap();
+    journal.flush().await;
+    let page = weir::store::history::query(journal.pool(), &weir::store::history::HistoryQuery::new("wss/t"))
+        .await
+        .unwrap();
+    assert_eq!(page.messages[0].username.as_deref(), Some("alice"));
+    gw.stop().await;
+}

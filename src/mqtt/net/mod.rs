@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -28,6 +29,14 @@ pub enum Protocol {
     WebSocket,
     /// MQTT over TLS.
     Tls,
+    /// MQTT over WebSocket over TLS, on the given HTTP path.
+    SecureWebSocket,
+}
+
+impl Protocol {
+    pub fn is_tls(self) -> bool {
+        matches!(self, Protocol::Tls | Protocol::SecureWebSocket)
+    }
 }
 
 /// What a listener needs to know about itself and the limits it shares with the others.
@@ -180,18 +189,19 @@ pub async fn serve(
         tokio::spawn(async move {
             match context.protocol {
                 Protocol::Tcp => connection::serve(Stream(stream), peer, context, guard, None).await,
-                Protocol::WebSocket => serve_websocket(stream, peer, context, guard).await,
-                Protocol::Tls => serve_tls(stream, peer, context, guard).await,
+                Protocol::WebSocket => serve_websocket(stream, peer, context, guard, None).await,
+                Protocol::Tls | Protocol::SecureWebSocket => serve_tls(stream, peer, context, guard).await,
             }
         });
     }
 }
 
-async fn serve_websocket(
-    stream: TcpStream,
+async fn serve_websocket<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    stream: S,
     peer: SocketAddr,
     context: Arc<ListenerContext>,
     guard: ConnectionGuard,
+    certificate: Option<Certificate>,
 ) {
     let path = context.ws_path.clone();
     // The callback's signature is tungstenite's; its large error type is not ours to box.
@@ -216,7 +226,7 @@ async fn serve_websocket(
     };
     let handshake = tokio_tungstenite::accept_hdr_async(stream, callback);
     match tokio::time::timeout(context.connect_timeout, handshake).await {
-        Ok(Ok(ws)) => connection::serve(WebSocket(ws), peer, context, guard, None).await,
+        Ok(Ok(ws)) => connection::serve(WebSocket(ws), peer, context, guard, certificate).await,
         Ok(Err(e)) => {
             Metrics::add(&context.broker.metrics().protocol_errors, 1);
             tracing::info!(%peer, listener = %context.name, "WebSocket handshake failed: {e}");
@@ -269,5 +279,9 @@ async fn serve_tls(
                 }
             }
         });
-    connection::serve(Stream(stream), peer, context, guard, certificate).await;
+    if context.protocol == Protocol::SecureWebSocket {
+        serve_websocket(stream, peer, context, guard, certificate).await;
+    } else {
+        connection::serve(Stream(stream), peer, context, guard, certificate).await;
+    }
 }
