@@ -143,6 +143,16 @@ enum CaCommand {
         #[arg(long, short, value_name = "FILE")]
         out: Option<PathBuf>,
     },
+    /// Use an existing CA (an enterprise PKI's issuing CA) instead of Weir's own: certificate and unencrypted
+    /// PKCS#8 key, PEM. Refused if Weir already has a CA unless --replace (then re-issue device certificates).
+    Import {
+        #[arg(long, value_name = "FILE")]
+        cert: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        #[arg(long)]
+        replace: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -293,6 +303,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cert { command, place } => {
             let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             runtime.block_on(cert(command, place))
+        }
+        Command::Ca { command: CaCommand::Import { cert, key, replace }, place } => {
+            let read = |p: &PathBuf| {
+                std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+            };
+            let (cert, key) = (read(&cert)?, read(&key)?);
+            let dir = place.data_dir()?.join("pki");
+            let on_existing =
+                if replace { weir::pki::OnExisting::Replace } else { weir::pki::OnExisting::Refuse };
+            let ca = weir::pki::CertificateAuthority::import(&dir, &cert, &key, on_existing)?;
+            // The server certificate was issued by the previous CA: the next start issues a new one.
+            let _ = std::fs::remove_file(dir.join(weir::tls::SERVER_CERT_FILE));
+            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            runtime.block_on(async {
+                let (pool, _) = weir::store::open(
+                    &place.data_dir()?,
+                    weir::store::Database::Config,
+                    weir::store::Synchronous::Full,
+                    None,
+                )
+                .await?;
+                weir::store::audit(&pool, &cli_actor(), "ca.import", &ca.info().subject).await?;
+                anyhow::Ok(())
+            })?;
+            eprintln!("weir: imported CA {}; restart the gateway to use it", ca.info().subject);
+            Ok(())
         }
         Command::Ca { command: CaCommand::Export { out }, place } => {
             let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;

@@ -425,6 +425,16 @@ impl Security {
                 {
                     self.upgrade_hash(username, password).await;
                 }
+                // Audited without holding up the CONNACK: a reconnect storm must not wait for the log.
+                let (pool, detail) = (
+                    self.pool.clone(),
+                    format!("user {username:?}, client {:?}, from {}", request.client_id, request.peer),
+                );
+                tokio::spawn(async move {
+                    if let Err(e) = store::audit(&pool, "mqtt", "login", &detail).await {
+                        tracing::warn!("audit log: {e}");
+                    }
+                });
                 AuthDecision::Allow { username: Some(username.to_owned()) }
             }
             _ => {

@@ -161,8 +161,13 @@ async fn failed_logins_are_throttled_and_audited() {
         assert!(tokio::time::Instant::now() < deadline, "the back-off never ended");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let out = Command::new(WEIR).args(["audit", "--data-dir"]).arg(gw.data_dir()).output().await.unwrap();
-    let audit = String::from_utf8_lossy(&out.stdout);
+    let audit = || async {
+        let out = Command::new(WEIR).args(["audit", "--data-dir"]).arg(gw.data_dir()).output().await.unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The successful login is written in the background, so as not to hold up the CONNACK.
+    eventually("the login is audited", || async { audit().await.contains(" login user \"dave\"") }).await;
+    let audit = audit().await;
     assert!(audit.matches("login.failed").count() >= 6, "{audit}");
     gw.stop().await;
 }

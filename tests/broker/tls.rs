@@ -337,3 +337,95 @@ c.loop_stop()
     assert_eq!(page.messages[0].username.as_deref(), Some("alice"));
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn an_enterprise_ca_can_be_imported_and_the_listeners_use_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let openssl = |args: &[&str]| {
+        let mut cmd = std::process::Command::new("openssl");
+        cmd.current_dir(dir.path()).args(args);
+        cmd
+    };
+    // An operator's CA, made by openssl (an independent tool), key as unencrypted PKCS#8.
+    assert!(
+        openssl(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ec.key"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        openssl(&["pkcs8", "-topk8", "-nocrypt", "-in", "ec.key", "-out", "ca.key"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let req = [
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        "ca.key",
+        "-days",
+        "3650",
+        "-subj",
+        "/CN=Plant Issuing CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        "-out",
+        "ca.crt",
+    ];
+    assert!(openssl(&req).status().unwrap().success());
+    assert!(
+        openssl(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "other.key"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let weir_ca = |extra: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+        cmd.args(["ca", "import", "--cert"]).arg(dir.path().join("ca.crt")).arg("--key");
+        cmd.args(extra).arg("--data-dir").arg(&data);
+        cmd
+    };
+    let mismatched = weir_ca(&[dir.path().join("other.key").to_str().unwrap()]).output().await.unwrap();
+    assert!(!mismatched.status.success(), "a key that does not match the certificate is refused");
+    let ok = weir_ca(&[dir.path().join("ca.key").to_str().unwrap()]).output().await.unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let again = weir_ca(&[dir.path().join("ca.key").to_str().unwrap()]).output().await.unwrap();
+    assert!(!again.status.success(), "an existing CA is not replaced without --replace");
+
+    let gw = TestGateway::start_with(|c| {
+        c.data_dir = data.clone();
+        c.listeners.push(tls_listener("tls", ClientAuth::None));
+    })
+    .await;
+    let tls = gw.gateway().local_addr("tls").unwrap();
+    let out = tokio::time::timeout(
+        WAIT,
+        Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &tls.to_string(),
+                "-servername",
+                "localhost",
+                "-verify_return_error",
+                "-CAfile",
+            ])
+            .arg(dir.path().join("ca.crt"))
+            .stdin(std::process::Stdio::null())
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Verify return code: 0 (ok)"),
+        "the server certificate chains to the imported CA: {text}"
+    );
+    gw.stop().await;
+}
