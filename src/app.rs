@@ -183,6 +183,7 @@ impl Gateway {
             tasks.push((l.name, addr, task));
         }
         let reload = tokio::spawn(watch_configuration(
+            broker.clone(),
             Arc::downgrade(&security),
             certificates,
             tls_material.map(|(m, _)| m),
@@ -243,6 +244,8 @@ impl Gateway {
             ..
         } = self;
         reload.abort();
+        // It holds a broker handle: wait until it is gone, or the router would wait for it.
+        let _ = reload.await;
         // Our own counter holds a tracker sender too; drop it so that only live connections keep the channel open.
         let active = connections.active();
         drop(connections);
@@ -265,6 +268,7 @@ impl Gateway {
 /// restart: users and rules are reloaded; after a revocation the TLS listeners get the new CRL and connections
 /// made with a revoked certificate are closed.
 async fn watch_configuration(
+    broker: Broker,
     security: std::sync::Weak<Security>,
     certificates: Certificates,
     material: Option<crate::tls::ServerMaterial>,
@@ -282,13 +286,20 @@ async fn watch_configuration(
     loop {
         tick.tick().await;
         let Some(security) = security.upgrade() else { return };
-        match security.reload_if_changed().await {
-            Ok(false) => continue,
-            Ok(true) => {}
+        let changed = match security.reload_if_changed().await {
+            Ok(changed) => changed,
             Err(e) => {
                 tracing::warn!("reloading the configuration: {e}");
-                continue;
+                false
             }
+        };
+        // Whichever process deleted them (this one reloads at once, without a version change to notice).
+        for user in security.take_removed_users() {
+            tracing::info!(user, "user deleted: closing its connections");
+            let _ = broker.disconnect_user(&user).await;
+        }
+        if !changed {
+            continue;
         }
         let now: std::collections::HashSet<String> = match certificates.revoked().await {
             Ok(serials) => serials.into_iter().collect(),

@@ -73,6 +73,8 @@ pub struct Security {
     throttle: Mutex<Throttle>,
     /// `config_version` when the snapshot was taken.
     version: Mutex<i64>,
+    /// Users that disappeared at the last reloads, for the gateway to close their connections.
+    removed: Mutex<Vec<String>>,
     /// Bounds concurrent argon2 verifications (CPU and 8 MiB each) to the number of cores.
     verify_slots: tokio::sync::Semaphore,
     /// Per user: the stored hash a password was last verified against, and an HMAC of that password.
@@ -103,6 +105,7 @@ impl Security {
                 std::thread::available_parallelism().map(std::num::NonZero::get).unwrap_or(1),
             ),
             verified: Mutex::new(HashMap::new()),
+            removed: Mutex::new(Vec::new()),
             cache_key: ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
                 .map_err(|_| SecurityError::Randomness)?,
         };
@@ -153,7 +156,15 @@ impl Security {
             Ok(acl) => *self.acl.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(acl),
             Err(e) => tracing::error!("access rules not applied: {e}"),
         }
-        *self.users.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(users);
+        let previous = std::mem::replace(
+            &mut *self.users.write().unwrap_or_else(PoisonError::into_inner),
+            Arc::new(users),
+        );
+        let current = self.users.read().unwrap_or_else(PoisonError::into_inner).clone();
+        self.removed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(previous.keys().filter(|name| !current.contains_key(*name)).cloned());
         *self.version.lock().unwrap_or_else(PoisonError::into_inner) = version;
         Ok(())
     }
@@ -162,6 +173,11 @@ impl Security {
     async fn bump(&self) -> Result<(), SecurityError> {
         sqlx::query("UPDATE config_version SET version = version + 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    /// Users deleted since the last call.
+    pub fn take_removed_users(&self) -> Vec<String> {
+        std::mem::take(&mut *self.removed.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Whether the gateway currently accepts this user (its in-memory snapshot, which follows the database).

@@ -135,7 +135,19 @@ async fn bad_input_to_weir_user_is_refused_clearly_and_changes_nothing() {
     let security = gw.gateway().security().clone();
     eventually("the gateway knows carol", || async { security.knows("carol") }).await;
     assert_eq!(connect_code(&gw, Some(("carol", "long enough password"))).await, ConnectReturnCode::Success);
+    // Carol is connected when she is deleted: the connection is closed (v5: 0x98).
+    let mut live = Raw::connect(gw.tcp).await;
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0xC2, 0, 0, 0, 0, 6];
+    body.extend(b"carol1");
+    for s in ["carol", "long enough password"] {
+        body.extend((s.len() as u16).to_be_bytes());
+        body.extend(s.as_bytes());
+    }
+    live.send(&crate::support::packet(0x10, &body)).await;
+    assert_eq!(live.read_packet().await[3], 0, "carol is connected");
     assert!(weir_user(&gw, &["del", "carol"], "").await.status.success());
+    let reply = live.read_to_close().await;
+    assert_eq!((reply[0], reply[2]), (0xE0, 0x98), "administrative action: {reply:?}");
     eventually("the gateway forgets carol", || async { !security.knows("carol") }).await;
     assert_eq!(
         connect_code(&gw, Some(("carol", "long enough password"))).await,

@@ -306,6 +306,7 @@ pub(crate) enum Command {
     OpenLink(ClientId, QueueLimits, oneshot::Sender<Result<Arc<SessionQueue>, LinkError>>),
     CloseLink(ClientId),
     Stats(oneshot::Sender<BrokerStats>),
+    DisconnectUser(String),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -405,6 +406,11 @@ impl Broker {
     /// Opens an in-process link: a session that lives inside the process, see [`Link`].
     pub async fn link(&self, name: &str, options: LinkOptions) -> Result<Link, LinkError> {
         Link::open(self.clone(), name, options).await
+    }
+
+    /// Closes every connection of this user (v5: DISCONNECT 0x98 administrative action), for a deleted user.
+    pub async fn disconnect_user(&self, username: &str) -> Result<(), BrokerGone> {
+        self.send(Command::DisconnectUser(username.to_owned())).await
     }
 
     /// Asks every connection to close with "server shutting down" and stops the router once it has done so.

@@ -232,6 +232,16 @@ impl Router {
             Command::Stats(reply) => {
                 let _ = reply.send(self.stats());
             }
+            Command::DisconnectUser(username) => {
+                for session in self.sessions.values() {
+                    let theirs =
+                        session.principal.as_ref().is_some_and(|p| p.username.as_deref() == Some(&username));
+                    if let (true, Some(attached)) = (theirs, &session.connection) {
+                        let _ =
+                            attached.control.try_send(Control::Disconnect(ReasonCode::ADMINISTRATIVE_ACTION));
+                    }
+                }
+            }
             Command::Shutdown(reply) => {
                 self.shutting_down = true;
                 for session in self.sessions.values() {
