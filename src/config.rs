@@ -137,6 +137,8 @@ pub enum FileProtocol {
 pub struct FileMqtt {
     pub max_packet_size: Option<u32>,
     pub receive_maximum: Option<u16>,
+    /// QoS 1/2 in flight towards a 3.1.1 client.
+    pub max_inflight: Option<u16>,
     pub topic_alias_maximum: Option<u16>,
     pub server_keep_alive: Option<u16>,
     pub max_session_expiry_secs: Option<u32>,
@@ -178,6 +180,7 @@ impl Config {
         let broker = BrokerConfig {
             max_packet_size: m.max_packet_size.unwrap_or(defaults.max_packet_size),
             receive_maximum: m.receive_maximum.unwrap_or(defaults.receive_maximum),
+            max_inflight: m.max_inflight.unwrap_or(defaults.max_inflight).max(1),
             topic_alias_maximum: m.topic_alias_maximum.unwrap_or(defaults.topic_alias_maximum),
             server_keep_alive: m.server_keep_alive,
             max_session_expiry: m.max_session_expiry_secs,

@@ -193,3 +193,27 @@ async fn shutdown_sends_v5_disconnect_0x8b() {
     assert_eq!(reply.get(2), Some(&0x8B), "{reply:?}");
     stop.await.unwrap();
 }
+
+#[tokio::test]
+async fn in_flight_towards_a_v311_client_is_bounded_by_max_inflight() {
+    let gw = TestGateway::start_with(|c| c.broker.max_inflight = 2).await;
+    let mut sub = Raw::connect(gw.tcp).await;
+    sub.send(&connect_v311("slow", true, 0)).await;
+    sub.read_packet().await;
+    sub.send(&packet(0x82, &[0, 1, 0, 1, b'w', 1])).await;
+    sub.read_packet().await;
+    let mut publisher = Raw::connect(gw.tcp).await;
+    publisher.send(&connect_v311("fast", true, 0)).await;
+    publisher.read_packet().await;
+    for id in 1..=4u8 {
+        publisher.send(&packet(0x32, &[0, 1, b'w', 0, id, b'0' + id])).await;
+        publisher.read_packet().await;
+    }
+    let first = sub.read_packet().await;
+    sub.read_packet().await;
+    sub.send(&[0xC0, 0]).await;
+    assert_eq!(sub.read_packet().await, [0xD0, 0], "only two in flight");
+    sub.send(&packet(0x40, &first[5..7])).await;
+    assert_eq!(*sub.read_packet().await.last().unwrap(), b'3', "one more after an acknowledgement");
+    gw.stop().await;
+}

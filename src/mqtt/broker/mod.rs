@@ -35,6 +35,9 @@ pub struct BrokerConfig {
     pub max_packet_size: u32,
     /// QoS 1/2 messages a client may have unacknowledged towards us; announced in the v5 CONNACK.
     pub receive_maximum: u16,
+    /// QoS 1/2 messages in flight towards a 3.1.1 client, which has no way to say (a 5.0 client's own receive
+    /// maximum applies to it).
+    pub max_inflight: u16,
     pub topic_alias_maximum: u16,
     /// When set, overrides the keep alive clients ask for (v5 "server keep alive").
     pub server_keep_alive: Option<u16>,
@@ -63,6 +66,7 @@ impl Default for BrokerConfig {
         BrokerConfig {
             max_packet_size: 1024 * 1024,
             receive_maximum: 100,
+            max_inflight: 100,
             topic_alias_maximum: 64,
             server_keep_alive: None,
             max_session_expiry: None,

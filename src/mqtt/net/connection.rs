@@ -177,6 +177,11 @@ pub(crate) async fn serve<T: Transport>(
             ..ConnAckProperties::default()
         };
     }
+    let send_quota = usize::from(if version.is_v5() {
+        connect.properties.receive_maximum.unwrap_or(u16::MAX)
+    } else {
+        broker.config().max_inflight
+    });
     let mut session = Session {
         transport,
         peer,
@@ -189,7 +194,7 @@ pub(crate) async fn serve<T: Transport>(
         inbuf,
         outbuf: BytesMut::new(),
         keep_alive: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
-        send_quota: usize::from(connect.properties.receive_maximum.unwrap_or(u16::MAX)),
+        send_quota,
         client_max_packet: connect.properties.maximum_packet_size.map_or(usize::MAX, |m| m as usize),
         max_packet,
         aliases: HashMap::new(),
