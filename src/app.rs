@@ -79,6 +79,8 @@ pub async fn run(
 /// A running gateway.
 #[derive(Debug)]
 pub struct Gateway {
+    /// The TLS listeners' certificates and CRL, when there are TLS listeners.
+    tls: Option<Arc<TlsState>>,
     broker: Broker,
     journal: Option<Journal>,
     config_db: sqlx::SqlitePool,
@@ -182,15 +184,24 @@ impl Gateway {
             let task = tokio::spawn(net::serve(bound.listener, context, stopped.clone()));
             tasks.push((l.name, addr, task));
         }
+        let tls = tls_material.map(|(material, _)| {
+            Arc::new(TlsState {
+                data_dir: config.data_dir.clone(),
+                listeners: config.listeners.clone(),
+                certificates: certificates.clone(),
+                material: std::sync::Mutex::new(material),
+                configs: tls_configs,
+            })
+        });
         let reload = tokio::spawn(watch_configuration(
             broker.clone(),
             Arc::downgrade(&security),
             certificates,
-            tls_material.map(|(m, _)| m),
-            tls_configs,
+            tls.clone(),
             connections.clone(),
         ));
         Ok(Gateway {
+            tls,
             broker,
             journal,
             config_db,
@@ -207,6 +218,15 @@ impl Gateway {
 
     pub fn broker(&self) -> &Broker {
         &self.broker
+    }
+
+    /// Renews the server certificate if it is due (or missing, or its names changed) and gives the TLS listeners
+    /// the current certificate and CRL, without a restart. Runs hourly on its own; returns whether anything changed.
+    pub async fn refresh_tls(&self) -> Result<bool, AppError> {
+        match &self.tls {
+            Some(tls) => tls.refresh().await,
+            None => Ok(false),
+        }
     }
 
     /// Users and their checks at CONNECT.
@@ -267,15 +287,52 @@ impl Gateway {
 /// Applies configuration changes made anywhere (this process, `weir user`, `weir acl`, `weir cert`) without a
 /// restart: users and rules are reloaded; after a revocation the TLS listeners get the new CRL and connections
 /// made with a revoked certificate are closed.
+/// What the TLS listeners are configured with, and how to bring it up to date.
+#[derive(Debug)]
+struct TlsState {
+    data_dir: std::path::PathBuf,
+    listeners: Vec<ListenerConfig>,
+    certificates: Certificates,
+    material: std::sync::Mutex<crate::tls::ServerMaterial>,
+    configs: Vec<Arc<ReloadableServerConfig>>,
+}
+
+impl TlsState {
+    /// Renews the server certificate if due and reloads every TLS listener with it and a fresh CRL.
+    async fn refresh(&self) -> Result<bool, AppError> {
+        let current = crate::tls::server_material(&self.data_dir, &self.listeners)?;
+        let renewed = {
+            let mut material = self.material.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let renewed = material.cert_chain_pem != current.cert_chain_pem;
+            *material = current.clone();
+            renewed
+        };
+        let crl = self.certificates.crl_pem().await?;
+        let material = TlsMaterial {
+            cert_chain_pem: &current.cert_chain_pem,
+            key_pem: &current.key_pem,
+            client_ca_pem: &current.ca_pem,
+            crl_pem: Some(&crl),
+        };
+        for config in &self.configs {
+            config.reload(&material)?;
+        }
+        if renewed {
+            tracing::info!("TLS listeners now use the renewed server certificate");
+        }
+        Ok(renewed)
+    }
+}
+
 async fn watch_configuration(
     broker: Broker,
     security: std::sync::Weak<Security>,
     certificates: Certificates,
-    material: Option<crate::tls::ServerMaterial>,
-    tls_configs: Vec<Arc<ReloadableServerConfig>>,
+    tls: Option<Arc<TlsState>>,
     connections: Arc<Connections>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut ticks: u64 = 0;
     let mut revoked: std::collections::HashSet<String> = match certificates.revoked().await {
         Ok(serials) => serials.into_iter().collect(),
         Err(e) => {
@@ -285,6 +342,13 @@ async fn watch_configuration(
     };
     loop {
         tick.tick().await;
+        ticks += 1;
+        if ticks.is_multiple_of(3600)
+            && let Some(tls) = &tls
+            && let Err(e) = tls.refresh().await
+        {
+            tracing::error!("checking the server certificate: {e}");
+        }
         let Some(security) = security.upgrade() else { return };
         let changed = match security.reload_if_changed().await {
             Ok(changed) => changed,
@@ -312,23 +376,10 @@ async fn watch_configuration(
         if newly.is_empty() {
             continue;
         }
-        if let Some(m) = &material {
-            match certificates.crl_pem().await {
-                Ok(crl) => {
-                    let material = TlsMaterial {
-                        cert_chain_pem: &m.cert_chain_pem,
-                        key_pem: &m.key_pem,
-                        client_ca_pem: &m.ca_pem,
-                        crl_pem: Some(&crl),
-                    };
-                    for config in &tls_configs {
-                        if let Err(e) = config.reload(&material) {
-                            tracing::error!("TLS listener keeps its previous CRL: {e}");
-                        }
-                    }
-                }
-                Err(e) => tracing::error!("cannot sign a new CRL: {e}"),
-            }
+        if let Some(tls) = &tls
+            && let Err(e) = tls.refresh().await
+        {
+            tracing::error!("TLS listeners keep their previous CRL: {e}");
         }
         for serial in &newly {
             let closed = connections.disconnect_certificate(serial);

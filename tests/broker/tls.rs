@@ -429,3 +429,42 @@ async fn an_enterprise_ca_can_be_imported_and_the_listeners_use_it() {
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn the_server_certificate_is_renewed_without_a_restart() {
+    let (gw, tls, _) = gateway().await;
+    let pki = gw.data_dir().join("pki");
+    let old = std::fs::read_to_string(pki.join("server.crt")).unwrap();
+    assert!(!gw.gateway().refresh_tls().await.unwrap(), "nothing is due");
+    // A certificate that is missing (or due, or for other names) is replaced, and the listener serves the new one.
+    std::fs::remove_file(pki.join("server.crt")).unwrap();
+    assert!(gw.gateway().refresh_tls().await.unwrap());
+    let new = std::fs::read_to_string(pki.join("server.crt")).unwrap();
+    assert_ne!(old, new);
+    let out = tokio::time::timeout(
+        WAIT,
+        Command::new("openssl")
+            .args([
+                "s_client",
+                "-showcerts",
+                "-connect",
+                &tls.to_string(),
+                "-servername",
+                "localhost",
+                "-CAfile",
+            ])
+            .arg(pki.join("ca.crt"))
+            .stdin(std::process::Stdio::null())
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let served = String::from_utf8_lossy(&out.stdout);
+    let body = |pem: &str| pem.lines().filter(|l| !l.starts_with("-----")).collect::<String>();
+    assert!(
+        served.lines().filter(|l| !l.starts_with("-----")).collect::<String>().contains(&body(&new)),
+        "the renewed certificate is served"
+    );
+    gw.stop().await;
+}
