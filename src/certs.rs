@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sqlx::{Row, SqlitePool};
 
 use crate::pki::{
-    CertificateAuthority, ClientCertRequest, CommonName, CsrOptions, IssuedCert, PkiError, RevocationList,
-    RevocationReason, RevokedCert, Serial, SubjectAltName, Validity,
+    CertificateAuthority, ClientCertRequest, CommonName, CsrOptions, IssuedCert, KeyType, PkiError,
+    RevocationList, RevocationReason, RevokedCert, Serial, SubjectAltName, Validity,
 };
 use crate::store::{self, StoreError, unix_millis};
 
@@ -72,9 +72,11 @@ impl Certificates {
         name: &str,
         sans: &[String],
         days: u64,
+        key_type: KeyType,
         actor: &str,
     ) -> Result<IssuedCert, CertError> {
         let mut request = ClientCertRequest::new(CommonName::new(name)?);
+        request.key_type = key_type;
         request.sans = sans.iter().map(|s| SubjectAltName::parse(s)).collect::<Result<_, _>>()?;
         crate::pki::check_unique(&request.sans)?;
         request.validity = Validity::days(days);

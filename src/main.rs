@@ -115,6 +115,9 @@ enum CertCommand {
         sans: Vec<String>,
         #[arg(long, default_value_t = 365)]
         days: u64,
+        /// p256 (default), p384 or ed25519.
+        #[arg(long, default_value = "p256")]
+        key_type: String,
         #[arg(long, value_name = "DIR", default_value = ".")]
         out: PathBuf,
         #[arg(long)]
@@ -134,6 +137,12 @@ enum CertCommand {
     Show { name: String },
     /// Revoke a certificate (by name or serial): refused at the next handshake, live connections closed.
     Revoke { name: String },
+    /// Write a certificate (by name or serial) with the CA chain as a PEM bundle (Weir never keeps keys).
+    Export {
+        name: String,
+        #[arg(long, short, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -497,9 +506,15 @@ async fn cert(command: CertCommand, place: Place) -> anyhow::Result<()> {
         Ok(())
     };
     match command {
-        CertCommand::Issue { name, sans, days, out, p12 } => {
+        CertCommand::Issue { name, sans, days, key_type, out, p12 } => {
+            let key_type = match key_type.as_str() {
+                "p256" => weir::pki::KeyType::EcdsaP256,
+                "p384" => weir::pki::KeyType::EcdsaP384,
+                "ed25519" => weir::pki::KeyType::Ed25519,
+                other => anyhow::bail!("key type {other:?}: use p256, p384 or ed25519"),
+            };
             let password = if p12 { Some(read_new_password(&format!("{name}.p12"))?) } else { None };
-            let issued = certs.issue(&name, &sans, days, &actor).await?;
+            let issued = certs.issue(&name, &sans, days, key_type, &actor).await?;
             let ca = certs.ca()?;
             let key = issued.key_pem.clone().unwrap_or_default();
             write(out.join(format!("{name}.crt")), issued.cert_pem.as_bytes(), false)?;
@@ -537,6 +552,14 @@ async fn cert(command: CertCommand, place: Place) -> anyhow::Result<()> {
             let c = certs.find(&name).await?;
             println!("{}", serde_json::to_string_pretty(&c)?);
             print!("{}", c.cert_pem);
+        }
+        CertCommand::Export { name, out } => {
+            let c = certs.find(&name).await?;
+            let bundle = weir::pki::pem_bundle(&c.cert_pem, None, certs.ca()?.chain_pem());
+            match out {
+                Some(path) => write(path, bundle.as_bytes(), false)?,
+                None => print!("{bundle}"),
+            }
         }
         CertCommand::Revoke { name } => {
             let c = certs.revoke(&name, &actor).await?;

@@ -189,7 +189,18 @@ async fn weir_cert_issues_exports_and_revokes_and_revocation_closes_live_connect
     let out = out_dir.to_str().unwrap();
     let issued = weir(
         &gw,
-        &["cert", "issue", "press-9", "--san", "DNS:press-9.plant", "--p12", "--out", out],
+        &[
+            "cert",
+            "issue",
+            "press-9",
+            "--san",
+            "DNS:press-9.plant",
+            "--key-type",
+            "p384",
+            "--p12",
+            "--out",
+            out,
+        ],
         "p12 passphrase\n",
     )
     .await;
@@ -213,6 +224,15 @@ async fn weir_cert_issues_exports_and_revokes_and_revocation_closes_live_connect
     assert!(p12.status.success(), "{}", String::from_utf8_lossy(&p12.stderr));
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    let exported = weir(&gw, &["cert", "export", "press-9"], "").await;
+    let bundle = String::from_utf8(exported.stdout).unwrap();
+    assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 2, "certificate and CA: {bundle}");
+    assert!(!bundle.contains("PRIVATE KEY"), "Weir does not keep keys");
+    let text =
+        Command::new("openssl").args(["x509", "-noout", "-text", "-in"]).arg(&cert).output().await.unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("P-384") || text.contains("secp384r1"), "{text}");
+    assert!(text.contains("DNS:press-9.plant"), "{text}");
 
     // Bad input: a second live certificate with the same name, a malformed CSR, revoking what does not exist.
     let again = weir(&gw, &["cert", "issue", "PRESS-9", "--out", out], "").await;
