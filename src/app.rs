@@ -172,6 +172,8 @@ impl Gateway {
             };
             let context = Arc::new(ListenerContext {
                 tls,
+                identity: l.identity,
+                certificate_password: l.certificate_password,
                 name: l.name.clone(),
                 protocol: l.protocol,
                 ws_path: l.ws_path,

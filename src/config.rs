@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::mqtt::broker::BrokerConfig;
 use crate::mqtt::net::Protocol;
-use crate::pki::ClientAuth;
+use crate::pki::{ClientAuth, IdentitySource};
 use crate::store::{Durability, JournalConfig, Retention};
 
 /// A configuration file that could not be used. The message names the file, and for syntax errors and unknown
@@ -54,6 +54,10 @@ pub struct ListenerConfig {
     /// TLS listeners: whether clients present certificates from Weir's CA. A certificate's common name is then
     /// the client's user name (Mosquitto's `use_identity_as_username`).
     pub client_certificates: ClientAuth,
+    /// Which part of a client certificate is the user name.
+    pub identity: IdentitySource,
+    /// A client with a certificate must also give the password of the user the certificate names.
+    pub certificate_password: bool,
 }
 
 /// The file as written. Every table rejects unknown keys, so a typo is an error rather than a silent default.
@@ -111,6 +115,19 @@ pub struct FileListener {
     pub allow_anonymous: Option<bool>,
     /// `tls` only: `none` (default), `optional` or `required`.
     pub client_certificates: Option<FileClientAuth>,
+    /// `cn` (default), `dns`, `email` or `uri`: the part of a client certificate that is the user name.
+    pub identity: Option<FileIdentity>,
+    /// Require the user's password as well as a certificate (default false).
+    pub certificate_password: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileIdentity {
+    Cn,
+    Dns,
+    Email,
+    Uri,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -305,6 +322,8 @@ fn default_listeners() -> Vec<ListenerConfig> {
             ws_path: String::new(),
             allow_anonymous: true,
             client_certificates: ClientAuth::None,
+            identity: IdentitySource::CommonName,
+            certificate_password: false,
         },
         ListenerConfig {
             name: "ws".into(),
@@ -313,6 +332,8 @@ fn default_listeners() -> Vec<ListenerConfig> {
             ws_path: "/mqtt".into(),
             allow_anonymous: true,
             client_certificates: ClientAuth::None,
+            identity: IdentitySource::CommonName,
+            certificate_password: false,
         },
     ]
 }
@@ -371,6 +392,13 @@ fn listener(index: usize, l: FileListener) -> Result<ListenerConfig, ConfigError
         ws_path,
         allow_anonymous: l.allow_anonymous.unwrap_or(bind.ip().is_loopback()),
         client_certificates,
+        identity: match l.identity {
+            None | Some(FileIdentity::Cn) => IdentitySource::CommonName,
+            Some(FileIdentity::Dns) => IdentitySource::DnsSan,
+            Some(FileIdentity::Email) => IdentitySource::EmailSan,
+            Some(FileIdentity::Uri) => IdentitySource::UriSan,
+        },
+        certificate_password: l.certificate_password.unwrap_or(false),
     })
 }
 

@@ -399,8 +399,13 @@ impl Security {
 
     /// The decision for one CONNECT, with throttling, counting and the audit trail.
     async fn decide(&self, request: AuthRequest<'_>) -> AuthDecision {
+        let mut request = request;
         if let Some(identity) = request.certificate {
-            return AuthDecision::Allow { username: Some(identity.to_owned()) };
+            if !request.certificate_password {
+                return AuthDecision::Allow { username: Some(identity.to_owned()) };
+            }
+            // The certificate names the user; the password must be that user's.
+            request.username = Some(identity);
         }
         let Some(username) = request.username else {
             if request.anonymous_allowed {
@@ -604,6 +609,7 @@ mod tests {
             client_id: "c",
             anonymous_allowed: false,
             certificate: None,
+            certificate_password: false,
         }
     }
 

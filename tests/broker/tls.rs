@@ -20,6 +20,8 @@ fn tls_listener(name: &str, client_certificates: ClientAuth) -> ListenerConfig {
         ws_path: String::new(),
         allow_anonymous: false,
         client_certificates,
+        identity: weir::pki::IdentitySource::CommonName,
+        certificate_password: false,
     }
 }
 
@@ -485,6 +487,67 @@ async fn the_server_certificate_is_renewed_without_a_restart() {
     assert!(
         served.lines().filter(|l| !l.starts_with("-----")).collect::<String>().contains(&body(&new)),
         "the renewed certificate is served"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_identity_can_come_from_a_san_and_a_password_can_be_required_too() {
+    let gw = TestGateway::start_with(|c| {
+        let mut by_dns = tls_listener("by-dns", ClientAuth::Required);
+        by_dns.identity = weir::pki::IdentitySource::DnsSan;
+        c.listeners.push(by_dns);
+        let mut with_password = tls_listener("with-password", ClientAuth::Required);
+        with_password.certificate_password = true;
+        c.listeners.push(with_password);
+    })
+    .await;
+    let security = gw.gateway().security().clone();
+    security.add_user("alice", "correct horse battery", &["admin".into()], "test").await.unwrap();
+    let rule = weir::auth::acl::Rule::new(
+        weir::auth::acl::Subject::Anyone,
+        weir::auth::acl::Effect::Allow,
+        weir::auth::acl::Action::Both,
+        "tls/#",
+    );
+    security.add_rule(&rule, "test").await.unwrap();
+    let pki = gw.data_dir().join("pki");
+    let ca = CertificateAuthority::load(&pki).unwrap();
+    let ca_file = pki.join("ca.crt");
+
+    // Identity from the DNS SAN: the journal records it as the user name.
+    let mut request = ClientCertRequest::new(CommonName::new("press-5").unwrap());
+    request.sans = vec![weir::pki::SubjectAltName::parse("DNS:press-5.plant").unwrap()];
+    let issued = ca.issue_client(&request).unwrap();
+    let (cert, key) = (gw.data_dir().join("p5.crt"), gw.data_dir().join("p5.key"));
+    std::fs::write(&cert, &issued.cert_pem).unwrap();
+    std::fs::write(&key, issued.key_pem.unwrap()).unwrap();
+    let by_dns = gw.gateway().local_addr("by-dns").unwrap();
+    let ok =
+        mosquitto_pub(by_dns, &ca_file, &["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()])
+            .await;
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let journal = gw.gateway().journal().unwrap();
+    journal.flush().await;
+    let page =
+        weir::store::history::query(journal.pool(), &weir::store::history::HistoryQuery::new("tls/test"))
+            .await
+            .unwrap();
+    assert_eq!(page.messages[0].username.as_deref(), Some("press-5.plant"));
+
+    // Certificate and password: the certificate names the user, whose password must also be right.
+    let (acert, akey) = client_cert(&ca, gw.data_dir(), "alice", Validity::days(30));
+    let (acert, akey) = (acert.to_str().unwrap().to_owned(), akey.to_str().unwrap().to_owned());
+    let with_password = gw.gateway().local_addr("with-password").unwrap();
+    let both = ["--cert", &acert, "--key", &akey, "-u", "alice", "-P", "correct horse battery"];
+    let ok = mosquitto_pub(with_password, &ca_file, &both).await;
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let wrong = ["--cert", &acert, "--key", &akey, "-u", "alice", "-P", "not it"];
+    assert!(!mosquitto_pub(with_password, &ca_file, &wrong).await.status.success());
+    let none = ["--cert", &acert, "--key", &akey];
+    assert!(
+        !mosquitto_pub(with_password, &ca_file, &none).await.status.success(),
+        "the password is required"
     );
     gw.stop().await;
 }

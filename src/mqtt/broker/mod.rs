@@ -193,6 +193,8 @@ pub struct AuthRequest<'a> {
     /// The identity of a client certificate the TLS layer verified (chain, validity, revocation): it is the
     /// user name, and no password is needed.
     pub certificate: Option<&'a str>,
+    /// With a certificate, the password of the user it names is required as well.
+    pub certificate_password: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

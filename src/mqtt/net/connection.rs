@@ -94,6 +94,7 @@ pub(crate) async fn serve<T: Transport>(
         client_id: &connect.client_id,
         anonymous_allowed: context.allow_anonymous,
         certificate: certificate.as_ref().map(|c| c.name.as_str()),
+        certificate_password: context.certificate_password,
     };
     let decision = match &context.authenticator {
         Some(authenticator) => authenticator.authenticate(request).await,

@@ -51,6 +51,10 @@ pub struct ListenerContext {
     pub authenticator: Option<Arc<dyn Authenticator>>,
     /// TLS listeners: the server configuration in force (swapped when certificates or the CRL change).
     pub tls: Option<Arc<ReloadableServerConfig>>,
+    /// Which part of a client certificate is the user name.
+    pub identity: IdentitySource,
+    /// Certificate holders must also give their user's password.
+    pub certificate_password: bool,
     pub connect_timeout: Duration,
     pub broker: Broker,
     pub connections: Arc<Connections>,
@@ -269,7 +273,7 @@ async fn serve_tls(
     };
     let certificate =
         stream.get_ref().1.peer_certificates().and_then(|chain| chain.first()).and_then(|der| {
-            match peer_identity(der, IdentitySource::CommonName) {
+            match peer_identity(der, context.identity) {
                 Ok(identity) => {
                     Some(Certificate { name: identity.name, serial: identity.serial.as_str().to_owned() })
                 }
