@@ -129,7 +129,8 @@ impl Gateway {
         let (stop, stopped) = watch::channel(false);
         let certificates = Certificates::new(config_db.clone(), &config.data_dir);
         let tls_material = if listeners.iter().any(|b| b.config.protocol.is_tls()) {
-            let material = crate::tls::server_material(&config.data_dir, &config.listeners)?;
+            let material =
+                crate::tls::server_material(&config.data_dir, &config.listeners, &config.server_names)?;
             let crl = certificates.crl_pem().await?;
             Some((material, crl))
         } else {
@@ -190,6 +191,7 @@ impl Gateway {
             Arc::new(TlsState {
                 data_dir: config.data_dir.clone(),
                 listeners: config.listeners.clone(),
+                names: config.server_names.clone(),
                 certificates: certificates.clone(),
                 material: std::sync::Mutex::new(material),
                 configs: tls_configs,
@@ -294,6 +296,7 @@ impl Gateway {
 struct TlsState {
     data_dir: std::path::PathBuf,
     listeners: Vec<ListenerConfig>,
+    names: crate::tls::ServerNames,
     certificates: Certificates,
     material: std::sync::Mutex<crate::tls::ServerMaterial>,
     configs: Vec<Arc<ReloadableServerConfig>>,
@@ -302,7 +305,7 @@ struct TlsState {
 impl TlsState {
     /// Renews the server certificate if due and reloads every TLS listener with it and a fresh CRL.
     async fn refresh(&self) -> Result<bool, AppError> {
-        let current = crate::tls::server_material(&self.data_dir, &self.listeners)?;
+        let current = crate::tls::server_material(&self.data_dir, &self.listeners, &self.names)?;
         let renewed = {
             let mut material = self.material.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let renewed = material.cert_chain_pem != current.cert_chain_pem;

@@ -42,6 +42,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// The message journal (history, durability of acknowledged messages).
     pub journal: JournalConfig,
+    /// Extra names for the TLS listeners' server certificate.
+    pub server_names: crate::tls::ServerNames,
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +75,19 @@ pub struct FileConfig {
     pub limits: FileLimits,
     #[serde(default)]
     pub journal: FileJournal,
+    #[serde(default)]
+    pub tls: FileTls,
+}
+
+/// What the server certificate is issued for, beyond the host name and the listeners' addresses.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub names: Vec<String>,
+    #[serde(default)]
+    pub addresses: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -216,6 +231,17 @@ impl Config {
             return Err(ConfigError::Invalid("mqtt.receive_maximum must be at least 1".into()));
         }
         let journal = journal(file.journal)?;
+        let addresses = file
+            .tls
+            .addresses
+            .iter()
+            .map(|a| {
+                a.parse()
+                    .map_err(|_| ConfigError::Invalid(format!("tls.addresses: {a:?} is not an IP address")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let server_names =
+            crate::tls::ServerNames { hostname: file.tls.hostname, dns: file.tls.names, addresses };
         let listeners = if file.listeners.is_empty() {
             default_listeners()
         } else {
@@ -239,6 +265,7 @@ impl Config {
                 file.limits.shutdown_timeout_secs.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT_SECS),
             ),
             journal,
+            server_names,
         })
     }
 
@@ -264,6 +291,7 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(DEFAULT_CONNECT_TIMEOUT_SECS),
             shutdown_timeout: Duration::from_secs(DEFAULT_SHUTDOWN_TIMEOUT_SECS),
             journal: JournalConfig::default(),
+            server_names: crate::tls::ServerNames::default(),
         }
     }
 }
@@ -444,6 +472,11 @@ mod tests {
     #[test]
     fn invalid_values_are_refused_with_a_reason() {
         for (text, needle) in [
+            ("[tls]\naddresses = [\"gateway\"]\n", "not an IP address"),
+            (
+                "[[listener]]\nprotocol = \"tcp\"\nbind = \"127.0.0.1:1\"\nclient_certificates = \"required\"\n",
+                "only for tls",
+            ),
             ("[[listener]]\nprotocol = \"tcp\"\nbind = \"localhost\"\n", "not an address:port"),
             ("[[listener]]\nprotocol = \"udp\"\nbind = \"127.0.0.1:1\"\n", "udp"),
             ("[mqtt]\nreceive_maximum = 0\n", "receive_maximum"),

@@ -31,21 +31,34 @@ pub enum TlsSetupError {
     Io { path: std::path::PathBuf, source: std::io::Error },
 }
 
+/// The names the server certificate carries beyond the defaults (the host name, `<host>.local`, `localhost`,
+/// the listeners' bind addresses and 127.0.0.1): what devices type to reach the gateway.
+#[derive(Debug, Clone, Default)]
+pub struct ServerNames {
+    /// Instead of the system host name.
+    pub hostname: Option<String>,
+    pub dns: Vec<String>,
+    pub addresses: Vec<IpAddr>,
+}
+
 /// Loads (or creates) the CA in `<data>/pki` and a current server certificate for the given listeners.
 pub fn server_material(
     data_dir: &Path,
     listeners: &[ListenerConfig],
+    names: &ServerNames,
 ) -> Result<ServerMaterial, TlsSetupError> {
     let dir = data_dir.join("pki");
-    let hostname = hostname();
+    let hostname = names.hostname.clone().unwrap_or_else(hostname);
     let ca = load_or_create_ca(&dir)?;
     let mut addresses: Vec<IpAddr> =
         listeners.iter().map(|l| l.bind.ip()).filter(|ip| !ip.is_unspecified()).collect();
     addresses.push(IpAddr::from([127, 0, 0, 1]));
+    addresses.extend(&names.addresses);
     addresses.sort();
     addresses.dedup();
     let mut request = ServerCertRequest::new(&hostname, addresses);
     request.extra_dns.push("localhost".into());
+    request.extra_dns.extend(names.dns.iter().cloned());
     let cert_path = dir.join(SERVER_CERT_FILE);
     let key_path = dir.join(SERVER_KEY_FILE);
     let current = std::fs::read_to_string(&cert_path).ok();

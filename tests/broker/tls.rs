@@ -161,8 +161,12 @@ async fn the_ca_and_server_certificate_persist_across_restarts() {
         let mode = std::fs::metadata(pki.join(key)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{key}");
     }
-    let material =
-        weir::tls::server_material(gw.data_dir(), &[tls_listener("tls", ClientAuth::None)]).unwrap();
+    let material = weir::tls::server_material(
+        gw.data_dir(),
+        &[tls_listener("tls", ClientAuth::None)],
+        &Default::default(),
+    )
+    .unwrap();
     assert_eq!(material.ca_pem.trim(), ca.trim());
     assert!(material.cert_chain_pem.starts_with(server.trim()), "a valid certificate is kept, not reissued");
     gw.stop().await;
@@ -549,5 +553,36 @@ async fn the_identity_can_come_from_a_san_and_a_password_can_be_required_too() {
         !mosquitto_pub(with_password, &ca_file, &none).await.status.success(),
         "the password is required"
     );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_server_certificate_carries_the_configured_names() {
+    let gw = TestGateway::start_with(|c| {
+        c.server_names = weir::tls::ServerNames {
+            hostname: Some("gw-test".into()),
+            dns: vec!["gw.plant.example".into()],
+            addresses: vec!["192.0.2.10".parse().unwrap()],
+        };
+        c.listeners.push(tls_listener("tls", ClientAuth::None));
+    })
+    .await;
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+        .arg(gw.data_dir().join("pki/server.crt"))
+        .output()
+        .await
+        .unwrap();
+    let sans = String::from_utf8_lossy(&out.stdout);
+    for name in [
+        "DNS:gw-test",
+        "DNS:gw-test.local",
+        "DNS:localhost",
+        "DNS:gw.plant.example",
+        "IP Address:192.0.2.10",
+        "IP Address:127.0.0.1",
+    ] {
+        assert!(sans.contains(name), "{name} in {sans}");
+    }
     gw.stop().await;
 }
