@@ -84,7 +84,8 @@ pub(crate) struct RunArgs {
     /// Seconds to wait for each CONNACK / SUBACK.
     #[arg(long, default_value_t = 30.0)]
     pub(crate) connect_timeout: f64,
-    /// User name for CONNECT (with --password).
+    /// User name for CONNECT (with --password). `{n}` is replaced by the client's number, so that every client
+    /// can be a user of its own (`device-{n}`).
     #[arg(long)]
     pub(crate) username: Option<String>,
     /// Password for CONNECT.

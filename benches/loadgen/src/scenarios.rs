@@ -133,10 +133,15 @@ async fn connect(spec: ConnSpec<'_>) -> Result<Conn> {
         .set_max_packet_size(a.payload as usize + 1024, a.payload as usize + 1024)
         .set_inflight(100);
     if let Some(u) = &a.username {
-        opts.set_credentials(u.clone(), a.password.clone().unwrap_or_default());
+        let n = spec.id.rsplit('-').next().unwrap_or("0");
+        opts.set_credentials(u.replace("{n}", n), a.password.clone().unwrap_or_default());
     }
     let started = Instant::now();
-    let (client, eventloop) = AsyncClient::new(opts, spec.cap);
+    let (client, mut eventloop) = AsyncClient::new(opts, spec.cap);
+    // rumqttc gives up on a CONNECT after 5 s by default; a broker verifying passwords may take longer in a storm.
+    let mut network = eventloop.network_options();
+    network.set_connection_timeout(a.connect_timeout.ceil() as u64);
+    eventloop.set_network_options(network);
     let (ready_tx, ready_rx) = oneshot::channel();
     let pump =
         tokio::spawn(pump(eventloop, client.clone(), spec.subscribe, spec.shared, spec.stop, ready_tx));
