@@ -114,7 +114,10 @@ impl Gateway {
             _ => Some(Journal::open(&config.data_dir, config.journal.clone()).await?),
         };
         let restored = match &journal {
-            Some(j) => Restored { retained: j.retained().await?, sessions: j.sessions().await? },
+            Some(j) => Restored {
+                retained: j.retained().await?,
+                sessions: j.sessions(config.broker.max_queued_messages).await?,
+            },
             None => Restored::default(),
         };
         if !restored.retained.is_empty() {

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{Database, StoreError, unix_millis};
 use crate::mqtt::broker::{
     ClientId, Completion, Delivery, Durable, Message, MessageProperties, Refusal, RestoredDelivery,
-    SessionRecord, Will,
+    SessionRecord, SpillLoad, Will,
 };
 use crate::mqtt::codec::{QoS, RetainHandling, SubscribeFilter, SubscriptionOptions, topic};
 
@@ -165,6 +165,9 @@ enum SessionOp {
     Queued { client: ClientId, message_id: i64, qos: QoS, retain: bool, sub_ids: Vec<u32> },
     InFlight { client: ClientId, message_id: i64, packet_id: u16, released: bool },
     Delivered { client: ClientId, message_id: i64 },
+    Spill { client: ClientId, generation: u64, message_id: i64, qos: QoS, retain: bool, sub_ids: Vec<u32> },
+    Load { client: ClientId, generation: u64, limit: usize, keep: bool, done: oneshot::Sender<SpillLoad> },
+    Discard(ClientId),
 }
 
 #[derive(Debug)]
@@ -202,7 +205,12 @@ impl Journal {
             stats: JournalStats::default(),
             refusing: AtomicBool::new(false),
         });
-        let writer = Writer { conn: writer_conn, inner: Arc::downgrade(&inner), config: config.clone() };
+        let writer = Writer {
+            conn: writer_conn,
+            inner: Arc::downgrade(&inner),
+            config: config.clone(),
+            generations: std::collections::HashMap::new(),
+        };
         tokio::spawn(writer.run(receiver, session_receiver));
         spawn_timer(Arc::downgrade(&inner), config.retention.prune_interval, || Op::Prune(None));
         if let Durability::Batched { window } = config.durability {
@@ -294,8 +302,30 @@ impl Journal {
         Ok(out)
     }
 
-    /// The persistent sessions as of the last commit, with their subscriptions, for the broker to start with.
-    pub async fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
+    /// The persistent sessions as of the last commit, with their subscriptions, for the broker to start with:
+    /// their in-flight deliveries and the first `window` queued ones; the rest stay in the store, spilled.
+    /// Deliveries of sessions that were not persistent, and of messages no longer in the journal, are removed.
+    pub async fn sessions(&self, window: usize) -> Result<Vec<SessionRecord>, StoreError> {
+        let mut tx = self.inner.pool.begin().await?;
+        let orphans = sqlx::query(
+            "DELETE FROM session_messages WHERE client_id NOT IN (SELECT client_id FROM sessions) \
+             OR message_id NOT IN (SELECT id FROM messages)",
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if orphans > 0 {
+            tracing::info!(orphans, "queued deliveries of ended sessions or pruned messages removed");
+        }
+        sqlx::query(
+            "UPDATE session_messages SET spilled = (r.n > ?) FROM (SELECT seq AS s, ROW_NUMBER() OVER \
+             (PARTITION BY client_id ORDER BY seq) AS n FROM session_messages WHERE packet_id IS NULL) AS r \
+             WHERE session_messages.seq = r.s",
+        )
+        .bind(i64::try_from(window).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         let mut records = Vec::new();
         let mut index = std::collections::HashMap::new();
         for row in sqlx::query("SELECT * FROM sessions").fetch_all(&self.inner.pool).await? {
@@ -326,6 +356,7 @@ impl Journal {
                 will_due: row.try_get("will_due")?,
                 subscriptions: Vec::new(),
                 messages: Vec::new(),
+                spilled: 0,
             });
         }
         for row in
@@ -349,37 +380,47 @@ impl Journal {
         }
         let now = unix_millis(SystemTime::now());
         let rows = sqlx::query(
-            "SELECT s.client_id AS session, s.qos AS delivered_qos, s.retain AS delivered_retain, s.sub_ids, \
-             s.packet_id, s.released, m.* FROM session_messages s JOIN messages m ON m.id = s.message_id ORDER BY s.seq",
+            "SELECT s.seq, s.client_id AS session, s.qos AS delivered_qos, s.retain AS delivered_retain, s.sub_ids, \
+             s.packet_id, s.released, m.* FROM session_messages s JOIN messages m ON m.id = s.message_id \
+             WHERE s.spilled = 0 ORDER BY s.seq",
         )
         .fetch_all(&self.inner.pool)
         .await?;
+        let mut expired = Vec::new();
         for row in rows {
             let client_id: String = row.try_get("session")?;
             let Some(record) = index.get(&client_id).and_then(|&i| records.get_mut(i)) else { continue };
             let packet_id = row.try_get::<Option<i64>, _>("packet_id")?.and_then(|p| u16::try_from(p).ok());
-            // An expired message still in flight is resent anyway: its packet id is in use at the client.
-            let Some(message) =
-                message_from_row(&row, if packet_id.is_some() { i64::MIN / 2 } else { now }, false)?
+            // An expired message still in flight is resent anyway: its packet id is in use at the client. An
+            // expired queued one is dropped.
+            let Some(delivery) =
+                delivery_from_row(&row, if packet_id.is_some() { i64::MIN / 2 } else { now })?
             else {
+                expired.push(row.try_get::<i64, _>("seq")?);
                 continue;
-            };
-            let sub_ids: Option<String> = row.try_get("sub_ids")?;
-            let qos = u8::try_from(row.try_get::<i64, _>("delivered_qos")?)
-                .ok()
-                .and_then(QoS::from_u8)
-                .unwrap_or_default();
-            let delivery = Delivery {
-                message: Arc::new(message),
-                qos,
-                retain: row.try_get("delivered_retain")?,
-                subscription_ids: sub_ids.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default(),
             };
             record.messages.push(RestoredDelivery {
                 delivery,
                 packet_id,
                 released: row.try_get("released")?,
             });
+        }
+        for seq in expired {
+            sqlx::query("DELETE FROM session_messages WHERE seq = ?")
+                .bind(seq)
+                .execute(&self.inner.pool)
+                .await?;
+        }
+        for row in sqlx::query(
+            "SELECT client_id, count(*) AS n FROM session_messages WHERE spilled = 1 GROUP BY client_id",
+        )
+        .fetch_all(&self.inner.pool)
+        .await?
+        {
+            let client_id: String = row.try_get("client_id")?;
+            if let Some(record) = index.get(&client_id).and_then(|&i| records.get_mut(i)) {
+                record.spilled = u64::try_from(row.try_get::<i64, _>("n")?).unwrap_or(0);
+            }
         }
         Ok(records)
     }
@@ -461,6 +502,40 @@ impl Durable for Journal {
     fn delivered(&self, client: &ClientId, message_id: i64) {
         let _ = self.inner.session_ops.send(SessionOp::Delivered { client: client.clone(), message_id });
     }
+
+    fn spill(&self, client: &ClientId, generation: u64, message_id: i64, delivery: &Delivery) {
+        let _ = self.inner.session_ops.send(SessionOp::Spill {
+            client: client.clone(),
+            generation,
+            message_id,
+            qos: delivery.qos,
+            retain: delivery.retain,
+            sub_ids: delivery.subscription_ids.clone(),
+        });
+    }
+
+    fn load_spilled(
+        &self,
+        client: &ClientId,
+        generation: u64,
+        limit: usize,
+        keep: bool,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = SpillLoad> + Send + 'static>> {
+        let (done, loaded) = oneshot::channel();
+        let _ = self.inner.session_ops.send(SessionOp::Load {
+            client: client.clone(),
+            generation,
+            limit,
+            keep,
+            done,
+        });
+        // A dropped sender (the writer stopped, or its transaction failed) means nothing was consumed.
+        Box::pin(async move { loaded.await.unwrap_or(SpillLoad { failed: true, ..SpillLoad::default() }) })
+    }
+
+    fn discard_queue(&self, client: &ClientId) {
+        let _ = self.inner.session_ops.send(SessionOp::Discard(client.clone()));
+    }
 }
 
 fn spawn_timer(inner: std::sync::Weak<Inner>, every: Duration, op: fn() -> Op) {
@@ -481,6 +556,9 @@ struct Writer {
     conn: PoolConnection<Sqlite>,
     inner: std::sync::Weak<Inner>,
     config: JournalConfig,
+    /// The queue generation that last spilled for each client: a read-back from an older generation (a queue
+    /// since replaced) gets nothing.
+    generations: std::collections::HashMap<ClientId, u64>,
 }
 
 /// Rebuilds a journaled message. `None` if its expiry interval has run out (counting the time the gateway was
@@ -519,6 +597,77 @@ fn message_from_row(
     .boxed();
     let _ = message.journal_id.set(row.try_get("id")?);
     Ok(Some(message))
+}
+
+/// A queued delivery from a row of `session_messages` joined with its message. `None` if the message expired.
+fn delivery_from_row(row: &sqlx::sqlite::SqliteRow, now: i64) -> Result<Option<Delivery>, sqlx::Error> {
+    let Some(message) = message_from_row(row, now, false)? else { return Ok(None) };
+    let sub_ids: Option<String> = row.try_get("sub_ids")?;
+    let qos =
+        u8::try_from(row.try_get::<i64, _>("delivered_qos")?).ok().and_then(QoS::from_u8).unwrap_or_default();
+    Ok(Some(Delivery {
+        message: Arc::new(message),
+        qos,
+        retain: row.try_get("delivered_retain")?,
+        subscription_ids: sub_ids.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default(),
+    }))
+}
+
+/// Reads back the oldest `limit` spilled deliveries of `client` and takes them out of the spilled set: kept as
+/// queued rows (`keep`, a persistent session, whose later transitions update them) or deleted. Rows whose
+/// message expired or is gone (removed at the hard cap) are deleted; the gone ones are counted as missing.
+async fn load_spilled(
+    conn: &mut sqlx::SqliteConnection,
+    client: &ClientId,
+    limit: usize,
+    keep: bool,
+) -> Result<SpillLoad, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT s.seq, s.qos AS delivered_qos, s.retain AS delivered_retain, s.sub_ids, m.* \
+         FROM session_messages s LEFT JOIN messages m ON m.id = s.message_id \
+         WHERE s.client_id = ? AND s.spilled = 1 ORDER BY s.seq LIMIT ?",
+    )
+    .bind(client.as_str())
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .fetch_all(&mut *conn)
+    .await?;
+    let now = unix_millis(SystemTime::now());
+    let mut load = SpillLoad { consumed: rows.len(), ..SpillLoad::default() };
+    let mut gone = Vec::new();
+    let mut last = None;
+    for row in &rows {
+        let seq: i64 = row.try_get("seq")?;
+        last = Some(seq);
+        if row.try_get::<Option<i64>, _>("id")?.is_none() {
+            load.missing += 1;
+            gone.push(seq);
+            continue;
+        }
+        match delivery_from_row(row, now)? {
+            Some(delivery) => load.deliveries.push(delivery),
+            None => gone.push(seq),
+        }
+    }
+    for seq in gone {
+        sqlx::query("DELETE FROM session_messages WHERE seq = ?").bind(seq).execute(&mut *conn).await?;
+    }
+    if let Some(last) = last {
+        let sql = match keep {
+            true => {
+                "UPDATE session_messages SET spilled = 0 WHERE client_id = ? AND spilled = 1 AND seq <= ?"
+            }
+            false => "DELETE FROM session_messages WHERE client_id = ? AND spilled = 1 AND seq <= ?",
+        };
+        sqlx::query(sql).bind(client.as_str()).bind(last).execute(&mut *conn).await?;
+    }
+    if load.missing > 0 {
+        tracing::warn!(
+            client = %client,
+            lost = load.missing,
+            "queued messages were removed from the journal at its hard cap before this session could take them"
+        );
+    }
+    Ok(load)
 }
 
 /// An append taken off the channel, waiting for its batch's commit.
@@ -727,6 +876,8 @@ impl Writer {
 
     async fn apply_sessions(&mut self, ops: &mut Vec<SessionOp>) -> Result<(), sqlx::Error> {
         let mut tx = sqlx::Connection::begin(&mut *self.conn).await?;
+        // Read-backs are answered after the commit that takes their deliveries out of the spilled set.
+        let mut loads = Vec::new();
         for op in ops.drain(..) {
             match op {
                 SessionOp::Save(r) => {
@@ -754,9 +905,12 @@ impl Writer {
                     .await?;
                 }
                 SessionOp::Remove(client) => {
+                    // Spilled deliveries stay: the queue may live on as a clean session (expiry set to 0), and
+                    // `Discard` forgets them when it ends.
                     for sql in [
                         "DELETE FROM sessions WHERE client_id = ?",
                         "DELETE FROM subscriptions WHERE client_id = ?",
+                        "DELETE FROM session_messages WHERE client_id = ? AND spilled = 0",
                     ] {
                         sqlx::query(sql).bind(client.as_str()).execute(&mut *tx).await?;
                     }
@@ -816,9 +970,46 @@ impl Writer {
                         .execute(&mut *tx)
                         .await?;
                 }
+                SessionOp::Spill { client, generation, message_id, qos, retain, sub_ids } => {
+                    let sub_ids =
+                        (!sub_ids.is_empty()).then(|| serde_json::to_string(&sub_ids).ok()).flatten();
+                    sqlx::query(
+                        "INSERT OR REPLACE INTO session_messages (client_id, message_id, qos, retain, sub_ids, spilled) \
+                         VALUES (?, ?, ?, ?, ?, 1)",
+                    )
+                    .bind(client.as_str())
+                    .bind(message_id)
+                    .bind(qos as i64)
+                    .bind(retain)
+                    .bind(sub_ids)
+                    .execute(&mut *tx)
+                    .await?;
+                    if self.generations.get(&client) != Some(&generation) {
+                        self.generations.insert(client, generation);
+                    }
+                }
+                SessionOp::Load { client, generation, limit, keep, done } => {
+                    let stale = self.generations.get(&client).is_some_and(|&g| g != generation);
+                    let load = match stale {
+                        true => SpillLoad::default(),
+                        false => load_spilled(&mut tx, &client, limit, keep).await?,
+                    };
+                    loads.push((done, load));
+                }
+                SessionOp::Discard(client) => {
+                    sqlx::query("DELETE FROM session_messages WHERE client_id = ?")
+                        .bind(client.as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                    self.generations.remove(&client);
+                }
             }
         }
-        tx.commit().await
+        tx.commit().await?;
+        for (done, load) in loads {
+            let _ = done.send(load);
+        }
+        Ok(())
     }
 
     /// Current size of the file in bytes, not counting free pages.

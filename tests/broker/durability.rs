@@ -415,3 +415,139 @@ async fn persistent_sessions_survive_kill_9_with_queues_subscriptions_expiry_and
     again.send(&persistent_connect("fleeting", 2, None)).await;
     assert_eq!(again.read_packet().await[2], 0, "the expired session is gone");
 }
+
+/// The packet id and payload of a v3.1.1 PUBLISH as `Raw::read_packet` returns it.
+fn parse_publish(packet: &[u8]) -> (u16, Vec<u8>) {
+    assert_eq!(packet[0] & 0xF0, 0x30, "a PUBLISH: {packet:?}");
+    let mut at = 1;
+    while packet[at] & 0x80 != 0 {
+        at += 1;
+    }
+    at += 1;
+    let topic_len = usize::from(u16::from_be_bytes([packet[at], packet[at + 1]]));
+    at += 2 + topic_len;
+    let mut id = 0;
+    if packet[0] & 0x06 != 0 {
+        id = u16::from_be_bytes([packet[at], packet[at + 1]]);
+        at += 2;
+    }
+    (id, packet[at..].to_vec())
+}
+
+/// Reads `count` QoS 1 PUBLISH packets, acknowledging each, and returns their payloads as text in arrival order.
+async fn receive_and_ack(client: &mut Raw, count: usize) -> Vec<String> {
+    let mut got = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (id, payload) = parse_publish(&client.read_packet().await);
+        client.send(&packet(0x40, &id.to_be_bytes())).await;
+        got.push(String::from_utf8(payload).unwrap());
+    }
+    got
+}
+
+/// Publishes `range` as QoS 1 messages `m-<n>` on `topic`, one at a time, each acknowledged before the next.
+async fn publish_acked(addr: std::net::SocketAddr, topic: &str, range: std::ops::Range<usize>) {
+    let mut p = Raw::connect(addr).await;
+    p.send(&connect_v311("spill-publisher", true, 0)).await;
+    assert_eq!(p.read_packet().await, [0x20, 2, 0, 0]);
+    for n in range {
+        let id = u16::try_from(n % 60_000 + 1).unwrap();
+        p.send(&publish(1, id, topic, format!("m-{n}").as_bytes())).await;
+        assert_eq!(p.read_packet().await, [0x40, 2, (id >> 8) as u8, id as u8], "PUBACK for m-{n}");
+    }
+}
+
+/// Rows of `session_messages` for `client`: (all, spilled), read from the journal file by a separate connection.
+async fn stored_queue(data: &Path, client: &str) -> (i64, i64) {
+    let url = format!("sqlite://{}?mode=ro", data.join("journal.sqlite").display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let row: (i64, i64) = sqlx::query_as(
+        "SELECT count(*), coalesce(sum(spilled), 0) FROM session_messages WHERE client_id = ?",
+    )
+    .bind(client)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    row
+}
+
+fn expected(range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|n| format!("m-{n}")).collect()
+}
+
+#[tokio::test]
+async fn an_offline_session_keeps_everything_beyond_its_memory_window_across_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // At most 20 queued deliveries in memory per session; Mosquitto would drop the rest.
+    let limits = "[mqtt]\nmax_queued_messages = 20\n";
+    let (mut child, addr) = start_weir(&data, limits).await;
+    let mut sub = Raw::connect(addr).await;
+    sub.send(&connect_v311("spill-offline", false, 0)).await;
+    assert_eq!(sub.read_packet().await, [0x20, 2, 0, 0]);
+    sub.send(&packet(0x82, &[0, 1, 0, 3, b'q', b'/', b'#', 1])).await;
+    assert_eq!(sub.read_packet().await, [0x90, 3, 0, 1, 1]);
+    sub.send(&[0xE0, 0]).await;
+    sub.read_to_close().await;
+
+    publish_acked(addr, "q/a", 0..500).await;
+    crate::support::eventually("480 deliveries spilled to the journal", || async {
+        stored_queue(&data, "spill-offline").await == (500, 480)
+    })
+    .await;
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+
+    let (_child, addr) = start_weir(&data, limits).await;
+    publish_acked(addr, "q/b", 500..700).await;
+    let mut back = Raw::connect(addr).await;
+    back.send(&connect_v311("spill-offline", false, 0)).await;
+    assert_eq!(back.read_packet().await, [0x20, 2, 1, 0], "session present");
+    let got = receive_and_ack(&mut back, 700).await;
+    assert_eq!(got, expected(0..700), "every acknowledged message, once, in order");
+    crate::support::eventually("the stored queue emptied as acknowledgements came", || async {
+        stored_queue(&data, "spill-offline").await == (0, 0)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_stalled_online_subscriber_costs_disk_not_loss_and_its_spill_goes_with_the_session() {
+    let gw = TestGateway::start_with(|c| {
+        c.broker.max_queued_messages = 10;
+        c.broker.max_inflight = 5;
+    })
+    .await;
+    let mut sub = Raw::connect(gw.tcp).await;
+    sub.send(&connect_v311("spill-online", true, 0)).await;
+    assert_eq!(sub.read_packet().await, [0x20, 2, 0, 0]);
+    sub.send(&packet(0x82, &[0, 1, 0, 3, b'q', b'/', b'#', 1])).await;
+    assert_eq!(sub.read_packet().await, [0x90, 3, 0, 1, 1]);
+
+    // The subscriber reads nothing: 5 go in flight, 10 wait in memory, the rest only in the journal.
+    publish_acked(gw.tcp, "q/x", 0..300).await;
+    crate::support::eventually("285 deliveries spilled", || async {
+        stored_queue(gw.data_dir(), "spill-online").await == (285, 285)
+    })
+    .await;
+    let got = receive_and_ack(&mut sub, 200).await;
+    assert_eq!(got, expected(0..200));
+    // More while it is still behind: they queue after the spilled ones.
+    publish_acked(gw.tcp, "q/x", 300..320).await;
+    let got = receive_and_ack(&mut sub, 120).await;
+    assert_eq!(got, expected(200..320), "in order across the spill");
+
+    // Falls behind again, then goes away: a clean session's spilled deliveries are forgotten with it.
+    publish_acked(gw.tcp, "q/x", 320..400).await;
+    crate::support::eventually("spilled again", || async {
+        stored_queue(gw.data_dir(), "spill-online").await.1 > 0
+    })
+    .await;
+    drop(sub);
+    crate::support::eventually("the ended session's deliveries removed", || async {
+        stored_queue(gw.data_dir(), "spill-online").await == (0, 0)
+    })
+    .await;
+    gw.stop().await;
+}

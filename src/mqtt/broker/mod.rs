@@ -24,7 +24,9 @@ use tokio::task::JoinHandle;
 pub use link::{Link, LinkError, LinkOptions};
 pub use message::{ClientId, Delivery, Message, MessageProperties};
 pub use metrics::Metrics;
-pub use queue::{InflightState, Outgoing, Pushed, QueueLimits, QueueStats, SessionQueue, StoreHook};
+pub use queue::{
+    InflightState, Outgoing, Pushed, QueueLimits, QueueStats, SessionQueue, SpillHook, StoreHook,
+};
 
 use crate::mqtt::codec::{ProtocolVersion, ReasonCode, SubscribeFilter};
 
@@ -116,6 +118,35 @@ pub trait Durable: Send + Sync + std::fmt::Debug {
     fn in_flight(&self, client: &ClientId, message_id: i64, packet_id: u16, released: bool);
     /// It is done with: acknowledged, expired or discarded.
     fn delivered(&self, client: &ClientId, message_id: i64);
+    /// A QoS 1/2 delivery of a journaled message beyond the session's in-memory window: it waits in the store
+    /// (for any session, persistent or not) until [`Durable::load_spilled`] reads it back. `generation` tells
+    /// this session's queue apart from an earlier one under the same client id.
+    fn spill(&self, client: &ClientId, generation: u64, message_id: i64, delivery: &Delivery);
+    /// Reads back, oldest first, up to `limit` deliveries spilled by this queue generation before this call
+    /// (the request is ordered with every spill made before it). They leave the spilled set: kept as queued
+    /// deliveries of a persistent session if `keep`, forgotten otherwise.
+    fn load_spilled(
+        &self,
+        client: &ClientId,
+        generation: u64,
+        limit: usize,
+        keep: bool,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = SpillLoad> + Send + 'static>>;
+    /// Forgets every delivery stored for a session that has ended.
+    fn discard_queue(&self, client: &ClientId);
+}
+
+/// What [`Durable::load_spilled`] read back.
+#[derive(Debug, Default)]
+pub struct SpillLoad {
+    /// In queue order; expired messages and those retention had to remove are left out.
+    pub deliveries: Vec<Delivery>,
+    /// Spilled entries consumed, including those left out.
+    pub consumed: usize,
+    /// Entries whose message was gone from the journal (removed at the hard cap): lost, and counted.
+    pub missing: usize,
+    /// The store could not be read: nothing was consumed, try again later.
+    pub failed: bool,
 }
 
 /// A persistent session as the store keeps it across restarts.
@@ -134,8 +165,10 @@ pub struct SessionRecord {
     pub will_due: Option<i64>,
     /// Filled when restoring; saving goes through [`Durable::save_subscription`].
     pub subscriptions: Vec<(SubscribeFilter, Option<u32>)>,
-    /// Filled when restoring: the queued and in-flight QoS 1/2 deliveries, in order.
+    /// Filled when restoring: the in-flight QoS 1/2 deliveries and the first queued ones, in order.
     pub messages: Vec<RestoredDelivery>,
+    /// Filled when restoring: queued deliveries beyond the in-memory window, left in the store (spilled).
+    pub spilled: u64,
 }
 
 /// A queued or in-flight delivery of a persistent session, as restored from the store.

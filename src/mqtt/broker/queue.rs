@@ -4,15 +4,22 @@
 //! the one piece of session state that two tasks touch, so it sits behind a plain `std` mutex that is held only
 //! for a few pointer moves and never across an `.await`. The queue outlives connections: when a persistent
 //! session's client goes away, its pending and in-flight messages wait here for the next connection.
+//!
+//! Only a window of QoS 1/2 deliveries (`max_queued`) is held in memory. Beyond it, a delivery of a journaled
+//! message is *spilled*: the store keeps a reference to it (see [`Durable::spill`]) and nothing else is held
+//! here but a count. When the subscriber has taken the window down to half, the queue asks the store for the
+//! next spilled deliveries, in order, and appends them. While anything is spilled or being read back, later
+//! deliveries spill too, so the order is kept. A slow or offline subscriber therefore costs disk, not memory,
+//! and loses nothing until the journal's hard cap.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Instant;
 
 use tokio::sync::Notify;
 
 use super::message::{ClientId, Delivery};
-use super::{Durable, RestoredDelivery};
+use super::{Durable, RestoredDelivery, SpillLoad};
 use crate::mqtt::codec::QoS;
 
 /// Where a persistent session's queue reports its QoS 1/2 transitions, so that the store can put the queue back
@@ -47,10 +54,24 @@ impl StoreHook {
     }
 }
 
+/// Where a queue keeps the QoS 1/2 deliveries beyond its in-memory window.
+#[derive(Debug, Clone)]
+pub struct SpillHook {
+    pub client: ClientId,
+    pub durable: std::sync::Arc<dyn Durable>,
+    /// Unique to this queue among the broker's queues, so that a read-back requested by a queue that has since
+    /// been replaced (a new session under the same client id) cannot take the new queue's deliveries.
+    pub generation: u64,
+}
+
+/// Spilled deliveries read back at a time: small enough to keep the journal writer's transaction short.
+const SPILL_LOAD_BATCH: usize = 1_000;
+
 /// How many messages a queue holds, and what happens beyond that.
 #[derive(Debug, Clone, Copy)]
 pub struct QueueLimits {
-    /// QoS 1 and 2 messages waiting (not yet in flight) for one session.
+    /// QoS 1 and 2 messages waiting (not yet in flight) in memory for one session; beyond it they are spilled
+    /// to the store if the session has one, and dropped (counted) if not.
     pub max_queued: usize,
     /// QoS 0 messages waiting for one online session; QoS 0 is never queued for an offline one.
     pub max_queued_qos0: usize,
@@ -61,6 +82,8 @@ pub struct QueueLimits {
 
 #[derive(Debug)]
 pub struct SessionQueue {
+    /// This queue, for the task that appends spilled deliveries read back from the store.
+    me: Weak<SessionQueue>,
     state: Mutex<QueueState>,
     /// Wakes whoever drains this queue.
     ready: Notify,
@@ -83,6 +106,26 @@ struct QueueState {
     dropped: u64,
     /// Set while the session is persistent.
     store: Option<StoreHook>,
+    /// Set when there is a store to spill to.
+    spill: Option<SpillHook>,
+    /// Spill requests made, and how many of them are accounted for by read-backs: the difference is what waits
+    /// in the store.
+    spill_sent: u64,
+    spill_accounted: u64,
+    /// A read-back is under way.
+    loading: bool,
+    /// Deliveries spilled over this queue's life, for statistics.
+    spilled_total: u64,
+}
+
+impl QueueState {
+    fn spilled(&self) -> u64 {
+        self.spill_sent.saturating_sub(self.spill_accounted)
+    }
+
+    fn queued_qos12(&self) -> usize {
+        self.pending.len() - self.pending_qos0
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -104,6 +147,8 @@ pub enum InflightState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
     Queued,
+    /// Beyond the in-memory window: left in the store, to be read back in order.
+    Spilled,
     /// Dropped by the queue's policy (counted): QoS 0 for an offline session or beyond `max_queued_qos0`, QoS 1/2
     /// beyond `max_queued`.
     Dropped,
@@ -119,13 +164,14 @@ pub enum Outgoing {
 }
 
 impl SessionQueue {
-    pub fn new(limits: QueueLimits) -> SessionQueue {
-        SessionQueue {
+    pub fn new(limits: QueueLimits) -> Arc<SessionQueue> {
+        Arc::new_cyclic(|me| SessionQueue {
+            me: me.clone(),
             state: Mutex::new(QueueState::default()),
             ready: Notify::new(),
             room: Notify::new(),
             limits,
-        }
+        })
     }
 
     pub fn limits(&self) -> QueueLimits {
@@ -139,10 +185,25 @@ impl SessionQueue {
 
     pub fn push(&self, delivery: Delivery) -> Pushed {
         let mut state = self.lock();
-        let queued_qos12 = state.pending.len() - state.pending_qos0;
+        let queued_qos12 = state.queued_qos12();
         let fits = match delivery.qos {
             QoS::AtMostOnce => state.online && state.pending_qos0 < self.limits.max_queued_qos0,
-            QoS::AtLeastOnce | QoS::ExactlyOnce => queued_qos12 < self.limits.max_queued,
+            QoS::AtLeastOnce | QoS::ExactlyOnce => {
+                let behind = state.spilled() > 0 || state.loading;
+                if (behind || queued_qos12 >= self.limits.max_queued)
+                    && !self.limits.lossless
+                    && let Some(hook) = &state.spill
+                    && let Some(&id) = delivery.message.journal_id.get()
+                {
+                    hook.durable.spill(&hook.client, hook.generation, id, &delivery);
+                    state.spill_sent += 1;
+                    state.spilled_total += 1;
+                    return Pushed::Spilled;
+                }
+                // Not journaled (an excluded topic, or no journal): held in memory up to the bound. Its topic
+                // never spills, so taking it ahead of spilled deliveries keeps every topic's order.
+                queued_qos12 < self.limits.max_queued
+            }
         };
         if !fits {
             if self.limits.lossless {
@@ -168,9 +229,22 @@ impl SessionQueue {
         self.lock().store = store;
     }
 
-    /// Puts back what the store kept: in-flight deliveries under their packet ids, then the queued ones.
-    pub fn restore(&self, deliveries: Vec<RestoredDelivery>) {
+    /// Lets the queue spill QoS 1/2 deliveries beyond its in-memory window to the store.
+    pub fn set_spill(&self, spill: SpillHook) {
+        self.lock().spill = Some(spill);
+    }
+
+    /// Whether the store may hold deliveries of this queue that it must forget when the session ends.
+    pub fn has_spilled(&self) -> bool {
+        let state = self.lock();
+        state.spilled_total > 0 || state.spilled() > 0
+    }
+
+    /// Puts back what the store kept: in-flight deliveries under their packet ids, then the queued ones, and
+    /// the count of those it left spilled.
+    pub fn restore(&self, deliveries: Vec<RestoredDelivery>, spilled: u64) {
         let mut state = self.lock();
+        state.spill_sent += spilled;
         for r in deliveries {
             match r.packet_id {
                 Some(packet_id) => {
@@ -290,10 +364,59 @@ impl SessionQueue {
             taken += 1;
         }
         let had_room = taken > 0;
+        let load = self.start_load(&mut state);
         drop(state);
         if had_room && self.limits.lossless {
             self.room.notify_one();
         }
+        if let Some(load) = load {
+            tokio::spawn(load);
+        }
+    }
+
+    /// When the in-memory window is down to half and deliveries wait in the store, asks the store for the next
+    /// of them (the request is ordered after every spill made so far) and returns the task that appends them.
+    fn start_load(
+        &self,
+        state: &mut QueueState,
+    ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        let queued = state.queued_qos12();
+        if state.loading || state.spilled() == 0 || queued > self.limits.max_queued / 2 {
+            return None;
+        }
+        let hook = state.spill.as_ref()?;
+        let limit = self.limits.max_queued.saturating_sub(queued).clamp(1, SPILL_LOAD_BATCH);
+        let keep = state.store.is_some();
+        let read = hook.durable.load_spilled(&hook.client, hook.generation, limit, keep);
+        state.loading = true;
+        let requested_at = state.spill_sent;
+        let me = self.me.clone();
+        Some(async move {
+            let load = read.await;
+            if let Some(queue) = me.upgrade() {
+                queue.loaded(load, requested_at, limit);
+            }
+        })
+    }
+
+    /// Appends deliveries read back from the store and settles the count of those still there.
+    fn loaded(&self, load: SpillLoad, requested_at: u64, limit: usize) {
+        let mut state = self.lock();
+        state.loading = false;
+        if load.failed {
+            drop(state);
+            return;
+        }
+        state.dropped += load.missing as u64;
+        state.spill_accounted = if load.consumed < limit {
+            // Fewer than asked for: everything spilled before the request has been read (or was lost).
+            requested_at.max(state.spill_accounted)
+        } else {
+            (state.spill_accounted + load.consumed as u64).min(requested_at)
+        };
+        state.pending.extend(load.deliveries);
+        drop(state);
+        self.ready.notify_one();
     }
 
     /// Takes the next message for an in-process consumer, which acknowledges by taking.
@@ -364,15 +487,23 @@ impl SessionQueue {
 
     pub fn stats(&self) -> QueueStats {
         let state = self.lock();
-        QueueStats { pending: state.pending.len(), inflight: state.inflight.len(), dropped: state.dropped }
+        QueueStats {
+            pending: state.pending.len(),
+            inflight: state.inflight.len(),
+            dropped: state.dropped,
+            spilled: state.spilled(),
+        }
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueStats {
+    /// Waiting in memory.
     pub pending: usize,
     pub inflight: usize,
     pub dropped: u64,
+    /// Waiting in the store, beyond the in-memory window.
+    pub spilled: u64,
 }
 
 impl QueueState {
@@ -405,7 +536,7 @@ mod tests {
         }
     }
 
-    fn queue(lossless: bool) -> SessionQueue {
+    fn queue(lossless: bool) -> Arc<SessionQueue> {
         SessionQueue::new(QueueLimits { max_queued: 2, max_queued_qos0: 1, lossless })
     }
 
@@ -418,7 +549,7 @@ mod tests {
         assert_eq!(q.push(delivery(QoS::AtMostOnce)), Pushed::Dropped);
         assert_eq!(q.stats().dropped, 2);
         q.set_online(false);
-        assert_eq!(q.stats(), QueueStats { pending: 0, inflight: 0, dropped: 3 });
+        assert_eq!(q.stats(), QueueStats { pending: 0, inflight: 0, dropped: 3, spilled: 0 });
     }
 
     #[test]

@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 
 use super::message::{ClientId, Delivery, Message};
 use super::metrics::Metrics;
-use super::queue::{Pushed, QueueLimits, SessionQueue, StoreHook};
+use super::queue::{Pushed, QueueLimits, SessionQueue, SpillHook, StoreHook};
 use super::subscriptions::{Matched, Subscriber, SubscriptionTree};
 use super::{
     Authorizer, BrokerStats, Command, ConnectOutcome, ConnectRequest, ConnectionId, Control,
@@ -34,6 +34,8 @@ pub(super) struct Router {
     /// Rate limit for the "queue full" warning: once per interval, with the count since the last one.
     last_drop_warning: Option<Instant>,
     drops_since_warning: u64,
+    /// The last queue generation handed out (see [`SpillHook::generation`]).
+    last_generation: u64,
 }
 
 struct Session {
@@ -79,6 +81,7 @@ impl Router {
             last_sys: Instant::now(),
             last_drop_warning: None,
             drops_since_warning: 0,
+            last_generation: 0,
         };
         let count = restored.sessions.len();
         for record in restored.sessions {
@@ -112,8 +115,8 @@ impl Router {
             }
             _ => None,
         };
-        let queue = Arc::new(SessionQueue::new(self.shared.config.queue_limits()));
-        queue.restore(record.messages);
+        let queue = self.new_queue(&record.client_id);
+        queue.restore(record.messages, record.spilled);
         if let Some(durable) = self.shared.durable.clone() {
             queue.set_store(Some(StoreHook { client: record.client_id.clone(), durable }));
         }
@@ -186,6 +189,7 @@ impl Router {
             will_due,
             subscriptions: Vec::new(),
             messages: Vec::new(),
+            spilled: 0,
         };
         durable.save_session(&record);
         if !session.persisted {
@@ -282,7 +286,7 @@ impl Router {
                 self.publish_will(will).await;
             }
             self.end_session(&id);
-            let queue = Arc::new(SessionQueue::new(self.shared.config.queue_limits()));
+            let queue = self.new_queue(&id);
             let session = Session {
                 queue,
                 subscriptions: HashSet::new(),
@@ -363,14 +367,27 @@ impl Router {
         }
     }
 
+    /// A queue for a new client session, spilling to the store when there is one.
+    fn new_queue(&mut self, id: &ClientId) -> Arc<SessionQueue> {
+        let queue = SessionQueue::new(self.shared.config.queue_limits());
+        if let Some(durable) = self.shared.durable.clone() {
+            self.last_generation += 1;
+            queue.set_spill(SpillHook { client: id.clone(), durable, generation: self.last_generation });
+        }
+        queue
+    }
+
     /// Removes a session and all its subscriptions.
     fn end_session(&mut self, id: &ClientId) {
         let Some(session) = self.sessions.remove(id) else { return };
-        if session.persisted
-            && let Some(durable) = &self.shared.durable
-        {
-            session.queue.set_store(None);
-            durable.remove_session(id);
+        if let Some(durable) = &self.shared.durable {
+            if session.persisted {
+                session.queue.set_store(None);
+                durable.remove_session(id);
+            }
+            if session.persisted || session.queue.has_spilled() {
+                durable.discard_queue(id);
+            }
         }
         for filter in &session.subscriptions {
             let (group, filter) = split_shared(filter);
@@ -522,7 +539,7 @@ impl Router {
         let queue = session.queue.clone();
         loop {
             match queue.push(delivery.clone()) {
-                Pushed::Queued => return,
+                Pushed::Queued | Pushed::Spilled => return,
                 Pushed::Dropped => {
                     self.count_drop(client, delivery.qos);
                     return;
@@ -572,7 +589,7 @@ impl Router {
         if self.sessions.contains_key(&id) {
             return Err(LinkError::NameInUse(id.to_string()));
         }
-        let queue = Arc::new(SessionQueue::new(limits));
+        let queue = SessionQueue::new(limits);
         queue.set_online(true);
         let session = Session {
             queue: queue.clone(),
