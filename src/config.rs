@@ -337,6 +337,7 @@ fn journal(j: FileJournal) -> Result<JournalConfig, ConfigError> {
         queue: defaults.queue,
         retention,
         max_pages: j.max_pages,
+        index_interval: defaults.index_interval,
     })
 }
 

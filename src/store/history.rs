@@ -132,42 +132,91 @@ pub async fn query(pool: &SqlitePool, q: &HistoryQuery) -> Result<Page, StoreErr
     let prefix: String = q.filter.split(['+', '#']).next().unwrap_or("").trim_end_matches('/').to_owned();
     let mut messages = Vec::with_capacity(limit.min(1024));
     let mut position = q.after;
+    // A topic constraint uses the topic index up to where the writer has filled it, and scans the rows after it
+    // (about the last second); without one (`#`, `+/...`), the journal is read in id order.
+    let topic_range = match (literal, prefix.is_empty()) {
+        (true, _) => Some((q.filter.clone(), None)),
+        (false, false) => Some((prefix.clone(), Some(format!("{prefix}\u{10FFFF}")))),
+        (false, true) => None,
+    };
+    let indexed_upto: i64 = match topic_range {
+        Some(_) => {
+            sqlx::query_scalar("SELECT coalesce(max(value), 0) FROM journal_state WHERE key = 'topic_index'")
+                .fetch_one(pool)
+                .await?
+        }
+        None => 0,
+    };
     loop {
-        let mut sql = QueryBuilder::<Sqlite>::new(
-            "SELECT id, ts, topic, payload, qos, retain, client_id, username, content_type, response_topic, \
-             correlation_data, user_properties FROM messages WHERE 1 = 1",
-        );
-        if literal {
-            sql.push(" AND topic = ").push_bind(q.filter.clone());
-        } else if !prefix.is_empty() {
-            // Every topic starting with `prefix` sorts in [prefix, prefix + U+10FFFF).
-            sql.push(" AND topic >= ").push_bind(prefix.clone());
-            sql.push(" AND topic < ").push_bind(format!("{prefix}\u{10FFFF}"));
-        }
-        if let Some(since) = q.since {
-            sql.push(" AND ts >= ").push_bind(since);
-        }
-        if let Some(until) = q.until {
-            sql.push(" AND ts < ").push_bind(until);
-        }
-        match (q.order, position) {
-            (Order::NewestFirst, Some(p)) => {
-                sql.push(" AND id < ").push_bind(p);
+        let mut rows = Vec::new();
+        let mut more = false;
+        let parts: &[Part] = match topic_range {
+            Some(_) => &[Part::Indexed, Part::Tail],
+            None => &[Part::All],
+        };
+        for part in parts {
+            let mut sql = QueryBuilder::<Sqlite>::new(match part {
+                Part::Indexed => {
+                    "SELECT m.id, m.ts, m.topic, m.payload, m.qos, m.retain, m.client_id, m.username, \
+                     m.content_type, m.response_topic, m.correlation_data, m.user_properties \
+                     FROM topic_index t JOIN messages m ON m.id = t.id WHERE t.id <= "
+                }
+                Part::Tail | Part::All => {
+                    "SELECT m.id, m.ts, m.topic, m.payload, m.qos, m.retain, m.client_id, m.username, \
+                     m.content_type, m.response_topic, m.correlation_data, m.user_properties \
+                     FROM messages m WHERE m.id > "
+                }
+            });
+            sql.push_bind(if *part == Part::All { 0 } else { indexed_upto });
+            let column = if *part == Part::Indexed { "t" } else { "m" };
+            if let Some((from, to)) = &topic_range {
+                match to {
+                    None => {
+                        sql.push(format_args!(" AND {column}.topic = ")).push_bind(from.clone());
+                    }
+                    // Every topic starting with `prefix` sorts in [prefix, prefix + U+10FFFF).
+                    Some(to) => {
+                        sql.push(format_args!(" AND {column}.topic >= ")).push_bind(from.clone());
+                        sql.push(format_args!(" AND {column}.topic < ")).push_bind(to.clone());
+                    }
+                }
             }
-            (Order::OldestFirst, Some(p)) => {
-                sql.push(" AND id > ").push_bind(p);
+            if let Some(since) = q.since {
+                sql.push(" AND m.ts >= ").push_bind(since);
             }
-            (_, None) => {}
+            if let Some(until) = q.until {
+                sql.push(" AND m.ts < ").push_bind(until);
+            }
+            match (q.order, position) {
+                (Order::NewestFirst, Some(p)) => {
+                    sql.push(format_args!(" AND {column}.id < ")).push_bind(p);
+                }
+                (Order::OldestFirst, Some(p)) => {
+                    sql.push(format_args!(" AND {column}.id > ")).push_bind(p);
+                }
+                (_, None) => {}
+            }
+            sql.push(match q.order {
+                Order::NewestFirst => format!(" ORDER BY {column}.id DESC"),
+                Order::OldestFirst => format!(" ORDER BY {column}.id ASC"),
+            });
+            sql.push(" LIMIT ").push_bind(FETCH);
+            let part_rows = sql.build().fetch_all(pool).await?;
+            more |= part_rows.len() == FETCH as usize;
+            for row in part_rows {
+                rows.push(stored(&row)?);
+            }
         }
-        sql.push(match q.order {
-            Order::NewestFirst => " ORDER BY id DESC",
-            Order::OldestFirst => " ORDER BY id ASC",
-        });
-        sql.push(" LIMIT ").push_bind(FETCH);
-        let rows = sql.build().fetch_all(pool).await?;
-        let fetched = rows.len();
-        for row in rows {
-            let message = stored(&row)?;
+        // Both parts in one order; beyond FETCH, the rest comes again with the next round's bound.
+        match q.order {
+            Order::NewestFirst => rows.sort_by_key(|m| std::cmp::Reverse(m.id)),
+            Order::OldestFirst => rows.sort_by_key(|m| m.id),
+        }
+        if rows.len() > FETCH as usize {
+            rows.truncate(FETCH as usize);
+            more = true;
+        }
+        for message in rows {
             position = Some(message.id);
             if literal || topic::matches(&q.filter, &message.topic) {
                 messages.push(message);
@@ -176,10 +225,20 @@ pub async fn query(pool: &SqlitePool, q: &HistoryQuery) -> Result<Page, StoreErr
                 }
             }
         }
-        if fetched < FETCH as usize {
+        if !more {
             return Ok(Page { messages, next: None });
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// Rows in the topic index.
+    Indexed,
+    /// Rows after the topic index.
+    Tail,
+    /// Every row, when there is no topic constraint.
+    All,
 }
 
 /// Numeric values of the messages matching `q` (oldest first), for charts: `(unix ms, value)`.

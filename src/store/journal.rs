@@ -54,6 +54,9 @@ fn insert_statement(rows: usize) -> (usize, &'static str) {
         .map(|(n, sql)| (*n, sql.as_str()))
         .unwrap_or((1, ""))
 }
+/// The most rows the writer adds to the topic index in one step.
+const INDEX_MAX_ROWS: i64 = 200_000;
+
 /// Rows deleted per pruning step, and steps per pruning round.
 const PRUNE_CHUNK: i64 = 2000;
 const PRUNE_STEPS: usize = 8;
@@ -108,6 +111,8 @@ pub struct JournalConfig {
     /// SQLite's `max_page_count`: beyond this many pages the database reports itself full, exactly as on a
     /// full disk. A safety net below the file system's own limit; `None` leaves SQLite's default.
     pub max_pages: Option<u32>,
+    /// How often the writer adds the newest rows to the topic index (history queries scan the rows after it).
+    pub index_interval: Duration,
 }
 
 impl Default for JournalConfig {
@@ -120,6 +125,7 @@ impl Default for JournalConfig {
             queue: 16 * 1024,
             retention: Retention::default(),
             max_pages: None,
+            index_interval: Duration::from_secs(1),
         }
     }
 }
@@ -180,6 +186,8 @@ enum Op {
     Prune(Option<oneshot::Sender<u64>>),
     Checkpoint,
     Flush(oneshot::Sender<()>),
+    /// Add everything committed so far to the topic index.
+    Index(oneshot::Sender<()>),
     /// Commit what is queued, then stop the writer and release its connection.
     Close(oneshot::Sender<()>),
 }
@@ -193,7 +201,14 @@ impl Journal {
             Durability::Batched { .. } | Durability::Off => SqliteSynchronous::Normal,
         };
         let (pool, _recovered) = super::open(dir, Database::Journal, synchronous, config.max_pages).await?;
-        let writer_conn = pool.acquire().await?;
+        let mut writer_conn = pool.acquire().await?;
+        let last_id: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM messages")
+            .fetch_one(&mut *writer_conn)
+            .await?;
+        let indexed_upto: i64 =
+            sqlx::query_scalar("SELECT coalesce(max(value), 0) FROM journal_state WHERE key = 'topic_index'")
+                .fetch_one(&mut *writer_conn)
+                .await?;
         let (ops, receiver) = mpsc::channel(config.queue.max(1));
         let (session_ops, session_receiver) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
@@ -210,6 +225,9 @@ impl Journal {
             inner: Arc::downgrade(&inner),
             config: config.clone(),
             generations: std::collections::HashMap::new(),
+            last_id,
+            indexed_upto,
+            last_indexed: Instant::now(),
         };
         tokio::spawn(writer.run(receiver, session_receiver));
         spawn_timer(Arc::downgrade(&inner), config.retention.prune_interval, || Op::Prune(None));
@@ -259,6 +277,15 @@ impl Journal {
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
         if self.inner.ops.send(Op::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Adds everything committed before this call to the topic index now, instead of within
+    /// [`JournalConfig::index_interval`].
+    pub async fn index_now(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.inner.ops.send(Op::Index(tx)).await.is_ok() {
             let _ = rx.await;
         }
     }
@@ -559,6 +586,10 @@ struct Writer {
     /// The queue generation that last spilled for each client: a read-back from an older generation (a queue
     /// since replaced) gets nothing.
     generations: std::collections::HashMap<ClientId, u64>,
+    /// The newest row inserted, and the newest in the topic index (`journal_state.topic_index`).
+    last_id: i64,
+    indexed_upto: i64,
+    last_indexed: Instant,
 }
 
 /// Rebuilds a journaled message. `None` if its expiry interval has run out (counting the time the gateway was
@@ -696,12 +727,14 @@ impl Writer {
         let mut sessions = Vec::new();
         let mut last_error_log: Option<Instant> = None;
         loop {
+            let index_at = tokio::time::Instant::from_std(self.last_indexed + self.config.index_interval);
             tokio::select! {
                 op = ops.recv() => match op {
                     Some(op) => batch.push(op),
                     None => break,
                 },
                 Some(op) = session_ops.recv() => sessions.push(op),
+                () = tokio::time::sleep_until(index_at), if self.last_id > self.indexed_upto => {}
             }
             while batch.len() < self.config.max_batch {
                 match ops.try_recv() {
@@ -721,6 +754,14 @@ impl Writer {
             }
             sessions.clear();
             let next = self.process(&mut batch, &mut last_error_log).await;
+            let unindexed = self.last_id - self.indexed_upto;
+            if unindexed > 0
+                && (next == Next::Stop
+                    || unindexed >= INDEX_MAX_ROWS
+                    || self.last_indexed.elapsed() >= self.config.index_interval)
+            {
+                self.index_topics().await;
+            }
             if next == Next::Stop {
                 break;
             }
@@ -798,6 +839,16 @@ impl Writer {
                 Op::Flush(done) => {
                     let _ = done.send(());
                 }
+                Op::Index(done) => {
+                    while self.indexed_upto < self.last_id {
+                        let before = self.indexed_upto;
+                        self.index_topics().await;
+                        if self.indexed_upto == before {
+                            break;
+                        }
+                    }
+                    let _ = done.send(());
+                }
                 Op::Close(done) => {
                     let _ = done.send(());
                     next = Next::Stop;
@@ -823,6 +874,7 @@ impl Writer {
     }
 
     async fn insert(&mut self, appends: &[Queued]) -> Result<(), WriteFailure> {
+        let mut newest = self.last_id;
         let mut tx = sqlx::Connection::begin(&mut *self.conn).await.map_err(classify)?;
         let mut rest = appends;
         while !rest.is_empty() {
@@ -856,6 +908,7 @@ impl Writer {
             // One INSERT gives its rows consecutive ids ending at the last one inserted (no AUTOINCREMENT, no
             // explicit ids, one writer): that maps each message to its row.
             let last = done.last_insert_rowid();
+            newest = newest.max(last);
             let first = last - i64::try_from(chunk.len()).unwrap_or(0) + 1;
             for (id, queued) in (first..=last).zip(chunk) {
                 let _ = queued.message.journal_id.set(id);
@@ -871,7 +924,41 @@ impl Writer {
                 statement.execute(&mut *tx).await.map_err(classify)?;
             }
         }
-        tx.commit().await.map_err(classify)
+        tx.commit().await.map_err(classify)?;
+        // Only now: a rolled-back batch's ids are handed out again.
+        self.last_id = newest;
+        Ok(())
+    }
+
+    /// Adds the rows after `indexed_upto` (at most [`INDEX_MAX_ROWS`]) to the topic index, in topic order, in one
+    /// transaction with the new position. History queries scan the rows beyond it, so a failure here only
+    /// makes them slower; it is retried at the next interval.
+    async fn index_topics(&mut self) {
+        self.last_indexed = Instant::now();
+        let end = self.last_id.min(self.indexed_upto + INDEX_MAX_ROWS);
+        let result: Result<(), sqlx::Error> = async {
+            let mut tx = sqlx::Connection::begin(&mut *self.conn).await?;
+            sqlx::query(
+                "INSERT OR IGNORE INTO topic_index (topic, id) \
+                 SELECT topic, id FROM messages WHERE id > ? AND id <= ? ORDER BY topic, id",
+            )
+            .bind(self.indexed_upto)
+            .bind(end)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("INSERT OR REPLACE INTO journal_state (key, value) VALUES ('topic_index', ?)")
+                .bind(end)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await
+        }
+        .await;
+        match result {
+            Ok(()) => self.indexed_upto = end,
+            Err(e) => {
+                tracing::warn!("indexing the journal's topics failed (history queries scan instead): {e}")
+            }
+        }
     }
 
     async fn apply_sessions(&mut self, ops: &mut Vec<SessionOp>) -> Result<(), sqlx::Error> {
@@ -1053,7 +1140,10 @@ impl Writer {
         // Rows up to the slowest durable consumer's cursor are done with; later rows are protected.
         let protected_from: Option<i64> =
             sqlx::query_scalar("SELECT min(position) FROM cursors").fetch_one(&mut *self.conn).await?;
-        let limit = protected_from.unwrap_or(i64::MAX);
+        // The newest row always stays: row ids are `max(id) + 1`, so an emptied table would hand out ids again
+        // that cursors and the topic index have already passed.
+        let newest_kept = self.last_id - 1;
+        let limit = protected_from.unwrap_or(i64::MAX).min(newest_kept);
         let mut deleted = 0u64;
         if let Some(age) = retention.max_age {
             let cutoff = unix_millis(SystemTime::now()) - i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
@@ -1076,21 +1166,27 @@ impl Writer {
                 }
             }
         }
-        for (bound, cap) in [(limit, retention.max_bytes), (i64::MAX, retention.hard_cap_bytes)] {
+        // Above `max_bytes`, what no cursor and no session queue needs; above the hard cap, anything but the
+        // retained messages.
+        let soft = "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE id <= ? \
+                    AND id NOT IN (SELECT message_id FROM retained) \
+                    AND id NOT IN (SELECT message_id FROM session_messages) ORDER BY id LIMIT ?)";
+        let hard = "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE id <= ? \
+                    AND id NOT IN (SELECT message_id FROM retained) ORDER BY id LIMIT ?)";
+        for (bound, cap, sql) in
+            [(limit, retention.max_bytes, soft), (newest_kept, retention.hard_cap_bytes, hard)]
+        {
             let Some(cap) = cap else { continue };
             for _ in 0..PRUNE_STEPS {
                 if self.used_bytes().await? <= cap {
                     break;
                 }
-                let n = sqlx::query(
-                    "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE id <= ? \
-                     AND id NOT IN (SELECT message_id FROM retained) ORDER BY id LIMIT ?)",
-                )
-                .bind(bound)
-                .bind(PRUNE_CHUNK)
-                .execute(&mut *self.conn)
-                .await?
-                .rows_affected();
+                let n = sqlx::query(sql)
+                    .bind(bound)
+                    .bind(PRUNE_CHUNK)
+                    .execute(&mut *self.conn)
+                    .await?
+                    .rows_affected();
                 deleted += n;
                 if n == 0 {
                     break;
@@ -1231,6 +1327,65 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn queries_read_the_topic_index_and_the_rows_after_it_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = journal(dir.path(), |c| c.index_interval = Duration::from_secs(3600)).await;
+        let topics = ["t/1", "t/2", "t/1/x", "u/2", "t"];
+        let mut all = Vec::new();
+        for i in 0..1900 {
+            if i == 1200 {
+                j.flush().await;
+                j.index_now().await;
+            }
+            let topic = topics[i % topics.len()];
+            j.append_nowait(&message(topic, i.to_string(), QoS::AtMostOnce));
+            all.push((topic, i.to_string()));
+        }
+        j.flush().await;
+        let (indexed, newest): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT value FROM journal_state WHERE key = 'topic_index'), (SELECT max(id) FROM messages)",
+        )
+        .fetch_one(j.pool())
+        .await
+        .unwrap();
+        assert!(indexed > 1000 && indexed < newest, "half indexed: {indexed} of {newest}");
+        for filter in ["t/1", "t/+", "t/#", "#", "+/2", "t"] {
+            for order in [Order::NewestFirst, Order::OldestFirst] {
+                let mut q = HistoryQuery::new(filter);
+                q.order = order;
+                q.limit = 170;
+                let mut seen = Vec::new();
+                loop {
+                    let page = history::query(j.pool(), &q).await.unwrap();
+                    seen.extend(page.messages.iter().map(|m| String::from_utf8(m.payload.clone()).unwrap()));
+                    match page.next {
+                        Some(next) => q.after = Some(next),
+                        None => break,
+                    }
+                }
+                let mut expected: Vec<String> = all
+                    .iter()
+                    .filter(|(t, _)| crate::mqtt::codec::topic::matches(filter, t))
+                    .map(|(_, p)| p.clone())
+                    .collect();
+                if order == Order::NewestFirst {
+                    expected.reverse();
+                }
+                assert_eq!(seen, expected, "{filter} {order:?}");
+            }
+        }
+        // Pruned rows leave the index too.
+        sqlx::query("DELETE FROM messages WHERE id <= 10").execute(j.pool()).await.unwrap();
+        let dangling: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM topic_index WHERE id NOT IN (SELECT id FROM messages)")
+                .fetch_one(j.pool())
+                .await
+                .unwrap();
+        assert_eq!(dangling, 0);
+        j.close().await;
+    }
+
+    #[tokio::test]
     async fn numeric_series_for_charts() {
         let dir = tempfile::tempdir().unwrap();
         let j = journal(dir.path(), |_| {}).await;
@@ -1262,8 +1417,13 @@ mod tests {
         assert_eq!(j.prune_now().await, 4);
         assert_eq!(count(&j).await, 6, "rows after the cursor are kept");
         j.commit_cursor("kafka:route-1", 10).await.unwrap();
-        assert_eq!(j.prune_now().await, 6);
-        assert_eq!(count(&j).await, 0);
+        assert_eq!(j.prune_now().await, 5);
+        assert_eq!(count(&j).await, 1, "the newest row stays, so that no id is ever handed out twice");
+        j.append_nowait(&message("r", "after", QoS::AtMostOnce));
+        j.flush().await;
+        let newest: i64 =
+            sqlx::query_scalar("SELECT max(id) FROM messages").fetch_one(j.pool()).await.unwrap();
+        assert_eq!(newest, 11, "ids go on from where they were, past the cursor");
     }
 
     #[tokio::test]
@@ -1293,7 +1453,7 @@ mod tests {
             .map(|m| (String::from_utf8_lossy(&m.payload).into_owned(), m.retain))
             .collect();
         assert_eq!(kept, [("new".to_owned(), true), ("short-lived".to_owned(), true)], "pruning spared them");
-        assert_eq!(count(&j).await, 2, "everything else was pruned");
+        assert_eq!(count(&j).await, 3, "everything else was pruned but the newest row");
         tokio::time::sleep(Duration::from_millis(2100)).await;
         let kept: Vec<String> = j.retained().await.unwrap().iter().map(|m| m.topic.to_string()).collect();
         assert_eq!(kept, ["a"], "b's expiry interval ran out");
