@@ -88,6 +88,8 @@ pub struct FileTls {
     pub names: Vec<String>,
     #[serde(default)]
     pub addresses: Vec<String>,
+    /// Also name the host's interface addresses when a TLS listener binds `0.0.0.0` or `::` (default true).
+    pub interface_addresses: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -240,8 +242,12 @@ impl Config {
                     .map_err(|_| ConfigError::Invalid(format!("tls.addresses: {a:?} is not an IP address")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let server_names =
-            crate::tls::ServerNames { hostname: file.tls.hostname, dns: file.tls.names, addresses };
+        let server_names = crate::tls::ServerNames {
+            hostname: file.tls.hostname,
+            dns: file.tls.names,
+            addresses,
+            interface_addresses: file.tls.interface_addresses.unwrap_or(true),
+        };
         let listeners = if file.listeners.is_empty() {
             default_listeners()
         } else {
@@ -468,6 +474,19 @@ mod tests {
         assert!(!config.listeners[0].allow_anonymous);
         assert!(config.listeners[1].allow_anonymous);
         assert_eq!(config.listeners[1].ws_path, "/mqtt");
+    }
+
+    #[test]
+    fn tls_names_and_interface_addresses() {
+        let config = Config::parse("[tls]\nhostname = \"gw-3\"\naddresses = [\"192.168.10.5\"]\n").unwrap();
+        assert!(config.server_names.interface_addresses, "on by default");
+        assert_eq!(config.server_names.addresses, ["192.168.10.5".parse::<std::net::IpAddr>().unwrap()]);
+        let off = Config::parse("[tls]\ninterface_addresses = false\n").unwrap();
+        assert!(!off.server_names.interface_addresses);
+        let err = Config::parse("[tls]\ninterface_address = false\n").unwrap_err().to_string();
+        assert!(err.contains("interface_address"), "{err}");
+        let err = Config::parse("[tls]\ninterface_addresses = \"yes\"\n").unwrap_err().to_string();
+        assert!(err.contains("interface_addresses"), "{err}");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use sqlx::{Row, SqlitePool};
 
 use crate::auth::Identity;
 use crate::auth::acl::{Acl, Rule, SubscribeDecision};
-use crate::auth::password::{self, PasswordError};
+use crate::auth::password::{self, Argon2Memory, PasswordError};
 use crate::auth::throttle::{Throttle, ThrottleConfig};
 use crate::mqtt::broker::{AuthDecision, AuthRequest, Authenticator, Authorizer, Principal};
 use crate::mqtt::codec::ReasonCode;
@@ -75,8 +75,8 @@ pub struct Security {
     version: Mutex<i64>,
     /// Users that disappeared at the last reloads, for the gateway to close their connections.
     removed: Mutex<Vec<String>>,
-    /// Bounds concurrent argon2 verifications (CPU and 8 MiB each) to the number of cores.
-    verify_slots: tokio::sync::Semaphore,
+    /// Where argon2 runs: one computation per core at most, each in memory that is kept.
+    argon2: Argon2Slots,
     /// Per user: the stored hash a password was last verified against, and an HMAC of that password.
     verified: Mutex<HashMap<String, (String, Vec<u8>)>>,
     /// Random per process: the cache means nothing outside this process.
@@ -101,7 +101,7 @@ impl Security {
             )),
             throttle: Mutex::new(Throttle::new(ThrottleConfig::default())),
             version: Mutex::new(-1),
-            verify_slots: tokio::sync::Semaphore::new(
+            argon2: Argon2Slots::new(
                 std::thread::available_parallelism().map(std::num::NonZero::get).unwrap_or(1),
             ),
             verified: Mutex::new(HashMap::new()),
@@ -197,7 +197,7 @@ impl Security {
         actor: &str,
     ) -> Result<(), SecurityError> {
         check_user_name(username)?;
-        let hash = hash_blocking(password.to_owned()).await?;
+        let hash = self.hash(password.to_owned()).await?;
         let now = unix_millis(SystemTime::now());
         let roles = serde_json::to_string(roles).unwrap_or_else(|_| "[]".into());
         let inserted = sqlx::query(
@@ -226,7 +226,7 @@ impl Security {
         password: &str,
         actor: &str,
     ) -> Result<(), SecurityError> {
-        let hash = hash_blocking(password.to_owned()).await?;
+        let hash = self.hash(password.to_owned()).await?;
         let updated = sqlx::query("UPDATE users SET password_hash = ?, updated = ? WHERE username = ?")
             .bind(hash)
             .bind(unix_millis(SystemTime::now()))
@@ -471,9 +471,10 @@ impl Security {
     }
 
     /// Checks a password. Argon2 is deliberately expensive in CPU and memory, so at most one verification per
-    /// core runs at a time (a reconnect storm queues instead of allocating 8 MiB per waiting client), and a
-    /// password that verified before against the same stored hash is recognised by a keyed fast hash kept in
-    /// memory only (the key is random per process), so that a device reconnecting does not pay argon2 again.
+    /// core runs at a time, in memory allocated once per core (a reconnect storm queues instead of allocating
+    /// 8 MiB per waiting client), and a password that verified before against the same stored hash is recognised
+    /// by a keyed fast hash kept in memory only (the key is random per process), so that a device reconnecting
+    /// does not pay argon2 again.
     async fn verify(&self, username: &str, stored: &str, password: &[u8]) -> Option<password::Verified> {
         let tag = ring::hmac::sign(&self.cache_key, &[username.as_bytes(), b"\0", password].concat());
         let known = || {
@@ -485,14 +486,13 @@ impl Security {
         if known() {
             return Some(password::Verified { ok: true, needs_upgrade: false });
         }
-        let _slot = self.verify_slots.acquire().await.ok()?;
+        let slot = self.argon2.acquire().await?;
         // Another connection of the same device may have verified it while this one waited.
         if known() {
             return Some(password::Verified { ok: true, needs_upgrade: false });
         }
         let (hash, secret) = (stored.to_owned(), password.to_vec());
-        let verified =
-            tokio::task::spawn_blocking(move || password::verify(&hash, &secret)).await.ok()?.ok()?;
+        let verified = slot.run(move |memory| password::verify_with(&hash, &secret, memory)).await?.ok()?;
         if verified.ok && !verified.needs_upgrade {
             let mut cache = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
             if cache.len() >= MAX_CACHED_LOGINS {
@@ -501,6 +501,13 @@ impl Security {
             cache.insert(username.to_owned(), (stored.to_owned(), tag.as_ref().to_vec()));
         }
         Some(verified)
+    }
+
+    /// Hashes a new password in an argon2 slot.
+    async fn hash(&self, password: String) -> Result<String, SecurityError> {
+        let failed = || SecurityError::Password(PasswordError::Hashing("the hashing task failed".into()));
+        let slot = self.argon2.acquire().await.ok_or_else(failed)?;
+        Ok(slot.run(move |memory| password::hash_with(&password, memory)).await.ok_or_else(failed)??)
     }
 
     async fn audit_failure(&self, request: &AuthRequest<'_>, why: &str) {
@@ -517,7 +524,7 @@ impl Security {
     /// Replaces an old-scheme hash (Mosquitto's) with argon2id after a successful login. Best effort: the old
     /// hash keeps working if this fails (a password that fails today's policy is left as it is).
     async fn upgrade_hash(&self, username: &str, password: &str) {
-        let Ok(hash) = hash_blocking(password.to_owned()).await else { return };
+        let Ok(hash) = self.hash(password.to_owned()).await else { return };
         let result = sqlx::query("UPDATE users SET password_hash = ?, updated = ? WHERE username = ?")
             .bind(hash)
             .bind(unix_millis(SystemTime::now()))
@@ -572,11 +579,60 @@ impl Authenticator for Security {
     }
 }
 
-/// Argon2id is deliberately slow: keep it off the async worker threads.
-async fn hash_blocking(password: String) -> Result<String, SecurityError> {
-    match tokio::task::spawn_blocking(move || password::hash(&password)).await {
-        Ok(result) => Ok(result?),
-        Err(e) => Err(SecurityError::Password(PasswordError::Hashing(e.to_string()))),
+/// Where argon2 runs: at most one computation per core, each on a blocking thread (argon2 is deliberately slow;
+/// it stays off the async workers) in working memory that belongs to its slot.
+///
+/// Why the memory is kept: a computation fills 8 MiB. Allocated per login and freed, it stays with glibc, in
+/// the arena of whichever blocking thread ran it: after 1,000 distinct users logged in at once the process kept
+/// ~200-260 MB. Kept per slot, argon2 never holds more than cores x 8 MiB, allocated at the first login and
+/// then reused. The buffers are pooled apart from the permits (a buffer is taken by whoever holds a permit), and
+/// a permit is released only when its computation has finished and put its buffer back, even if the login
+/// waiting for it was abandoned: so there are never more buffers than permits.
+#[derive(Debug)]
+struct Argon2Slots {
+    permits: Arc<tokio::sync::Semaphore>,
+    /// Buffers not in use now; at most one per permit.
+    idle: Arc<Mutex<Vec<Argon2Memory>>>,
+}
+
+/// The right to run one argon2 computation.
+#[derive(Debug)]
+struct Argon2Slot {
+    permit: tokio::sync::OwnedSemaphorePermit,
+    idle: Arc<Mutex<Vec<Argon2Memory>>>,
+}
+
+impl Argon2Slots {
+    fn new(slots: usize) -> Argon2Slots {
+        Argon2Slots {
+            permits: Arc::new(tokio::sync::Semaphore::new(slots)),
+            idle: Arc::new(Mutex::new(Vec::with_capacity(slots))),
+        }
+    }
+
+    /// Waits for a free slot (`None` only if the semaphore were closed, which it never is).
+    async fn acquire(&self) -> Option<Argon2Slot> {
+        let permit = self.permits.clone().acquire_owned().await.ok()?;
+        Some(Argon2Slot { permit, idle: self.idle.clone() })
+    }
+}
+
+impl Argon2Slot {
+    /// Runs `work` on a blocking thread with this slot's memory (`None` if it panicked).
+    async fn run<T: Send + 'static>(
+        self,
+        work: impl FnOnce(&mut Argon2Memory) -> T + Send + 'static,
+    ) -> Option<T> {
+        let Argon2Slot { permit, idle } = self;
+        tokio::task::spawn_blocking(move || {
+            let mut memory = idle.lock().unwrap_or_else(PoisonError::into_inner).pop().unwrap_or_default();
+            let result = work(&mut memory);
+            idle.lock().unwrap_or_else(PoisonError::into_inner).push(memory);
+            drop(permit);
+            result
+        })
+        .await
+        .ok()
     }
 }
 
@@ -687,6 +743,32 @@ mod tests {
         assert!(matches!(old, AuthDecision::Deny(..)), "the old password stops working at once");
         let new = s.decide(request(Some("alice"), Some(b"a brand new passphrase"))).await;
         assert_eq!(new, AuthDecision::Allow { username: Some("alice".into()) });
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_storm_of_distinct_users_reuses_one_argon2_buffer_per_core() {
+        let (_dir, s) = security().await;
+        let users: Vec<String> = (0..24).map(|i| format!("dev{i}")).collect();
+        for user in &users {
+            s.add_user(user, "correct horse battery", &[], "cli").await.unwrap();
+        }
+        let decisions = futures_util::future::join_all(users.iter().map(|user| {
+            let password: &[u8] =
+                if user == "dev7" { b"wrong horse battery" } else { b"correct horse battery" };
+            s.decide(request(Some(user), Some(password)))
+        }))
+        .await;
+        for (user, decision) in users.iter().zip(&decisions) {
+            if user == "dev7" {
+                assert!(matches!(decision, AuthDecision::Deny(..)), "{decision:?}");
+            } else {
+                assert_eq!(*decision, AuthDecision::Allow { username: Some(user.clone()) });
+            }
+        }
+        let slots = std::thread::available_parallelism().map(std::num::NonZero::get).unwrap_or(1);
+        let kept = s.argon2.idle.lock().unwrap().len();
+        assert!((1..=slots).contains(&kept), "{kept} buffers for {slots} slots");
+        assert_eq!(s.argon2.permits.available_permits(), slots, "every slot is free again");
     }
 
     #[tokio::test]

@@ -12,8 +12,10 @@
 //! | `$6$<salt b64>$<hash b64>` | Mosquitto 1.x: SHA-512(password ‖ salt) | yes |
 //! | `$7$<iterations>$<salt b64>$<hash b64>` | Mosquitto 2.x: PBKDF2-HMAC-SHA512, 64-byte output | yes |
 
-use argon2::password_hash::phc::PasswordHash;
-use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
+use std::fmt;
+
+use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use base64ct::{Base64, Encoding};
 use sha2::{Digest, Sha512};
 use subtle::ConstantTimeEq;
@@ -124,25 +126,90 @@ pub enum PasswordError {
     Hashing(String),
 }
 
+/// Argon2's working memory ([`ARGON2_M_COST_KIB`] blocks of 1 KiB), to be kept and reused.
+///
+/// Argon2 is memory-hard: every computation fills `m` KiB. Allocating that per login and freeing it afterwards
+/// leaves it with the allocator (glibc keeps freed 8 MiB chunks in per-thread arenas), so a storm of logins on
+/// the blocking pool's threads grew the process by hundreds of MB that it never gave back. A caller that
+/// verifies many passwords keeps one of these per concurrent computation and passes it to [`hash_with`] and
+/// [`verify_with`]: the memory is allocated once, at first use, and never more than Weir's own cost.
+#[derive(Default)]
+pub struct Argon2Memory {
+    blocks: Vec<Block>,
+}
+
+impl fmt::Debug for Argon2Memory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Argon2Memory").field("kib", &self.blocks.len()).finish()
+    }
+}
+
+impl Argon2Memory {
+    /// The first `count` blocks, allocating Weir's full cost on first use; `None` if `count` is more than that
+    /// (a hash with parameters stronger than today's), which the caller computes in memory of its own.
+    fn blocks(&mut self, count: usize) -> Result<Option<&mut [Block]>, PasswordError> {
+        let kept = ARGON2_M_COST_KIB as usize;
+        if count > kept {
+            return Ok(None);
+        }
+        if self.blocks.len() < kept {
+            self.blocks.try_reserve_exact(kept - self.blocks.len()).map_err(out_of_memory)?;
+            self.blocks.resize(kept, Block::new());
+        }
+        Ok(self.blocks.get_mut(..count))
+    }
+}
+
 /// Hashes a new password for storage, after checking it against the [policy](check_policy).
 ///
 /// Returns an argon2id PHC string with a fresh random 16-byte salt. Takes tens of milliseconds on purpose: call
-/// it on a blocking thread.
+/// it on a blocking thread. Allocates argon2's memory for this call only; see [`hash_with`].
 pub fn hash(password: &str) -> Result<String, PasswordError> {
+    hash_with(password, &mut Argon2Memory::default())
+}
+
+/// [`hash`] in working memory the caller keeps.
+pub fn hash_with(password: &str, memory: &mut Argon2Memory) -> Result<String, PasswordError> {
     check_policy(password)?;
-    let hashed =
-        argon2()?.hash_password(password.as_bytes()).map_err(|e| PasswordError::Hashing(e.to_string()))?;
-    Ok(hashed.to_string())
+    let hashing = |e: &dyn fmt::Display| PasswordError::Hashing(e.to_string());
+    let salt = argon2::password_hash::try_generate_salt().map_err(|e| hashing(&e))?;
+    let params = current_params()?;
+    let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
+    let hasher = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
+    let count = params.block_count();
+    match memory.blocks(count)? {
+        Some(blocks) => hasher.hash_password_into_with_memory(password.as_bytes(), &salt, &mut out, blocks),
+        None => hasher.hash_password_into(password.as_bytes(), &salt, &mut out),
+    }
+    .map_err(|e| hashing(&e))?;
+    let phc = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(&params).map_err(|e| hashing(&e))?,
+        salt: Some(Salt::new(&salt).map_err(|e| hashing(&e))?),
+        hash: Some(Output::new(&out).map_err(|e| hashing(&e))?),
+    };
+    Ok(phc.to_string())
 }
 
 /// Checks `password` against a stored hash of any supported scheme.
 ///
 /// `password` is bytes because an MQTT CONNECT password is binary data. A wrong password is `Ok` with
 /// `ok: false`; an error means the stored hash itself is unusable (which the caller should log: that user
-/// cannot log in until an administrator sets a new password). Comparisons are constant-time.
+/// cannot log in until an administrator sets a new password). Comparisons are constant-time. An Argon2 hash
+/// allocates its memory for this call only; see [`verify_with`].
 pub fn verify(stored: &str, password: &[u8]) -> Result<Verified, PasswordError> {
+    verify_with(stored, password, &mut Argon2Memory::default())
+}
+
+/// [`verify`], with Argon2 computed in working memory the caller keeps (Mosquitto's schemes need none).
+pub fn verify_with(
+    stored: &str,
+    password: &[u8],
+    memory: &mut Argon2Memory,
+) -> Result<Verified, PasswordError> {
     let (ok, up_to_date) = match scheme(stored)? {
-        Scheme::Argon2 => verify_argon2(stored, password)?,
+        Scheme::Argon2 => verify_argon2(stored, password, memory)?,
         Scheme::MosquittoSha512 => (verify_sha512(stored, password)?, false),
         Scheme::MosquittoPbkdf2 => (verify_pbkdf2(stored, password)?, false),
     };
@@ -193,30 +260,49 @@ pub fn check_policy(password: &str) -> Result<(), PasswordError> {
     Ok(())
 }
 
-/// The hasher with Weir's current parameters.
-fn argon2() -> Result<Argon2<'static>, PasswordError> {
-    let params = Params::new(ARGON2_M_COST_KIB, ARGON2_T_COST, ARGON2_P_COST, None)
-        .map_err(|e| PasswordError::Hashing(e.to_string()))?;
-    Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
+/// Weir's current Argon2 parameters.
+fn current_params() -> Result<Params, PasswordError> {
+    Params::new(ARGON2_M_COST_KIB, ARGON2_T_COST, ARGON2_P_COST, None)
+        .map_err(|e| PasswordError::Hashing(e.to_string()))
+}
+
+fn out_of_memory(_: std::collections::TryReserveError) -> PasswordError {
+    PasswordError::Hashing("out of memory for argon2".into())
 }
 
 /// Returns (password right, hash uses the current algorithm and parameters).
-fn verify_argon2(stored: &str, password: &[u8]) -> Result<(bool, bool), PasswordError> {
+///
+/// What `argon2`'s own `PasswordVerifier` does, in the caller's memory: algorithm, version and parameters
+/// (output length included) come from the stored hash, the output is compared in constant time.
+fn verify_argon2(
+    stored: &str,
+    password: &[u8],
+    memory: &mut Argon2Memory,
+) -> Result<(bool, bool), PasswordError> {
+    const UNUSABLE: PasswordError =
+        PasswordError::Malformed { scheme: "Argon2", reason: "unsupported algorithm or parameters" };
     let (parsed, params) = parse_argon2(stored)?;
     let up_to_date = parsed.algorithm.as_str() == "argon2id"
         && parsed.version == Some(Version::V0x13.into())
         && params.m_cost() == ARGON2_M_COST_KIB
         && params.t_cost() == ARGON2_T_COST
         && params.p_cost() == ARGON2_P_COST;
-    // The verifier takes algorithm, version and parameters from the stored hash, not from this instance, and
-    // compares the outputs in constant time.
-    match argon2()?.verify_password(password, &parsed) {
-        Ok(()) => Ok((true, up_to_date)),
-        Err(argon2::password_hash::Error::PasswordInvalid) => Ok((false, up_to_date)),
-        Err(_) => {
-            Err(PasswordError::Malformed { scheme: "Argon2", reason: "unsupported algorithm or parameters" })
-        }
+    let (Some(salt), Some(expected)) = (&parsed.salt, &parsed.hash) else {
+        return Err(PasswordError::Malformed { scheme: "Argon2", reason: "no salt or no hash" });
+    };
+    let algorithm = Algorithm::try_from(parsed.algorithm.as_str()).map_err(|_| UNUSABLE)?;
+    let version =
+        parsed.version.map(Version::try_from).transpose().map_err(|_| UNUSABLE)?.unwrap_or_default();
+    let mut buffer = [0u8; Output::MAX_LENGTH];
+    let out = buffer.get_mut(..expected.len()).ok_or(UNUSABLE)?;
+    let hasher = Argon2::new(algorithm, version, params.clone());
+    match memory.blocks(params.block_count())? {
+        Some(blocks) => hasher.hash_password_into_with_memory(password, salt, out, blocks),
+        // Stronger than today's parameters: rare, and re-hashed with today's at this login.
+        None => hasher.hash_password_into(password, salt, out),
     }
+    .map_err(|_| UNUSABLE)?;
+    Ok((bool::from(out.ct_eq(expected.as_bytes())), up_to_date))
 }
 
 /// Parses a PHC string and checks that it has a salt, an output and valid Argon2 parameters (the PHC parser
@@ -332,6 +418,62 @@ mod tests {
     }
 
     #[test]
+    fn one_reused_buffer_verifies_phc_hashes_like_the_reference() {
+        // From the reference implementation's test suite (phc-winner-argon2 src/test.c), password "password":
+        // a smaller cost than Weir's (in part of the kept buffer), two lanes, argon2i, and a larger cost
+        // (64 MiB, computed in memory of its own). One buffer serves them all in turn, so nothing of one
+        // computation can leak into the next.
+        let reference = [
+            "$argon2id$v=19$m=256,t=2,p=1$c29tZXNhbHQ$nf65EOgLrQMR/uIPnA4rEsF5h7TKyQwu9U1bMCHGi/4",
+            "$argon2id$v=19$m=256,t=2,p=2$c29tZXNhbHQ$bQk8UB/VmZZF4Oo79iDXuL5/0ttZwg2f/5U52iv1cDc",
+            "$argon2i$v=19$m=65536,t=1,p=1$c29tZXNhbHQAAAAAAAAAAA$+r0d29hqEB0yasKr55ZgICsQGSkl0v0kgwhd+U3wyRo",
+            "$argon2id$v=19$m=65536,t=2,p=1$c29tZXNhbHQ$CTFhFdXPJO1aFaMaO6Mm5c8y7cJHAph8ArZWb2GRPPc",
+        ];
+        // Weir's own parameters, hashed by the argon2 crate's allocating path (an independent computation).
+        let params = current_params().unwrap();
+        let ours = argon2::PasswordHasher::hash_password_with_salt(
+            &Argon2::new(Algorithm::Argon2id, Version::V0x13, params),
+            b"password",
+            b"somesaltsomesalt",
+        )
+        .unwrap()
+        .to_string();
+        let mut memory = Argon2Memory::default();
+        for _ in 0..2 {
+            for stored in reference.iter().copied().chain([ours.as_str()]) {
+                let expected = if stored == ours { RIGHT } else { RIGHT_OLD };
+                assert_eq!(verify_with(stored, b"password", &mut memory), Ok(expected), "{stored}");
+                assert_eq!(verify_with(stored, b"sassword", &mut memory), Ok(WRONG), "{stored}");
+            }
+        }
+        assert_eq!(memory.blocks.len(), ARGON2_M_COST_KIB as usize, "the kept buffer never grows past 8 MiB");
+    }
+
+    #[test]
+    fn hashes_made_in_a_reused_buffer_verify_with_the_argon2_crate() {
+        let mut memory = Argon2Memory::default();
+        let first = hash_with("correct horse battery", &mut memory).unwrap();
+        let second = hash_with("correct horse battery", &mut memory).unwrap();
+        assert_ne!(first, second, "fresh salts");
+        for stored in [&first, &second] {
+            assert!(stored.starts_with("$argon2id$v=19$m=8192,t=2,p=1$"), "{stored}");
+            let parsed = PasswordHash::new(stored).unwrap();
+            let upstream = Argon2::default();
+            assert_eq!(
+                argon2::PasswordVerifier::verify_password(&upstream, b"correct horse battery", &parsed),
+                Ok(())
+            );
+            assert!(
+                argon2::PasswordVerifier::verify_password(&upstream, b"correct horse batterY", &parsed)
+                    .is_err()
+            );
+            assert_eq!(verify_with(stored, b"correct horse battery", &mut memory), Ok(RIGHT));
+            assert_eq!(verify_with(stored, b"wrong horse battery", &mut memory), Ok(WRONG));
+        }
+        assert!(matches!(hash_with("short", &mut memory), Err(PasswordError::Weak(_))));
+    }
+
+    #[test]
     fn salts_differ() {
         let a = hash("correct horse battery").unwrap();
         let b = hash("correct horse battery").unwrap();
@@ -345,7 +487,8 @@ mod tests {
             [(Algorithm::Argon2id, "old cheap hash"), (Algorithm::Argon2i, "argon2i hash")]
         {
             let weak = Argon2::new(algorithm, Version::V0x13, params.clone());
-            let stored = weak.hash_password(password.as_bytes()).unwrap().to_string();
+            let stored =
+                argon2::PasswordHasher::hash_password(&weak, password.as_bytes()).unwrap().to_string();
             assert_eq!(verify(&stored, password.as_bytes()), Ok(RIGHT_OLD), "{stored}");
             assert_eq!(verify(&stored, b"something else"), Ok(WRONG));
         }

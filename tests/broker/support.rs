@@ -1,10 +1,13 @@
 //! Shared test harness: a gateway on 127.0.0.1 port 0 with a temporary data directory, and small clients.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tempfile::TempDir;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use weir::app::{self, Gateway};
@@ -69,18 +72,54 @@ where
     }
 }
 
-/// A raw TCP client that speaks bytes we write by hand, independent of any MQTT library.
+/// A byte stream a [`Raw`] client speaks over: TCP, or TLS over TCP.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A raw client that speaks bytes we write by hand, independent of any MQTT library, over TCP or TLS.
 pub struct Raw {
-    pub stream: TcpStream,
+    stream: Box<dyn Io>,
 }
 
 impl Raw {
     pub async fn connect(addr: SocketAddr) -> Raw {
-        Raw { stream: TcpStream::connect(addr).await.unwrap() }
+        Raw { stream: Box::new(TcpStream::connect(addr).await.unwrap()) }
+    }
+
+    /// Over TLS (rustls as a client) to `localhost` at `addr`, trusting only `ca_pem` and presenting the
+    /// client certificate and key given as PEM, if any.
+    pub async fn connect_tls(addr: SocketAddr, ca_pem: &str, client: Option<(&str, &str)>) -> Raw {
+        let mut roots = rustls::RootCertStore::empty();
+        for der in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(der.unwrap()).unwrap();
+        }
+        let builder =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots);
+        let config = match client {
+            None => builder.with_no_client_auth(),
+            Some((cert_pem, key_pem)) => {
+                let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes()).map(Result::unwrap).collect();
+                builder
+                    .with_client_auth_cert(chain, PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap())
+                    .unwrap()
+            }
+        };
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tls =
+            tokio::time::timeout(WAIT, connector.connect(ServerName::try_from("localhost").unwrap(), tcp))
+                .await
+                .expect("TLS handshake timed out")
+                .unwrap();
+        Raw { stream: Box::new(tls) }
     }
 
     pub async fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.unwrap();
+        self.stream.flush().await.unwrap();
     }
 
     /// Reads exactly `n` bytes.

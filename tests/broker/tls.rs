@@ -563,6 +563,7 @@ async fn the_server_certificate_carries_the_configured_names() {
             hostname: Some("gw-test".into()),
             dns: vec!["gw.plant.example".into()],
             addresses: vec!["192.0.2.10".parse().unwrap()],
+            ..Default::default()
         };
         c.listeners.push(tls_listener("tls", ClientAuth::None));
     })
@@ -584,5 +585,70 @@ async fn the_server_certificate_carries_the_configured_names() {
     ] {
         assert!(sans.contains(name), "{name} in {sans}");
     }
+    gw.stop().await;
+}
+
+/// This machine's IPv4 addresses on interfaces that are up, other than loopback, as `ip -o -4 addr show up`
+/// (iproute2, over netlink) lists them: independent of Weir's own enumeration (getifaddrs).
+async fn ipv4_addresses_by_iproute2() -> Vec<String> {
+    let out =
+        Command::new("ip").args(["-o", "-4", "addr", "show", "up"]).output().await.expect("ip (iproute2)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // `4: eth0    inet 192.0.2.2/24 brd 192.0.2.255 scope global eth0\ ...`
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace().skip_while(|f| *f != "inet");
+            fields.next()?;
+            let address = fields.next()?.split('/').next()?.to_owned();
+            (!address.starts_with("127.")).then_some(address)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_listener_on_all_interfaces_serves_a_certificate_naming_every_interface_address() {
+    let gw = TestGateway::start_with(|c| {
+        let mut any = tls_listener("any", ClientAuth::None);
+        any.bind = "0.0.0.0:0".parse().unwrap();
+        c.listeners.push(any);
+    })
+    .await;
+    let port = gw.gateway().local_addr("any").unwrap().port();
+    let expected = ipv4_addresses_by_iproute2().await;
+    // What the listener serves, fetched and decoded by openssl.
+    let served = tokio::time::timeout(
+        WAIT,
+        Command::new("openssl")
+            .args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-servername", "localhost"])
+            .stdin(std::process::Stdio::null())
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let text = String::from_utf8_lossy(&served.stdout);
+    let begin = text.find("-----BEGIN CERTIFICATE-----").expect("a certificate was served");
+    let end = text.find("-----END CERTIFICATE-----").unwrap() + "-----END CERTIFICATE-----".len();
+    let pem = gw.data_dir().join("served.crt");
+    std::fs::write(&pem, &text[begin..end]).unwrap();
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+        .arg(&pem)
+        .output()
+        .await
+        .unwrap();
+    let sans = String::from_utf8_lossy(&out.stdout);
+    let named: Vec<&str> =
+        sans.split(',').filter_map(|san| san.trim().strip_prefix("IP Address:")).map(str::trim).collect();
+    assert!(named.contains(&"127.0.0.1"), "{sans}");
+    for address in &expected {
+        assert!(named.contains(&address.as_str()), "{address} (from `ip addr`) in {sans}");
+    }
+    assert!(
+        named.iter().all(|a| !a.starts_with("fe80:") && !a.starts_with("FE80:")),
+        "no link-local: {sans}"
+    );
     gw.stop().await;
 }
