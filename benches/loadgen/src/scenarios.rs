@@ -238,12 +238,30 @@ async fn pump(
     Ok(result)
 }
 
-/// A connection error as a failure reason: a failed TLS handshake says so.
+/// A connection error as a failure reason (one line, counted by its text): TLS failures say so.
 fn describe(e: ConnectionError) -> anyhow::Error {
-    match e {
-        ConnectionError::Tls(tls) => anyhow!("TLS handshake failed: {tls}"),
-        other => anyhow::Error::new(other).context("connection"),
+    match (&e, rustls_error(&e)) {
+        (ConnectionError::Tls(_), Some(tls)) => anyhow!("TLS handshake failed: {tls}"),
+        (ConnectionError::Tls(tls), None) => anyhow!("TLS handshake failed: {tls}"),
+        // With TLS 1.3 the client's side of the handshake ends first, so a server refusing the client's
+        // certificate shows as an alert on the first read.
+        (_, Some(tls)) => anyhow!("TLS failed after the handshake: {tls}"),
+        // The top error's text already includes its sources.
+        (_, None) => anyhow!("connection: {e}"),
     }
+}
+
+/// The rustls error under `e`, also inside the `io::Error`s that tokio-rustls wraps them in.
+fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let inner = err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref());
+        if let Some(tls) = err.downcast_ref::<rustls::Error>().or_else(|| inner?.downcast_ref()) {
+            return Some(tls);
+        }
+        next = err.source();
+    }
+    None
 }
 
 fn payload(size: usize, seq: u64) -> Vec<u8> {
