@@ -54,6 +54,9 @@ pub(crate) struct Report {
     pub(crate) cpu_after_s: Option<f64>,
     /// Broker CPU seconds (user + system) used during the run.
     pub(crate) cpu_s: Option<f64>,
+    /// The load generator's own CPU seconds (connect-storm: until every client connected or failed), since it
+    /// shares the machine's cores with the broker.
+    pub(crate) client_cpu_s: Option<f64>,
 }
 
 impl Report {
@@ -123,6 +126,7 @@ impl Report {
                 ("CONNECT->CONNACK p99 (ms)", ms(self.latency_p99_us)),
                 ("failed connects", Some(self.failed as f64)),
                 ("broker CPU (s)", self.cpu_s),
+                ("load generator CPU (s)", self.client_cpu_s),
                 ("broker RSS after (MB)", mb(self.rss_after_kb)),
             ],
             "idle" => vec![

@@ -461,6 +461,7 @@ async fn connections(kind: Kind, a: &RunArgs, tls: Option<Arc<ClientConfig>>) ->
     let shared = Arc::new(Shared::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let before = sample(a.broker_pid)?;
+    let own_before = proc_stats::sample(std::process::id())?;
     let limit = match (kind, a.concurrency) {
         (_, c) if c > 0 => c,
         (Kind::Idle, _) => 200,
@@ -511,6 +512,7 @@ async fn connections(kind: Kind, a: &RunArgs, tls: Option<Arc<ClientConfig>>) ->
     for (reason, count) in &failures {
         eprintln!("warning: {count} of {} clients failed: {reason}", a.clients);
     }
+    let own_after = proc_stats::sample(std::process::id())?;
     if kind == Kind::Idle && !conns.is_empty() {
         // Hold them idle: the broker's memory settles (and idle costs show) over this time.
         tokio::time::sleep(Duration::from_secs_f64(a.duration)).await;
@@ -539,6 +541,7 @@ async fn connections(kind: Kind, a: &RunArgs, tls: Option<Arc<ClientConfig>>) ->
         r.latency_max_us = connect_times.last().map(|&ns| ns as f64 / 1000.0);
     }
     r.set_proc(before, after, connected);
+    r.client_cpu_s = Some(own_after.cpu_s - own_before.cpu_s);
     let _ = shared;
     Ok(r)
 }
