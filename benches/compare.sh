@@ -14,6 +14,10 @@
 # for every pub/sub run on a Weir configuration with a journal, <out>/ingest.md: how many messages the journal
 # recorded and how fast (its row count sampled every 0.25 s with sqlite3 while the run goes), next to what was
 # sent. Only loopback ports from 21883 up are used (never 1883/8883/8080).
+#
+# Scenario ids containing -tls connect over TLS: the broker gets a second listener from benches/configs/tls/ on the
+# next free port, with one certificate for both brokers (made once per run by Weir, see tls_setup). Ids ending in
+# -auth connect with a user name and password, a user made in the fresh broker before it starts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -27,7 +31,7 @@ OUT=""
 BASE_PORT=21883
 MOSQUITTO=${MOSQUITTO:-/usr/sbin/mosquitto}
 
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --smoke) SMOKE=1 ;;
@@ -42,7 +46,8 @@ while [ $# -gt 0 ]; do
     shift
 done
 
-ALL_SCENARIOS=fanin-q0,fanout-q0,fanin-q1,pairs-q1,pairs-q2,fanin-q0-half,pairs-q1-half,connect-storm,idle-broker,idle-10k
+ALL_SCENARIOS=fanin-q0,fanout-q0,fanin-q1,pairs-q1,pairs-q2,fanin-q0-half,pairs-q1-half,connect-storm
+ALL_SCENARIOS+=,connect-storm-auth,connect-storm-tls,connect-storm-tls-auth,idle-broker,idle-10k
 if [ "$SMOKE" = 1 ]; then
     [ "$BROKERS" = "$DEFAULT_BROKERS" ] && BROKERS=weir-synced
     DURATION=1
@@ -63,6 +68,7 @@ fi
 LOADGEN=$BIN/weir-loadgen
 
 WORK=$(mktemp -d /tmp/weir-bench.XXXXXX)
+chmod 0711 "$WORK" # Mosquitto started as root reads its password and TLS files here as its own user
 [ -n "$OUT" ] || OUT=$WORK
 mkdir -p "$OUT"
 RESULTS=$OUT/results.jsonl
@@ -81,37 +87,99 @@ cleanup() { ! declare -F stop_sampler >/dev/null || stop_sampler; stop_broker; [
 trap cleanup EXIT
 
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+free_port() { # the first port from $1 on that nothing listens on
+    local p=$1
+    while listening "$p"; do p=$((p + 1)); done
+    echo "$p"
+}
+# wait_listening PORT PID LOG WHAT: until PORT accepts connections; exits with LOG if PID dies or 10 s pass.
+wait_listening() {
+    for _ in $(seq 200); do
+        listening "$1" && return 0
+        kill -0 "$2" 2>/dev/null || break
+        sleep 0.05
+    done
+    echo "$4 did not start listening on $1; its log:" >&2
+    cat "$3" >&2
+    exit 1
+}
 
-# start_broker NAME RUN-ID: starts a fresh broker from benches/configs/NAME.*, sets BROKER_PID and PORT.
+is_tls() { [[ $1 == *-tls* ]]; }
+is_auth() { [[ $1 == *-auth ]]; }
+# The user of the -auth scenarios (no spaces: the loadgen arguments are split on them).
+BENCH_USER=bench
+BENCH_PASSWORD=bench-password-7f3a
+
+# TLS material for every TLS scenario of the run, made once: Weir's CA and the server certificate that `weir
+# serve` issues itself for a loopback TLS listener (ECDSA P-256, signed by the CA), made by starting Weir once on
+# an empty data directory. Every Weir start gets a copy of that <data>/pki (so it presents the same certificate
+# instead of issuing a new one) and Mosquitto the same chain and key: both brokers do the same crypto. The load
+# generator trusts the CA, exported with `weir ca export`.
+TLS_DIR=$WORK/tls
+tls_setup() {
+    [ ! -d "$TLS_DIR" ] || return 0
+    local port
+    mkdir -p "$TLS_DIR/weir-data"
+    port=$(free_port "$BASE_PORT")
+    printf 'data_dir = "%s"\n[[listener]]\nname = "tls"\nprotocol = "tls"\nbind = "127.0.0.1:%s"\n[journal]\ndurability = "off"\n' \
+        "$TLS_DIR/weir-data" "$port" >"$TLS_DIR/weir.toml"
+    RUST_LOG=warn "$BIN/weir" serve --config "$TLS_DIR/weir.toml" >/dev/null 2>"$TLS_DIR/weir.log" &
+    BROKER_PID=$!
+    wait_listening "$port" "$BROKER_PID" "$TLS_DIR/weir.log" "weir (making the TLS certificates)"
+    # Weir binds its listeners before it makes its certificates.
+    for _ in $(seq 200); do
+        [ ! -s "$TLS_DIR/weir-data/pki/server.key" ] || break
+        sleep 0.05
+    done
+    stop_broker
+    "$BIN/weir" ca export --data-dir "$TLS_DIR/weir-data" --out "$TLS_DIR/ca.crt" 2>>"$TLS_DIR/weir.log"
+    cat "$TLS_DIR/weir-data/pki/server.crt" "$TLS_DIR/ca.crt" >"$TLS_DIR/server-chain.pem"
+    cp "$TLS_DIR/weir-data/pki/server.key" "$TLS_DIR/server.key"
+    chmod 0644 "$TLS_DIR/server.key" # Mosquitto started as root drops to its own user; a throwaway key
+}
+
+# start_broker NAME SCENARIO: starts a fresh broker from benches/configs/NAME.* (plus the TLS listener and the
+# user the scenario needs), sets BROKER_PID, PORT (the TCP listener), LG_PORT (the one the scenario uses) and DATA.
 start_broker() {
-    local name=$1 id=$2 conf data
-    PORT=$BASE_PORT
-    while listening "$PORT"; do PORT=$((PORT + 1)); done
+    local name=$1 id=$2 conf data log
+    PORT=$(free_port "$BASE_PORT")
+    LG_PORT=$PORT
+    if is_tls "$id"; then LG_PORT=$(free_port $((PORT + 1))); fi
     data=$(mktemp -d "$WORK/data-$name-$id.XXXX")
     chmod 0777 "$data" # Mosquitto started as root drops to its own user
     DATA=$data
+    log=$WORK/$name-$id.log
     case "$name" in
         weir-*)
             conf=$WORK/$name-$id.toml
             sed -e "s|@PORT@|$PORT|g" -e "s|@DATA_DIR@|$data|g" "benches/configs/$name.toml" >"$conf"
-            RUST_LOG=warn "$BIN/weir" serve --config "$conf" 2>"$WORK/$name-$id.log" &
+            if is_tls "$id"; then
+                sed -e "s|@TLS_PORT@|$LG_PORT|g" benches/configs/tls/weir.toml >>"$conf"
+                cp -rp "$TLS_DIR/weir-data/pki" "$data/pki"
+            fi
+            if is_auth "$id"; then
+                echo "$BENCH_PASSWORD" | "$BIN/weir" user add "$BENCH_USER" --config "$conf" 2>>"$log"
+            fi
+            RUST_LOG=warn "$BIN/weir" serve --config "$conf" >/dev/null 2>>"$log" &
             ;;
         mosquitto-*)
             conf=$WORK/$name-$id.conf
             sed -e "s|@PORT@|$PORT|g" -e "s|@DATA_DIR@|$data|g" "benches/configs/$name.conf" >"$conf"
-            "$MOSQUITTO" -c "$conf" 2>"$WORK/$name-$id.log" &
+            if is_auth "$id"; then
+                # Mosquitto 2.0's default hash: PBKDF2-SHA512, 101 iterations.
+                mosquitto_passwd -b -c "$data/passwd" "$BENCH_USER" "$BENCH_PASSWORD"
+                chmod 0644 "$data/passwd"
+                echo "password_file $data/passwd" >>"$conf"
+            fi
+            if is_tls "$id"; then
+                sed -e "s|@TLS_PORT@|$LG_PORT|g" -e "s|@TLS_DIR@|$TLS_DIR|g" benches/configs/tls/mosquitto.conf >>"$conf"
+            fi
+            "$MOSQUITTO" -c "$conf" 2>"$log" &
             ;;
         *) echo "unknown broker configuration $name (want weir-* or mosquitto-*)" >&2; exit 2 ;;
     esac
     BROKER_PID=$!
-    for _ in $(seq 200); do
-        listening "$PORT" && return 0
-        kill -0 "$BROKER_PID" 2>/dev/null || break
-        sleep 0.05
-    done
-    echo "broker $name did not start listening on $PORT; its log:" >&2
-    cat "$WORK/$name-$id.log" >&2
-    exit 1
+    wait_listening "$LG_PORT" "$BROKER_PID" "$log" "broker $name"
 }
 
 # The loadgen arguments of each scenario.
@@ -127,6 +195,7 @@ scenario_args() {
             fanin-q0-half) echo "fan-in --clients 3 --qos 0 --duration $d --rate $(half fanin-q0)" ;;
             pairs-q1-half) echo "pairs --clients 3 --qos 1 --duration $d --rate $(half pairs-q1)" ;;
             connect-storm) echo "connect-storm --clients 50" ;;
+            connect-storm-auth | connect-storm-tls | connect-storm-tls-auth) echo "connect-storm --clients 20" ;;
             idle-broker) echo "idle --clients 0 --duration 0.5" ;;
             idle-10k) echo "idle --clients 100 --duration 0.5" ;;
             *) echo "unknown scenario $1" >&2; exit 2 ;;
@@ -141,7 +210,8 @@ scenario_args() {
         pairs-q2) echo "pairs --clients 10 --qos 2 --payload 256 --duration $d" ;;
         fanin-q0-half) echo "fan-in --clients 10 --qos 0 --payload 256 --duration $d --rate $(half fanin-q0)" ;;
         pairs-q1-half) echo "pairs --clients 10 --qos 1 --payload 256 --duration $d --rate $(half pairs-q1)" ;;
-        connect-storm) echo "connect-storm --clients 1000" ;;
+        connect-storm | connect-storm-auth | connect-storm-tls | connect-storm-tls-auth)
+            echo "connect-storm --clients 1000" ;;
         idle-broker) echo "idle --clients 0 --duration 2" ;;
         idle-10k) echo "idle --clients 10000 --duration 5 --keep-alive 600" ;;
         *) echo "unknown scenario $1" >&2; exit 2 ;;
@@ -204,9 +274,14 @@ IFS=, read -r -a scenario_list <<<"$SCENARIOS"
 IFS=, read -r -a broker_list <<<"$BROKERS"
 for sc in "${scenario_list[@]}"; do
     args=$(scenario_args "$sc")
+    if is_tls "$sc"; then
+        tls_setup
+        args+=" --tls --cafile $TLS_DIR/ca.crt"
+    fi
+    if is_auth "$sc"; then args+=" --username $BENCH_USER --password $BENCH_PASSWORD"; fi
     for br in "${broker_list[@]}"; do
         start_broker "$br" "$sc"
-        echo "== $sc on $br (port $PORT, pid $BROKER_PID): weir-loadgen $args" >&2
+        echo "== $sc on $br (port $LG_PORT, pid $BROKER_PID): weir-loadgen $args" >&2
         journal=0
         case "$br:$args" in
             weir-off:*) ;;
@@ -216,7 +291,7 @@ for sc in "${scenario_list[@]}"; do
         esac
         if [ "$journal" = 1 ]; then start_sampler "$br-$sc"; fi
         # shellcheck disable=SC2086 # $args is a list of words on purpose
-        if ! "$LOADGEN" $args --port "$PORT" --broker "$br" --broker-pid "$BROKER_PID" --name "$sc" \
+        if ! "$LOADGEN" $args --port "$LG_PORT" --broker "$br" --broker-pid "$BROKER_PID" --name "$sc" \
             --out "$RESULTS"; then
             echo "!! $sc on $br did not complete (broker log: $WORK/$br-$sc.log)" >&2
             FAILED=1

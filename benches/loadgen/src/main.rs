@@ -7,6 +7,7 @@
 mod proc_stats;
 mod report;
 mod scenarios;
+mod tls;
 
 use std::path::PathBuf;
 
@@ -91,6 +92,8 @@ pub(crate) struct RunArgs {
     /// Password for CONNECT.
     #[arg(long)]
     pub(crate) password: Option<String>,
+    #[command(flatten)]
+    pub(crate) tls: tls::TlsArgs,
     /// Append the JSON result line to this file instead of printing it on stdout.
     #[arg(long)]
     pub(crate) out: Option<PathBuf>,

@@ -1,5 +1,6 @@
 //! One run's result ([`Report`], one JSON line) and the Markdown table made from many.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
@@ -21,8 +22,13 @@ pub(crate) struct Report {
     /// Requested total publish rate, msg/s; 0 = as fast as possible.
     pub(crate) rate: u64,
     pub(crate) duration_s: f64,
+    /// The clients connected over TLS (`--tls`).
+    pub(crate) tls: bool,
     pub(crate) connected: usize,
     pub(crate) failed: usize,
+    /// Failed connects by reason (e.g. `TLS handshake failed: ...`), so that a refused handshake is told apart
+    /// from a refused CONNECT or a timeout.
+    pub(crate) failures: BTreeMap<String, usize>,
     pub(crate) sent: u64,
     pub(crate) received: u64,
     /// sent x subscribers per message.
@@ -48,6 +54,9 @@ pub(crate) struct Report {
     pub(crate) cpu_after_s: Option<f64>,
     /// Broker CPU seconds (user + system) used during the run.
     pub(crate) cpu_s: Option<f64>,
+    /// The load generator's own CPU seconds (connect-storm: until every client connected or failed), since it
+    /// shares the machine's cores with the broker.
+    pub(crate) client_cpu_s: Option<f64>,
 }
 
 impl Report {
@@ -71,7 +80,11 @@ impl Report {
     /// Why this run does not count as having run, if it does not. Speeds are never judged.
     pub(crate) fn problems(&self) -> Option<String> {
         if self.failed > 0 || self.connected < self.clients {
-            return Some(format!("{} of {} clients connected", self.connected, self.clients));
+            let mut p = format!("{} of {} clients connected", self.connected, self.clients);
+            for (reason, count) in &self.failures {
+                let _ = write!(p, "; {count} failed: {reason}");
+            }
+            return Some(p);
         }
         if self.is_pub_sub() {
             if self.sent == 0 || self.received == 0 {
@@ -91,7 +104,8 @@ impl Report {
     }
 
     pub(crate) fn summary(&self) -> String {
-        let mut s = format!("[{}] {}:", self.broker, self.name);
+        let tls = if self.tls { " (TLS)" } else { "" };
+        let mut s = format!("[{}] {}{tls}:", self.broker, self.name);
         for (label, v) in self.metrics() {
             if let Some(v) = v {
                 let _ = write!(s, " {label}={}", fmt_num(v));
@@ -112,6 +126,7 @@ impl Report {
                 ("CONNECT->CONNACK p99 (ms)", ms(self.latency_p99_us)),
                 ("failed connects", Some(self.failed as f64)),
                 ("broker CPU (s)", self.cpu_s),
+                ("load generator CPU (s)", self.client_cpu_s),
                 ("broker RSS after (MB)", mb(self.rss_after_kb)),
             ],
             "idle" => vec![

@@ -1,11 +1,16 @@
 //! The scenarios. Every client is one `rumqttc` event loop driven by its own task (the "pump").
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
-use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, Outgoing, QoS};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, Incoming, MqttOptions, Outgoing, QoS, TlsConfiguration,
+    Transport,
+};
+use rustls::ClientConfig;
 use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -42,11 +47,12 @@ pub(crate) fn run(kind: Kind, args: RunArgs) -> Result<()> {
             args.clients
         );
     }
+    let tls = crate::tls::client_config(&args.tls, &args.host)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let report = rt.block_on(async {
         match kind {
-            Kind::FanIn | Kind::FanOut | Kind::Pairs => pub_sub(kind, &args).await,
-            Kind::ConnectStorm | Kind::Idle => connections(kind, &args).await,
+            Kind::FanIn | Kind::FanOut | Kind::Pairs => pub_sub(kind, &args, tls).await,
+            Kind::ConnectStorm | Kind::Idle => connections(kind, &args, tls).await,
         }
     })?;
     // Pumps still closing their connections must not hold the process up.
@@ -79,13 +85,14 @@ fn now_ns() -> u64 {
 
 fn default_name(kind: Kind, a: &RunArgs) -> String {
     let rate = if a.rate == 0 { "max".to_owned() } else { format!("{}/s", a.rate) };
-    match kind {
+    let name = match kind {
         Kind::FanIn => format!("fan-in QoS{} {}->1 {}B {rate}", a.qos, a.clients, a.payload),
         Kind::FanOut => format!("fan-out QoS{} 1->{} {}B {rate}", a.qos, a.clients, a.payload),
         Kind::Pairs => format!("pairs QoS{} {}x {}B {rate}", a.qos, a.clients, a.payload),
         Kind::ConnectStorm => format!("connect-storm {}", a.clients),
         Kind::Idle => format!("idle {}", a.clients),
-    }
+    };
+    if a.tls.tls { format!("{name} TLS") } else { name }
 }
 
 fn sample(pid: Option<u32>) -> Result<Option<ProcSample>> {
@@ -116,6 +123,8 @@ struct Conn {
 
 struct ConnSpec<'a> {
     args: &'a RunArgs,
+    /// `Some` for TLS: the run's one client configuration.
+    tls: Option<Arc<ClientConfig>>,
     id: String,
     subscribe: Option<(String, QoS)>,
     shared: Arc<Shared>,
@@ -124,7 +133,8 @@ struct ConnSpec<'a> {
     cap: usize,
 }
 
-/// Connects (and subscribes), returning once CONNACK (and SUBACK) arrived.
+/// Connects (and subscribes), returning once CONNACK (and SUBACK) arrived. Errors do not name the client, so
+/// that failures can be counted by reason; callers add the client id where they report one.
 async fn connect(spec: ConnSpec<'_>) -> Result<Conn> {
     let a = spec.args;
     let mut opts = MqttOptions::new(spec.id.clone(), a.host.clone(), a.port);
@@ -132,6 +142,9 @@ async fn connect(spec: ConnSpec<'_>) -> Result<Conn> {
         .set_clean_session(true)
         .set_max_packet_size(a.payload as usize + 1024, a.payload as usize + 1024)
         .set_inflight(100);
+    if let Some(config) = spec.tls {
+        opts.set_transport(Transport::Tls(TlsConfiguration::Rustls(config)));
+    }
     if let Some(u) = &a.username {
         let n = spec.id.rsplit('-').next().unwrap_or("0");
         opts.set_credentials(u.replace("{n}", n), a.password.clone().unwrap_or_default());
@@ -149,12 +162,12 @@ async fn connect(spec: ConnSpec<'_>) -> Result<Conn> {
     match tokio::time::timeout(timeout, ready_rx).await {
         Ok(Ok(())) => Ok(Conn { client, pump, connect_time: started.elapsed() }),
         Ok(Err(_)) => match pump.await {
-            Ok(Err(e)) => Err(e.context(format!("client {}", spec.id))),
-            _ => Err(anyhow!("client {} ended before it was ready", spec.id)),
+            Ok(Err(e)) => Err(e),
+            _ => Err(anyhow!("ended before it was ready")),
         },
         Err(_) => {
             pump.abort();
-            Err(anyhow!("client {}: no CONNACK/SUBACK within {timeout:?}", spec.id))
+            Err(anyhow!("no CONNACK/SUBACK within {timeout:?}"))
         }
     }
 }
@@ -175,7 +188,7 @@ async fn pump(
             ev = eventloop.poll() => ev,
             _ = stop.changed() => break,
         };
-        match event.context("connection")? {
+        match event.map_err(describe)? {
             Event::Incoming(Incoming::ConnAck(ack)) => {
                 if ack.code != rumqttc::ConnectReturnCode::Success {
                     bail!("CONNACK {:?}", ack.code);
@@ -223,6 +236,32 @@ async fn pump(
         .await;
     }
     Ok(result)
+}
+
+/// A connection error as a failure reason (one line, counted by its text): TLS failures say so.
+fn describe(e: ConnectionError) -> anyhow::Error {
+    match (&e, rustls_error(&e)) {
+        (ConnectionError::Tls(_), Some(tls)) => anyhow!("TLS handshake failed: {tls}"),
+        (ConnectionError::Tls(tls), None) => anyhow!("TLS handshake failed: {tls}"),
+        // With TLS 1.3 the client's side of the handshake ends first, so a server refusing the client's
+        // certificate shows as an alert on the first read.
+        (_, Some(tls)) => anyhow!("TLS failed after the handshake: {tls}"),
+        // The top error's text already includes its sources.
+        (_, None) => anyhow!("connection: {e}"),
+    }
+}
+
+/// The rustls error under `e`, also inside the `io::Error`s that tokio-rustls wraps them in.
+fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let inner = err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref());
+        if let Some(tls) = err.downcast_ref::<rustls::Error>().or_else(|| inner?.downcast_ref()) {
+            return Some(tls);
+        }
+        next = err.source();
+    }
+    None
 }
 
 fn payload(size: usize, seq: u64) -> Vec<u8> {
@@ -286,11 +325,12 @@ fn base_report(kind: Kind, a: &RunArgs) -> Report {
         payload: a.payload,
         rate: a.rate,
         duration_s: a.duration,
+        tls: a.tls.tls,
         ..Report::default()
     }
 }
 
-async fn pub_sub(kind: Kind, a: &RunArgs) -> Result<Report> {
+async fn pub_sub(kind: Kind, a: &RunArgs, tls: Option<Arc<ClientConfig>>) -> Result<Report> {
     let n = a.clients.max(1);
     let qos = qos_of(a.qos);
     let run = format!("weir-bench/{}", std::process::id());
@@ -316,27 +356,31 @@ async fn pub_sub(kind: Kind, a: &RunArgs) -> Result<Report> {
 
     let mut subs = Vec::new();
     for (i, filter) in sub_filters.into_iter().enumerate() {
+        let id = format!("lg-{}-sub-{i}", std::process::id());
         let spec = ConnSpec {
             args: a,
-            id: format!("lg-{}-sub-{i}", std::process::id()),
+            tls: tls.clone(),
+            id: id.clone(),
             subscribe: Some((filter, qos)),
             shared: shared.clone(),
             stop: stop_rx.clone(),
             cap: 10,
         };
-        subs.push(connect(spec).await?);
+        subs.push(connect(spec).await.with_context(|| format!("client {id}"))?);
     }
     let mut pubs = Vec::new();
     for (i, topic) in pub_topics.iter().enumerate() {
+        let id = format!("lg-{}-pub-{i}", std::process::id());
         let spec = ConnSpec {
             args: a,
-            id: format!("lg-{}-pub-{i}", std::process::id()),
+            tls: tls.clone(),
+            id: id.clone(),
             subscribe: None,
             shared: shared.clone(),
             stop: stop_rx.clone(),
             cap: 64,
         };
-        pubs.push((connect(spec).await?, topic.clone()));
+        pubs.push((connect(spec).await.with_context(|| format!("client {id}"))?, topic.clone()));
     }
 
     let per_pub_rate = a.rate as f64 / pubs.len() as f64;
@@ -413,10 +457,11 @@ async fn pub_sub(kind: Kind, a: &RunArgs) -> Result<Report> {
     Ok(r)
 }
 
-async fn connections(kind: Kind, a: &RunArgs) -> Result<Report> {
+async fn connections(kind: Kind, a: &RunArgs, tls: Option<Arc<ClientConfig>>) -> Result<Report> {
     let shared = Arc::new(Shared::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let before = sample(a.broker_pid)?;
+    let own_before = proc_stats::sample(std::process::id())?;
     let limit = match (kind, a.concurrency) {
         (_, c) if c > 0 => c,
         (Kind::Idle, _) => 200,
@@ -430,10 +475,12 @@ async fn connections(kind: Kind, a: &RunArgs) -> Result<Report> {
         let args = a.clone();
         let shared = shared.clone();
         let stop = stop_rx.clone();
+        let tls = tls.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await?;
             let spec = ConnSpec {
                 args: &args,
+                tls,
                 id: format!("lg-{}-c-{i}", std::process::id()),
                 subscribe: None,
                 shared,
@@ -448,7 +495,7 @@ async fn connections(kind: Kind, a: &RunArgs) -> Result<Report> {
     let mut connect_times = Vec::with_capacity(a.clients);
     let mut all_connected = Duration::ZERO;
     let mut failed = 0;
-    let mut first_error = None;
+    let mut failures: BTreeMap<String, usize> = BTreeMap::new();
     for t in tasks {
         match t.await? {
             Ok((c, at)) => {
@@ -458,13 +505,14 @@ async fn connections(kind: Kind, a: &RunArgs) -> Result<Report> {
             }
             Err(e) => {
                 failed += 1;
-                first_error.get_or_insert(e);
+                *failures.entry(format!("{e:#}")).or_default() += 1;
             }
         }
     }
-    if let Some(e) = &first_error {
-        eprintln!("warning: {failed} clients failed; first: {e:#}");
+    for (reason, count) in &failures {
+        eprintln!("warning: {count} of {} clients failed: {reason}", a.clients);
     }
+    let own_after = proc_stats::sample(std::process::id())?;
     if kind == Kind::Idle && !conns.is_empty() {
         // Hold them idle: the broker's memory settles (and idle costs show) over this time.
         tokio::time::sleep(Duration::from_secs_f64(a.duration)).await;
@@ -483,6 +531,7 @@ async fn connections(kind: Kind, a: &RunArgs) -> Result<Report> {
     let mut r = base_report(kind, a);
     r.connected = connected;
     r.failed = failed;
+    r.failures = failures;
     if kind == Kind::ConnectStorm && connected > 0 {
         let secs = all_connected.as_secs_f64();
         r.connect_all_s = Some(secs);
@@ -492,6 +541,7 @@ async fn connections(kind: Kind, a: &RunArgs) -> Result<Report> {
         r.latency_max_us = connect_times.last().map(|&ns| ns as f64 / 1000.0);
     }
     r.set_proc(before, after, connected);
+    r.client_cpu_s = Some(own_after.cpu_s - own_before.cpu_s);
     let _ = shared;
     Ok(r)
 }
