@@ -13,11 +13,10 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use sqlx::pool::PoolConnection;
 use sqlx::sqlite::SqliteSynchronous;
-use sqlx::{Row, Sqlite, SqlitePool};
+use sqlx::{Row, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Database, StoreError, unix_millis};
@@ -26,40 +25,6 @@ use crate::mqtt::broker::{
     SessionRecord, SpillLoad, Will,
 };
 use crate::mqtt::codec::{QoS, RetainHandling, SubscribeFilter, SubscriptionOptions, topic};
-
-/// Rows per INSERT statement, largest first: 13 parameters a row, well under SQLite's limit of 32,766.
-const INSERT_SIZES: [usize; 4] = [200, 40, 8, 1];
-
-/// The INSERT statement for the largest of [`INSERT_SIZES`] not above `rows`, and its size.
-fn insert_statement(rows: usize) -> (usize, &'static str) {
-    static STATEMENTS: std::sync::OnceLock<Vec<(usize, String)>> = std::sync::OnceLock::new();
-    let statements = STATEMENTS.get_or_init(|| {
-        INSERT_SIZES
-            .iter()
-            .map(|&n| {
-                let row = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
-                let values = vec![row; n].join(", ");
-                let sql = format!(
-                    "INSERT INTO messages (ts, topic, payload, qos, retain, client_id, username, payload_format, \
-                     expiry_interval, content_type, response_topic, correlation_data, user_properties) VALUES {values}"
-                );
-                (n, sql)
-            })
-            .collect()
-    });
-    statements
-        .iter()
-        .find(|(n, _)| *n <= rows)
-        .or(statements.last())
-        .map(|(n, sql)| (*n, sql.as_str()))
-        .unwrap_or((1, ""))
-}
-/// The most rows the writer adds to the topic index in one step.
-const INDEX_MAX_ROWS: i64 = 200_000;
-
-/// Rows deleted per pruning step, and steps per pruning round.
-const PRUNE_CHUNK: i64 = 2000;
-const PRUNE_STEPS: usize = 8;
 
 /// How accepted messages are made durable. The trade-off between safety and speed, explicitly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,45 +114,71 @@ pub struct Journal {
 }
 
 #[derive(Debug)]
-struct Inner {
-    ops: mpsc::Sender<Op>,
-    /// Session changes: few, small, and never to be dropped or to block the router, so unbounded.
-    session_ops: mpsc::UnboundedSender<SessionOp>,
+pub(super) struct Inner {
+    /// To the writer thread, in order: appends, session changes, and control. Unbounded, so that session
+    /// changes never block the router; appends are bounded by `permits` instead.
+    ops: mpsc::UnboundedSender<Op>,
+    /// Places for appends waiting for the writer (`JournalConfig::queue`): an appender takes one, the writer
+    /// gives it back once the append is committed or refused.
+    pub(super) permits: tokio::sync::Semaphore,
     pool: SqlitePool,
     include: Vec<String>,
     exclude: Vec<String>,
-    stats: JournalStats,
+    pub(super) stats: JournalStats,
     /// Set while the disk is full or the hard cap is reached; cleared by the next successful commit.
-    refusing: AtomicBool,
+    pub(super) refusing: AtomicBool,
 }
 
-/// A change to a persistent session, applied in the order the router made them.
+/// A change to a session's stored state, applied in the order the router made them.
 #[derive(Debug)]
-enum SessionOp {
+pub(super) enum SessionOp {
     Save(Box<SessionRecord>),
     Remove(ClientId),
     Subscribe(ClientId, SubscribeFilter, Option<u32>),
     Unsubscribe(ClientId, String),
-    Queued { client: ClientId, message_id: i64, qos: QoS, retain: bool, sub_ids: Vec<u32> },
-    InFlight { client: ClientId, message_id: i64, packet_id: u16, released: bool },
-    Delivered { client: ClientId, message_id: i64 },
-    Spill { client: ClientId, generation: u64, message_id: i64, qos: QoS, retain: bool, sub_ids: Vec<u32> },
-    Load { client: ClientId, generation: u64, limit: usize, keep: bool, done: oneshot::Sender<SpillLoad> },
+    /// A QoS 1/2 delivery queued; `spilled` (with the queue's generation) if it waits only here.
+    Queued {
+        client: ClientId,
+        message_id: i64,
+        qos: QoS,
+        retain: bool,
+        sub_ids: Vec<u32>,
+        spilled: Option<u64>,
+    },
+    InFlight {
+        client: ClientId,
+        message_id: i64,
+        packet_id: u16,
+        released: bool,
+    },
+    Delivered {
+        client: ClientId,
+        message_id: i64,
+    },
+    Load {
+        client: ClientId,
+        generation: u64,
+        limit: usize,
+        keep: bool,
+        done: oneshot::Sender<SpillLoad>,
+    },
     Discard(ClientId),
 }
 
 #[derive(Debug)]
-enum Op {
+pub(super) enum Op {
     Append {
         ts: i64,
         message: Arc<Message>,
         done: Option<oneshot::Sender<Result<(), Refusal>>>,
     },
+    Session(SessionOp),
     Prune(Option<oneshot::Sender<u64>>),
     Checkpoint,
     Flush(oneshot::Sender<()>),
-    /// Add everything committed so far to the topic index.
-    Index(oneshot::Sender<()>),
+    /// Add the newest rows to the topic index: everything committed so far (and answer), or, from the timer,
+    /// what is due.
+    Index(Option<oneshot::Sender<()>>),
     /// Commit what is queued, then stop the writer and release its connection.
     Close(oneshot::Sender<()>),
 }
@@ -201,35 +192,19 @@ impl Journal {
             Durability::Batched { .. } | Durability::Off => SqliteSynchronous::Normal,
         };
         let (pool, _recovered) = super::open(dir, Database::Journal, synchronous, config.max_pages).await?;
-        let mut writer_conn = pool.acquire().await?;
-        let last_id: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM messages")
-            .fetch_one(&mut *writer_conn)
-            .await?;
-        let indexed_upto: i64 =
-            sqlx::query_scalar("SELECT coalesce(max(value), 0) FROM journal_state WHERE key = 'topic_index'")
-                .fetch_one(&mut *writer_conn)
-                .await?;
-        let (ops, receiver) = mpsc::channel(config.queue.max(1));
-        let (session_ops, session_receiver) = mpsc::unbounded_channel();
+        let (ops, receiver) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             ops,
-            session_ops,
+            permits: tokio::sync::Semaphore::new(config.queue.max(1)),
             pool,
             include: config.include.clone(),
             exclude: config.exclude.clone(),
             stats: JournalStats::default(),
             refusing: AtomicBool::new(false),
         });
-        let writer = Writer {
-            conn: writer_conn,
-            inner: Arc::downgrade(&inner),
-            config: config.clone(),
-            generations: std::collections::HashMap::new(),
-            last_id,
-            indexed_upto,
-            last_indexed: Instant::now(),
-        };
-        tokio::spawn(writer.run(receiver, session_receiver));
+        let path = dir.join(super::JOURNAL_FILE);
+        super::writer::Writer::start(&path, config.clone(), Arc::downgrade(&inner), receiver)?;
+        spawn_timer(Arc::downgrade(&inner), config.index_interval, || Op::Index(None));
         spawn_timer(Arc::downgrade(&inner), config.retention.prune_interval, || Op::Prune(None));
         if let Durability::Batched { window } = config.durability {
             spawn_timer(Arc::downgrade(&inner), window, || Op::Checkpoint);
@@ -251,11 +226,17 @@ impl Journal {
             let _ = done.send(Ok(()));
             return completion;
         }
+        // Waits while the writer has `queue` appends to do: backpressure on publishers faster than the disk.
+        match self.inner.permits.acquire().await {
+            Ok(permit) => permit.forget(),
+            Err(_) => {
+                let _ = done.send(Err(Refusal::Unavailable));
+                return completion;
+            }
+        }
         let op =
             Op::Append { ts: unix_millis(SystemTime::now()), message: message.clone(), done: Some(done) };
-        if let Err(mpsc::error::SendError(Op::Append { done: Some(done), .. })) =
-            self.inner.ops.send(op).await
-        {
+        if let Err(mpsc::error::SendError(Op::Append { done: Some(done), .. })) = self.inner.ops.send(op) {
             let _ = done.send(Err(Refusal::Unavailable));
         }
         completion
@@ -267,8 +248,13 @@ impl Journal {
         if !self.records(&message.topic) {
             return;
         }
+        let Ok(permit) = self.inner.permits.try_acquire() else {
+            self.inner.stats.dropped_qos0.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        permit.forget();
         let op = Op::Append { ts: unix_millis(SystemTime::now()), message: message.clone(), done: None };
-        if self.inner.ops.try_send(op).is_err() {
+        if self.inner.ops.send(op).is_err() {
             self.inner.stats.dropped_qos0.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -276,7 +262,7 @@ impl Journal {
     /// Waits until everything appended before this call is committed.
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.inner.ops.send(Op::Flush(tx)).await.is_ok() {
+        if self.inner.ops.send(Op::Flush(tx)).is_ok() {
             let _ = rx.await;
         }
     }
@@ -285,7 +271,7 @@ impl Journal {
     /// [`JournalConfig::index_interval`].
     pub async fn index_now(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.inner.ops.send(Op::Index(tx)).await.is_ok() {
+        if self.inner.ops.send(Op::Index(Some(tx))).is_ok() {
             let _ = rx.await;
         }
     }
@@ -293,7 +279,7 @@ impl Journal {
     /// Runs one pruning round now; returns the rows deleted.
     pub async fn prune_now(&self) -> u64 {
         let (tx, rx) = oneshot::channel();
-        if self.inner.ops.send(Op::Prune(Some(tx))).await.is_err() {
+        if self.inner.ops.send(Op::Prune(Some(tx))).is_err() {
             return 0;
         }
         rx.await.unwrap_or(0)
@@ -476,7 +462,7 @@ impl Journal {
     /// Commits what was queued, stops the writer and closes the database. Appends after this are refused.
     pub async fn close(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.inner.ops.send(Op::Close(tx)).await.is_ok() {
+        if self.inner.ops.send(Op::Close(tx)).is_ok() {
             let _ = rx.await;
         }
         self.inner.pool.close().await;
@@ -496,49 +482,35 @@ impl Durable for Journal {
     }
 
     fn save_session(&self, session: &SessionRecord) {
-        let _ = self.inner.session_ops.send(SessionOp::Save(Box::new(session.clone())));
+        self.session(SessionOp::Save(Box::new(session.clone())));
     }
 
     fn remove_session(&self, client: &ClientId) {
-        let _ = self.inner.session_ops.send(SessionOp::Remove(client.clone()));
+        self.session(SessionOp::Remove(client.clone()));
     }
 
     fn save_subscription(&self, client: &ClientId, filter: &SubscribeFilter, id: Option<u32>) {
-        let _ = self.inner.session_ops.send(SessionOp::Subscribe(client.clone(), filter.clone(), id));
+        self.session(SessionOp::Subscribe(client.clone(), filter.clone(), id));
     }
 
     fn remove_subscription(&self, client: &ClientId, filter: &str) {
-        let _ = self.inner.session_ops.send(SessionOp::Unsubscribe(client.clone(), filter.to_owned()));
+        self.session(SessionOp::Unsubscribe(client.clone(), filter.to_owned()));
     }
 
     fn queued(&self, client: &ClientId, message_id: i64, delivery: &Delivery) {
-        let _ = self.inner.session_ops.send(SessionOp::Queued {
-            client: client.clone(),
-            message_id,
-            qos: delivery.qos,
-            retain: delivery.retain,
-            sub_ids: delivery.subscription_ids.clone(),
-        });
+        self.session(queued(client, message_id, delivery, None));
     }
 
     fn in_flight(&self, client: &ClientId, message_id: i64, packet_id: u16, released: bool) {
-        let op = SessionOp::InFlight { client: client.clone(), message_id, packet_id, released };
-        let _ = self.inner.session_ops.send(op);
+        self.session(SessionOp::InFlight { client: client.clone(), message_id, packet_id, released });
     }
 
     fn delivered(&self, client: &ClientId, message_id: i64) {
-        let _ = self.inner.session_ops.send(SessionOp::Delivered { client: client.clone(), message_id });
+        self.session(SessionOp::Delivered { client: client.clone(), message_id });
     }
 
     fn spill(&self, client: &ClientId, generation: u64, message_id: i64, delivery: &Delivery) {
-        let _ = self.inner.session_ops.send(SessionOp::Spill {
-            client: client.clone(),
-            generation,
-            message_id,
-            qos: delivery.qos,
-            retain: delivery.retain,
-            sub_ids: delivery.subscription_ids.clone(),
-        });
+        self.session(queued(client, message_id, delivery, Some(generation)));
     }
 
     fn load_spilled(
@@ -549,19 +521,31 @@ impl Durable for Journal {
         keep: bool,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = SpillLoad> + Send + 'static>> {
         let (done, loaded) = oneshot::channel();
-        let _ = self.inner.session_ops.send(SessionOp::Load {
-            client: client.clone(),
-            generation,
-            limit,
-            keep,
-            done,
-        });
+        self.session(SessionOp::Load { client: client.clone(), generation, limit, keep, done });
         // A dropped sender (the writer stopped, or its transaction failed) means nothing was consumed.
         Box::pin(async move { loaded.await.unwrap_or(SpillLoad { failed: true, ..SpillLoad::default() }) })
     }
 
     fn discard_queue(&self, client: &ClientId) {
-        let _ = self.inner.session_ops.send(SessionOp::Discard(client.clone()));
+        self.session(SessionOp::Discard(client.clone()));
+    }
+}
+
+impl Journal {
+    /// Session changes never wait and are never dropped while the writer runs.
+    fn session(&self, op: SessionOp) {
+        let _ = self.inner.ops.send(Op::Session(op));
+    }
+}
+
+fn queued(client: &ClientId, message_id: i64, delivery: &Delivery, spilled: Option<u64>) -> SessionOp {
+    SessionOp::Queued {
+        client: client.clone(),
+        message_id,
+        qos: delivery.qos,
+        retain: delivery.retain,
+        sub_ids: delivery.subscription_ids.clone(),
+        spilled,
     }
 }
 
@@ -573,61 +557,105 @@ fn spawn_timer(inner: std::sync::Weak<Inner>, every: Duration, op: fn() -> Op) {
         loop {
             tick.tick().await;
             let Some(inner) = inner.upgrade() else { return };
-            // Skip a round rather than queue behind a backlog: the next tick comes soon.
-            let _ = inner.ops.try_send(op());
+            // The writer folds ticks that piled up behind a long batch into one.
+            let _ = inner.ops.send(op());
         }
     });
 }
 
-struct Writer {
-    conn: PoolConnection<Sqlite>,
-    inner: std::sync::Weak<Inner>,
-    config: JournalConfig,
-    /// The queue generation that last spilled for each client: a read-back from an older generation (a queue
-    /// since replaced) gets nothing.
-    generations: std::collections::HashMap<ClientId, u64>,
-    /// The newest row inserted, and the newest in the topic index (`journal_state.topic_index`).
-    last_id: i64,
-    indexed_upto: i64,
-    last_indexed: Instant,
+/// A row of `messages` as read back, by either connection type.
+#[derive(Debug)]
+pub(super) struct StoredRow {
+    id: i64,
+    ts: i64,
+    topic: String,
+    payload: Vec<u8>,
+    qos: i64,
+    client_id: Option<String>,
+    username: Option<String>,
+    payload_format: Option<i64>,
+    expiry_interval: Option<i64>,
+    content_type: Option<String>,
+    response_topic: Option<String>,
+    correlation_data: Option<Vec<u8>>,
+    user_properties: Option<String>,
 }
 
-/// Rebuilds a journaled message. `None` if its expiry interval has run out (counting the time the gateway was
-/// down); otherwise it keeps what remains of it.
+impl StoredRow {
+    fn from_sqlx(row: &sqlx::sqlite::SqliteRow) -> Result<StoredRow, sqlx::Error> {
+        Ok(StoredRow {
+            id: row.try_get("id")?,
+            ts: row.try_get("ts")?,
+            topic: row.try_get("topic")?,
+            payload: row.try_get("payload")?,
+            qos: row.try_get("qos")?,
+            client_id: row.try_get("client_id")?,
+            username: row.try_get("username")?,
+            payload_format: row.try_get("payload_format")?,
+            expiry_interval: row.try_get("expiry_interval")?,
+            content_type: row.try_get("content_type")?,
+            response_topic: row.try_get("response_topic")?,
+            correlation_data: row.try_get("correlation_data")?,
+            user_properties: row.try_get("user_properties")?,
+        })
+    }
+
+    pub(super) fn from_rusqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
+        Ok(StoredRow {
+            id: row.get("id")?,
+            ts: row.get("ts")?,
+            topic: row.get("topic")?,
+            payload: row.get("payload")?,
+            qos: row.get("qos")?,
+            client_id: row.get("client_id")?,
+            username: row.get("username")?,
+            payload_format: row.get("payload_format")?,
+            expiry_interval: row.get("expiry_interval")?,
+            content_type: row.get("content_type")?,
+            response_topic: row.get("response_topic")?,
+            correlation_data: row.get("correlation_data")?,
+            user_properties: row.get("user_properties")?,
+        })
+    }
+
+    /// Rebuilds the journaled message. `None` if its expiry interval has run out by `now` (counting the time the
+    /// gateway was down); otherwise it keeps what remains of it.
+    pub(super) fn into_message(self, now: i64, retain: bool) -> Option<Message> {
+        let remaining = match self.expiry_interval {
+            Some(e) => match u32::try_from(e - (now - self.ts) / 1000) {
+                Ok(r) if r > 0 => Some(r),
+                _ => return None,
+            },
+            None => None,
+        };
+        let qos = QoS::from_u8(u8::try_from(self.qos).unwrap_or(0)).unwrap_or_default();
+        let mut message = Message::new(&self.topic, self.payload, qos, retain);
+        message.origin = self.client_id.map(|c| ClientId::new(&c));
+        message.username = self.username.map(Arc::from);
+        message.properties = MessageProperties {
+            payload_format_indicator: self.payload_format.and_then(|p| u8::try_from(p).ok()),
+            message_expiry_interval: remaining,
+            content_type: self.content_type,
+            response_topic: self.response_topic,
+            correlation_data: self.correlation_data.map(bytes::Bytes::from),
+            user_properties: self
+                .user_properties
+                .and_then(|j| serde_json::from_str(&j).ok())
+                .unwrap_or_default(),
+        }
+        .boxed();
+        let _ = message.journal_id.set(self.id);
+        Some(message)
+    }
+}
+
+/// Rebuilds a journaled message from a sqlx row. `None` if its expiry interval has run out.
 fn message_from_row(
     row: &sqlx::sqlite::SqliteRow,
     now: i64,
     retain: bool,
 ) -> Result<Option<Message>, sqlx::Error> {
-    let ts: i64 = row.try_get("ts")?;
-    let expiry: Option<i64> = row.try_get("expiry_interval")?;
-    let remaining = match expiry {
-        Some(e) => match u32::try_from(e - (now - ts) / 1000) {
-            Ok(r) if r > 0 => Some(r),
-            _ => return Ok(None),
-        },
-        None => None,
-    };
-    let topic: String = row.try_get("topic")?;
-    let payload: Vec<u8> = row.try_get("payload")?;
-    let qos = QoS::from_u8(u8::try_from(row.try_get::<i64, _>("qos")?).unwrap_or(0)).unwrap_or_default();
-    let mut message = Message::new(&topic, payload, qos, retain);
-    message.origin = row.try_get::<Option<String>, _>("client_id")?.map(|c| ClientId::new(&c));
-    message.username = row.try_get::<Option<String>, _>("username")?.map(Arc::from);
-    let user_properties: Option<String> = row.try_get("user_properties")?;
-    message.properties = MessageProperties {
-        payload_format_indicator: row
-            .try_get::<Option<i64>, _>("payload_format")?
-            .and_then(|p| u8::try_from(p).ok()),
-        message_expiry_interval: remaining,
-        content_type: row.try_get("content_type")?,
-        response_topic: row.try_get("response_topic")?,
-        correlation_data: row.try_get::<Option<Vec<u8>>, _>("correlation_data")?.map(bytes::Bytes::from),
-        user_properties: user_properties.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default(),
-    }
-    .boxed();
-    let _ = message.journal_id.set(row.try_get("id")?);
-    Ok(Some(message))
+    Ok(StoredRow::from_sqlx(row)?.into_message(now, retain))
 }
 
 /// A queued delivery from a row of `session_messages` joined with its message. `None` if the message expired.
@@ -644,570 +672,11 @@ fn delivery_from_row(row: &sqlx::sqlite::SqliteRow, now: i64) -> Result<Option<D
     }))
 }
 
-/// Reads back the oldest `limit` spilled deliveries of `client` and takes them out of the spilled set: kept as
-/// queued rows (`keep`, a persistent session, whose later transitions update them) or deleted. Rows whose
-/// message expired or is gone (removed at the hard cap) are deleted; the gone ones are counted as missing.
-async fn load_spilled(
-    conn: &mut sqlx::SqliteConnection,
-    client: &ClientId,
-    limit: usize,
-    keep: bool,
-) -> Result<SpillLoad, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT s.seq, s.qos AS delivered_qos, s.retain AS delivered_retain, s.sub_ids, m.* \
-         FROM session_messages s LEFT JOIN messages m ON m.id = s.message_id \
-         WHERE s.client_id = ? AND s.spilled = 1 ORDER BY s.seq LIMIT ?",
-    )
-    .bind(client.as_str())
-    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-    .fetch_all(&mut *conn)
-    .await?;
-    let now = unix_millis(SystemTime::now());
-    let mut load = SpillLoad { consumed: rows.len(), ..SpillLoad::default() };
-    let mut gone = Vec::new();
-    let mut last = None;
-    for row in &rows {
-        let seq: i64 = row.try_get("seq")?;
-        last = Some(seq);
-        if row.try_get::<Option<i64>, _>("id")?.is_none() {
-            load.missing += 1;
-            gone.push(seq);
-            continue;
-        }
-        match delivery_from_row(row, now)? {
-            Some(delivery) => load.deliveries.push(delivery),
-            None => gone.push(seq),
-        }
-    }
-    for seq in gone {
-        sqlx::query("DELETE FROM session_messages WHERE seq = ?").bind(seq).execute(&mut *conn).await?;
-    }
-    if let Some(last) = last {
-        let sql = match keep {
-            true => {
-                "UPDATE session_messages SET spilled = 0 WHERE client_id = ? AND spilled = 1 AND seq <= ?"
-            }
-            false => "DELETE FROM session_messages WHERE client_id = ? AND spilled = 1 AND seq <= ?",
-        };
-        sqlx::query(sql).bind(client.as_str()).bind(last).execute(&mut *conn).await?;
-    }
-    if load.missing > 0 {
-        tracing::warn!(
-            client = %client,
-            lost = load.missing,
-            "queued messages were removed from the journal at its hard cap before this session could take them"
-        );
-    }
-    Ok(load)
-}
-
 /// An append taken off the channel, waiting for its batch's commit.
-struct Queued {
-    ts: i64,
-    message: Arc<Message>,
-    done: Option<oneshot::Sender<Result<(), Refusal>>>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Next {
-    Continue,
-    Stop,
-}
-
-/// Why a batch was not committed.
-#[derive(Debug)]
-enum WriteFailure {
-    Full,
-    Other(sqlx::Error),
-}
-
-impl Writer {
-    async fn run(mut self, mut ops: mpsc::Receiver<Op>, mut session_ops: mpsc::UnboundedReceiver<SessionOp>) {
-        let mut batch = Vec::with_capacity(self.config.max_batch);
-        let mut sessions = Vec::new();
-        let mut last_error_log: Option<Instant> = None;
-        loop {
-            let index_at = tokio::time::Instant::from_std(self.last_indexed + self.config.index_interval);
-            tokio::select! {
-                op = ops.recv() => match op {
-                    Some(op) => batch.push(op),
-                    None => break,
-                },
-                Some(op) = session_ops.recv() => sessions.push(op),
-                () = tokio::time::sleep_until(index_at), if self.last_id > self.indexed_upto => {}
-            }
-            while batch.len() < self.config.max_batch {
-                match ops.try_recv() {
-                    Ok(op) => batch.push(op),
-                    Err(_) => break,
-                }
-            }
-            while let Ok(op) = session_ops.try_recv() {
-                sessions.push(op);
-            }
-            // Session changes first: one made before a message was accepted (a subscription before a publish) is
-            // then durable no later than that message's acknowledgement.
-            if !sessions.is_empty()
-                && let Err(e) = self.apply_sessions(&mut sessions).await
-            {
-                tracing::error!("saving session state failed: {e}");
-            }
-            sessions.clear();
-            let next = self.process(&mut batch, &mut last_error_log).await;
-            let unindexed = self.last_id - self.indexed_upto;
-            if unindexed > 0
-                && (next == Next::Stop
-                    || unindexed >= INDEX_MAX_ROWS
-                    || self.last_indexed.elapsed() >= self.config.index_interval)
-            {
-                self.index_topics().await;
-            }
-            if next == Next::Stop {
-                break;
-            }
-        }
-        // Dropping the receiver refuses later appends; dropping the connection lets the pool close.
-        drop(ops);
-        tracing::debug!("journal writer stopped");
-    }
-
-    async fn process(&mut self, batch: &mut Vec<Op>, last_error_log: &mut Option<Instant>) -> Next {
-        let Some(inner) = self.inner.upgrade() else {
-            batch.clear();
-            return Next::Stop;
-        };
-        let mut appends = Vec::new();
-        let mut after = Vec::new();
-        for op in batch.drain(..) {
-            match op {
-                Op::Append { ts, message, done } => appends.push(Queued { ts, message, done }),
-                other => after.push(other),
-            }
-        }
-        if !appends.is_empty() {
-            let result = match self.over_hard_cap().await {
-                true => Err(WriteFailure::Full),
-                false => self.insert(&appends).await,
-            };
-            match result {
-                Ok(()) => {
-                    inner.refusing.store(false, Ordering::Relaxed);
-                    inner.stats.appended.fetch_add(appends.len() as u64, Ordering::Relaxed);
-                    inner.stats.batches.fetch_add(1, Ordering::Relaxed);
-                    for done in appends.into_iter().filter_map(|a| a.done) {
-                        let _ = done.send(Ok(()));
-                    }
-                }
-                Err(failure) => {
-                    let refusal = match &failure {
-                        WriteFailure::Full => Refusal::Full,
-                        WriteFailure::Other(_) => Refusal::Unavailable,
-                    };
-                    inner.refusing.store(refusal == Refusal::Full, Ordering::Relaxed);
-                    let mut refused = 0u64;
-                    let mut dropped = 0u64;
-                    for append in appends {
-                        match append.done {
-                            Some(done) => {
-                                refused += 1;
-                                let _ = done.send(Err(refusal));
-                            }
-                            None => dropped += 1,
-                        }
-                    }
-                    inner.stats.refused.fetch_add(refused, Ordering::Relaxed);
-                    inner.stats.dropped_qos0.fetch_add(dropped, Ordering::Relaxed);
-                    let why = match &failure {
-                        WriteFailure::Full => "the disk or the journal's hard cap is full".to_owned(),
-                        WriteFailure::Other(e) => e.to_string(),
-                    };
-                    let now = Instant::now();
-                    if last_error_log.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10)) {
-                        *last_error_log = Some(now);
-                        tracing::error!(
-                            refused,
-                            dropped_qos0 = dropped,
-                            "journal write failed ({why}): QoS 1/2 publishes are refused and QoS 0 dropped until it succeeds again"
-                        );
-                    }
-                }
-            }
-        }
-        let mut next = Next::Continue;
-        for op in after {
-            match op {
-                Op::Flush(done) => {
-                    let _ = done.send(());
-                }
-                Op::Index(done) => {
-                    while self.indexed_upto < self.last_id {
-                        let before = self.indexed_upto;
-                        self.index_topics().await;
-                        if self.indexed_upto == before {
-                            break;
-                        }
-                    }
-                    let _ = done.send(());
-                }
-                Op::Close(done) => {
-                    let _ = done.send(());
-                    next = Next::Stop;
-                }
-                Op::Prune(done) => {
-                    let pruned = self.prune().await;
-                    inner.stats.pruned.fetch_add(pruned, Ordering::Relaxed);
-                    if let Some(done) = done {
-                        let _ = done.send(pruned);
-                    }
-                }
-                Op::Checkpoint => {
-                    if let Err(e) =
-                        sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&mut *self.conn).await
-                    {
-                        tracing::warn!("journal checkpoint failed: {e}");
-                    }
-                }
-                Op::Append { .. } => {}
-            }
-        }
-        next
-    }
-
-    async fn insert(&mut self, appends: &[Queued]) -> Result<(), WriteFailure> {
-        let mut newest = self.last_id;
-        let mut tx = sqlx::Connection::begin(&mut *self.conn).await.map_err(classify)?;
-        let mut rest = appends;
-        while !rest.is_empty() {
-            // The largest of a few fixed statement sizes that fits: the same SQL text every time, so SQLite
-            // prepares each once (sqlx caches them) instead of parsing a new multi-row INSERT per batch.
-            let (rows, sql) = insert_statement(rest.len());
-            let (chunk, tail) = rest.split_at(rows.min(rest.len()));
-            rest = tail;
-            let mut query = sqlx::query(sql);
-            for Queued { ts, message: m, .. } in chunk {
-                let p = m.properties.as_deref();
-                query = query
-                    .bind(*ts)
-                    .bind(&*m.topic)
-                    .bind(&m.payload[..])
-                    .bind(m.qos as i64)
-                    .bind(m.retain)
-                    .bind(m.origin.as_ref().map(|c| c.as_str()))
-                    .bind(m.username.as_deref())
-                    .bind(p.and_then(|p| p.payload_format_indicator).map(i64::from))
-                    .bind(p.and_then(|p| p.message_expiry_interval).map(i64::from))
-                    .bind(p.and_then(|p| p.content_type.as_deref()))
-                    .bind(p.and_then(|p| p.response_topic.as_deref()))
-                    .bind(p.and_then(|p| p.correlation_data.as_deref()))
-                    .bind(
-                        p.filter(|p| !p.user_properties.is_empty())
-                            .and_then(|p| serde_json::to_string(&p.user_properties).ok()),
-                    );
-            }
-            let done = query.execute(&mut *tx).await.map_err(classify)?;
-            // One INSERT gives its rows consecutive ids ending at the last one inserted (no AUTOINCREMENT, no
-            // explicit ids, one writer): that maps each message to its row.
-            let last = done.last_insert_rowid();
-            newest = newest.max(last);
-            let first = last - i64::try_from(chunk.len()).unwrap_or(0) + 1;
-            for (id, queued) in (first..=last).zip(chunk) {
-                let _ = queued.message.journal_id.set(id);
-            }
-            for (id, queued) in (first..=last).zip(chunk).filter(|(_, q)| q.message.retain) {
-                let statement = if queued.message.payload.is_empty() {
-                    sqlx::query("DELETE FROM retained WHERE topic = ?").bind(&*queued.message.topic)
-                } else {
-                    sqlx::query("INSERT OR REPLACE INTO retained (topic, message_id) VALUES (?, ?)")
-                        .bind(&*queued.message.topic)
-                        .bind(id)
-                };
-                statement.execute(&mut *tx).await.map_err(classify)?;
-            }
-        }
-        tx.commit().await.map_err(classify)?;
-        // Only now: a rolled-back batch's ids are handed out again.
-        self.last_id = newest;
-        Ok(())
-    }
-
-    /// Adds the rows after `indexed_upto` (at most [`INDEX_MAX_ROWS`]) to the topic index, in topic order, in one
-    /// transaction with the new position. History queries scan the rows beyond it, so a failure here only
-    /// makes them slower; it is retried at the next interval.
-    async fn index_topics(&mut self) {
-        self.last_indexed = Instant::now();
-        let end = self.last_id.min(self.indexed_upto + INDEX_MAX_ROWS);
-        let result: Result<(), sqlx::Error> = async {
-            let mut tx = sqlx::Connection::begin(&mut *self.conn).await?;
-            sqlx::query(
-                "INSERT OR IGNORE INTO topic_index (topic, id) \
-                 SELECT topic, id FROM messages WHERE id > ? AND id <= ? ORDER BY topic, id",
-            )
-            .bind(self.indexed_upto)
-            .bind(end)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("INSERT OR REPLACE INTO journal_state (key, value) VALUES ('topic_index', ?)")
-                .bind(end)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await
-        }
-        .await;
-        match result {
-            Ok(()) => self.indexed_upto = end,
-            Err(e) => {
-                tracing::warn!("indexing the journal's topics failed (history queries scan instead): {e}")
-            }
-        }
-    }
-
-    async fn apply_sessions(&mut self, ops: &mut Vec<SessionOp>) -> Result<(), sqlx::Error> {
-        let mut tx = sqlx::Connection::begin(&mut *self.conn).await?;
-        // Read-backs are answered after the commit that takes their deliveries out of the spilled set.
-        let mut loads = Vec::new();
-        for op in ops.drain(..) {
-            match op {
-                SessionOp::Save(r) => {
-                    let will = r.will.as_ref();
-                    sqlx::query(
-                        "INSERT INTO sessions (client_id, expiry, disconnected_at, will_topic, will_payload, will_qos, \
-                         will_retain, will_delay, will_due, username) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-                         ON CONFLICT (client_id) DO UPDATE SET expiry = excluded.expiry, username = excluded.username, \
-                         disconnected_at = excluded.disconnected_at, will_topic = excluded.will_topic, \
-                         will_payload = excluded.will_payload, will_qos = excluded.will_qos, \
-                         will_retain = excluded.will_retain, will_delay = excluded.will_delay, \
-                         will_due = excluded.will_due",
-                    )
-                    .bind(r.client_id.as_str())
-                    .bind(i64::from(r.expiry))
-                    .bind(r.disconnected_at)
-                    .bind(will.map(|w| w.message.topic.to_string()))
-                    .bind(will.map(|w| w.message.payload.to_vec()))
-                    .bind(will.map(|w| w.message.qos as i64))
-                    .bind(will.map(|w| w.message.retain))
-                    .bind(will.map(|w| i64::from(w.delay)))
-                    .bind(r.will_due)
-                    .bind(r.username.as_deref())
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                SessionOp::Remove(client) => {
-                    // Spilled deliveries stay: the queue may live on as a clean session (expiry set to 0), and
-                    // `Discard` forgets them when it ends.
-                    for sql in [
-                        "DELETE FROM sessions WHERE client_id = ?",
-                        "DELETE FROM subscriptions WHERE client_id = ?",
-                        "DELETE FROM session_messages WHERE client_id = ? AND spilled = 0",
-                    ] {
-                        sqlx::query(sql).bind(client.as_str()).execute(&mut *tx).await?;
-                    }
-                }
-                SessionOp::Subscribe(client, f, id) => {
-                    sqlx::query(
-                        "INSERT OR REPLACE INTO subscriptions (client_id, filter, qos, no_local, retain_as_published, \
-                         retain_handling, subscription_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    )
-                    .bind(client.as_str())
-                    .bind(&f.filter)
-                    .bind(f.options.qos as i64)
-                    .bind(f.options.no_local)
-                    .bind(f.options.retain_as_published)
-                    .bind(f.options.retain_handling as i64)
-                    .bind(id.map(i64::from))
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                SessionOp::Queued { client, message_id, qos, retain, sub_ids } => {
-                    let sub_ids =
-                        (!sub_ids.is_empty()).then(|| serde_json::to_string(&sub_ids).ok()).flatten();
-                    sqlx::query(
-                        "INSERT OR REPLACE INTO session_messages (client_id, message_id, qos, retain, sub_ids) \
-                         VALUES (?, ?, ?, ?, ?)",
-                    )
-                    .bind(client.as_str())
-                    .bind(message_id)
-                    .bind(qos as i64)
-                    .bind(retain)
-                    .bind(sub_ids)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                SessionOp::InFlight { client, message_id, packet_id, released } => {
-                    sqlx::query(
-                        "UPDATE session_messages SET packet_id = ?, released = ? WHERE client_id = ? AND message_id = ?",
-                    )
-                    .bind(i64::from(packet_id))
-                    .bind(released)
-                    .bind(client.as_str())
-                    .bind(message_id)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                SessionOp::Delivered { client, message_id } => {
-                    sqlx::query("DELETE FROM session_messages WHERE client_id = ? AND message_id = ?")
-                        .bind(client.as_str())
-                        .bind(message_id)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                SessionOp::Unsubscribe(client, filter) => {
-                    sqlx::query("DELETE FROM subscriptions WHERE client_id = ? AND filter = ?")
-                        .bind(client.as_str())
-                        .bind(filter)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                SessionOp::Spill { client, generation, message_id, qos, retain, sub_ids } => {
-                    let sub_ids =
-                        (!sub_ids.is_empty()).then(|| serde_json::to_string(&sub_ids).ok()).flatten();
-                    sqlx::query(
-                        "INSERT OR REPLACE INTO session_messages (client_id, message_id, qos, retain, sub_ids, spilled) \
-                         VALUES (?, ?, ?, ?, ?, 1)",
-                    )
-                    .bind(client.as_str())
-                    .bind(message_id)
-                    .bind(qos as i64)
-                    .bind(retain)
-                    .bind(sub_ids)
-                    .execute(&mut *tx)
-                    .await?;
-                    if self.generations.get(&client) != Some(&generation) {
-                        self.generations.insert(client, generation);
-                    }
-                }
-                SessionOp::Load { client, generation, limit, keep, done } => {
-                    let stale = self.generations.get(&client).is_some_and(|&g| g != generation);
-                    let load = match stale {
-                        true => SpillLoad::default(),
-                        false => load_spilled(&mut tx, &client, limit, keep).await?,
-                    };
-                    loads.push((done, load));
-                }
-                SessionOp::Discard(client) => {
-                    sqlx::query("DELETE FROM session_messages WHERE client_id = ?")
-                        .bind(client.as_str())
-                        .execute(&mut *tx)
-                        .await?;
-                    self.generations.remove(&client);
-                }
-            }
-        }
-        tx.commit().await?;
-        for (done, load) in loads {
-            let _ = done.send(load);
-        }
-        Ok(())
-    }
-
-    /// Current size of the file in bytes, not counting free pages.
-    async fn used_bytes(&mut self) -> Result<u64, sqlx::Error> {
-        let pages: i64 = sqlx::query_scalar("PRAGMA page_count").fetch_one(&mut *self.conn).await?;
-        let free: i64 = sqlx::query_scalar("PRAGMA freelist_count").fetch_one(&mut *self.conn).await?;
-        let size: i64 = sqlx::query_scalar("PRAGMA page_size").fetch_one(&mut *self.conn).await?;
-        Ok(u64::try_from((pages - free).max(0) * size).unwrap_or(0))
-    }
-
-    /// At the hard cap even after pruning everything it allows.
-    async fn over_hard_cap(&mut self) -> bool {
-        let Some(cap) = self.config.retention.hard_cap_bytes else { return false };
-        match self.used_bytes().await {
-            Ok(used) if used >= cap => {
-                self.prune().await;
-                self.used_bytes().await.map(|u| u >= cap).unwrap_or(false)
-            }
-            _ => false,
-        }
-    }
-
-    /// One bounded round of retention. Returns the rows deleted.
-    async fn prune(&mut self) -> u64 {
-        match self.prune_inner().await {
-            Ok(n) => {
-                if n > 0 {
-                    tracing::debug!(rows = n, "journal pruned");
-                }
-                n
-            }
-            Err(e) => {
-                tracing::warn!("journal pruning failed: {e}");
-                0
-            }
-        }
-    }
-
-    async fn prune_inner(&mut self) -> Result<u64, sqlx::Error> {
-        let retention = self.config.retention.clone();
-        // Rows up to the slowest durable consumer's cursor are done with; later rows are protected.
-        let protected_from: Option<i64> =
-            sqlx::query_scalar("SELECT min(position) FROM cursors").fetch_one(&mut *self.conn).await?;
-        // The newest row always stays: row ids are `max(id) + 1`, so an emptied table would hand out ids again
-        // that cursors and the topic index have already passed.
-        let newest_kept = self.last_id - 1;
-        let limit = protected_from.unwrap_or(i64::MAX).min(newest_kept);
-        let mut deleted = 0u64;
-        if let Some(age) = retention.max_age {
-            let cutoff = unix_millis(SystemTime::now()) - i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
-            for _ in 0..PRUNE_STEPS {
-                let n = sqlx::query(
-                    "DELETE FROM messages WHERE id IN \
-                     (SELECT id FROM messages WHERE ts < ? AND id <= ? \
-                      AND id NOT IN (SELECT message_id FROM retained) \
-                      AND id NOT IN (SELECT message_id FROM session_messages) ORDER BY id LIMIT ?)",
-                )
-                .bind(cutoff)
-                .bind(limit)
-                .bind(PRUNE_CHUNK)
-                .execute(&mut *self.conn)
-                .await?
-                .rows_affected();
-                deleted += n;
-                if n < PRUNE_CHUNK as u64 {
-                    break;
-                }
-            }
-        }
-        // Above `max_bytes`, what no cursor and no session queue needs; above the hard cap, anything but the
-        // retained messages.
-        let soft = "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE id <= ? \
-                    AND id NOT IN (SELECT message_id FROM retained) \
-                    AND id NOT IN (SELECT message_id FROM session_messages) ORDER BY id LIMIT ?)";
-        let hard = "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE id <= ? \
-                    AND id NOT IN (SELECT message_id FROM retained) ORDER BY id LIMIT ?)";
-        for (bound, cap, sql) in
-            [(limit, retention.max_bytes, soft), (newest_kept, retention.hard_cap_bytes, hard)]
-        {
-            let Some(cap) = cap else { continue };
-            for _ in 0..PRUNE_STEPS {
-                if self.used_bytes().await? <= cap {
-                    break;
-                }
-                let n = sqlx::query(sql)
-                    .bind(bound)
-                    .bind(PRUNE_CHUNK)
-                    .execute(&mut *self.conn)
-                    .await?
-                    .rows_affected();
-                deleted += n;
-                if n == 0 {
-                    break;
-                }
-            }
-        }
-        if deleted > 0 {
-            sqlx::query("PRAGMA incremental_vacuum").execute(&mut *self.conn).await?;
-        }
-        Ok(deleted)
-    }
-}
-
-/// SQLITE_FULL (13): the disk or the database's page limit is full.
-fn classify(e: sqlx::Error) -> WriteFailure {
-    let full = match &e {
-        sqlx::Error::Database(db) => db.code().is_some_and(|c| c == "13" || c.starts_with("13")),
-        sqlx::Error::Io(io) => io.raw_os_error() == Some(28),
-        _ => false,
-    } || e.to_string().contains("database or disk is full");
-    if full { WriteFailure::Full } else { WriteFailure::Other(e) }
+pub(super) struct Queued {
+    pub(super) ts: i64,
+    pub(super) message: Arc<Message>,
+    pub(super) done: Option<oneshot::Sender<Result<(), Refusal>>>,
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub mod consumer;
 pub mod export;
 pub mod history;
 pub mod journal;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -49,6 +50,8 @@ pub enum StoreError {
     Query(#[from] sqlx::Error),
     #[error("invalid query: {0}")]
     InvalidQuery(String),
+    #[error("journal writer: {0}")]
+    Writer(String),
 }
 
 /// Which database a pool belongs to, for opening with the right migrations and settings.

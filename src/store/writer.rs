@@ -1,0 +1,654 @@
+//! The journal's writer: one OS thread that owns the write connection to `journal.sqlite`.
+//!
+//! Why a thread with its own connection (rusqlite over the same bundled SQLite) rather than an async task on the
+//! sqlx pool: every statement through sqlx is a round trip to sqlx's worker thread (a channel send and a thread
+//! wake-up each way), and a batch is several statements plus the session updates. Profiles showed those
+//! hand-offs costing about as much CPU as SQLite's own work. Here the thread blocks on the journal's channel,
+//! takes everything waiting, and runs it with cached prepared statements; appenders wait on their own oneshot.
+//! Reads (history, exports, start-up) stay on the sqlx pool: in WAL mode they never block this writer.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use tokio::sync::mpsc;
+
+use super::journal::{Durability, Inner, JournalConfig, Op, Queued, SessionOp, StoredRow};
+use super::{StoreError, unix_millis};
+use crate::mqtt::broker::{ClientId, Delivery, Refusal, SpillLoad};
+use crate::mqtt::codec::QoS;
+
+/// Rows per INSERT statement, largest first: 13 parameters a row, well under SQLite's limit of 32,766. Powers of
+/// two, so that any batch takes few statements, each prepared once.
+const INSERT_SIZES: [usize; 9] = [256, 128, 64, 32, 16, 8, 4, 2, 1];
+/// The most rows the writer adds to the topic index in one step.
+const INDEX_MAX_ROWS: i64 = 200_000;
+/// Rows deleted per pruning step, and steps per pruning round.
+const PRUNE_CHUNK: i64 = 2000;
+const PRUNE_STEPS: usize = 8;
+
+/// The INSERT statement for `rows` rows (one of [`INSERT_SIZES`]).
+fn insert_sql(rows: usize) -> String {
+    let row = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+    let values = vec![row; rows].join(", ");
+    format!(
+        "INSERT INTO messages (ts, topic, payload, qos, retain, client_id, username, payload_format, \
+         expiry_interval, content_type, response_topic, correlation_data, user_properties) VALUES {values}"
+    )
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    Continue,
+    Stop,
+}
+
+#[derive(Debug)]
+enum WriteFailure {
+    Full,
+    Other(rusqlite::Error),
+}
+
+/// SQLITE_FULL: the disk (ENOSPC) or the database's page limit is full.
+fn classify(e: rusqlite::Error) -> WriteFailure {
+    let full = matches!(&e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull)
+        || e.to_string().contains("database or disk is full");
+    if full { WriteFailure::Full } else { WriteFailure::Other(e) }
+}
+
+pub(super) struct Writer {
+    conn: Connection,
+    inner: std::sync::Weak<Inner>,
+    config: JournalConfig,
+    /// The INSERT statements of [`INSERT_SIZES`], by size.
+    insert_sql: Vec<(usize, String)>,
+    /// The queue generation that last spilled for each client: a read-back from an older generation (a queue
+    /// since replaced) gets nothing.
+    generations: HashMap<ClientId, u64>,
+    /// The newest row committed, and the newest in the topic index (`journal_state.topic_index`).
+    last_id: i64,
+    indexed_upto: i64,
+    last_indexed: Instant,
+    last_error_log: Option<Instant>,
+}
+
+impl Writer {
+    /// Opens the write connection (the file exists and is migrated) and starts the thread.
+    pub(super) fn start(
+        path: &Path,
+        config: JournalConfig,
+        inner: std::sync::Weak<Inner>,
+        ops: mpsc::UnboundedReceiver<Op>,
+    ) -> Result<(), StoreError> {
+        let open = || -> rusqlite::Result<Connection> {
+            let conn = Connection::open(path)?;
+            conn.busy_timeout(Duration::from_secs(10))?;
+            // WAL is a property of the file, set when it was created; these are per connection. Why they are
+            // safe on power loss: see `store::connect_options`.
+            let synchronous = match config.durability {
+                Durability::Synced => "FULL",
+                Durability::Batched { .. } | Durability::Off => "NORMAL",
+            };
+            conn.pragma_update(None, "synchronous", synchronous)?;
+            conn.pragma_update(None, "foreign_keys", "ON")?;
+            if let Some(pages) = config.max_pages {
+                conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
+            }
+            conn.set_prepared_statement_cache_capacity(64);
+            Ok(conn)
+        };
+        let conn = open().map_err(|e| StoreError::Writer(e.to_string()))?;
+        let last_id: i64 = conn
+            .query_row("SELECT coalesce(max(id), 0) FROM messages", [], |r| r.get(0))
+            .map_err(|e| StoreError::Writer(e.to_string()))?;
+        let indexed_upto: i64 = conn
+            .query_row(
+                "SELECT coalesce(max(value), 0) FROM journal_state WHERE key = 'topic_index'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| StoreError::Writer(e.to_string()))?;
+        let writer = Writer {
+            conn,
+            inner,
+            config,
+            insert_sql: INSERT_SIZES.iter().map(|&n| (n, insert_sql(n))).collect(),
+            generations: HashMap::new(),
+            last_id,
+            indexed_upto,
+            last_indexed: Instant::now(),
+            last_error_log: None,
+        };
+        std::thread::Builder::new()
+            .name("weir-journal".into())
+            .spawn(move || writer.run(ops))
+            .map_err(|e| StoreError::Writer(format!("starting the journal writer: {e}")))?;
+        Ok(())
+    }
+
+    fn run(mut self, mut ops: mpsc::UnboundedReceiver<Op>) {
+        let mut batch = Vec::with_capacity(self.config.max_batch);
+        while let Some(first) = ops.blocking_recv() {
+            let mut appends = usize::from(matches!(first, Op::Append { .. }));
+            batch.push(first);
+            while appends < self.config.max_batch {
+                match ops.try_recv() {
+                    Ok(op) => {
+                        appends += usize::from(matches!(op, Op::Append { .. }));
+                        batch.push(op);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if self.process(&mut batch) == Next::Stop {
+                break;
+            }
+        }
+        tracing::debug!("journal writer stopped");
+    }
+
+    fn process(&mut self, batch: &mut Vec<Op>) -> Next {
+        let Some(inner) = self.inner.upgrade() else {
+            batch.clear();
+            return Next::Stop;
+        };
+        let mut sessions = Vec::new();
+        let mut appends = Vec::new();
+        let mut after = Vec::new();
+        for op in batch.drain(..) {
+            match op {
+                Op::Append { ts, message, done } => appends.push(Queued { ts, message, done }),
+                Op::Session(op) => sessions.push(op),
+                other => after.push(other),
+            }
+        }
+        // Session changes first: one made before a message was accepted (a subscription before a publish) is
+        // then durable no later than that message's acknowledgement.
+        if !sessions.is_empty()
+            && let Err(e) = self.apply_sessions(sessions)
+        {
+            tracing::error!("saving session state failed: {e}");
+        }
+        if !appends.is_empty() {
+            self.append(&inner, appends);
+        }
+        let mut next = Next::Continue;
+        let mut pruned = false;
+        for op in after {
+            match op {
+                Op::Flush(done) => {
+                    let _ = done.send(());
+                }
+                Op::Close(done) => {
+                    self.index_all();
+                    let _ = done.send(());
+                    next = Next::Stop;
+                }
+                Op::Prune(done) => {
+                    // Timer ticks that piled up behind a long batch make one round, not several.
+                    let n = if pruned && done.is_none() { 0 } else { self.prune() };
+                    pruned = true;
+                    inner.stats.pruned.fetch_add(n, Ordering::Relaxed);
+                    if let Some(done) = done {
+                        let _ = done.send(n);
+                    }
+                }
+                Op::Checkpoint => {
+                    if let Err(e) = self.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                        tracing::warn!("journal checkpoint failed: {e}");
+                    }
+                }
+                Op::Index(done) => match done {
+                    Some(done) => {
+                        self.index_all();
+                        let _ = done.send(());
+                    }
+                    None => {
+                        if self.last_indexed.elapsed() >= self.config.index_interval {
+                            self.index_topics();
+                        }
+                    }
+                },
+                Op::Append { .. } | Op::Session(_) => {}
+            }
+        }
+        if self.last_id - self.indexed_upto >= INDEX_MAX_ROWS {
+            self.index_topics();
+        }
+        next
+    }
+
+    /// Commits a batch of appends, then completes them (or refuses them all), and gives their places in the
+    /// journal's queue back.
+    fn append(&mut self, inner: &Inner, appends: Vec<Queued>) {
+        let count = appends.len();
+        let result = match self.over_hard_cap() {
+            true => Err(WriteFailure::Full),
+            false => self.insert(&appends),
+        };
+        inner.permits.add_permits(count);
+        match result {
+            Ok(()) => {
+                inner.refusing.store(false, Ordering::Relaxed);
+                inner.stats.appended.fetch_add(count as u64, Ordering::Relaxed);
+                inner.stats.batches.fetch_add(1, Ordering::Relaxed);
+                for done in appends.into_iter().filter_map(|a| a.done) {
+                    let _ = done.send(Ok(()));
+                }
+            }
+            Err(failure) => {
+                let refusal = match &failure {
+                    WriteFailure::Full => Refusal::Full,
+                    WriteFailure::Other(_) => Refusal::Unavailable,
+                };
+                inner.refusing.store(refusal == Refusal::Full, Ordering::Relaxed);
+                let mut refused = 0u64;
+                let mut dropped = 0u64;
+                for append in appends {
+                    match append.done {
+                        Some(done) => {
+                            refused += 1;
+                            let _ = done.send(Err(refusal));
+                        }
+                        None => dropped += 1,
+                    }
+                }
+                inner.stats.refused.fetch_add(refused, Ordering::Relaxed);
+                inner.stats.dropped_qos0.fetch_add(dropped, Ordering::Relaxed);
+                let why = match &failure {
+                    WriteFailure::Full => "the disk or the journal's hard cap is full".to_owned(),
+                    WriteFailure::Other(e) => e.to_string(),
+                };
+                let now = Instant::now();
+                if self.last_error_log.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10)) {
+                    self.last_error_log = Some(now);
+                    tracing::error!(
+                        refused,
+                        dropped_qos0 = dropped,
+                        "journal write failed ({why}): QoS 1/2 publishes are refused and QoS 0 dropped until it succeeds again"
+                    );
+                }
+            }
+        }
+    }
+
+    fn insert(&mut self, appends: &[Queued]) -> Result<(), WriteFailure> {
+        let mut newest = self.last_id;
+        let tx = self.conn.transaction().map_err(classify)?;
+        let mut rest = appends;
+        while !rest.is_empty() {
+            let Some((rows, sql)) = self.insert_sql.iter().find(|(n, _)| *n <= rest.len()) else { break };
+            let (chunk, tail) = rest.split_at(*rows);
+            rest = tail;
+            let mut statement = tx.prepare_cached(sql).map_err(classify)?;
+            let mut at = 1;
+            for Queued { ts, message: m, .. } in chunk {
+                let p = m.properties.as_deref();
+                let user_properties = p
+                    .filter(|p| !p.user_properties.is_empty())
+                    .and_then(|p| serde_json::to_string(&p.user_properties).ok());
+                let bind = |statement: &mut rusqlite::CachedStatement<'_>, at: &mut usize| {
+                    statement.raw_bind_parameter(*at, ts)?;
+                    statement.raw_bind_parameter(*at + 1, &*m.topic)?;
+                    statement.raw_bind_parameter(*at + 2, &m.payload[..])?;
+                    statement.raw_bind_parameter(*at + 3, m.qos as i64)?;
+                    statement.raw_bind_parameter(*at + 4, m.retain)?;
+                    statement.raw_bind_parameter(*at + 5, m.origin.as_ref().map(|c| c.as_str()))?;
+                    statement.raw_bind_parameter(*at + 6, m.username.as_deref())?;
+                    statement.raw_bind_parameter(
+                        *at + 7,
+                        p.and_then(|p| p.payload_format_indicator).map(i64::from),
+                    )?;
+                    statement.raw_bind_parameter(
+                        *at + 8,
+                        p.and_then(|p| p.message_expiry_interval).map(i64::from),
+                    )?;
+                    statement.raw_bind_parameter(*at + 9, p.and_then(|p| p.content_type.as_deref()))?;
+                    statement.raw_bind_parameter(*at + 10, p.and_then(|p| p.response_topic.as_deref()))?;
+                    statement.raw_bind_parameter(*at + 11, p.and_then(|p| p.correlation_data.as_deref()))?;
+                    statement.raw_bind_parameter(*at + 12, user_properties.as_deref())?;
+                    *at += 13;
+                    Ok::<(), rusqlite::Error>(())
+                };
+                bind(&mut statement, &mut at).map_err(classify)?;
+            }
+            statement.raw_execute().map_err(classify)?;
+            drop(statement);
+            // One INSERT gives its rows consecutive ids ending at the last one inserted (no AUTOINCREMENT, no
+            // explicit ids, one writer): that maps each message to its row.
+            let last = tx.last_insert_rowid();
+            newest = newest.max(last);
+            let first = last - i64::try_from(chunk.len()).unwrap_or(0) + 1;
+            for (id, queued) in (first..=last).zip(chunk) {
+                let _ = queued.message.journal_id.set(id);
+                if queued.message.retain {
+                    let topic = &*queued.message.topic;
+                    if queued.message.payload.is_empty() {
+                        tx.prepare_cached("DELETE FROM retained WHERE topic = ?")
+                            .and_then(|mut s| s.execute([topic]))
+                            .map_err(classify)?;
+                    } else {
+                        tx.prepare_cached(
+                            "INSERT OR REPLACE INTO retained (topic, message_id) VALUES (?, ?)",
+                        )
+                        .and_then(|mut s| s.execute(params![topic, id]))
+                        .map_err(classify)?;
+                    }
+                }
+            }
+        }
+        tx.commit().map_err(classify)?;
+        // Only now: a rolled-back batch's ids are handed out again.
+        self.last_id = newest;
+        Ok(())
+    }
+
+    fn apply_sessions(&mut self, ops: Vec<SessionOp>) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction()?;
+        // Read-backs are answered after the commit that takes their deliveries out of the spilled set.
+        let mut loads = Vec::new();
+        for op in ops {
+            match op {
+                SessionOp::Save(r) => {
+                    let will = r.will.as_ref();
+                    tx.prepare_cached(
+                        "INSERT INTO sessions (client_id, expiry, disconnected_at, will_topic, will_payload, will_qos, \
+                         will_retain, will_delay, will_due, username) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                         ON CONFLICT (client_id) DO UPDATE SET expiry = excluded.expiry, username = excluded.username, \
+                         disconnected_at = excluded.disconnected_at, will_topic = excluded.will_topic, \
+                         will_payload = excluded.will_payload, will_qos = excluded.will_qos, \
+                         will_retain = excluded.will_retain, will_delay = excluded.will_delay, \
+                         will_due = excluded.will_due",
+                    )?
+                    .execute(params![
+                        r.client_id.as_str(),
+                        i64::from(r.expiry),
+                        r.disconnected_at,
+                        will.map(|w| w.message.topic.to_string()),
+                        will.map(|w| &w.message.payload[..]),
+                        will.map(|w| w.message.qos as i64),
+                        will.map(|w| w.message.retain),
+                        will.map(|w| i64::from(w.delay)),
+                        r.will_due,
+                        r.username.as_deref(),
+                    ])?;
+                }
+                SessionOp::Remove(client) => {
+                    // Spilled deliveries stay: the queue may live on as a clean session (expiry set to 0), and
+                    // `Discard` forgets them when it ends.
+                    for sql in [
+                        "DELETE FROM sessions WHERE client_id = ?",
+                        "DELETE FROM subscriptions WHERE client_id = ?",
+                        "DELETE FROM session_messages WHERE client_id = ? AND spilled = 0",
+                    ] {
+                        tx.prepare_cached(sql)?.execute([client.as_str()])?;
+                    }
+                }
+                SessionOp::Subscribe(client, f, id) => {
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO subscriptions (client_id, filter, qos, no_local, retain_as_published, \
+                         retain_handling, subscription_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    )?
+                    .execute(params![
+                        client.as_str(),
+                        f.filter,
+                        f.options.qos as i64,
+                        f.options.no_local,
+                        f.options.retain_as_published,
+                        f.options.retain_handling as i64,
+                        id.map(i64::from),
+                    ])?;
+                }
+                SessionOp::Unsubscribe(client, filter) => {
+                    tx.prepare_cached("DELETE FROM subscriptions WHERE client_id = ? AND filter = ?")?
+                        .execute(params![client.as_str(), filter])?;
+                }
+                SessionOp::Queued { client, message_id, qos, retain, sub_ids, spilled } => {
+                    let sub_ids =
+                        (!sub_ids.is_empty()).then(|| serde_json::to_string(&sub_ids).ok()).flatten();
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO session_messages (client_id, message_id, qos, retain, sub_ids, spilled) \
+                         VALUES (?, ?, ?, ?, ?, ?)",
+                    )?
+                    .execute(params![client.as_str(), message_id, qos as i64, retain, sub_ids, spilled.is_some()])?;
+                    if let Some(generation) = spilled
+                        && self.generations.get(&client) != Some(&generation)
+                    {
+                        self.generations.insert(client, generation);
+                    }
+                }
+                SessionOp::InFlight { client, message_id, packet_id, released } => {
+                    tx.prepare_cached(
+                        "UPDATE session_messages SET packet_id = ?, released = ? WHERE client_id = ? AND message_id = ?",
+                    )?
+                    .execute(params![i64::from(packet_id), released, client.as_str(), message_id])?;
+                }
+                SessionOp::Delivered { client, message_id } => {
+                    tx.prepare_cached("DELETE FROM session_messages WHERE client_id = ? AND message_id = ?")?
+                        .execute(params![client.as_str(), message_id])?;
+                }
+                SessionOp::Load { client, generation, limit, keep, done } => {
+                    let stale = self.generations.get(&client).is_some_and(|&g| g != generation);
+                    let load = match stale {
+                        true => SpillLoad::default(),
+                        false => load_spilled(&tx, &client, limit, keep)?,
+                    };
+                    loads.push((done, load));
+                }
+                SessionOp::Discard(client) => {
+                    tx.prepare_cached("DELETE FROM session_messages WHERE client_id = ?")?
+                        .execute([client.as_str()])?;
+                    self.generations.remove(&client);
+                }
+            }
+        }
+        tx.commit()?;
+        for (done, load) in loads {
+            let _ = done.send(load);
+        }
+        Ok(())
+    }
+
+    /// Adds the rows after `indexed_upto` (at most [`INDEX_MAX_ROWS`]) to the topic index, in topic order, in one
+    /// transaction with the new position. History queries scan the rows beyond it, so a failure here only
+    /// makes them slower; it is retried at the next interval.
+    fn index_topics(&mut self) {
+        self.last_indexed = Instant::now();
+        if self.last_id <= self.indexed_upto {
+            return;
+        }
+        let end = self.last_id.min(self.indexed_upto + INDEX_MAX_ROWS);
+        let from = self.indexed_upto;
+        let result = (|| -> rusqlite::Result<()> {
+            let tx = self.conn.transaction()?;
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO topic_index (topic, id) \
+                 SELECT topic, id FROM messages WHERE id > ? AND id <= ? ORDER BY topic, id",
+            )?
+            .execute(params![from, end])?;
+            tx.prepare_cached("INSERT OR REPLACE INTO journal_state (key, value) VALUES ('topic_index', ?)")?
+                .execute([end])?;
+            tx.commit()
+        })();
+        match result {
+            Ok(()) => self.indexed_upto = end,
+            Err(e) => {
+                tracing::warn!("indexing the journal's topics failed (history queries scan instead): {e}")
+            }
+        }
+    }
+
+    /// Indexes everything committed so far.
+    fn index_all(&mut self) {
+        while self.indexed_upto < self.last_id {
+            let before = self.indexed_upto;
+            self.index_topics();
+            if self.indexed_upto == before {
+                break;
+            }
+        }
+    }
+
+    /// Current size of the file in bytes, not counting free pages.
+    fn used_bytes(&self) -> rusqlite::Result<u64> {
+        let pragma = |name: &str| self.conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get::<_, i64>(0));
+        let (pages, free, size) = (pragma("page_count")?, pragma("freelist_count")?, pragma("page_size")?);
+        Ok(u64::try_from((pages - free).max(0) * size).unwrap_or(0))
+    }
+
+    /// At the hard cap even after pruning everything it allows.
+    fn over_hard_cap(&mut self) -> bool {
+        let Some(cap) = self.config.retention.hard_cap_bytes else { return false };
+        match self.used_bytes() {
+            Ok(used) if used >= cap => {
+                self.prune();
+                self.used_bytes().map(|u| u >= cap).unwrap_or(false)
+            }
+            _ => false,
+        }
+    }
+
+    /// One bounded round of retention. Returns the rows deleted.
+    fn prune(&mut self) -> u64 {
+        match self.prune_inner() {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::debug!(rows = n, "journal pruned");
+                }
+                n
+            }
+            Err(e) => {
+                tracing::warn!("journal pruning failed: {e}");
+                0
+            }
+        }
+    }
+
+    fn prune_inner(&mut self) -> rusqlite::Result<u64> {
+        let retention = self.config.retention.clone();
+        // Rows up to the slowest durable consumer's cursor are done with; later rows are protected.
+        let protected_from: Option<i64> =
+            self.conn.query_row("SELECT min(position) FROM cursors", [], |r| r.get(0)).optional()?.flatten();
+        // The newest row always stays: row ids are `max(id) + 1`, so an emptied table would hand out ids again
+        // that cursors and the topic index have already passed.
+        let newest_kept = self.last_id - 1;
+        let limit = protected_from.unwrap_or(i64::MAX).min(newest_kept);
+        let mut deleted = 0u64;
+        if let Some(age) = retention.max_age {
+            let cutoff = unix_millis(SystemTime::now()) - i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+            for _ in 0..PRUNE_STEPS {
+                let n = self
+                    .conn
+                    .prepare_cached(
+                        "DELETE FROM messages WHERE id IN \
+                         (SELECT id FROM messages WHERE ts < ? AND id <= ? \
+                          AND id NOT IN (SELECT message_id FROM retained) \
+                          AND id NOT IN (SELECT message_id FROM session_messages) ORDER BY id LIMIT ?)",
+                    )?
+                    .execute(params![cutoff, limit, PRUNE_CHUNK])?;
+                deleted += n as u64;
+                if n < PRUNE_CHUNK as usize {
+                    break;
+                }
+            }
+        }
+        // Above `max_bytes`, what no cursor and no session queue needs; above the hard cap, anything but the
+        // retained messages.
+        let soft = "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE id <= ? \
+                    AND id NOT IN (SELECT message_id FROM retained) \
+                    AND id NOT IN (SELECT message_id FROM session_messages) ORDER BY id LIMIT ?)";
+        let hard = "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE id <= ? \
+                    AND id NOT IN (SELECT message_id FROM retained) ORDER BY id LIMIT ?)";
+        for (bound, cap, sql) in
+            [(limit, retention.max_bytes, soft), (newest_kept, retention.hard_cap_bytes, hard)]
+        {
+            let Some(cap) = cap else { continue };
+            for _ in 0..PRUNE_STEPS {
+                if self.used_bytes()? <= cap {
+                    break;
+                }
+                let n = self.conn.prepare_cached(sql)?.execute(params![bound, PRUNE_CHUNK])?;
+                deleted += n as u64;
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        if deleted > 0 {
+            self.conn.execute_batch("PRAGMA incremental_vacuum")?;
+        }
+        Ok(deleted)
+    }
+}
+
+/// Reads back the oldest `limit` spilled deliveries of `client` and takes them out of the spilled set: kept as
+/// queued rows (`keep`, a persistent session, whose later transitions update them) or deleted. Rows whose
+/// message expired or is gone (removed at the hard cap) are deleted; the gone ones are counted as missing.
+fn load_spilled(
+    tx: &Transaction<'_>,
+    client: &ClientId,
+    limit: usize,
+    keep: bool,
+) -> rusqlite::Result<SpillLoad> {
+    let now = unix_millis(SystemTime::now());
+    let mut load = SpillLoad::default();
+    let mut gone = Vec::new();
+    let mut last = None;
+    {
+        let mut statement = tx.prepare_cached(
+            "SELECT s.seq, s.qos AS delivered_qos, s.retain AS delivered_retain, s.sub_ids, m.* \
+             FROM session_messages s LEFT JOIN messages m ON m.id = s.message_id \
+             WHERE s.client_id = ? AND s.spilled = 1 ORDER BY s.seq LIMIT ?",
+        )?;
+        let mut rows = statement.query(params![client.as_str(), i64::try_from(limit).unwrap_or(i64::MAX)])?;
+        while let Some(row) = rows.next()? {
+            load.consumed += 1;
+            let seq: i64 = row.get("seq")?;
+            last = Some(seq);
+            if row.get::<_, Option<i64>>("id")?.is_none() {
+                load.missing += 1;
+                gone.push(seq);
+                continue;
+            }
+            let stored = StoredRow::from_rusqlite(row)?;
+            let Some(message) = stored.into_message(now, false) else {
+                gone.push(seq);
+                continue;
+            };
+            let sub_ids: Option<String> = row.get("sub_ids")?;
+            let qos = u8::try_from(row.get::<_, i64>("delivered_qos")?)
+                .ok()
+                .and_then(QoS::from_u8)
+                .unwrap_or_default();
+            load.deliveries.push(Delivery {
+                message: Arc::new(message),
+                qos,
+                retain: row.get("delivered_retain")?,
+                subscription_ids: sub_ids.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default(),
+            });
+        }
+    }
+    for seq in gone {
+        tx.prepare_cached("DELETE FROM session_messages WHERE seq = ?")?.execute([seq])?;
+    }
+    if let Some(last) = last {
+        let sql = match keep {
+            true => {
+                "UPDATE session_messages SET spilled = 0 WHERE client_id = ? AND spilled = 1 AND seq <= ?"
+            }
+            false => "DELETE FROM session_messages WHERE client_id = ? AND spilled = 1 AND seq <= ?",
+        };
+        tx.prepare_cached(sql)?.execute(params![client.as_str(), last])?;
+    }
+    if load.missing > 0 {
+        tracing::warn!(
+            client = %client,
+            lost = load.missing,
+            "queued messages were removed from the journal at its hard cap before this session could take them"
+        );
+    }
+    Ok(load)
+}
