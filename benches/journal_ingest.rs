@@ -23,14 +23,6 @@ async fn run(durability: Durability, payload: usize, messages: usize, topics: us
     let dir = tempfile::tempdir().unwrap();
     let config = JournalConfig { durability, ..JournalConfig::default() };
     let journal = Journal::open(dir.path(), config).await.unwrap();
-    if let Ok(sql) = std::env::var("XP_SQL") {
-        let pool =
-            sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.path().join("journal.sqlite").display()))
-                .await
-                .unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&pool).await.unwrap();
-        pool.close().await;
-    }
     let body = vec![b'x'; payload];
     // Prepared up front, so that only the journal is measured.
     let batch: Vec<Arc<Message>> = (0..messages)
