@@ -531,6 +531,8 @@ async fn a_stalled_online_subscriber_costs_disk_not_loss_and_its_spill_goes_with
         stored_queue(gw.data_dir(), "spill-online").await == (285, 285)
     })
     .await;
+    let spilled = &gw.gateway().broker().metrics().messages_spilled;
+    assert_eq!(spilled.load(std::sync::atomic::Ordering::Relaxed), 285, "counted for $SYS");
     let got = receive_and_ack(&mut sub, 200).await;
     assert_eq!(got, expected(0..200));
     // More while it is still behind: they queue after the spilled ones.

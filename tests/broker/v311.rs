@@ -218,16 +218,21 @@ async fn sys_topics_report_the_broker() {
     let (mut c, _) = Client::connect(options("sys", gw.port())).await;
     c.subscribe("$SYS/broker/#", QoS::AtMostOnce).await;
     let mut seen = std::collections::BTreeMap::new();
-    while seen.len() < 11 {
+    while seen.len() < 12 {
         let p = c.publish_msg().await;
         seen.insert(p.topic.clone(), String::from_utf8_lossy(&p.payload).to_string());
     }
     assert!(seen["$SYS/broker/version"].starts_with("weir "));
     assert_eq!(seen["$SYS/broker/clients/connected"], "1");
     assert_eq!(seen["$SYS/broker/subscriptions/count"], "1");
-    for key in
-        ["messages/received", "messages/sent", "bytes/received", "bytes/sent", "retained messages/count"]
-    {
+    for key in [
+        "messages/received",
+        "messages/sent",
+        "messages/spilled",
+        "bytes/received",
+        "bytes/sent",
+        "retained messages/count",
+    ] {
         let value = &seen[&format!("$SYS/broker/{key}")];
         assert!(value.parse::<u64>().is_ok(), "{key} = {value}");
     }

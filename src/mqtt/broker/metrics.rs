@@ -11,6 +11,8 @@ pub struct Metrics {
     pub bytes_sent: AtomicU64,
     /// Messages a subscriber did not get because its queue was full or it was offline (QoS 0).
     pub messages_dropped: AtomicU64,
+    /// QoS 1/2 deliveries beyond a session's in-memory window, left in the journal to be read back in order.
+    pub messages_spilled: AtomicU64,
     /// Publishes that matched no subscription at all.
     pub messages_unrouted: AtomicU64,
     pub connections_refused: AtomicU64,

@@ -539,7 +539,11 @@ impl Router {
         let queue = session.queue.clone();
         loop {
             match queue.push(delivery.clone()) {
-                Pushed::Queued | Pushed::Spilled => return,
+                Pushed::Queued => return,
+                Pushed::Spilled => {
+                    Metrics::add(&self.shared.metrics.messages_spilled, 1);
+                    return;
+                }
                 Pushed::Dropped => {
                     self.count_drop(client, delivery.qos);
                     return;
@@ -651,7 +655,7 @@ impl Router {
     async fn publish_sys(&mut self) {
         let metrics = &self.shared.metrics;
         let stats = self.stats();
-        let values: [(&str, String); 11] = [
+        let values: [(&str, String); 12] = [
             ("$SYS/broker/version", format!("weir {}", env!("CARGO_PKG_VERSION"))),
             ("$SYS/broker/uptime", format!("{} seconds", self.shared.started.elapsed().as_secs())),
             ("$SYS/broker/clients/connected", stats.clients_connected.to_string()),
@@ -659,6 +663,7 @@ impl Router {
             ("$SYS/broker/messages/received", Metrics::get(&metrics.messages_received).to_string()),
             ("$SYS/broker/messages/sent", Metrics::get(&metrics.messages_sent).to_string()),
             ("$SYS/broker/messages/dropped", Metrics::get(&metrics.messages_dropped).to_string()),
+            ("$SYS/broker/messages/spilled", Metrics::get(&metrics.messages_spilled).to_string()),
             ("$SYS/broker/bytes/received", Metrics::get(&metrics.bytes_received).to_string()),
             ("$SYS/broker/bytes/sent", Metrics::get(&metrics.bytes_sent).to_string()),
             ("$SYS/broker/retained messages/count", stats.retained.to_string()),
