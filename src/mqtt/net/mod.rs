@@ -190,13 +190,16 @@ pub async fn serve(
         let guard = context.connections.enter();
         let _ = stream.set_nodelay(true);
         let context = context.clone();
-        tokio::spawn(async move {
-            match context.protocol {
-                Protocol::Tcp => connection::serve(Stream(stream), peer, context, guard, None).await,
-                Protocol::WebSocket => serve_websocket(stream, peer, context, guard, None).await,
-                Protocol::Tls | Protocol::SecureWebSocket => serve_tls(stream, peer, context, guard).await,
+        // One spawn per protocol, not one `async` block matching on it: a task is allocated at the size of its
+        // future, and a block covering every protocol would make each plain TCP connection as large as a TLS one
+        // (idle connections are most of the gateway's memory; docs/BENCHMARKS.md, "Memory per connection").
+        match context.protocol {
+            Protocol::Tcp => tokio::spawn(connection::serve(Stream(stream), peer, context, guard, None)),
+            Protocol::WebSocket => tokio::spawn(serve_websocket(stream, peer, context, guard, None)),
+            Protocol::Tls | Protocol::SecureWebSocket => {
+                tokio::spawn(serve_tls(stream, peer, context, guard))
             }
-        });
+        };
     }
 }
 
@@ -228,7 +231,9 @@ async fn serve_websocket<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         }
         Ok(response)
     };
-    let handshake = tokio_tungstenite::accept_hdr_async(stream, callback);
+    // Boxed: the handshake's state is large and lives only until the upgrade; inline, it would be part of the
+    // connection task's size for the connection's whole life.
+    let handshake = Box::pin(tokio_tungstenite::accept_hdr_async(stream, callback));
     match tokio::time::timeout(context.connect_timeout, handshake).await {
         Ok(Ok(ws)) => connection::serve(WebSocket(ws), peer, context, guard, certificate).await,
         Ok(Err(e)) => {
@@ -259,7 +264,9 @@ async fn serve_tls(
         return;
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
-    let stream = match tokio::time::timeout(context.connect_timeout, acceptor.accept(stream)).await {
+    // Boxed, like the WebSocket handshake: the handshake's state would otherwise stay part of the task's size.
+    let handshake = Box::pin(acceptor.accept(stream));
+    let stream = match tokio::time::timeout(context.connect_timeout, handshake).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             Metrics::add(&context.broker.metrics().connections_refused, 1);
@@ -283,9 +290,11 @@ async fn serve_tls(
                 }
             }
         });
+    // Boxed so that the task holds one TLS stream, in the connection's future, and not also room for it in
+    // this function's state; without it a TLS task is ~14 KB (docs/BENCHMARKS.md, "Memory per connection").
     if context.protocol == Protocol::SecureWebSocket {
-        serve_websocket(stream, peer, context, guard, certificate).await;
+        Box::pin(serve_websocket(stream, peer, context, guard, certificate)).await;
     } else {
-        connection::serve(Stream(stream), peer, context, guard, certificate).await;
+        Box::pin(connection::serve(Stream(stream), peer, context, guard, certificate)).await;
     }
 }
