@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 
 use crate::mqtt::broker::{Authenticator, Broker, Control, Metrics};
 use crate::pki::{IdentitySource, ReloadableServerConfig, peer_identity};
-use transport::{Stream, WebSocket};
+use transport::{Stream, Tcp, WebSocket};
 
 /// The WebSocket subprotocols we accept, in order of preference.
 const WS_PROTOCOLS: [&str; 2] = ["mqtt", "mqttv3.1"];
@@ -194,7 +194,7 @@ pub async fn serve(
         // future, and a block covering every protocol would make each plain TCP connection as large as a TLS one
         // (idle connections are most of the gateway's memory; docs/BENCHMARKS.md, "Memory per connection").
         match context.protocol {
-            Protocol::Tcp => tokio::spawn(connection::serve(Stream(stream), peer, context, guard, None)),
+            Protocol::Tcp => tokio::spawn(connection::serve(Tcp(stream), peer, context, guard, None)),
             Protocol::WebSocket => tokio::spawn(serve_websocket(stream, peer, context, guard, None)),
             Protocol::Tls | Protocol::SecureWebSocket => {
                 tokio::spawn(serve_tls(stream, peer, context, guard))
