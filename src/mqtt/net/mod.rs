@@ -8,9 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
+use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 
@@ -251,31 +253,51 @@ pub(crate) struct Certificate {
     pub(crate) serial: String,
 }
 
-/// TLS handshake (bounded by the connect timeout), then MQTT. A verified client certificate's common name becomes
-/// the client's identity; rustls has already refused expired, revoked and foreign-CA certificates.
+/// TLS handshake (bounded by the connect timeout), then MQTT.
 async fn serve_tls(
     stream: TcpStream,
     peer: SocketAddr,
     context: Arc<ListenerContext>,
     guard: ConnectionGuard,
 ) {
+    // Boxed, both: a task is allocated at the size of its largest state for its whole life, and the handshake's
+    // state and a second copy of the 1.2 KB TLS stream (this function's, besides the connection's) would
+    // otherwise be part of every TLS connection's task (docs/BENCHMARKS.md, "Memory per connection").
+    let connection: BoxFuture<'static, ()> = match Box::pin(tls_handshake(stream, peer, &context)).await {
+        None => return,
+        Some((stream, certificate)) if context.protocol == Protocol::SecureWebSocket => {
+            Box::pin(serve_websocket(stream, peer, context, guard, certificate))
+        }
+        Some((stream, certificate)) => {
+            Box::pin(connection::serve(Stream(stream), peer, context, guard, certificate))
+        }
+    };
+    connection.await;
+}
+
+/// The TLS stream and the client's verified certificate, if it showed one; `None` when the handshake failed.
+/// A verified client certificate's common name becomes the client's identity; rustls has already refused
+/// expired, revoked and foreign-CA certificates.
+async fn tls_handshake(
+    stream: TcpStream,
+    peer: SocketAddr,
+    context: &ListenerContext,
+) -> Option<(TlsStream<TcpStream>, Option<Certificate>)> {
     let Some(tls) = &context.tls else {
         tracing::error!(listener = %context.name, "TLS listener without a TLS configuration");
-        return;
+        return None;
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
-    // Boxed, like the WebSocket handshake: the handshake's state would otherwise stay part of the task's size.
-    let handshake = Box::pin(acceptor.accept(stream));
-    let stream = match tokio::time::timeout(context.connect_timeout, handshake).await {
+    let stream = match tokio::time::timeout(context.connect_timeout, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             Metrics::add(&context.broker.metrics().connections_refused, 1);
             tracing::info!(%peer, listener = %context.name, "TLS handshake refused: {e}");
-            return;
+            return None;
         }
         Err(_) => {
             tracing::info!(%peer, listener = %context.name, "TLS handshake timed out");
-            return;
+            return None;
         }
     };
     let certificate =
@@ -290,11 +312,5 @@ async fn serve_tls(
                 }
             }
         });
-    // Boxed so that the task holds one TLS stream, in the connection's future, and not also room for it in
-    // this function's state; without it a TLS task is ~14 KB (docs/BENCHMARKS.md, "Memory per connection").
-    if context.protocol == Protocol::SecureWebSocket {
-        Box::pin(serve_websocket(stream, peer, context, guard, certificate)).await;
-    } else {
-        Box::pin(connection::serve(Stream(stream), peer, context, guard, certificate)).await;
-    }
+    Some((stream, certificate))
 }
