@@ -48,8 +48,9 @@ struct Session {
     /// Seconds after disconnection until the session ends; [`NEVER`] for never.
     expiry: u32,
     disconnected_at: Option<Instant>,
-    /// A will waiting for its delay interval, and when it is due.
-    pending_will: Option<(Instant, Message)>,
+    /// A will waiting for its delay interval, and when it is due. Boxed, like `Attached::will`: sessions sit
+    /// inline in the router's map, one per client, and most have no will.
+    pending_will: Option<Box<(Instant, Message)>>,
     /// The store has this session (it is persistent): tell it when the session changes or ends.
     persisted: bool,
     /// Who the session acts for (the last authenticated connection's user).
@@ -59,12 +60,17 @@ struct Session {
 struct Attached {
     id: ConnectionId,
     control: mpsc::Sender<Control>,
-    will: Option<Will>,
+    /// Boxed: a `Will` is ~140 bytes and most clients have none (see `Session::pending_will`).
+    will: Option<Box<Will>>,
 }
 
 impl Session {
     fn online(&self) -> bool {
         self.is_link || self.connection.is_some()
+    }
+
+    fn take_pending_will(&mut self) -> Option<Message> {
+        self.pending_will.take().map(|pending| pending.1)
     }
 }
 
@@ -107,11 +113,12 @@ impl Router {
         let pending_will = match (record.will, record.will_due, record.disconnected_at) {
             (Some(will), Some(due), _) => {
                 let wait = Duration::from_millis(u64::try_from(due.saturating_sub(now_ms)).unwrap_or(0));
-                Some((now + wait, will.message))
+                Some(Box::new((now + wait, will.message)))
             }
             // The connection was lost with the gateway: that is an abnormal loss.
             (Some(will), None, None) => {
-                Some((now + Duration::from_secs(u64::from(will.delay.min(record.expiry))), will.message))
+                let due = now + Duration::from_secs(u64::from(will.delay.min(record.expiry)));
+                Some(Box::new((due, will.message)))
             }
             _ => None,
         };
@@ -174,8 +181,9 @@ impl Router {
             now_ms - ago + ahead
         };
         let (will, will_due) = match (&session.connection, &session.pending_will) {
-            (Some(attached), _) => (attached.will.clone(), None),
-            (None, Some((due, message))) => {
+            (Some(attached), _) => (attached.will.as_deref().cloned(), None),
+            (None, Some(pending)) => {
+                let (due, message) = &**pending;
                 (Some(Will { message: message.clone(), delay: 0 }), Some(to_ms(*due)))
             }
             (None, None) => (None, None),
@@ -282,7 +290,7 @@ impl Router {
         }
         let resume = !request.clean_start && self.sessions.contains_key(&id);
         if !resume {
-            if let Some((_, will)) = self.sessions.get_mut(&id).and_then(|s| s.pending_will.take()) {
+            if let Some(will) = self.sessions.get_mut(&id).and_then(Session::take_pending_will) {
                 self.publish_will(will).await;
             }
             self.end_session(&id);
@@ -304,8 +312,11 @@ impl Router {
         let Some(session) = self.sessions.get_mut(&id) else { return Err(ReasonCode::UNSPECIFIED_ERROR) };
         session.pending_will = None;
         session.principal = request.principal.clone();
-        session.connection =
-            Some(Attached { id: request.connection, control: request.control, will: request.will });
+        session.connection = Some(Attached {
+            id: request.connection,
+            control: request.control,
+            will: request.will.map(Box::new),
+        });
         session.expiry = expiry;
         session.disconnected_at = None;
         session.queue.set_online(true);
@@ -351,7 +362,7 @@ impl Router {
             } else {
                 let due = now + Duration::from_secs(u64::from(will.delay.min(expiry)));
                 if let Some(session) = self.sessions.get_mut(&id) {
-                    session.pending_will = Some((due, will.message));
+                    session.pending_will = Some(Box::new((due, will.message)));
                 }
             }
         }
@@ -611,8 +622,8 @@ impl Router {
         let mut willed = Vec::new();
         let mut expired = Vec::new();
         for (id, session) in &mut self.sessions {
-            if session.pending_will.as_ref().is_some_and(|(due, _)| *due <= now)
-                && let Some((_, will)) = session.pending_will.take()
+            if session.pending_will.as_ref().is_some_and(|pending| pending.0 <= now)
+                && let Some(will) = session.take_pending_will()
             {
                 wills.push(will);
                 willed.push(id.clone());
@@ -624,7 +635,7 @@ impl Router {
                     now.duration_since(at) >= Duration::from_secs(u64::from(session.expiry))
                 });
             if ended {
-                if let Some((_, will)) = session.pending_will.take() {
+                if let Some(will) = session.take_pending_will() {
                     wills.push(will);
                 }
                 expired.push(id.clone());
