@@ -6,6 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 
+use super::control::ControlSender;
 use super::message::{ClientId, Delivery, Message};
 use super::metrics::Metrics;
 use super::queue::{Pushed, QueueLimits, SessionQueue, SpillHook, StoreHook};
@@ -59,7 +60,7 @@ struct Session {
 
 struct Attached {
     id: ConnectionId,
-    control: mpsc::Sender<Control>,
+    control: ControlSender,
     /// Boxed: a `Will` is ~140 bytes and most clients have none (see `Session::pending_will`).
     will: Option<Box<Will>>,
 }
@@ -249,8 +250,7 @@ impl Router {
                     let theirs =
                         session.principal.as_ref().is_some_and(|p| p.username.as_deref() == Some(&username));
                     if let (true, Some(attached)) = (theirs, &session.connection) {
-                        let _ =
-                            attached.control.try_send(Control::Disconnect(ReasonCode::ADMINISTRATIVE_ACTION));
+                        attached.control.send(Control::Disconnect(ReasonCode::ADMINISTRATIVE_ACTION));
                     }
                 }
             }
@@ -258,8 +258,7 @@ impl Router {
                 self.shutting_down = true;
                 for session in self.sessions.values() {
                     if let Some(attached) = &session.connection {
-                        let _ =
-                            attached.control.try_send(Control::Disconnect(ReasonCode::SERVER_SHUTTING_DOWN));
+                        attached.control.send(Control::Disconnect(ReasonCode::SERVER_SHUTTING_DOWN));
                     }
                 }
                 let _ = reply.send(());
@@ -279,7 +278,7 @@ impl Router {
         // Session takeover: the client is connected elsewhere. Close that connection; its will is published
         // unless the session continues and the will has a delay (the client is back before the delay ran out).
         if let Some(old) = self.sessions.get_mut(&id).and_then(|s| s.connection.take()) {
-            let _ = old.control.try_send(Control::Disconnect(ReasonCode::SESSION_TAKEN_OVER));
+            old.control.send(Control::Disconnect(ReasonCode::SESSION_TAKEN_OVER));
             tracing::info!(client = %id, "session taken over by a new connection from {}", request.peer);
             if let Some(will) = old.will
                 && (request.clean_start || will.delay == 0)

@@ -11,15 +11,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 use super::transport::Transport;
 use super::{Certificate, CertificateRegistration, ConnectionGuard, ListenerContext};
 use crate::mqtt::broker::{
     AuthDecision, AuthRequest, Broker, ClientId, Completion, ConnectRequest, ConnectionId, Control,
-    DisconnectNotice, DisconnectReason, InflightState, Message, MessageProperties, Metrics, Outgoing,
-    Principal, Refusal, SessionQueue, SubscribeRequest, Will,
+    ControlReceiver, DisconnectNotice, DisconnectReason, InflightState, Message, MessageProperties, Metrics,
+    Outgoing, Principal, Refusal, SessionQueue, SubscribeRequest, Will, control_channel,
 };
 use crate::mqtt::codec::{
     self, AckProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect, DisconnectProperties,
@@ -181,7 +180,7 @@ async fn accept<T: Transport>(
     } else {
         NEVER
     };
-    let (control_tx, control_rx) = mpsc::channel(4);
+    let (control_tx, control_rx) = control_channel();
     // Revoking the certificate closes this connection.
     let registration =
         certificate.as_ref().map(|c| context.connections.register_certificate(&c.serial, control_tx.clone()));
@@ -366,7 +365,7 @@ struct Session<T> {
     connection: ConnectionId,
     version: ProtocolVersion,
     queue: Arc<SessionQueue>,
-    control: mpsc::Receiver<Control>,
+    control: ControlReceiver,
     inbuf: BytesMut,
     outbuf: BytesMut,
     /// 1.5 times the negotiated keep alive; `None` when keep alive is 0.

@@ -16,7 +16,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 
-use crate::mqtt::broker::{Authenticator, Broker, Control, Metrics};
+use crate::mqtt::broker::{Authenticator, Broker, Control, ControlSender, Metrics};
 use crate::pki::{IdentitySource, ReloadableServerConfig, peer_identity};
 use transport::{Stream, Tcp, WebSocket};
 
@@ -98,8 +98,7 @@ impl Connections {
         let map = self.by_certificate.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(list) = map.get(serial) else { return 0 };
         for (_, control) in list {
-            let _ =
-                control.try_send(Control::Disconnect(crate::mqtt::codec::ReasonCode::ADMINISTRATIVE_ACTION));
+            control.send(Control::Disconnect(crate::mqtt::codec::ReasonCode::ADMINISTRATIVE_ACTION));
         }
         list.len()
     }
@@ -108,7 +107,7 @@ impl Connections {
     fn register_certificate(
         self: &Arc<Self>,
         serial: &str,
-        control: mpsc::Sender<Control>,
+        control: ControlSender,
     ) -> CertificateRegistration {
         let id = self.next_registration.fetch_add(1, Ordering::Relaxed);
         self.by_certificate
@@ -140,7 +139,7 @@ pub(crate) struct ConnectionGuard {
 }
 
 /// A connection's registration number and the channel that closes it.
-type Registered = (u64, mpsc::Sender<Control>);
+type Registered = (u64, ControlSender);
 
 /// Held by a connection made with a client certificate.
 #[derive(Debug)]
