@@ -434,7 +434,10 @@ impl<T: Transport> Session<T> {
                         }
                         Err(e) => return (DisconnectReason::Lost(format!("read failed: {e}")), None),
                     }
-                    if let Flow::End(reason, expiry) = self.handle_input().await {
+                    // Boxed: handling a read's packets is the largest state of the connection's future (TCP: 2,176
+                    // bytes with it inline, 1,144 boxed) and lives only while they are handled; inline, every idle
+                    // connection would carry room for it (docs/BENCHMARKS.md, "Memory per connection").
+                    if let Flow::End(reason, expiry) = Box::pin(self.handle_input()).await {
                         // Write what is buffered (acknowledgements, a DISCONNECT) before closing.
                         let _ = self.flush().await;
                         return (reason, expiry);
