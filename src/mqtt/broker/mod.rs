@@ -7,6 +7,7 @@
 //! several of them. One task makes each of those decisions atomic without lock ordering rules, and the bounded
 //! channel in front of it gives publishers backpressure for free.
 
+mod control;
 mod link;
 mod message;
 mod metrics;
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+pub use control::{ControlReceiver, ControlSender, control_channel};
 pub use link::{Link, LinkError, LinkOptions};
 pub use message::{ClientId, Delivery, Message, MessageProperties};
 pub use metrics::Metrics;
@@ -271,7 +273,7 @@ pub struct ConnectRequest {
     /// Seconds; `u32::MAX` never expires.
     pub session_expiry: u32,
     pub will: Option<Will>,
-    pub control: mpsc::Sender<Control>,
+    pub control: ControlSender,
     pub protocol: ProtocolVersion,
     pub username: Option<String>,
     pub peer: String,

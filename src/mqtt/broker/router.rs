@@ -6,6 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 
+use super::control::ControlSender;
 use super::message::{ClientId, Delivery, Message};
 use super::metrics::Metrics;
 use super::queue::{Pushed, QueueLimits, SessionQueue, SpillHook, StoreHook};
@@ -48,8 +49,9 @@ struct Session {
     /// Seconds after disconnection until the session ends; [`NEVER`] for never.
     expiry: u32,
     disconnected_at: Option<Instant>,
-    /// A will waiting for its delay interval, and when it is due.
-    pending_will: Option<(Instant, Message)>,
+    /// A will waiting for its delay interval, and when it is due. Boxed, like `Attached::will`: sessions sit
+    /// inline in the router's map, one per client, and most have no will.
+    pending_will: Option<Box<(Instant, Message)>>,
     /// The store has this session (it is persistent): tell it when the session changes or ends.
     persisted: bool,
     /// Who the session acts for (the last authenticated connection's user).
@@ -58,13 +60,18 @@ struct Session {
 
 struct Attached {
     id: ConnectionId,
-    control: mpsc::Sender<Control>,
-    will: Option<Will>,
+    control: ControlSender,
+    /// Boxed: a `Will` is ~140 bytes and most clients have none (see `Session::pending_will`).
+    will: Option<Box<Will>>,
 }
 
 impl Session {
     fn online(&self) -> bool {
         self.is_link || self.connection.is_some()
+    }
+
+    fn take_pending_will(&mut self) -> Option<Message> {
+        self.pending_will.take().map(|pending| pending.1)
     }
 }
 
@@ -107,11 +114,12 @@ impl Router {
         let pending_will = match (record.will, record.will_due, record.disconnected_at) {
             (Some(will), Some(due), _) => {
                 let wait = Duration::from_millis(u64::try_from(due.saturating_sub(now_ms)).unwrap_or(0));
-                Some((now + wait, will.message))
+                Some(Box::new((now + wait, will.message)))
             }
             // The connection was lost with the gateway: that is an abnormal loss.
             (Some(will), None, None) => {
-                Some((now + Duration::from_secs(u64::from(will.delay.min(record.expiry))), will.message))
+                let due = now + Duration::from_secs(u64::from(will.delay.min(record.expiry)));
+                Some(Box::new((due, will.message)))
             }
             _ => None,
         };
@@ -174,8 +182,9 @@ impl Router {
             now_ms - ago + ahead
         };
         let (will, will_due) = match (&session.connection, &session.pending_will) {
-            (Some(attached), _) => (attached.will.clone(), None),
-            (None, Some((due, message))) => {
+            (Some(attached), _) => (attached.will.as_deref().cloned(), None),
+            (None, Some(pending)) => {
+                let (due, message) = &**pending;
                 (Some(Will { message: message.clone(), delay: 0 }), Some(to_ms(*due)))
             }
             (None, None) => (None, None),
@@ -241,8 +250,7 @@ impl Router {
                     let theirs =
                         session.principal.as_ref().is_some_and(|p| p.username.as_deref() == Some(&username));
                     if let (true, Some(attached)) = (theirs, &session.connection) {
-                        let _ =
-                            attached.control.try_send(Control::Disconnect(ReasonCode::ADMINISTRATIVE_ACTION));
+                        attached.control.send(Control::Disconnect(ReasonCode::ADMINISTRATIVE_ACTION));
                     }
                 }
             }
@@ -250,8 +258,7 @@ impl Router {
                 self.shutting_down = true;
                 for session in self.sessions.values() {
                     if let Some(attached) = &session.connection {
-                        let _ =
-                            attached.control.try_send(Control::Disconnect(ReasonCode::SERVER_SHUTTING_DOWN));
+                        attached.control.send(Control::Disconnect(ReasonCode::SERVER_SHUTTING_DOWN));
                     }
                 }
                 let _ = reply.send(());
@@ -271,7 +278,7 @@ impl Router {
         // Session takeover: the client is connected elsewhere. Close that connection; its will is published
         // unless the session continues and the will has a delay (the client is back before the delay ran out).
         if let Some(old) = self.sessions.get_mut(&id).and_then(|s| s.connection.take()) {
-            let _ = old.control.try_send(Control::Disconnect(ReasonCode::SESSION_TAKEN_OVER));
+            old.control.send(Control::Disconnect(ReasonCode::SESSION_TAKEN_OVER));
             tracing::info!(client = %id, "session taken over by a new connection from {}", request.peer);
             if let Some(will) = old.will
                 && (request.clean_start || will.delay == 0)
@@ -282,7 +289,7 @@ impl Router {
         }
         let resume = !request.clean_start && self.sessions.contains_key(&id);
         if !resume {
-            if let Some((_, will)) = self.sessions.get_mut(&id).and_then(|s| s.pending_will.take()) {
+            if let Some(will) = self.sessions.get_mut(&id).and_then(Session::take_pending_will) {
                 self.publish_will(will).await;
             }
             self.end_session(&id);
@@ -304,8 +311,11 @@ impl Router {
         let Some(session) = self.sessions.get_mut(&id) else { return Err(ReasonCode::UNSPECIFIED_ERROR) };
         session.pending_will = None;
         session.principal = request.principal.clone();
-        session.connection =
-            Some(Attached { id: request.connection, control: request.control, will: request.will });
+        session.connection = Some(Attached {
+            id: request.connection,
+            control: request.control,
+            will: request.will.map(Box::new),
+        });
         session.expiry = expiry;
         session.disconnected_at = None;
         session.queue.set_online(true);
@@ -351,7 +361,7 @@ impl Router {
             } else {
                 let due = now + Duration::from_secs(u64::from(will.delay.min(expiry)));
                 if let Some(session) = self.sessions.get_mut(&id) {
-                    session.pending_will = Some((due, will.message));
+                    session.pending_will = Some(Box::new((due, will.message)));
                 }
             }
         }
@@ -615,8 +625,8 @@ impl Router {
         let mut willed = Vec::new();
         let mut expired = Vec::new();
         for (id, session) in &mut self.sessions {
-            if session.pending_will.as_ref().is_some_and(|(due, _)| *due <= now)
-                && let Some((_, will)) = session.pending_will.take()
+            if session.pending_will.as_ref().is_some_and(|pending| pending.0 <= now)
+                && let Some(will) = session.take_pending_will()
             {
                 wills.push(will);
                 willed.push(id.clone());
@@ -628,7 +638,7 @@ impl Router {
                     now.duration_since(at) >= Duration::from_secs(u64::from(session.expiry))
                 });
             if ended {
-                if let Some((_, will)) = session.pending_will.take() {
+                if let Some(will) = session.take_pending_will() {
                     wills.push(will);
                 }
                 expired.push(id.clone());

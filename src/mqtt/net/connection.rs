@@ -11,15 +11,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 use super::transport::Transport;
-use super::{Certificate, ConnectionGuard, ListenerContext};
+use super::{Certificate, CertificateRegistration, ConnectionGuard, ListenerContext};
 use crate::mqtt::broker::{
     AuthDecision, AuthRequest, Broker, ClientId, Completion, ConnectRequest, ConnectionId, Control,
-    DisconnectNotice, DisconnectReason, InflightState, Message, MessageProperties, Metrics, Outgoing,
-    Principal, Refusal, SessionQueue, SubscribeRequest, Will,
+    ControlReceiver, DisconnectNotice, DisconnectReason, InflightState, Message, MessageProperties, Metrics,
+    Outgoing, Principal, Refusal, SessionQueue, SubscribeRequest, Will, control_channel,
 };
 use crate::mqtt::codec::{
     self, AckProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect, DisconnectProperties,
@@ -35,13 +34,56 @@ const DRAIN_BATCH: usize = 256;
 const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Serves one accepted connection until it ends.
-pub(crate) async fn serve<T: Transport>(
-    mut transport: T,
+///
+/// Not an `async fn`: its arguments would stay part of the future after they are moved on (for TLS, a second
+/// copy of the 1.2 KB stream). The future holds the boxed [`accept`] instead: CONNECT, authentication and the
+/// router's answer take more room than the established connection, and the task would otherwise be allocated at
+/// the larger of the two for the connection's whole life.
+pub(crate) fn serve<T: Transport>(
+    transport: T,
     peer: SocketAddr,
     context: Arc<ListenerContext>,
     guard: ConnectionGuard,
     certificate: Option<Certificate>,
-) {
+) -> impl Future<Output = ()> + Send {
+    let accept = Box::pin(accept(transport, peer, context, guard.over_limit, certificate));
+    async move {
+        // Revoking the certificate closes this connection: registered until the end.
+        let Some((mut session, _registration)) = accept.await else { return };
+        let (reason, expiry) = session.run().await;
+        // Publishes still waiting for the store were never acknowledged: the client sends them again, and a QoS 2
+        // retransmission must then count as new.
+        for p in session.pending.drain(..) {
+            if p.qos == QoS::ExactlyOnce {
+                session.queue.release_incoming_qos2(p.packet_id);
+            }
+        }
+        match &reason {
+            DisconnectReason::Lost(why) => {
+                tracing::info!(peer = %session.peer, client = %session.client_id, "connection lost: {why}")
+            }
+            _ => tracing::info!(peer = %session.peer, client = %session.client_id, "client disconnected"),
+        }
+        session.transport.close().await;
+        let notice = DisconnectNotice {
+            client_id: session.client_id,
+            connection: session.connection,
+            reason,
+            session_expiry: expiry,
+        };
+        let _ = session.broker.disconnected(notice).await;
+        drop(guard);
+    }
+}
+
+/// CONNECT up to CONNACK: the session, ready to run, or `None` once the connection is refused and closed.
+async fn accept<T: Transport>(
+    mut transport: T,
+    peer: SocketAddr,
+    context: Arc<ListenerContext>,
+    over_limit: bool,
+    certificate: Option<Certificate>,
+) -> Option<(Session<T>, Option<CertificateRegistration>)> {
     let broker = context.broker.clone();
     let max_packet = broker.config().max_packet_size as usize;
     let mut inbuf = BytesMut::new();
@@ -50,23 +92,26 @@ pub(crate) async fn serve<T: Transport>(
     let connect = match first {
         Err(_) => {
             tracing::debug!(%peer, listener = %context.name, "no CONNECT within the connect timeout; closing");
-            return transport.close().await;
+            transport.close().await;
+            return None;
         }
         Ok(Err(ReadError::Decode(DecodeError::UnsupportedProtocolVersion(level)))) => {
             tracing::info!(%peer, level, "refused: unsupported protocol version");
             let ack = ConnAck { reason: ReasonCode::UNSUPPORTED_PROTOCOL_VERSION, ..ConnAck::default() };
             send_and_close(&mut transport, Packet::ConnAck(ack), ProtocolVersion::V3_1_1).await;
-            return;
+            return None;
         }
         Ok(Err(e)) => {
             tracing::info!(%peer, "closed before CONNECT: {e}");
-            return transport.close().await;
+            transport.close().await;
+            return None;
         }
         Ok(Ok(Packet::Connect(connect))) => connect,
         Ok(Ok(other)) => {
             tracing::info!(%peer, "protocol error: first packet was {} instead of CONNECT", other.name());
             Metrics::add(&broker.metrics().protocol_errors, 1);
-            return transport.close().await;
+            transport.close().await;
+            return None;
         }
     };
     let version = connect.protocol;
@@ -79,13 +124,15 @@ pub(crate) async fn serve<T: Transport>(
         }
         Packet::ConnAck(ack)
     };
-    if guard.over_limit {
+    if over_limit {
         let ack = refuse(ReasonCode::QUOTA_EXCEEDED, "too many connections (limits.max_connections)");
-        return send_and_close(&mut transport, ack, version).await;
+        send_and_close(&mut transport, ack, version).await;
+        return None;
     }
     if let Err((reason, why)) = check_connect(&connect) {
         let ack = refuse(reason, why);
-        return send_and_close(&mut transport, ack, version).await;
+        send_and_close(&mut transport, ack, version).await;
+        return None;
     }
     let request = AuthRequest {
         peer: peer.ip(),
@@ -110,7 +157,8 @@ pub(crate) async fn serve<T: Transport>(
         AuthDecision::Allow { username } => username,
         AuthDecision::Deny(reason, why) => {
             let ack = refuse(reason, why);
-            return send_and_close(&mut transport, ack, version).await;
+            send_and_close(&mut transport, ack, version).await;
+            return None;
         }
     };
     let assigned = connect.client_id.is_empty();
@@ -121,7 +169,8 @@ pub(crate) async fn serve<T: Transport>(
         && !authorizer.can_publish(&principal, &will.topic)
     {
         let ack = refuse(ReasonCode::NOT_AUTHORIZED, "not allowed to publish the will topic");
-        return send_and_close(&mut transport, ack, version).await;
+        send_and_close(&mut transport, ack, version).await;
+        return None;
     }
     let keep_alive = broker.config().server_keep_alive.unwrap_or(connect.keep_alive);
     let session_expiry = if version.is_v5() {
@@ -131,9 +180,9 @@ pub(crate) async fn serve<T: Transport>(
     } else {
         NEVER
     };
-    let (control_tx, control_rx) = mpsc::channel(4);
+    let (control_tx, control_rx) = control_channel();
     // Revoking the certificate closes this connection.
-    let _registration =
+    let registration =
         certificate.as_ref().map(|c| context.connections.register_certificate(&c.serial, control_tx.clone()));
     let connection = broker.next_connection_id();
     let request = ConnectRequest {
@@ -152,11 +201,13 @@ pub(crate) async fn serve<T: Transport>(
         Ok(Ok(outcome)) => outcome,
         Ok(Err(reason)) => {
             let ack = refuse(reason, "the broker refused the session");
-            return send_and_close(&mut transport, ack, version).await;
+            send_and_close(&mut transport, ack, version).await;
+            return None;
         }
         Err(_) => {
             let ack = refuse(ReasonCode::SERVER_UNAVAILABLE, "the broker is shutting down");
-            return send_and_close(&mut transport, ack, version).await;
+            send_and_close(&mut transport, ack, version).await;
+            return None;
         }
     };
     tracing::info!(
@@ -207,34 +258,12 @@ pub(crate) async fn serve<T: Transport>(
         principal,
     };
     if session.encode(&Packet::ConnAck(ack)).is_err() {
-        return;
+        return None;
     }
     for outgoing in session.queue.resend() {
         session.encode_outgoing(outgoing);
     }
-    let (reason, expiry) = session.run().await;
-    // Publishes still waiting for the store were never acknowledged: the client sends them again, and a QoS 2
-    // retransmission must then count as new.
-    for p in session.pending.drain(..) {
-        if p.qos == QoS::ExactlyOnce {
-            session.queue.release_incoming_qos2(p.packet_id);
-        }
-    }
-    match &reason {
-        DisconnectReason::Lost(why) => {
-            tracing::info!(peer = %session.peer, client = %session.client_id, "connection lost: {why}")
-        }
-        _ => tracing::info!(peer = %session.peer, client = %session.client_id, "client disconnected"),
-    }
-    session.transport.close().await;
-    let notice = DisconnectNotice {
-        client_id: session.client_id,
-        connection: session.connection,
-        reason,
-        session_expiry: expiry,
-    };
-    let _ = session.broker.disconnected(notice).await;
-    drop(guard);
+    Some((session, registration))
 }
 
 /// A CONNECT the protocol layer accepted can still be refused here; the error carries the CONNACK reason and
@@ -336,7 +365,7 @@ struct Session<T> {
     connection: ConnectionId,
     version: ProtocolVersion,
     queue: Arc<SessionQueue>,
-    control: mpsc::Receiver<Control>,
+    control: ControlReceiver,
     inbuf: BytesMut,
     outbuf: BytesMut,
     /// 1.5 times the negotiated keep alive; `None` when keep alive is 0.
@@ -405,7 +434,10 @@ impl<T: Transport> Session<T> {
                         }
                         Err(e) => return (DisconnectReason::Lost(format!("read failed: {e}")), None),
                     }
-                    if let Flow::End(reason, expiry) = self.handle_input().await {
+                    // Boxed: handling a read's packets is the largest state of the connection's future (TCP: 2,176
+                    // bytes with it inline, 1,144 boxed) and lives only while they are handled; inline, every idle
+                    // connection would carry room for it (docs/BENCHMARKS.md, "Memory per connection").
+                    if let Flow::End(reason, expiry) = Box::pin(self.handle_input()).await {
                         // Write what is buffered (acknowledgements, a DISCONNECT) before closing.
                         let _ = self.flush().await;
                         return (reason, expiry);

@@ -8,15 +8,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
+use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 
-use crate::mqtt::broker::{Authenticator, Broker, Control, Metrics};
+use crate::mqtt::broker::{Authenticator, Broker, Control, ControlSender, Metrics};
 use crate::pki::{IdentitySource, ReloadableServerConfig, peer_identity};
-use transport::{Stream, WebSocket};
+use transport::{Stream, Tcp, WebSocket};
 
 /// The WebSocket subprotocols we accept, in order of preference.
 const WS_PROTOCOLS: [&str; 2] = ["mqtt", "mqttv3.1"];
@@ -96,8 +98,7 @@ impl Connections {
         let map = self.by_certificate.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(list) = map.get(serial) else { return 0 };
         for (_, control) in list {
-            let _ =
-                control.try_send(Control::Disconnect(crate::mqtt::codec::ReasonCode::ADMINISTRATIVE_ACTION));
+            control.send(Control::Disconnect(crate::mqtt::codec::ReasonCode::ADMINISTRATIVE_ACTION));
         }
         list.len()
     }
@@ -106,7 +107,7 @@ impl Connections {
     fn register_certificate(
         self: &Arc<Self>,
         serial: &str,
-        control: mpsc::Sender<Control>,
+        control: ControlSender,
     ) -> CertificateRegistration {
         let id = self.next_registration.fetch_add(1, Ordering::Relaxed);
         self.by_certificate
@@ -138,7 +139,7 @@ pub(crate) struct ConnectionGuard {
 }
 
 /// A connection's registration number and the channel that closes it.
-type Registered = (u64, mpsc::Sender<Control>);
+type Registered = (u64, ControlSender);
 
 /// Held by a connection made with a client certificate.
 #[derive(Debug)]
@@ -190,13 +191,16 @@ pub async fn serve(
         let guard = context.connections.enter();
         let _ = stream.set_nodelay(true);
         let context = context.clone();
-        tokio::spawn(async move {
-            match context.protocol {
-                Protocol::Tcp => connection::serve(Stream(stream), peer, context, guard, None).await,
-                Protocol::WebSocket => serve_websocket(stream, peer, context, guard, None).await,
-                Protocol::Tls | Protocol::SecureWebSocket => serve_tls(stream, peer, context, guard).await,
+        // One spawn per protocol, not one `async` block matching on it: a task is allocated at the size of its
+        // future, and a block covering every protocol would make each plain TCP connection as large as a TLS one
+        // (idle connections are most of the gateway's memory; docs/BENCHMARKS.md, "Memory per connection").
+        match context.protocol {
+            Protocol::Tcp => tokio::spawn(connection::serve(Tcp(stream), peer, context, guard, None)),
+            Protocol::WebSocket => tokio::spawn(serve_websocket(stream, peer, context, guard, None)),
+            Protocol::Tls | Protocol::SecureWebSocket => {
+                tokio::spawn(serve_tls(stream, peer, context, guard))
             }
-        });
+        };
     }
 }
 
@@ -228,7 +232,9 @@ async fn serve_websocket<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         }
         Ok(response)
     };
-    let handshake = tokio_tungstenite::accept_hdr_async(stream, callback);
+    // Boxed: the handshake's state is large and lives only until the upgrade; inline, it would be part of the
+    // connection task's size for the connection's whole life.
+    let handshake = Box::pin(tokio_tungstenite::accept_hdr_async(stream, callback));
     match tokio::time::timeout(context.connect_timeout, handshake).await {
         Ok(Ok(ws)) => connection::serve(WebSocket(ws), peer, context, guard, certificate).await,
         Ok(Err(e)) => {
@@ -246,17 +252,39 @@ pub(crate) struct Certificate {
     pub(crate) serial: String,
 }
 
-/// TLS handshake (bounded by the connect timeout), then MQTT. A verified client certificate's common name becomes
-/// the client's identity; rustls has already refused expired, revoked and foreign-CA certificates.
+/// TLS handshake (bounded by the connect timeout), then MQTT.
 async fn serve_tls(
     stream: TcpStream,
     peer: SocketAddr,
     context: Arc<ListenerContext>,
     guard: ConnectionGuard,
 ) {
+    // Boxed, both: a task is allocated at the size of its largest state for its whole life, and the handshake's
+    // state and a second copy of the 1.2 KB TLS stream (this function's, besides the connection's) would
+    // otherwise be part of every TLS connection's task (docs/BENCHMARKS.md, "Memory per connection").
+    let connection: BoxFuture<'static, ()> = match Box::pin(tls_handshake(stream, peer, &context)).await {
+        None => return,
+        Some((stream, certificate)) if context.protocol == Protocol::SecureWebSocket => {
+            Box::pin(serve_websocket(stream, peer, context, guard, certificate))
+        }
+        Some((stream, certificate)) => {
+            Box::pin(connection::serve(Stream(stream), peer, context, guard, certificate))
+        }
+    };
+    connection.await;
+}
+
+/// The TLS stream and the client's verified certificate, if it showed one; `None` when the handshake failed.
+/// A verified client certificate's common name becomes the client's identity; rustls has already refused
+/// expired, revoked and foreign-CA certificates.
+async fn tls_handshake(
+    stream: TcpStream,
+    peer: SocketAddr,
+    context: &ListenerContext,
+) -> Option<(TlsStream<TcpStream>, Option<Certificate>)> {
     let Some(tls) = &context.tls else {
         tracing::error!(listener = %context.name, "TLS listener without a TLS configuration");
-        return;
+        return None;
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
     let stream = match tokio::time::timeout(context.connect_timeout, acceptor.accept(stream)).await {
@@ -264,11 +292,11 @@ async fn serve_tls(
         Ok(Err(e)) => {
             Metrics::add(&context.broker.metrics().connections_refused, 1);
             tracing::info!(%peer, listener = %context.name, "TLS handshake refused: {e}");
-            return;
+            return None;
         }
         Err(_) => {
             tracing::info!(%peer, listener = %context.name, "TLS handshake timed out");
-            return;
+            return None;
         }
     };
     let certificate =
@@ -283,9 +311,5 @@ async fn serve_tls(
                 }
             }
         });
-    if context.protocol == Protocol::SecureWebSocket {
-        serve_websocket(stream, peer, context, guard, certificate).await;
-    } else {
-        connection::serve(Stream(stream), peer, context, guard, certificate).await;
-    }
+    Some((stream, certificate))
 }

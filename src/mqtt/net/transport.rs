@@ -6,6 +6,7 @@ use std::io;
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 
@@ -19,38 +20,92 @@ pub(crate) trait Transport: Send + 'static {
     fn close(&mut self) -> impl Future<Output = ()> + Send;
 }
 
-/// A plain byte stream: TCP (and, later, TLS over TCP).
+/// Plain TCP. Like [`Stream`], except that a connection with nothing half-received waits for its next bytes
+/// without a read buffer: quiet connections are most of a gateway's connections, and each would hold 2 KB.
+#[derive(Debug)]
+pub(crate) struct Tcp(pub(crate) TcpStream);
+
+/// A byte stream that can only be waited on by reading it: TLS over TCP (rustls decrypts inside the read, and may
+/// hold plaintext that the socket's readiness says nothing about).
 #[derive(Debug)]
 pub(crate) struct Stream<S>(pub(crate) S);
 
-/// Read buffer growth: small while a connection is quiet (idle connections are most of them and each holds its
-/// buffer), larger once a read fills what was there (a busy publisher then needs fewer system calls).
+/// Read buffer growth: small while a connection is quiet, larger once a read fills what was there (a busy
+/// publisher then needs fewer system calls).
 const READ_CHUNK_QUIET: usize = 2 * 1024;
 const READ_CHUNK_BUSY: usize = 16 * 1024;
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for Stream<S> {
+impl Transport for Tcp {
     async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
-        let spare = buf.capacity() - buf.len();
-        if spare < 512 {
-            buf.reserve(READ_CHUNK_QUIET);
+        if !buf.is_empty() {
+            return read_growing(&mut self.0, buf).await;
         }
-        let spare = buf.capacity() - buf.len();
-        let n = self.0.read_buf(buf).await?;
-        if n == spare && buf.capacity() - buf.len() < READ_CHUNK_BUSY {
-            buf.reserve(READ_CHUNK_BUSY);
+        loop {
+            // Payloads decoded from the buffer share it: this frees it once they are gone too.
+            *buf = BytesMut::new();
+            self.0.readable().await?;
+            let spare = reserve_for_read(buf);
+            match self.0.try_read_buf(buf) {
+                Ok(n) => {
+                    grow_if_filled(buf, n, spare);
+                    return Ok(n);
+                }
+                // Readiness can be stale (it is cleared only by a read that would block): wait again.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
         }
-        Ok(n)
     }
 
     async fn write(&mut self, buf: &mut BytesMut) -> io::Result<()> {
-        self.0.write_all(buf).await?;
-        buf.clear();
-        Ok(())
+        write_all(&mut self.0, buf).await
     }
 
     async fn close(&mut self) {
         let _ = self.0.shutdown().await;
     }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for Stream<S> {
+    async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        read_growing(&mut self.0, buf).await
+    }
+
+    async fn write(&mut self, buf: &mut BytesMut) -> io::Result<()> {
+        write_all(&mut self.0, buf).await
+    }
+
+    async fn close(&mut self) {
+        let _ = self.0.shutdown().await;
+    }
+}
+
+async fn read_growing<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut) -> io::Result<usize> {
+    let spare = reserve_for_read(buf);
+    let n = stream.read_buf(buf).await?;
+    grow_if_filled(buf, n, spare);
+    Ok(n)
+}
+
+/// Makes room for a read; returns how much there is.
+fn reserve_for_read(buf: &mut BytesMut) -> usize {
+    if buf.capacity() - buf.len() < 512 {
+        buf.reserve(READ_CHUNK_QUIET);
+    }
+    buf.capacity() - buf.len()
+}
+
+/// A read that filled all `spare` room means more is coming: make the next one larger.
+fn grow_if_filled(buf: &mut BytesMut, n: usize, spare: usize) {
+    if n == spare && buf.capacity() - buf.len() < READ_CHUNK_BUSY {
+        buf.reserve(READ_CHUNK_BUSY);
+    }
+}
+
+async fn write_all<S: AsyncWrite + Unpin>(stream: &mut S, buf: &mut BytesMut) -> io::Result<()> {
+    stream.write_all(buf).await?;
+    buf.clear();
+    Ok(())
 }
 
 /// MQTT over WebSocket: every binary message carries some bytes of the MQTT stream (packets may span messages).
@@ -64,6 +119,10 @@ impl<S> std::fmt::Debug for WebSocket<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for WebSocket<S> {
     async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        if buf.is_empty() {
+            // Nothing half-received: wait without a buffer (tungstenite reads into its own).
+            *buf = BytesMut::new();
+        }
         loop {
             match self.0.next().await {
                 None | Some(Ok(WsMessage::Close(_))) => return Ok(0),
@@ -100,5 +159,68 @@ fn ws_error(e: tungstenite::Error) -> io::Error {
     match e {
         tungstenite::Error::Io(e) => e,
         other => io::Error::other(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    async fn tcp_pair() -> (TcpStream, Tcp) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (client, accepted) =
+            tokio::join!(TcpStream::connect(listener.local_addr().unwrap()), listener.accept());
+        (client.unwrap(), Tcp(accepted.unwrap().0))
+    }
+
+    #[tokio::test]
+    async fn a_quiet_tcp_connection_waits_without_a_read_buffer() {
+        let (mut client, mut transport) = tcp_pair().await;
+        let mut buf = BytesMut::with_capacity(READ_CHUNK_QUIET);
+        assert!(transport.read(&mut buf).now_or_never().is_none(), "nothing was sent yet");
+        assert_eq!(buf.capacity(), 0);
+
+        client.write_all(b"\xc0\x00").await.unwrap();
+        assert_eq!(transport.read(&mut buf).await.unwrap(), 2);
+        assert_eq!(&buf[..], b"\xc0\x00");
+        let _ = buf.split();
+        assert!(transport.read(&mut buf).now_or_never().is_none(), "everything was read");
+        assert_eq!(buf.capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_tcp_connection_keeps_its_buffer_while_a_packet_is_half_received() {
+        let (mut client, mut transport) = tcp_pair().await;
+        let mut buf = BytesMut::new();
+        client.write_all(b"\x30").await.unwrap();
+        assert_eq!(transport.read(&mut buf).await.unwrap(), 1);
+        assert!(transport.read(&mut buf).now_or_never().is_none());
+        assert_eq!(&buf[..], b"\x30");
+        assert!(buf.capacity() >= READ_CHUNK_QUIET);
+
+        client.write_all(b"\x00").await.unwrap();
+        assert_eq!(transport.read(&mut buf).await.unwrap(), 1);
+        assert_eq!(&buf[..], b"\x30\x00");
+    }
+
+    #[tokio::test]
+    async fn a_tcp_read_that_fills_the_buffer_grows_it_and_the_end_reads_as_zero() {
+        let (mut client, mut transport) = tcp_pair().await;
+        let data = vec![7u8; READ_CHUNK_QUIET];
+        client.write_all(&data).await.unwrap();
+        drop(client);
+        let mut buf = BytesMut::new();
+        let mut total = 0;
+        loop {
+            match transport.read(&mut buf).await.unwrap() {
+                0 => break,
+                n => total += n,
+            }
+        }
+        assert_eq!(total, data.len());
+        assert_eq!(&buf[..], &data[..]);
     }
 }
