@@ -663,15 +663,23 @@ fn message_from_row(
 /// A queued delivery from a row of `session_messages` joined with its message. `None` if the message expired.
 fn delivery_from_row(row: &sqlx::sqlite::SqliteRow, now: i64) -> Result<Option<Delivery>, sqlx::Error> {
     let Some(message) = message_from_row(row, now, false)? else { return Ok(None) };
-    let sub_ids: Option<String> = row.try_get("sub_ids")?;
-    let qos =
-        u8::try_from(row.try_get::<i64, _>("delivered_qos")?).ok().and_then(QoS::from_u8).unwrap_or_default();
-    Ok(Some(Delivery {
+    Ok(Some(queued_delivery(
+        message,
+        row.try_get("delivered_qos")?,
+        row.try_get("delivered_retain")?,
+        row.try_get("sub_ids")?,
+    )))
+}
+
+/// A delivery as `session_messages` keeps it: the QoS and RETAIN flag this subscriber gets, and its
+/// subscription identifiers as a JSON array.
+pub(super) fn queued_delivery(message: Message, qos: i64, retain: bool, sub_ids: Option<String>) -> Delivery {
+    Delivery {
         message: Arc::new(message),
-        qos,
-        retain: row.try_get("delivered_retain")?,
+        qos: u8::try_from(qos).ok().and_then(QoS::from_u8).unwrap_or_default(),
+        retain,
         subscription_ids: sub_ids.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default(),
-    }))
+    }
 }
 
 /// An append taken off the channel, waiting for its batch's commit.
@@ -698,6 +706,19 @@ mod tests {
         m.origin = Some(ClientId::new("device-1"));
         m.username = Some(Arc::from("alice"));
         Arc::new(m)
+    }
+
+    /// The payloads of every page of `q`, following `next` to the end.
+    async fn every_page(j: &Journal, mut q: HistoryQuery) -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            let page = history::query(j.pool(), &q).await.unwrap();
+            seen.extend(page.messages.iter().map(|m| String::from_utf8(m.payload.clone()).unwrap()));
+            match page.next {
+                Some(next) => q.after = Some(next),
+                None => return seen,
+            }
+        }
     }
 
     async fn count(j: &Journal) -> i64 {
@@ -766,15 +787,7 @@ mod tests {
         j.flush().await;
         let mut q = HistoryQuery::new("site/1/+");
         q.limit = 7;
-        let mut seen = Vec::new();
-        loop {
-            let page = history::query(j.pool(), &q).await.unwrap();
-            seen.extend(page.messages.iter().map(|m| String::from_utf8(m.payload.clone()).unwrap()));
-            match page.next {
-                Some(next) => q.after = Some(next),
-                None => break,
-            }
-        }
+        let seen = every_page(&j, q).await;
         let expected: Vec<String> = (0..60).rev().filter(|i| i % 3 == 1).map(|i| i.to_string()).collect();
         assert_eq!(seen, expected, "newest first, every page, nothing twice");
 
@@ -825,15 +838,7 @@ mod tests {
                 let mut q = HistoryQuery::new(filter);
                 q.order = order;
                 q.limit = 170;
-                let mut seen = Vec::new();
-                loop {
-                    let page = history::query(j.pool(), &q).await.unwrap();
-                    seen.extend(page.messages.iter().map(|m| String::from_utf8(m.payload.clone()).unwrap()));
-                    match page.next {
-                        Some(next) => q.after = Some(next),
-                        None => break,
-                    }
-                }
+                let seen = every_page(&j, q).await;
                 let mut expected: Vec<String> = all
                     .iter()
                     .filter(|(t, _)| crate::mqtt::codec::topic::matches(filter, t))

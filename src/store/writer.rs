@@ -9,17 +9,15 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tokio::sync::mpsc;
 
-use super::journal::{Durability, Inner, JournalConfig, Op, Queued, SessionOp, StoredRow};
+use super::journal::{Durability, Inner, JournalConfig, Op, Queued, SessionOp, StoredRow, queued_delivery};
 use super::{StoreError, unix_millis};
-use crate::mqtt::broker::{ClientId, Delivery, Refusal, SpillLoad};
-use crate::mqtt::codec::QoS;
+use crate::mqtt::broker::{ClientId, Refusal, SpillLoad};
 
 /// Rows per INSERT statement, largest first: 13 parameters a row, well under SQLite's limit of 32,766. Powers of
 /// two, so that any batch takes few statements, each prepared once.
@@ -618,17 +616,12 @@ fn load_spilled(
                 gone.push(seq);
                 continue;
             };
-            let sub_ids: Option<String> = row.get("sub_ids")?;
-            let qos = u8::try_from(row.get::<_, i64>("delivered_qos")?)
-                .ok()
-                .and_then(QoS::from_u8)
-                .unwrap_or_default();
-            load.deliveries.push(Delivery {
-                message: Arc::new(message),
-                qos,
-                retain: row.get("delivered_retain")?,
-                subscription_ids: sub_ids.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default(),
-            });
+            load.deliveries.push(queued_delivery(
+                message,
+                row.get("delivered_qos")?,
+                row.get("delivered_retain")?,
+                row.get("sub_ids")?,
+            ));
         }
     }
     for seq in gone {
