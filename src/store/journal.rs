@@ -11,8 +11,8 @@
 //! the oldest go regardless, and if that is not enough new QoS 1/2 messages are refused (the client sees it).
 //! Freed pages are returned to the file system with `PRAGMA incremental_vacuum`.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use sqlx::sqlite::SqliteSynchronous;
@@ -129,6 +129,9 @@ pub(super) struct Inner {
     pub(super) stats: JournalStats,
     /// Set while the disk is full or the hard cap is reached; cleared by the next successful commit.
     pub(super) refusing: AtomicBool,
+    /// The id the next append gets. Held while that append is sent, so that ids reach the writer (and are
+    /// committed) in ascending order: a reader that has seen id n never later finds a row below it appear.
+    next_id: Mutex<i64>,
 }
 
 /// A change to a session's stored state, applied in the order the router made them.
@@ -169,11 +172,7 @@ pub(super) enum SessionOp {
 
 #[derive(Debug)]
 pub(super) enum Op {
-    Append {
-        ts: i64,
-        message: Arc<Message>,
-        done: Option<oneshot::Sender<Result<(), Refusal>>>,
-    },
+    Append(Queued),
     Session(SessionOp),
     Prune(Option<oneshot::Sender<u64>>),
     Checkpoint,
@@ -203,9 +202,11 @@ impl Journal {
             exclude: config.exclude.clone(),
             stats: JournalStats::default(),
             refusing: AtomicBool::new(false),
+            next_id: Mutex::new(0),
         });
         let path = dir.join(super::JOURNAL_FILE);
-        super::writer::Writer::start(&path, config.clone(), Arc::downgrade(&inner), receiver)?;
+        let next_id = super::writer::Writer::start(&path, config.clone(), Arc::downgrade(&inner), receiver)?;
+        *inner.next_id.lock().unwrap_or_else(PoisonError::into_inner) = next_id;
         spawn_timer(Arc::downgrade(&inner), config.index_interval, || Op::Index(None));
         spawn_timer(Arc::downgrade(&inner), config.retention.prune_interval, || Op::Prune(None));
         if let Durability::Batched { window } = config.durability {
@@ -236,12 +237,30 @@ impl Journal {
                 return completion;
             }
         }
-        let op =
-            Op::Append { ts: unix_millis(SystemTime::now()), message: message.clone(), done: Some(done) };
-        if let Err(mpsc::error::SendError(Op::Append { done: Some(done), .. })) = self.inner.ops.send(op) {
+        if let Err(Some(done)) = self.send_append(message, Some(done)) {
             let _ = done.send(Err(Refusal::Unavailable));
         }
         completion
+    }
+
+    /// Gives the message its id in the journal and sends it to the writer. The id is known from here on, before
+    /// the commit, so that the broker can route the message at once and session queues can refer to it: their
+    /// changes travel on the same channel, after it. An id whose append fails is never used again.
+    fn send_append(&self, message: &Arc<Message>, done: Option<Done>) -> Result<(), Option<Done>> {
+        let ts = unix_millis(SystemTime::now());
+        let mut next_id = self.inner.next_id.lock().unwrap_or_else(PoisonError::into_inner);
+        let id = *next_id;
+        let op = Op::Append(Queued { id, ts, message: message.clone(), done });
+        match self.inner.ops.send(op) {
+            Ok(()) => {
+                *next_id += 1;
+                drop(next_id);
+                let _ = message.journal_id.set(id);
+                Ok(())
+            }
+            Err(mpsc::error::SendError(Op::Append(queued))) => Err(queued.done),
+            Err(_) => Err(None),
+        }
     }
 
     /// Appends without waiting for the writer, for QoS 0: if the writer is behind, the message is not recorded
@@ -255,8 +274,7 @@ impl Journal {
             return;
         };
         permit.forget();
-        let op = Op::Append { ts: unix_millis(SystemTime::now()), message: message.clone(), done: None };
-        if self.inner.ops.send(op).is_err() {
+        if self.send_append(message, None).is_err() {
             self.inner.stats.dropped_qos0.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -483,6 +501,10 @@ impl Durable for Journal {
         self.append_nowait(message);
     }
 
+    fn refusing(&self) -> bool {
+        self.is_refusing()
+    }
+
     fn save_session(&self, session: &SessionRecord) {
         self.session(SessionOp::Save(Box::new(session.clone())));
     }
@@ -682,11 +704,17 @@ pub(super) fn queued_delivery(message: Message, qos: i64, retain: bool, sub_ids:
     }
 }
 
-/// An append taken off the channel, waiting for its batch's commit.
+/// Told when an append is committed, or why it was refused.
+type Done = oneshot::Sender<Result<(), Refusal>>;
+
+/// An append on its way to the writer and then waiting for its batch's commit.
+#[derive(Debug)]
 pub(super) struct Queued {
+    /// Its row id, given when it was sent (`Inner::next_id`).
+    pub(super) id: i64,
     pub(super) ts: i64,
     pub(super) message: Arc<Message>,
-    pub(super) done: Option<oneshot::Sender<Result<(), Refusal>>>,
+    pub(super) done: Option<Done>,
 }
 
 #[cfg(test)]
@@ -936,6 +964,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn ids_are_given_on_append_in_order_and_never_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = journal(dir.path(), |_| {}).await;
+        let sent: Vec<_> = (0..300).map(|i| message("ids", i.to_string(), QoS::AtLeastOnce)).collect();
+        let mut completions = Vec::new();
+        for m in &sent {
+            completions.push(j.append(m).await);
+        }
+        // Known before the commit (the broker routes QoS 1 then), consecutive in the order appended.
+        let ids: Vec<i64> = sent.iter().map(|m| *m.journal_id.get().unwrap()).collect();
+        assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "{ids:?}");
+        for c in completions {
+            assert_eq!(c.await.unwrap(), Ok(()));
+        }
+        let stored: Vec<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT id, payload FROM messages ORDER BY id").fetch_all(j.pool()).await.unwrap();
+        let expected: Vec<(i64, Vec<u8>)> =
+            ids.iter().zip(0..).map(|(&id, i)| (id, i.to_string().into_bytes())).collect();
+        assert_eq!(stored, expected, "every row under the id its message was given");
+
+        // A session queue may refer to an id whose append never committed (the gateway died in between):
+        // after a restart that id is not given to another message.
+        let dangling = ids[ids.len() - 1] + 10;
+        sqlx::query("INSERT INTO session_messages (client_id, message_id, qos, retain) VALUES ('c', ?, 1, 0)")
+            .bind(dangling)
+            .execute(j.pool())
+            .await
+            .unwrap();
+        j.close().await;
+        let j = journal(dir.path(), |_| {}).await;
+        let next = message("ids", "after", QoS::AtLeastOnce);
+        assert_eq!(j.append(&next).await.await.unwrap(), Ok(()));
+        assert_eq!(next.journal_id.get(), Some(&(dangling + 1)));
+        j.close().await;
+    }
+
+    #[tokio::test]
     async fn a_full_database_refuses_counts_and_recovers_by_itself() {
         let dir = tempfile::tempdir().unwrap();
         let j = journal(dir.path(), |c| {
@@ -970,8 +1035,12 @@ mod tests {
         // Space returns (retention frees it): appends succeed again without any intervention.
         tokio::time::sleep(Duration::from_millis(5)).await;
         assert!(j.prune_now().await > 0);
-        let completion = j.append(&message("fill", "small", QoS::AtLeastOnce)).await;
-        assert_eq!(completion.await.unwrap(), Ok(()));
+        let small = message("fill", "small", QoS::AtLeastOnce);
+        assert_eq!(j.append(&small).await.await.unwrap(), Ok(()));
         assert!(!j.is_refusing());
+        // The refused messages' ids are not given again.
+        let newest: i64 = sqlx::query_scalar("SELECT max(id) FROM messages").fetch_one(j.pool()).await.unwrap();
+        assert_eq!(small.journal_id.get(), Some(&newest));
+        assert!(newest > accepted + 1, "{newest} after {accepted} accepted and one refused");
     }
 }

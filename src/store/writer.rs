@@ -19,7 +19,7 @@ use super::journal::{Durability, Inner, JournalConfig, Op, Queued, SessionOp, St
 use super::{StoreError, unix_millis};
 use crate::mqtt::broker::{ClientId, Refusal, SpillLoad};
 
-/// Rows per INSERT statement, largest first: 13 parameters a row, well under SQLite's limit of 32,766. Powers of
+/// Rows per INSERT statement, largest first: 14 parameters a row, well under SQLite's limit of 32,766. Powers of
 /// two, so that any batch takes few statements, each prepared once.
 const INSERT_SIZES: [usize; 9] = [256, 128, 64, 32, 16, 8, 4, 2, 1];
 /// The most rows the writer adds to the topic index in one step.
@@ -30,10 +30,10 @@ const PRUNE_STEPS: usize = 8;
 
 /// The INSERT statement for `rows` rows (one of [`INSERT_SIZES`]).
 fn insert_sql(rows: usize) -> String {
-    let row = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+    let row = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
     let values = vec![row; rows].join(", ");
     format!(
-        "INSERT INTO messages (ts, topic, payload, qos, retain, client_id, username, payload_format, \
+        "INSERT INTO messages (id, ts, topic, payload, qos, retain, client_id, username, payload_format, \
          expiry_interval, content_type, response_topic, correlation_data, user_properties) VALUES {values}"
     )
 }
@@ -74,13 +74,14 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    /// Opens the write connection (the file exists and is migrated) and starts the thread.
+    /// Opens the write connection (the file exists and is migrated) and starts the thread. Returns the id the
+    /// next message gets.
     pub(super) fn start(
         path: &Path,
         config: JournalConfig,
         inner: std::sync::Weak<Inner>,
         ops: mpsc::UnboundedReceiver<Op>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<i64, StoreError> {
         let open = || -> rusqlite::Result<Connection> {
             let conn = Connection::open(path)?;
             conn.busy_timeout(Duration::from_secs(10))?;
@@ -101,6 +102,16 @@ impl Writer {
         let conn = open().map_err(|e| StoreError::Writer(e.to_string()))?;
         let last_id: i64 = conn
             .query_row("SELECT coalesce(max(id), 0) FROM messages", [], |r| r.get(0))
+            .map_err(|e| StoreError::Writer(e.to_string()))?;
+        // Ids are given before the commit, and session queues may refer to one whose append then failed or was
+        // cut short by a crash: such an id is never given again.
+        let next_id: i64 = conn
+            .query_row(
+                "SELECT max(?, (SELECT coalesce(max(message_id), 0) FROM session_messages), \
+                 (SELECT coalesce(max(position), 0) FROM cursors)) + 1",
+                [last_id],
+                |r| r.get(0),
+            )
             .map_err(|e| StoreError::Writer(e.to_string()))?;
         let indexed_upto: i64 = conn
             .query_row(
@@ -124,18 +135,18 @@ impl Writer {
             .name("weir-journal".into())
             .spawn(move || writer.run(ops))
             .map_err(|e| StoreError::Writer(format!("starting the journal writer: {e}")))?;
-        Ok(())
+        Ok(next_id)
     }
 
     fn run(mut self, mut ops: mpsc::UnboundedReceiver<Op>) {
         let mut batch = Vec::with_capacity(self.config.max_batch);
         while let Some(first) = ops.blocking_recv() {
-            let mut appends = usize::from(matches!(first, Op::Append { .. }));
+            let mut appends = usize::from(matches!(first, Op::Append(_)));
             batch.push(first);
             while appends < self.config.max_batch {
                 match ops.try_recv() {
                     Ok(op) => {
-                        appends += usize::from(matches!(op, Op::Append { .. }));
+                        appends += usize::from(matches!(op, Op::Append(_)));
                         batch.push(op);
                     }
                     Err(_) => break,
@@ -158,21 +169,12 @@ impl Writer {
         let mut after = Vec::new();
         for op in batch.drain(..) {
             match op {
-                Op::Append { ts, message, done } => appends.push(Queued { ts, message, done }),
+                Op::Append(queued) => appends.push(queued),
                 Op::Session(op) => sessions.push(op),
                 other => after.push(other),
             }
         }
-        // Session changes first: one made before a message was accepted (a subscription before a publish) is
-        // then durable no later than that message's acknowledgement.
-        if !sessions.is_empty()
-            && let Err(e) = self.apply_sessions(sessions)
-        {
-            tracing::error!("saving session state failed: {e}");
-        }
-        if !appends.is_empty() {
-            self.append(&inner, appends);
-        }
+        self.write(&inner, appends, sessions);
         let mut next = Next::Continue;
         let mut pruned = false;
         for op in after {
@@ -210,7 +212,7 @@ impl Writer {
                         }
                     }
                 },
-                Op::Append { .. } | Op::Session(_) => {}
+                Op::Append(_) | Op::Session(_) => {}
             }
         }
         if self.last_id - self.indexed_upto >= INDEX_MAX_ROWS {
@@ -219,14 +221,79 @@ impl Writer {
         next
     }
 
-    /// Commits a batch of appends, then completes them (or refuses them all), and gives their places in the
-    /// journal's queue back.
-    fn append(&mut self, inner: &Inner, appends: Vec<Queued>) {
-        let count = appends.len();
+    /// Commits a batch: its appends, then its session changes, in one transaction (with `synced`, one sync).
+    /// The rows go first because session changes sent after an append (a queued delivery, a read-back) refer to
+    /// its id; a session change sent before it (a subscription before a publish) is durable no later than that
+    /// message's acknowledgement. Then completes the appends (or refuses them all) and answers the read-backs.
+    /// If the appends cannot be written (disk full, hard cap), the session changes are still saved, alone.
+    fn write(&mut self, inner: &Inner, appends: Vec<Queued>, sessions: Vec<SessionOp>) {
+        if appends.is_empty() {
+            self.save_sessions(sessions);
+            return;
+        }
         let result = match self.over_hard_cap() {
-            true => Err(WriteFailure::Full),
-            false => self.insert(&appends),
+            true => Err(Failed::Appends(WriteFailure::Full)),
+            false => self.commit_together(&appends, &sessions),
         };
+        match result {
+            Ok(loads) => {
+                self.completed(inner, appends, Ok(()));
+                answer_loads(sessions, loads);
+            }
+            Err(Failed::Appends(failure)) => {
+                self.completed(inner, appends, Err(failure));
+                self.save_sessions(sessions);
+            }
+            Err(Failed::Sessions(e)) => {
+                tracing::error!("saving session state failed ({e}): committing the batch's messages alone");
+                let result = self.commit_appends(&appends);
+                self.completed(inner, appends, result);
+                self.save_sessions(sessions);
+            }
+        }
+    }
+
+    fn commit_together(
+        &mut self,
+        appends: &[Queued],
+        sessions: &[SessionOp],
+    ) -> Result<Vec<SpillLoad>, Failed> {
+        let tx = self.conn.transaction().map_err(|e| Failed::Appends(classify(e)))?;
+        let newest = insert_rows(&tx, &self.insert_sql, appends).map_err(Failed::Appends)?;
+        let loads = session_statements(&tx, &mut self.generations, sessions).map_err(Failed::Sessions)?;
+        tx.commit().map_err(|e| Failed::Appends(classify(e)))?;
+        self.last_id = self.last_id.max(newest);
+        Ok(loads)
+    }
+
+    fn commit_appends(&mut self, appends: &[Queued]) -> Result<(), WriteFailure> {
+        let tx = self.conn.transaction().map_err(classify)?;
+        let newest = insert_rows(&tx, &self.insert_sql, appends)?;
+        tx.commit().map_err(classify)?;
+        self.last_id = self.last_id.max(newest);
+        Ok(())
+    }
+
+    /// Session changes in a transaction of their own; a failure is logged (read-backs then report `failed`).
+    fn save_sessions(&mut self, ops: Vec<SessionOp>) {
+        if ops.is_empty() {
+            return;
+        }
+        let result = (|| {
+            let tx = self.conn.transaction()?;
+            let loads = session_statements(&tx, &mut self.generations, &ops)?;
+            tx.commit()?;
+            Ok::<_, rusqlite::Error>(loads)
+        })();
+        match result {
+            Ok(loads) => answer_loads(ops, loads),
+            Err(e) => tracing::error!("saving session state failed: {e}"),
+        }
+    }
+
+    /// Completes a batch of appends (or refuses them all) and gives their places in the journal's queue back.
+    fn completed(&mut self, inner: &Inner, appends: Vec<Queued>, result: Result<(), WriteFailure>) {
+        let count = appends.len();
         inner.permits.add_permits(count);
         match result {
             Ok(()) => {
@@ -271,183 +338,6 @@ impl Writer {
                 }
             }
         }
-    }
-
-    fn insert(&mut self, appends: &[Queued]) -> Result<(), WriteFailure> {
-        let mut newest = self.last_id;
-        let tx = self.conn.transaction().map_err(classify)?;
-        let mut rest = appends;
-        while !rest.is_empty() {
-            let Some((rows, sql)) = self.insert_sql.iter().find(|(n, _)| *n <= rest.len()) else { break };
-            let (chunk, tail) = rest.split_at(*rows);
-            rest = tail;
-            let mut statement = tx.prepare_cached(sql).map_err(classify)?;
-            let mut at = 1;
-            for Queued { ts, message: m, .. } in chunk {
-                let p = m.properties.as_deref();
-                let user_properties = p
-                    .filter(|p| !p.user_properties.is_empty())
-                    .and_then(|p| serde_json::to_string(&p.user_properties).ok());
-                let bind = |statement: &mut rusqlite::CachedStatement<'_>, at: &mut usize| {
-                    statement.raw_bind_parameter(*at, ts)?;
-                    statement.raw_bind_parameter(*at + 1, &*m.topic)?;
-                    statement.raw_bind_parameter(*at + 2, &m.payload[..])?;
-                    statement.raw_bind_parameter(*at + 3, m.qos as i64)?;
-                    statement.raw_bind_parameter(*at + 4, m.retain)?;
-                    statement.raw_bind_parameter(*at + 5, m.origin.as_ref().map(|c| c.as_str()))?;
-                    statement.raw_bind_parameter(*at + 6, m.username.as_deref())?;
-                    statement.raw_bind_parameter(
-                        *at + 7,
-                        p.and_then(|p| p.payload_format_indicator).map(i64::from),
-                    )?;
-                    statement.raw_bind_parameter(
-                        *at + 8,
-                        p.and_then(|p| p.message_expiry_interval).map(i64::from),
-                    )?;
-                    statement.raw_bind_parameter(*at + 9, p.and_then(|p| p.content_type.as_deref()))?;
-                    statement.raw_bind_parameter(*at + 10, p.and_then(|p| p.response_topic.as_deref()))?;
-                    statement.raw_bind_parameter(*at + 11, p.and_then(|p| p.correlation_data.as_deref()))?;
-                    statement.raw_bind_parameter(*at + 12, user_properties.as_deref())?;
-                    *at += 13;
-                    Ok::<(), rusqlite::Error>(())
-                };
-                bind(&mut statement, &mut at).map_err(classify)?;
-            }
-            statement.raw_execute().map_err(classify)?;
-            drop(statement);
-            // One INSERT gives its rows consecutive ids ending at the last one inserted (no AUTOINCREMENT, no
-            // explicit ids, one writer): that maps each message to its row.
-            let last = tx.last_insert_rowid();
-            newest = newest.max(last);
-            let first = last - i64::try_from(chunk.len()).unwrap_or(0) + 1;
-            for (id, queued) in (first..=last).zip(chunk) {
-                let _ = queued.message.journal_id.set(id);
-                if queued.message.retain {
-                    let topic = &*queued.message.topic;
-                    if queued.message.payload.is_empty() {
-                        tx.prepare_cached("DELETE FROM retained WHERE topic = ?")
-                            .and_then(|mut s| s.execute([topic]))
-                            .map_err(classify)?;
-                    } else {
-                        tx.prepare_cached(
-                            "INSERT OR REPLACE INTO retained (topic, message_id) VALUES (?, ?)",
-                        )
-                        .and_then(|mut s| s.execute(params![topic, id]))
-                        .map_err(classify)?;
-                    }
-                }
-            }
-        }
-        tx.commit().map_err(classify)?;
-        // Only now: a rolled-back batch's ids are handed out again.
-        self.last_id = newest;
-        Ok(())
-    }
-
-    fn apply_sessions(&mut self, ops: Vec<SessionOp>) -> rusqlite::Result<()> {
-        let tx = self.conn.transaction()?;
-        // Read-backs are answered after the commit that takes their deliveries out of the spilled set.
-        let mut loads = Vec::new();
-        for op in ops {
-            match op {
-                SessionOp::Save(r) => {
-                    let will = r.will.as_ref();
-                    tx.prepare_cached(
-                        "INSERT INTO sessions (client_id, expiry, disconnected_at, will_topic, will_payload, will_qos, \
-                         will_retain, will_delay, will_due, username) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-                         ON CONFLICT (client_id) DO UPDATE SET expiry = excluded.expiry, username = excluded.username, \
-                         disconnected_at = excluded.disconnected_at, will_topic = excluded.will_topic, \
-                         will_payload = excluded.will_payload, will_qos = excluded.will_qos, \
-                         will_retain = excluded.will_retain, will_delay = excluded.will_delay, \
-                         will_due = excluded.will_due",
-                    )?
-                    .execute(params![
-                        r.client_id.as_str(),
-                        i64::from(r.expiry),
-                        r.disconnected_at,
-                        will.map(|w| w.message.topic.to_string()),
-                        will.map(|w| &w.message.payload[..]),
-                        will.map(|w| w.message.qos as i64),
-                        will.map(|w| w.message.retain),
-                        will.map(|w| i64::from(w.delay)),
-                        r.will_due,
-                        r.username.as_deref(),
-                    ])?;
-                }
-                SessionOp::Remove(client) => {
-                    // Spilled deliveries stay: the queue may live on as a clean session (expiry set to 0), and
-                    // `Discard` forgets them when it ends.
-                    for sql in [
-                        "DELETE FROM sessions WHERE client_id = ?",
-                        "DELETE FROM subscriptions WHERE client_id = ?",
-                        "DELETE FROM session_messages WHERE client_id = ? AND spilled = 0",
-                    ] {
-                        tx.prepare_cached(sql)?.execute([client.as_str()])?;
-                    }
-                }
-                SessionOp::Subscribe(client, f, id) => {
-                    tx.prepare_cached(
-                        "INSERT OR REPLACE INTO subscriptions (client_id, filter, qos, no_local, retain_as_published, \
-                         retain_handling, subscription_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    )?
-                    .execute(params![
-                        client.as_str(),
-                        f.filter,
-                        f.options.qos as i64,
-                        f.options.no_local,
-                        f.options.retain_as_published,
-                        f.options.retain_handling as i64,
-                        id.map(i64::from),
-                    ])?;
-                }
-                SessionOp::Unsubscribe(client, filter) => {
-                    tx.prepare_cached("DELETE FROM subscriptions WHERE client_id = ? AND filter = ?")?
-                        .execute(params![client.as_str(), filter])?;
-                }
-                SessionOp::Queued { client, message_id, qos, retain, sub_ids, spilled } => {
-                    let sub_ids =
-                        (!sub_ids.is_empty()).then(|| serde_json::to_string(&sub_ids).ok()).flatten();
-                    tx.prepare_cached(
-                        "INSERT OR REPLACE INTO session_messages (client_id, message_id, qos, retain, sub_ids, spilled) \
-                         VALUES (?, ?, ?, ?, ?, ?)",
-                    )?
-                    .execute(params![client.as_str(), message_id, qos as i64, retain, sub_ids, spilled.is_some()])?;
-                    if let Some(generation) = spilled
-                        && self.generations.get(&client) != Some(&generation)
-                    {
-                        self.generations.insert(client, generation);
-                    }
-                }
-                SessionOp::InFlight { client, message_id, packet_id, released } => {
-                    tx.prepare_cached(
-                        "UPDATE session_messages SET packet_id = ?, released = ? WHERE client_id = ? AND message_id = ?",
-                    )?
-                    .execute(params![i64::from(packet_id), released, client.as_str(), message_id])?;
-                }
-                SessionOp::Delivered { client, message_id } => {
-                    tx.prepare_cached("DELETE FROM session_messages WHERE client_id = ? AND message_id = ?")?
-                        .execute(params![client.as_str(), message_id])?;
-                }
-                SessionOp::Load { client, generation, limit, keep, done } => {
-                    let stale = self.generations.get(&client).is_some_and(|&g| g != generation);
-                    let load = match stale {
-                        true => SpillLoad::default(),
-                        false => load_spilled(&tx, &client, limit, keep)?,
-                    };
-                    loads.push((done, load));
-                }
-                SessionOp::Discard(client) => {
-                    tx.prepare_cached("DELETE FROM session_messages WHERE client_id = ?")?
-                        .execute([client.as_str()])?;
-                    self.generations.remove(&client);
-                }
-            }
-        }
-        tx.commit()?;
-        for (done, load) in loads {
-            let _ = done.send(load);
-        }
-        Ok(())
     }
 
     /// Adds the rows after `indexed_upto` (at most [`INDEX_MAX_ROWS`]) to the topic index, in topic order, in one
@@ -640,8 +530,198 @@ fn load_spilled(
         tracing::warn!(
             client = %client,
             lost = load.missing,
-            "queued messages were removed from the journal at its hard cap before this session could take them"
+            "queued messages were gone from the journal (removed at its hard cap, or refused when published) \
+             before this session could take them"
         );
     }
     Ok(load)
+}
+
+/// Runs a batch's session changes in `tx`. Returns what each read-back (`SessionOp::Load`) read, in order: they
+/// are answered after the commit that takes their deliveries out of the spilled set.
+fn session_statements(
+    tx: &Transaction<'_>,
+    generations: &mut HashMap<ClientId, u64>,
+    ops: &[SessionOp],
+) -> rusqlite::Result<Vec<SpillLoad>> {
+    let mut loads = Vec::new();
+    for op in ops {
+        match op {
+            SessionOp::Save(r) => {
+                let will = r.will.as_ref();
+                tx.prepare_cached(
+                    "INSERT INTO sessions (client_id, expiry, disconnected_at, will_topic, will_payload, will_qos, \
+                     will_retain, will_delay, will_due, username) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                     ON CONFLICT (client_id) DO UPDATE SET expiry = excluded.expiry, username = excluded.username, \
+                     disconnected_at = excluded.disconnected_at, will_topic = excluded.will_topic, \
+                     will_payload = excluded.will_payload, will_qos = excluded.will_qos, \
+                     will_retain = excluded.will_retain, will_delay = excluded.will_delay, \
+                     will_due = excluded.will_due",
+                )?
+                .execute(params![
+                    r.client_id.as_str(),
+                    i64::from(r.expiry),
+                    r.disconnected_at,
+                    will.map(|w| w.message.topic.to_string()),
+                    will.map(|w| &w.message.payload[..]),
+                    will.map(|w| w.message.qos as i64),
+                    will.map(|w| w.message.retain),
+                    will.map(|w| i64::from(w.delay)),
+                    r.will_due,
+                    r.username.as_deref(),
+                ])?;
+            }
+            SessionOp::Remove(client) => {
+                // Spilled deliveries stay: the queue may live on as a clean session (expiry set to 0), and
+                // `Discard` forgets them when it ends.
+                for sql in [
+                    "DELETE FROM sessions WHERE client_id = ?",
+                    "DELETE FROM subscriptions WHERE client_id = ?",
+                    "DELETE FROM session_messages WHERE client_id = ? AND spilled = 0",
+                ] {
+                    tx.prepare_cached(sql)?.execute([client.as_str()])?;
+                }
+            }
+            SessionOp::Subscribe(client, f, id) => {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO subscriptions (client_id, filter, qos, no_local, retain_as_published, \
+                     retain_handling, subscription_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                )?
+                .execute(params![
+                    client.as_str(),
+                    f.filter,
+                    f.options.qos as i64,
+                    f.options.no_local,
+                    f.options.retain_as_published,
+                    f.options.retain_handling as i64,
+                    id.map(i64::from),
+                ])?;
+            }
+            SessionOp::Unsubscribe(client, filter) => {
+                tx.prepare_cached("DELETE FROM subscriptions WHERE client_id = ? AND filter = ?")?
+                    .execute(params![client.as_str(), filter])?;
+            }
+            SessionOp::Queued { client, message_id, qos, retain, sub_ids, spilled } => {
+                let sub_ids = (!sub_ids.is_empty()).then(|| serde_json::to_string(&sub_ids).ok()).flatten();
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO session_messages (client_id, message_id, qos, retain, sub_ids, spilled) \
+                     VALUES (?, ?, ?, ?, ?, ?)",
+                )?
+                .execute(params![client.as_str(), message_id, *qos as i64, retain, sub_ids, spilled.is_some()])?;
+                if let Some(generation) = spilled
+                    && generations.get(client) != Some(generation)
+                {
+                    generations.insert(client.clone(), *generation);
+                }
+            }
+            SessionOp::InFlight { client, message_id, packet_id, released } => {
+                tx.prepare_cached(
+                    "UPDATE session_messages SET packet_id = ?, released = ? WHERE client_id = ? AND message_id = ?",
+                )?
+                .execute(params![i64::from(*packet_id), released, client.as_str(), message_id])?;
+            }
+            SessionOp::Delivered { client, message_id } => {
+                tx.prepare_cached("DELETE FROM session_messages WHERE client_id = ? AND message_id = ?")?
+                    .execute(params![client.as_str(), message_id])?;
+            }
+            SessionOp::Load { client, generation, limit, keep, .. } => {
+                let stale = generations.get(client).is_some_and(|g| g != generation);
+                let load = match stale {
+                    true => SpillLoad::default(),
+                    false => load_spilled(tx, client, *limit, *keep)?,
+                };
+                loads.push(load);
+            }
+            SessionOp::Discard(client) => {
+                tx.prepare_cached("DELETE FROM session_messages WHERE client_id = ?")?
+                    .execute([client.as_str()])?;
+                generations.remove(client);
+            }
+        }
+    }
+    Ok(loads)
+}
+
+/// Answers each read-back of `ops` with what it read (`loads`, in the same order).
+fn answer_loads(ops: Vec<SessionOp>, loads: Vec<SpillLoad>) {
+    let dones = ops.into_iter().filter_map(|op| match op {
+        SessionOp::Load { done, .. } => Some(done),
+        _ => None,
+    });
+    for (done, load) in dones.zip(loads) {
+        let _ = done.send(load);
+    }
+}
+
+/// Which part of a batch's transaction failed.
+#[derive(Debug)]
+enum Failed {
+    /// The rows, or the commit: the appends are refused.
+    Appends(WriteFailure),
+    /// A session change: the appends are tried again alone.
+    Sessions(rusqlite::Error),
+}
+
+/// Inserts `appends` under their ids, and updates the retained table for those that are retained. Returns the
+/// newest id.
+fn insert_rows(
+    tx: &Transaction<'_>,
+    insert_sql: &[(usize, String)],
+    appends: &[Queued],
+) -> Result<i64, WriteFailure> {
+    let mut newest = 0;
+    let mut rest = appends;
+    while !rest.is_empty() {
+        let Some((rows, sql)) = insert_sql.iter().find(|(n, _)| *n <= rest.len()) else { break };
+        let (chunk, tail) = rest.split_at(*rows);
+        rest = tail;
+        let mut statement = tx.prepare_cached(sql).map_err(classify)?;
+        let mut at = 1;
+        for Queued { id, ts, message: m, .. } in chunk {
+            let p = m.properties.as_deref();
+            let user_properties = p
+                .filter(|p| !p.user_properties.is_empty())
+                .and_then(|p| serde_json::to_string(&p.user_properties).ok());
+            let bind = |statement: &mut rusqlite::CachedStatement<'_>, at: &mut usize| {
+                statement.raw_bind_parameter(*at, id)?;
+                statement.raw_bind_parameter(*at + 1, ts)?;
+                statement.raw_bind_parameter(*at + 2, &*m.topic)?;
+                statement.raw_bind_parameter(*at + 3, &m.payload[..])?;
+                statement.raw_bind_parameter(*at + 4, m.qos as i64)?;
+                statement.raw_bind_parameter(*at + 5, m.retain)?;
+                statement.raw_bind_parameter(*at + 6, m.origin.as_ref().map(|c| c.as_str()))?;
+                statement.raw_bind_parameter(*at + 7, m.username.as_deref())?;
+                statement
+                    .raw_bind_parameter(*at + 8, p.and_then(|p| p.payload_format_indicator).map(i64::from))?;
+                statement
+                    .raw_bind_parameter(*at + 9, p.and_then(|p| p.message_expiry_interval).map(i64::from))?;
+                statement.raw_bind_parameter(*at + 10, p.and_then(|p| p.content_type.as_deref()))?;
+                statement.raw_bind_parameter(*at + 11, p.and_then(|p| p.response_topic.as_deref()))?;
+                statement.raw_bind_parameter(*at + 12, p.and_then(|p| p.correlation_data.as_deref()))?;
+                statement.raw_bind_parameter(*at + 13, user_properties.as_deref())?;
+                *at += 14;
+                Ok::<(), rusqlite::Error>(())
+            };
+            bind(&mut statement, &mut at).map_err(classify)?;
+        }
+        statement.raw_execute().map_err(classify)?;
+        drop(statement);
+        for queued in chunk {
+            newest = newest.max(queued.id);
+            let id = queued.id;
+            if queued.message.retain {
+                let topic = &*queued.message.topic;
+                if queued.message.payload.is_empty() {
+                    tx.prepare_cached("DELETE FROM retained WHERE topic = ?")
+                        .and_then(|mut s| s.execute([topic]))
+                        .map_err(classify)?;
+                } else {
+                    tx.prepare_cached("INSERT OR REPLACE INTO retained (topic, message_id) VALUES (?, ?)")
+                        .and_then(|mut s| s.execute(params![topic, id]))
+                        .map_err(classify)?;
+                }
+            }
+        }
+    }
+    Ok(newest)
 }

@@ -553,3 +553,90 @@ async fn a_stalled_online_subscriber_costs_disk_not_loss_and_its_spill_goes_with
     .await;
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_will_queued_for_an_offline_persistent_session_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut child, addr) = start_weir(&data, "").await;
+    // A persistent session subscribed to wills, offline when the will comes.
+    let mut ward = Raw::connect(addr).await;
+    ward.send(&connect_v311("ward", false, 0)).await;
+    assert_eq!(ward.read_packet().await, [0x20, 2, 0, 0]);
+    ward.send(&packet(0x82, &[0, 1, 0, 6, b'w', b'i', b'l', b'l', b'/', b'#', 1])).await;
+    assert_eq!(ward.read_packet().await, [0x90, 3, 0, 1, 1]);
+    ward.send(&[0xE0, 0]).await;
+    ward.read_to_close().await;
+    // An online watcher sees the will routed: by then the ward's queue has it too.
+    let mut watcher = Raw::connect(addr).await;
+    watcher.send(&connect_v311("will-watcher", true, 0)).await;
+    watcher.read_packet().await;
+    watcher.send(&packet(0x82, &[0, 1, 0, 6, b'w', b'i', b'l', b'l', b'/', b'#', 0])).await;
+    watcher.read_packet().await;
+    // A device with a QoS 1 will (delay 0, session ends with the connection) drops off the network.
+    let mut device = Raw::connect(addr).await;
+    device.send(&persistent_connect("device", 0, Some(0))).await;
+    assert_eq!(device.read_packet().await[3], 0, "CONNACK success");
+    drop(device);
+    let got = watcher.read_packet().await;
+    assert!(got.ends_with(b"will/devicegone"), "{got:?}");
+    // Everything the router did before this acknowledgement is committed with or before it.
+    let mut p = Raw::connect(addr).await;
+    p.send(&connect_v311("barrier", true, 0)).await;
+    p.read_packet().await;
+    p.send(&publish(1, 1, "barrier", b"x")).await;
+    assert_eq!(p.read_packet().await, [0x40, 2, 0, 1]);
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+
+    let (_child, addr) = start_weir(&data, "").await;
+    let mut back = Raw::connect(addr).await;
+    back.send(&connect_v311("ward", false, 0)).await;
+    assert_eq!(back.read_packet().await, [0x20, 2, 1, 0], "session present");
+    let (_, payload) = parse_publish(&back.read_packet().await);
+    assert_eq!(payload, b"gone", "the will, kept for the offline session across the crash");
+}
+
+/// Holds SQLite's write lock on the journal from a second connection, so that the writer cannot commit.
+fn hold_journal_write_lock(data: &Path) -> rusqlite::Connection {
+    let lock = rusqlite::Connection::open(data.join(store::JOURNAL_FILE)).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    lock
+}
+
+fn journaled(lock: &rusqlite::Connection, topic_prefix: &str) -> i64 {
+    lock.query_row("SELECT count(*) FROM messages WHERE topic LIKE ? || '%'", [topic_prefix], |r| r.get(0))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn qos1_is_delivered_without_waiting_for_the_disk_and_acknowledged_only_after_it() {
+    let gw = TestGateway::start().await;
+    let mut sub = Raw::connect(gw.tcp).await;
+    sub.send(&connect_v311("early-sub", true, 0)).await;
+    sub.read_packet().await;
+    sub.send(&packet(0x82, &[0, 1, 0, 7, b'e', b'a', b'r', b'l', b'y', b'/', b'#', 2])).await;
+    assert_eq!(sub.read_packet().await, [0x90, 3, 0, 1, 2]);
+    let mut p = Raw::connect(gw.tcp).await;
+    p.send(&connect_v311("early-pub", true, 0)).await;
+    p.read_packet().await;
+
+    // The journal cannot commit: a QoS 2 publish, then a QoS 1 publish.
+    let lock = hold_journal_write_lock(gw.data_dir());
+    p.send(&publish(2, 1, "early/two", b"2")).await;
+    p.send(&publish(1, 2, "early/one", b"1")).await;
+    // The QoS 1 message reaches the subscriber while neither is on disk; the QoS 2 one, which must not be
+    // delivered twice if the gateway dies before its commit, waits.
+    let got = sub.read_packet().await;
+    assert_eq!((got[0] & 0xF6, parse_publish(&got).1), (0x32, b"1".to_vec()), "{got:?}");
+    assert_eq!(journaled(&lock, "early/"), 0, "delivered before the commit");
+
+    lock.execute_batch("ROLLBACK").unwrap();
+    // Acknowledged once committed, in the order they came: PUBREC 1, then PUBACK 2.
+    assert_eq!(p.read_packet().await, [0x50, 2, 0, 1]);
+    assert_eq!(p.read_packet().await, [0x40, 2, 0, 2]);
+    assert_eq!(journaled(&lock, "early/"), 2);
+    let got = sub.read_packet().await;
+    assert_eq!((got[0] & 0xF6, parse_publish(&got).1), (0x34, b"2".to_vec()), "{got:?}");
+    gw.stop().await;
+}

@@ -109,6 +109,9 @@ pub trait Durable: Send + Sync + std::fmt::Debug {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Completion> + Send + 'a>>;
     /// Records a message (QoS 0, wills, in-process publishes) without waiting; the store counts what it drops.
     fn record_nowait(&self, message: &Arc<Message>);
+    /// True while the store refuses messages (disk full): QoS 1 then waits for its commit before it is routed,
+    /// so that a refused message is not delivered either.
+    fn refusing(&self) -> bool;
     /// Saves a persistent session's state (not its subscriptions), in order with everything else recorded.
     fn save_session(&self, session: &SessionRecord);
     fn remove_session(&self, client: &ClientId);

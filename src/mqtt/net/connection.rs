@@ -396,6 +396,8 @@ struct PendingPublish {
     packet_id: u16,
     qos: QoS,
     completion: Completion,
+    /// Already routed (QoS 1): the commit only acknowledges it.
+    routed: bool,
 }
 
 impl<T: Transport> Session<T> {
@@ -573,9 +575,17 @@ impl<T: Transport> Session<T> {
             }
             (qos, None) => self.route_and_ack(message, packet_id, qos).await,
             (qos, Some(durable)) => {
-                // Acknowledged only once the store has it: see `on_durable`.
+                // Acknowledged only once the store has it: see `on_durable`. QoS 1 is routed at once, in the
+                // order received: subscribers do not wait for the disk. If the gateway dies before the commit the
+                // publisher, not acknowledged, sends it again: a duplicate, which QoS 1 allows. QoS 2 is routed
+                // only after the commit, since exactly once must hold across a crash too; so is QoS 1 while the
+                // store refuses messages (disk full), so that what is refused is not delivered either.
                 let completion = durable.record(&message).await;
-                self.pending.push_back(PendingPublish { message, packet_id, qos, completion });
+                let routed = qos == QoS::AtLeastOnce && !durable.refusing();
+                if routed && let Flow::End(reason, expiry) = self.route(message.clone()).await {
+                    return Flow::End(reason, expiry);
+                }
+                self.pending.push_back(PendingPublish { message, packet_id, qos, completion, routed });
                 Flow::Continue
             }
         }
@@ -592,22 +602,28 @@ impl<T: Transport> Session<T> {
         if let Flow::End(reason, expiry) = self.route(message).await {
             return Flow::End(reason, expiry);
         }
+        self.ack(packet_id, qos);
+        Flow::Continue
+    }
+
+    /// PUBACK or PUBREC: the message is taken.
+    fn ack(&mut self, packet_id: u16, qos: QoS) {
         let ack = PubResp::new(packet_id);
         match qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => self.encode_or_log(&Packet::PubAck(ack)),
             QoS::ExactlyOnce => self.encode_or_log(&Packet::PubRec(ack)),
         }
-        Flow::Continue
     }
 
-    /// The store finished with the oldest pending publish (and maybe more): route and acknowledge what it took,
-    /// refuse what it did not. v5 clients get 0x97 and keep their message; 3.1.1 has no way to refuse, so the
+    /// The store finished with the oldest pending publish (and maybe more): route (QoS 2) and acknowledge what it
+    /// took, refuse what it did not (a QoS 1 message refused was routed already). v5 clients get 0x97 and keep their message; 3.1.1 has no way to refuse, so the
     /// connection is closed without an acknowledgement and the client sends the message again later.
     async fn on_durable(&mut self, first: Result<(), Refusal>) -> Flow {
         let mut result = first;
         while let Some(p) = self.pending.pop_front() {
             match result {
+                Ok(()) if p.routed => self.ack(p.packet_id, p.qos),
                 Ok(()) => {
                     if let Flow::End(reason, expiry) = self.route_and_ack(p.message, p.packet_id, p.qos).await
                     {
