@@ -107,6 +107,9 @@ pub struct FileJournal {
     pub max_mb: Option<u64>,
     pub hard_cap_mb: Option<u64>,
     pub max_batch: Option<usize>,
+    /// Shortest time between two commits while several publishers are appending (0: commit as soon as the last
+    /// one is done).
+    pub commit_interval_ms: Option<u64>,
     /// SQLite page limit for the journal (4 KiB pages): it reports itself full beyond it.
     pub max_pages: Option<u32>,
 }
@@ -344,6 +347,7 @@ fn journal(j: FileJournal) -> Result<JournalConfig, ConfigError> {
         retention,
         max_pages: j.max_pages,
         index_interval: defaults.index_interval,
+        commit_interval: j.commit_interval_ms.map(Duration::from_millis).unwrap_or(defaults.commit_interval),
     })
 }
 

@@ -444,6 +444,10 @@ impl<T: Transport> Session<T> {
                         let _ = self.flush().await;
                         return (reason, expiry);
                     }
+                    if !self.pending.is_empty() {
+                        // Our answers wait for the journal: the client must not wait for our TCP ACK too.
+                        self.transport.ack_read();
+                    }
                 }
                 () = self.queue.ready() => self.drain(),
                 () = sleep_until(deadline) => {

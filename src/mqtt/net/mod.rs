@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 
 use crate::mqtt::broker::{Authenticator, Broker, Control, ControlSender, Metrics};
 use crate::pki::{IdentitySource, ReloadableServerConfig, peer_identity};
-use transport::{Stream, Tcp, WebSocket};
+use transport::{OverTcp, Stream, Tcp, WebSocket};
 
 /// The WebSocket subprotocols we accept, in order of preference.
 const WS_PROTOCOLS: [&str; 2] = ["mqtt", "mqttv3.1"];
@@ -204,7 +204,7 @@ pub async fn serve(
     }
 }
 
-async fn serve_websocket<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+async fn serve_websocket<S: AsyncRead + AsyncWrite + Unpin + Send + OverTcp + 'static>(
     stream: S,
     peer: SocketAddr,
     context: Arc<ListenerContext>,
