@@ -111,6 +111,8 @@ struct Shared {
 #[derive(Debug, Default)]
 struct PumpResult {
     latencies_ns: Vec<u64>,
+    /// QoS 1/2 publishers: from writing a PUBLISH to its PUBACK (QoS 1) or PUBCOMP (QoS 2).
+    ack_latencies_ns: Vec<u64>,
 }
 
 /// One connected client: its handle and the task driving its event loop.
@@ -183,6 +185,8 @@ async fn pump(
     let mut ready = Some(ready);
     let mut subscribe = subscribe;
     let mut result = PumpResult::default();
+    // When each outstanding packet id's PUBLISH was written (ns); allocated by the first one.
+    let mut written_at: Vec<u64> = Vec::new();
     loop {
         let event = tokio::select! {
             ev = eventloop.poll() => ev,
@@ -218,8 +222,21 @@ async fn pump(
                 shared.received.fetch_add(1, Ordering::Relaxed);
                 shared.last_recv_ns.fetch_max(now, Ordering::Relaxed);
             }
-            Event::Incoming(Incoming::PubAck(_) | Incoming::PubComp(_)) => {
+            Event::Outgoing(Outgoing::Publish(pkid)) if pkid != 0 => {
+                if written_at.is_empty() {
+                    written_at = vec![0; usize::from(u16::MAX) + 1];
+                }
+                if let Some(at) = written_at.get_mut(usize::from(pkid)) {
+                    *at = now_ns();
+                }
+            }
+            Event::Incoming(Incoming::PubAck(rumqttc::PubAck { pkid, .. }))
+            | Event::Incoming(Incoming::PubComp(rumqttc::PubComp { pkid, .. })) => {
                 shared.acked.fetch_add(1, Ordering::Relaxed);
+                if let Some(at) = written_at.get_mut(usize::from(pkid)).filter(|at| **at != 0) {
+                    result.ack_latencies_ns.push(now_ns().saturating_sub(*at));
+                    *at = 0;
+                }
             }
             _ => {}
         }
@@ -428,14 +445,19 @@ async fn pub_sub(kind: Kind, a: &RunArgs, tls: Option<Arc<ClientConfig>>) -> Res
     let _ = stop_tx.send(true);
 
     let mut latencies = Vec::new();
+    let mut ack_latencies = Vec::new();
     for c in subs.into_iter().chain(pubs.into_iter().map(|(c, _)| c)) {
         match c.pump.await {
-            Ok(Ok(r)) => latencies.extend(r.latencies_ns),
+            Ok(Ok(r)) => {
+                latencies.extend(r.latencies_ns);
+                ack_latencies.extend(r.ack_latencies_ns);
+            }
             Ok(Err(e)) => eprintln!("warning: {e:#}"),
             Err(e) => eprintln!("warning: client task: {e}"),
         }
     }
     latencies.sort_unstable();
+    ack_latencies.sort_unstable();
 
     let received = shared.received.load(Ordering::Relaxed);
     let last_ns = shared.last_recv_ns.load(Ordering::Relaxed);
@@ -453,6 +475,8 @@ async fn pub_sub(kind: Kind, a: &RunArgs, tls: Option<Arc<ClientConfig>>) -> Res
     r.latency_p99_us = percentile(&latencies, 0.99);
     r.latency_p999_us = percentile(&latencies, 0.999);
     r.latency_max_us = latencies.last().map(|&ns| ns as f64 / 1000.0);
+    r.ack_p50_us = percentile(&ack_latencies, 0.50);
+    r.ack_p99_us = percentile(&ack_latencies, 0.99);
     r.set_proc(before, after, a.clients);
     Ok(r)
 }
