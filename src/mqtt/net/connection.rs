@@ -255,6 +255,7 @@ async fn accept<T: Transport>(
         outgoing: Vec::new(),
         username: username.as_deref().map(Arc::from),
         pending: VecDeque::new(),
+        held_qos1: 0,
         principal,
     };
     if session.encode(&Packet::ConnAck(ack)).is_err() {
@@ -388,6 +389,8 @@ struct Session<T> {
     /// QoS 1/2 publishes waiting for the store, in arrival order: each is routed and acknowledged when its
     /// group commit completes. While this is full the socket is not read (backpressure on the publisher).
     pending: VecDeque<PendingPublish>,
+    /// QoS 1 publishes in `pending` that were not routed on receipt.
+    held_qos1: usize,
 }
 
 /// A QoS 1/2 publish handed to the store and not yet acknowledged.
@@ -585,9 +588,13 @@ impl<T: Transport> Session<T> {
                 // only after the commit, since exactly once must hold across a crash too; so is QoS 1 while the
                 // store refuses messages (disk full), so that what is refused is not delivered either.
                 let completion = durable.record(&message).await;
-                let routed = qos == QoS::AtLeastOnce && !durable.refusing();
+                // A QoS 1 message held back (the store was refusing) keeps those after it back too: in order.
+                let routed = qos == QoS::AtLeastOnce && !durable.refusing() && self.held_qos1 == 0;
                 if routed && let Flow::End(reason, expiry) = self.route(message.clone()).await {
                     return Flow::End(reason, expiry);
+                }
+                if qos == QoS::AtLeastOnce && !routed {
+                    self.held_qos1 += 1;
                 }
                 self.pending.push_back(PendingPublish { message, packet_id, qos, completion, routed });
                 Flow::Continue
@@ -626,6 +633,9 @@ impl<T: Transport> Session<T> {
     async fn on_durable(&mut self, first: Result<(), Refusal>) -> Flow {
         let mut result = first;
         while let Some(p) = self.pending.pop_front() {
+            if p.qos == QoS::AtLeastOnce && !p.routed {
+                self.held_qos1 = self.held_qos1.saturating_sub(1);
+            }
             match result {
                 Ok(()) if p.routed => self.ack(p.packet_id, p.qos),
                 Ok(()) => {
