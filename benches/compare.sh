@@ -46,7 +46,8 @@ while [ $# -gt 0 ]; do
     shift
 done
 
-ALL_SCENARIOS=fanin-q0,fanout-q0,fanin-q1,pairs-q1,pairs-q2,fanin-q0-half,pairs-q1-half,connect-storm
+ALL_SCENARIOS=fanin-q0,fanout-q0,fanin-q1,pairs-q1,pairs-q2,pairs-q1-16b,pairs-q1-4k,fanin-q0-4k,fanin-q0-half
+ALL_SCENARIOS+=,pairs-q1-half,connect-storm
 ALL_SCENARIOS+=,connect-storm-auth,connect-storm-tls,connect-storm-tls-auth,idle-broker,idle-10k
 if [ "$SMOKE" = 1 ]; then
     [ "$BROKERS" = "$DEFAULT_BROKERS" ] && BROKERS=weir-synced
@@ -192,6 +193,9 @@ scenario_args() {
             fanin-q1) echo "fan-in --clients 3 --qos 1 --duration $d" ;;
             pairs-q1) echo "pairs --clients 3 --qos 1 --duration $d" ;;
             pairs-q2) echo "pairs --clients 3 --qos 2 --duration $d" ;;
+            pairs-q1-16b) echo "pairs --clients 3 --qos 1 --payload 16 --duration $d" ;;
+            pairs-q1-4k) echo "pairs --clients 3 --qos 1 --payload 4096 --duration $d" ;;
+            fanin-q0-4k) echo "fan-in --clients 3 --qos 0 --payload 4096 --duration $d" ;;
             fanin-q0-half) echo "fan-in --clients 3 --qos 0 --duration $d --rate $(half fanin-q0)" ;;
             pairs-q1-half) echo "pairs --clients 3 --qos 1 --duration $d --rate $(half pairs-q1)" ;;
             connect-storm) echo "connect-storm --clients 50" ;;
@@ -208,6 +212,9 @@ scenario_args() {
         fanin-q1) echo "fan-in --clients 10 --qos 1 --payload 256 --duration $d" ;;
         pairs-q1) echo "pairs --clients 10 --qos 1 --payload 256 --duration $d" ;;
         pairs-q2) echo "pairs --clients 10 --qos 2 --payload 256 --duration $d" ;;
+        pairs-q1-16b) echo "pairs --clients 10 --qos 1 --payload 16 --duration $d" ;;
+        pairs-q1-4k) echo "pairs --clients 10 --qos 1 --payload 4096 --duration $d" ;;
+        fanin-q0-4k) echo "fan-in --clients 10 --qos 0 --payload 4096 --duration $d" ;;
         fanin-q0-half) echo "fan-in --clients 10 --qos 0 --payload 256 --duration $d --rate $(half fanin-q0)" ;;
         pairs-q1-half) echo "pairs --clients 10 --qos 1 --payload 256 --duration $d --rate $(half pairs-q1)" ;;
         connect-storm | connect-storm-auth | connect-storm-tls | connect-storm-tls-auth)

@@ -70,7 +70,9 @@ pub struct JournalConfig {
     pub exclude: Vec<String>,
     /// Most messages in one transaction.
     pub max_batch: usize,
-    /// Appends that may wait for the writer before publishers are slowed down (QoS 1/2) or QoS 0 is dropped.
+    /// Places for appends waiting for the writer, before publishers are slowed down (QoS 1/2) or QoS 0 is not
+    /// recorded. A message takes one place per started KiB of topic and payload (most take one), so this bounds
+    /// both how many messages wait and how much memory they hold: 16,384 places, at most 16 MiB of payloads.
     pub queue: usize,
     pub retention: Retention,
     /// SQLite's `max_page_count`: beyond this many pages the database reports itself full, exactly as on a
@@ -125,9 +127,11 @@ pub(super) struct Inner {
     /// To the writer thread, in order: appends, session changes, and control. Unbounded, so that session
     /// changes never block the router; appends are bounded by `permits` instead.
     ops: mpsc::UnboundedSender<Op>,
-    /// Places for appends waiting for the writer (`JournalConfig::queue`): an appender takes one, the writer
-    /// gives it back once the append is committed or refused.
+    /// Places for appends waiting for the writer (`JournalConfig::queue`): an appender takes its message's
+    /// [`Queued::places`], the writer gives them back once the append is committed or refused.
     pub(super) permits: tokio::sync::Semaphore,
+    /// `JournalConfig::queue`: no message takes more places than there are.
+    places: u32,
     pool: SqlitePool,
     include: Vec<String>,
     exclude: Vec<String>,
@@ -202,6 +206,7 @@ impl Journal {
         let inner = Arc::new(Inner {
             ops,
             permits: tokio::sync::Semaphore::new(config.queue.max(1)),
+            places: u32::try_from(config.queue.max(1)).unwrap_or(u32::MAX),
             pool,
             include: config.include.clone(),
             exclude: config.exclude.clone(),
@@ -234,15 +239,16 @@ impl Journal {
             let _ = done.send(Ok(()));
             return completion;
         }
-        // Waits while the writer has `queue` appends to do: backpressure on publishers faster than the disk.
-        match self.inner.permits.acquire().await {
+        // Waits while the writer's queue is full: backpressure on publishers faster than the disk.
+        let places = self.places(message);
+        match self.inner.permits.acquire_many(places).await {
             Ok(permit) => permit.forget(),
             Err(_) => {
                 let _ = done.send(Err(Refusal::Unavailable));
                 return completion;
             }
         }
-        if let Err(Some(done)) = self.send_append(message, Some(done)) {
+        if let Err(Some(done)) = self.send_append(message, places, Some(done)) {
             let _ = done.send(Err(Refusal::Unavailable));
         }
         completion
@@ -251,11 +257,16 @@ impl Journal {
     /// Gives the message its id in the journal and sends it to the writer. The id is known from here on, before
     /// the commit, so that the broker can route the message at once and session queues can refer to it: their
     /// changes travel on the same channel, after it. An id whose append fails is never used again.
-    fn send_append(&self, message: &Arc<Message>, done: Option<Done>) -> Result<(), Option<Done>> {
+    fn send_append(
+        &self,
+        message: &Arc<Message>,
+        places: u32,
+        done: Option<Done>,
+    ) -> Result<(), Option<Done>> {
         let ts = unix_millis(SystemTime::now());
         let mut next_id = self.inner.next_id.lock().unwrap_or_else(PoisonError::into_inner);
         let id = *next_id;
-        let op = Op::Append(Queued { id, ts, message: message.clone(), done });
+        let op = Op::Append(Queued { id, ts, message: message.clone(), places, done });
         match self.inner.ops.send(op) {
             Ok(()) => {
                 *next_id += 1;
@@ -274,14 +285,21 @@ impl Journal {
         if !self.records(&message.topic) {
             return;
         }
-        let Ok(permit) = self.inner.permits.try_acquire() else {
+        let places = self.places(message);
+        let Ok(permit) = self.inner.permits.try_acquire_many(places) else {
             self.inner.stats.dropped_qos0.fetch_add(1, Ordering::Relaxed);
             return;
         };
         permit.forget();
-        if self.send_append(message, None).is_err() {
+        if self.send_append(message, places, None).is_err() {
             self.inner.stats.dropped_qos0.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// The places in the writer's queue that `message` takes: one per started KiB of topic and payload.
+    fn places(&self, message: &Message) -> u32 {
+        let bytes = message.topic.len() + message.payload.len();
+        u32::try_from(1 + bytes / 1024).unwrap_or(u32::MAX).min(self.inner.places)
     }
 
     /// Waits until everything appended before this call is committed.
@@ -719,6 +737,8 @@ pub(super) struct Queued {
     pub(super) id: i64,
     pub(super) ts: i64,
     pub(super) message: Arc<Message>,
+    /// Its places in the writer's queue ([`Journal::places`]).
+    pub(super) places: u32,
     pub(super) done: Option<Done>,
 }
 
@@ -1056,6 +1076,28 @@ mod tests {
         assert_eq!(j.append(&next).await.await.unwrap(), Ok(()));
         assert_eq!(next.journal_id.get(), Some(&(dangling + 1)));
         j.close().await;
+    }
+
+    #[tokio::test]
+    async fn the_writers_queue_is_bounded_in_bytes_as_well_as_in_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = journal(dir.path(), |c| c.queue = 64).await;
+        let dropped = || j.stats().dropped_qos0.load(Ordering::Relaxed);
+        for (payload, sent, fit) in [(8 * 1024, 20, 7), (100, 100, 64)] {
+            // The writer cannot commit while another connection holds the write lock: what is sent waits.
+            let lock = rusqlite::Connection::open(dir.path().join(super::super::JOURNAL_FILE)).unwrap();
+            lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+            let before = (dropped(), count(&j).await);
+            let payload = bytes::Bytes::from(vec![b'x'; payload]);
+            for _ in 0..sent {
+                j.append_nowait(&message("queue", payload.clone(), QoS::AtMostOnce));
+            }
+            // 8 KiB and a topic take 9 places, so 7 fill 63 of the 64; 100 bytes take one.
+            assert_eq!(dropped() - before.0, sent - fit, "{} B messages", payload.len());
+            lock.execute_batch("ROLLBACK").unwrap();
+            j.flush().await;
+            assert_eq!(count(&j).await - before.1, i64::try_from(fit).unwrap());
+        }
     }
 
     #[tokio::test]

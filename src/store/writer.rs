@@ -319,7 +319,8 @@ impl Writer {
     /// Completes a batch of appends (or refuses them all) and gives their places in the journal's queue back.
     fn completed(&mut self, inner: &Inner, appends: Vec<Queued>, result: Result<(), WriteFailure>) {
         let count = appends.len();
-        inner.permits.add_permits(count);
+        let places = appends.iter().map(|a| usize::try_from(a.places).unwrap_or(0)).sum();
+        inner.permits.add_permits(places);
         match result {
             Ok(()) => {
                 inner.refusing.store(false, Ordering::Relaxed);

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::time::timeout;
 
 use super::transport::Transport;
@@ -294,10 +294,11 @@ fn will_message(will: &codec::Will, client: &ClientId) -> Will {
         message_expiry_interval: p.message_expiry_interval,
         content_type: p.content_type.clone(),
         response_topic: p.response_topic.clone(),
-        correlation_data: p.correlation_data.clone(),
+        correlation_data: p.correlation_data.as_deref().map(Bytes::copy_from_slice),
         user_properties: p.user_properties.clone(),
     };
-    let mut message = Message::new(&will.topic, will.payload.clone(), will.qos, will.retain);
+    // Copied out of the CONNECT's read buffer, which it would otherwise keep for the session's life.
+    let mut message = Message::new(&will.topic, Bytes::copy_from_slice(&will.payload), will.qos, will.retain);
     message.origin = Some(client.clone());
     message.properties = properties.boxed();
     Will { message, delay: p.will_delay_interval.unwrap_or(0) }
@@ -558,12 +559,15 @@ impl<T: Transport> Session<T> {
             message_expiry_interval: p.message_expiry_interval,
             content_type: p.content_type,
             response_topic: p.response_topic,
-            correlation_data: p.correlation_data,
+            correlation_data: p.correlation_data.as_deref().map(Bytes::copy_from_slice),
             user_properties: p.user_properties,
         };
         let message = Arc::new(Message {
             topic,
-            payload: publish.payload,
+            // Its own bytes, not a slice of the read buffer: a message can live long (retained, queued for an
+            // offline session, waiting for the journal), and a slice would keep the whole buffer it arrived in
+            // (2-16 KiB) alive with it. Measured: 16,384 4 KiB QoS 0 messages waiting for the journal held 254 MB.
+            payload: Bytes::copy_from_slice(&publish.payload),
             qos: publish.qos,
             retain: publish.retain,
             origin: Some(self.client_id.clone()),
