@@ -44,6 +44,47 @@ async fn messages_arrive_in_order() {
 }
 
 #[tokio::test]
+async fn a_new_subscription_gets_exactly_the_retained_messages_its_filter_matches_in_topic_order() {
+    let gw = TestGateway::start().await;
+    let (mut publisher, _) = Client::connect(options("pub", gw.port())).await;
+    // `$end` comes after each filter's retained messages: no filter below matches it, so it marks their end.
+    let topics = ["a", "a/b", "a/b/c", "a/bc", "a/x/c", "b/b", "ab", "$end"];
+    for topic in topics {
+        publisher.client.publish(topic, QoS::AtLeastOnce, true, topic).await.unwrap();
+    }
+    for _ in topics {
+        publisher.expect(|p| matches!(p, Packet::PubAck(_)).then_some(())).await;
+    }
+    let cases: [(&str, &[&str]); 7] = [
+        ("a/b/#", &["a/b", "a/b/c"]),
+        ("a/+/c", &["a/b/c", "a/x/c"]),
+        ("+/b", &["a/b", "b/b"]),
+        ("a/#", &["a", "a/b", "a/b/c", "a/bc", "a/x/c"]),
+        ("a/b", &["a/b"]),
+        ("a/b/c/#", &["a/b/c"]),
+        ("#", &["a", "a/b", "a/b/c", "a/bc", "a/x/c", "ab", "b/b"]),
+    ];
+    for (n, (filter, expected)) in cases.into_iter().enumerate() {
+        let (mut sub, _) = Client::connect(options(&format!("sub{n}"), gw.port())).await;
+        // One SUBSCRIBE: the retained messages of its filters come in filter order (`subscribe` would skip them
+        // while it waits for the SUBACK).
+        let filters = [filter, "$end"].map(|f| rumqttc::SubscribeFilter::new(f.to_owned(), QoS::AtMostOnce));
+        sub.client.subscribe_many(filters).await.unwrap();
+        let mut got = Vec::new();
+        loop {
+            let message = sub.publish_msg().await;
+            assert!(message.retain);
+            if message.topic == "$end" {
+                break;
+            }
+            got.push(message.topic);
+        }
+        assert_eq!(got, expected, "retained messages for {filter}");
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn retained_message_is_replaced_and_cleared_only_by_an_empty_retained_publish() {
     let gw = TestGateway::start().await;
     let (mut publisher, _) = Client::connect(options("pub", gw.port())).await;

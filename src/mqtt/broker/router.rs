@@ -1,6 +1,6 @@
 //! The router task: the single owner of sessions, subscriptions and retained messages.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -21,13 +21,27 @@ use crate::mqtt::codec::{QoS, ReasonCode, RetainHandling};
 
 /// Session expiry interval meaning "never".
 const NEVER: u32 = u32::MAX;
+/// How often retained messages whose expiry interval has run out are removed even if no subscription meets them.
+const RETAINED_PURGE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The part of a topic filter before its first wildcard level, without the separator: every topic it matches
+/// starts with it (`a/b/#` matches `a/b` itself, so the `/` is left off). Empty for a filter that starts with a
+/// wildcard.
+fn literal_prefix(filter: &str) -> &str {
+    let literal: usize =
+        filter.split('/').take_while(|level| *level != "+" && *level != "#").map(|l| l.len() + 1).sum();
+    filter.get(..literal.saturating_sub(1)).unwrap_or("")
+}
 
 pub(super) struct Router {
     commands: mpsc::Receiver<Command>,
     shared: Arc<Shared>,
     sessions: HashMap<ClientId, Session>,
     subscriptions: SubscriptionTree,
-    retained: HashMap<Arc<str>, Arc<Message>>,
+    /// In topic order, so that a subscription reads only the range of topics its filter's literal start allows.
+    retained: BTreeMap<Arc<str>, Arc<Message>>,
+    /// When expired retained messages were last removed (besides those a subscription meets).
+    last_retained_purge: Instant,
     /// Reused for every publish, to spare an allocation per message.
     matched: Vec<Matched>,
     shutting_down: bool,
@@ -86,6 +100,7 @@ impl Router {
             matched: Vec::new(),
             shutting_down: false,
             last_sys: Instant::now(),
+            last_retained_purge: Instant::now(),
             last_drop_warning: None,
             drops_since_warning: 0,
             last_generation: 0,
@@ -460,17 +475,38 @@ impl Router {
 
     /// Queues the retained messages matching a new subscription. These bypass a lossless queue's bound: the
     /// subscriber is typically waiting for its SUBACK and not draining, and the set is finite.
+    ///
+    /// Only the topics that start with the filter's literal levels are read (all of them only for a filter that
+    /// starts with a wildcard): with every topic scanned, each SUBSCRIBE cost the router, and so every publisher,
+    /// time in proportion to all retained topics, and a reconnect storm of subscribers multiplied it.
     fn send_retained(&mut self, queue: &SessionQueue, filter: &str, subscriber: &Subscriber) {
         let now = Instant::now();
-        self.retained.retain(|_, m| !m.is_expired(now));
         let authorizer = self.shared.authorizer.as_deref();
         let may_read = |m: &Message| match (authorizer, &subscriber.principal) {
             (Some(a), Some(p)) => a.can_read(p, &m.topic),
             _ => true,
         };
-        let mut matching: Vec<&Arc<Message>> =
-            self.retained.values().filter(|m| topic::matches(filter, &m.topic) && may_read(m)).collect();
-        matching.sort_by(|a, b| a.topic.cmp(&b.topic));
+        let prefix = literal_prefix(filter);
+        let mut matching = Vec::new();
+        let mut expired = Vec::new();
+        for (topic, message) in self
+            .retained
+            .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .take_while(|(topic, _)| topic.starts_with(prefix))
+        {
+            if !topic::matches(filter, topic) {
+                continue;
+            }
+            if message.is_expired(now) {
+                expired.push(topic.clone());
+            } else if may_read(message) {
+                matching.push(message.clone());
+            }
+        }
+        for topic in expired {
+            self.retained.remove(&topic);
+        }
+        // In topic order, as the map keeps them.
         for message in matching {
             let delivery = Delivery {
                 message: message.clone(),
@@ -654,6 +690,10 @@ impl Router {
         for will in wills {
             self.publish_will(will).await;
         }
+        if now.duration_since(self.last_retained_purge) >= RETAINED_PURGE_INTERVAL {
+            self.last_retained_purge = now;
+            self.retained.retain(|_, m| !m.is_expired(now));
+        }
         if let Some(interval) = self.shared.config.sys_interval
             && now.duration_since(self.last_sys) >= interval
         {
@@ -756,6 +796,22 @@ pub(super) fn escape_level(id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_filters_literal_prefix_starts_every_topic_it_matches() {
+        for (filter, prefix) in [
+            ("a/b/#", "a/b"),
+            ("a/+/c", "a"),
+            ("a/b", "a/b"),
+            ("#", ""),
+            ("+/x", ""),
+            ("$SYS/#", "$SYS"),
+            ("a//#", "a/"),
+            ("/#", ""),
+        ] {
+            assert_eq!(literal_prefix(filter), prefix, "{filter}");
+        }
+    }
 
     #[test]
     fn client_ids_are_escaped_into_one_topic_level() {
