@@ -48,7 +48,7 @@ done
 
 ALL_SCENARIOS=fanin-q0,fanout-q0,fanin-q1,pairs-q1,pairs-q2,pairs-q1-16b,pairs-q1-4k,fanin-q0-4k,fanin-q0-half
 ALL_SCENARIOS+=,pairs-q1-half,connect-storm
-ALL_SCENARIOS+=,connect-storm-auth,connect-storm-tls,connect-storm-tls-auth,idle-broker,idle-10k
+ALL_SCENARIOS+=,connect-storm-auth,connect-storm-tls,connect-storm-tls-auth,retained-50k,idle-broker,idle-10k
 if [ "$SMOKE" = 1 ]; then
     [ "$BROKERS" = "$DEFAULT_BROKERS" ] && BROKERS=weir-synced
     DURATION=1
@@ -200,6 +200,7 @@ scenario_args() {
             pairs-q1-half) echo "pairs --clients 3 --qos 1 --duration $d --rate $(half pairs-q1)" ;;
             connect-storm) echo "connect-storm --clients 50" ;;
             connect-storm-auth | connect-storm-tls | connect-storm-tls-auth) echo "connect-storm --clients 20" ;;
+            retained-50k) echo "retained --clients 200 --payload 32" ;;
             idle-broker) echo "idle --clients 0 --duration 0.5" ;;
             idle-10k) echo "idle --clients 100 --duration 0.5" ;;
             *) echo "unknown scenario $1" >&2; exit 2 ;;
@@ -219,6 +220,7 @@ scenario_args() {
         pairs-q1-half) echo "pairs --clients 10 --qos 1 --payload 256 --duration $d --rate $(half pairs-q1)" ;;
         connect-storm | connect-storm-auth | connect-storm-tls | connect-storm-tls-auth)
             echo "connect-storm --clients 1000" ;;
+        retained-50k) echo "retained --clients 50000 --payload 32" ;;
         idle-broker) echo "idle --clients 0 --duration 2" ;;
         idle-10k) echo "idle --clients 10000 --duration 5 --keep-alive 600" ;;
         *) echo "unknown scenario $1" >&2; exit 2 ;;

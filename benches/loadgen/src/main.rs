@@ -33,6 +33,8 @@ enum Command {
     ConnectStorm(RunArgs),
     /// N idle connections held for --duration seconds: broker memory per connection.
     Idle(RunArgs),
+    /// N retained topics, then 500 subscriptions one at a time: SUBSCRIBE to retained message, and memory.
+    Retained(RunArgs),
     /// Print a Markdown comparison table from JSON result lines.
     Report(ReportArgs),
     /// Print half of the lowest publish rate (msg/s) any broker reached in the named run (for fixed-rate runs).
@@ -126,6 +128,7 @@ fn main() -> Result<()> {
         Command::Pairs(a) => scenarios::run(scenarios::Kind::Pairs, a),
         Command::ConnectStorm(a) => scenarios::run(scenarios::Kind::ConnectStorm, a),
         Command::Idle(a) => scenarios::run(scenarios::Kind::Idle, a),
+        Command::Retained(a) => scenarios::run(scenarios::Kind::Retained, a),
         Command::Report(a) => report::print_table(&a.files, a.check),
         Command::HalfRate(a) => report::print_half_rate(&a.file, &a.name),
     }

@@ -52,7 +52,7 @@ pub(crate) struct Report {
     pub(crate) connects_per_s: Option<f64>,
     pub(crate) rss_before_kb: Option<u64>,
     pub(crate) rss_after_kb: Option<u64>,
-    /// (RSS after - RSS before) / connections, bytes.
+    /// (RSS after - RSS before) / connections (idle), or / retained messages (retained), bytes.
     pub(crate) rss_per_conn_bytes: Option<f64>,
     pub(crate) cpu_before_s: Option<f64>,
     pub(crate) cpu_after_s: Option<f64>,
@@ -101,6 +101,9 @@ impl Report {
                 return Some(format!("QoS {} lost {} of {} messages", self.qos, self.lost, self.expected));
             }
         }
+        if self.scenario == "retained" && self.latency_p99_us.is_none() {
+            return Some("no subscription measured".to_owned());
+        }
         if self.scenario == "connect-storm" && self.connects_per_s.is_none() {
             return Some("no connect rate measured".to_owned());
         }
@@ -123,6 +126,14 @@ impl Report {
         let mb = |kb: Option<u64>| kb.map(|k| k as f64 / 1024.0);
         let ms = |us: Option<f64>| us.map(|u| u / 1000.0);
         match self.scenario.as_str() {
+            "retained" => vec![
+                ("retained messages", Some(self.sent as f64)),
+                ("SUBSCRIBE->retained message p50 (ms)", ms(self.latency_p50_us)),
+                ("SUBSCRIBE->retained message p99 (ms)", ms(self.latency_p99_us)),
+                ("broker RSS after (MB)", mb(self.rss_after_kb)),
+                ("RSS per retained message (bytes)", self.rss_per_conn_bytes),
+                ("broker CPU (s)", self.cpu_s),
+            ],
             "connect-storm" => vec![
                 ("connects/s", self.connects_per_s),
                 ("time until all connected (s)", self.connect_all_s),

@@ -25,6 +25,7 @@ pub(crate) enum Kind {
     Pairs,
     ConnectStorm,
     Idle,
+    Retained,
 }
 
 impl Kind {
@@ -35,6 +36,7 @@ impl Kind {
             Kind::Pairs => "pairs",
             Kind::ConnectStorm => "connect-storm",
             Kind::Idle => "idle",
+            Kind::Retained => "retained",
         }
     }
 }
@@ -53,6 +55,7 @@ pub(crate) fn run(kind: Kind, args: RunArgs) -> Result<()> {
         match kind {
             Kind::FanIn | Kind::FanOut | Kind::Pairs => pub_sub(kind, &args, tls).await,
             Kind::ConnectStorm | Kind::Idle => connections(kind, &args, tls).await,
+            Kind::Retained => retained(&args, tls).await,
         }
     })?;
     // Pumps still closing their connections must not hold the process up.
@@ -91,6 +94,7 @@ fn default_name(kind: Kind, a: &RunArgs) -> String {
         Kind::Pairs => format!("pairs QoS{} {}x {}B {rate}", a.qos, a.clients, a.payload),
         Kind::ConnectStorm => format!("connect-storm {}", a.clients),
         Kind::Idle => format!("idle {}", a.clients),
+        Kind::Retained => format!("retained {} x {}B", a.clients, a.payload),
     };
     if a.tls.tls { format!("{name} TLS") } else { name }
 }
@@ -567,5 +571,105 @@ async fn connections(kind: Kind, a: &RunArgs, tls: Option<Arc<ClientConfig>>) ->
     r.set_proc(before, after, connected);
     r.client_cpu_s = Some(own_after.cpu_s - own_before.cpu_s);
     let _ = shared;
+    Ok(r)
+}
+
+/// Subscriptions timed in the retained scenario.
+const RETAINED_SUBSCRIPTIONS: usize = 500;
+
+/// `--clients` retained topics `<run>/retained/<i>/state` (QoS 1, `--payload` bytes, acknowledged), then
+/// [`RETAINED_SUBSCRIPTIONS`] subscriptions to `<run>/retained/<k>/#`, one at a time on one connection, each
+/// timed from SUBSCRIBE to its retained message and then unsubscribed: what a new subscription costs the broker
+/// when it holds many retained values (the last known value of every sensor), and the memory they take.
+async fn retained(a: &RunArgs, tls: Option<Arc<ClientConfig>>) -> Result<Report> {
+    let n = a.clients.max(1);
+    let run = format!("weir-bench/{}", std::process::id());
+    let before = sample(a.broker_pid)?;
+    let mut opts = MqttOptions::new(format!("lg-{}-retained", std::process::id()), a.host.clone(), a.port);
+    opts.set_keep_alive(Duration::from_secs(a.keep_alive.max(5)))
+        .set_clean_session(true)
+        .set_max_packet_size(a.payload as usize + 1024, a.payload as usize + 1024)
+        .set_inflight(100);
+    if let Some(config) = tls {
+        opts.set_transport(Transport::Tls(TlsConfiguration::Rustls(config)));
+    }
+    if let Some(u) = &a.username {
+        opts.set_credentials(u.replace("{n}", "0"), a.password.clone().unwrap_or_default());
+    }
+    let (client, mut eventloop) = AsyncClient::new(opts, 100);
+    let timeout = Duration::from_secs_f64(a.connect_timeout);
+    // Drives the event loop until `done` says what it waited for has come.
+    async fn until(
+        eventloop: &mut EventLoop,
+        timeout: Duration,
+        mut done: impl FnMut(&Event) -> bool,
+    ) -> Result<()> {
+        tokio::time::timeout(timeout, async {
+            loop {
+                let event = eventloop.poll().await.map_err(describe)?;
+                if done(&event) {
+                    return Ok(());
+                }
+            }
+        })
+        .await
+        .map_err(|_| anyhow!("timed out"))?
+    }
+    until(&mut eventloop, timeout, |e| matches!(e, Event::Incoming(Incoming::ConnAck(_)))).await?;
+
+    // Publishing, concurrently with the event loop that sends the packets and counts the acknowledgements.
+    let payload = vec![b'r'; a.payload as usize];
+    let publisher = {
+        let (client, run, payload) = (client.clone(), run.clone(), payload.clone());
+        tokio::spawn(async move {
+            for i in 0..n {
+                client
+                    .publish(format!("{run}/retained/{i}/state"), QoS::AtLeastOnce, true, payload.clone())
+                    .await?;
+            }
+            Ok::<_, rumqttc::ClientError>(())
+        })
+    };
+    let mut acked = 0;
+    until(&mut eventloop, Duration::from_secs(600), |e| {
+        acked += usize::from(matches!(e, Event::Incoming(Incoming::PubAck(_))));
+        acked == n
+    })
+    .await?;
+    publisher.await??;
+
+    let mut latencies = Vec::with_capacity(RETAINED_SUBSCRIPTIONS);
+    for k in 0..RETAINED_SUBSCRIPTIONS {
+        let filter = format!("{run}/retained/{}/#", (k * 7919) % n);
+        let started = Instant::now();
+        client.subscribe(filter.clone(), QoS::AtMostOnce).await?;
+        until(&mut eventloop, timeout, |e| matches!(e, Event::Incoming(Incoming::Publish(p)) if p.retain))
+            .await
+            .with_context(|| format!("the retained message for {filter}"))?;
+        latencies.push(started.elapsed().as_nanos() as u64);
+        client.unsubscribe(filter).await?;
+        until(&mut eventloop, timeout, |e| matches!(e, Event::Incoming(Incoming::UnsubAck(_)))).await?;
+    }
+    let after = sample(a.broker_pid)?;
+    // Not cleared: compare.sh starts every broker afresh.
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(event) = eventloop.poll().await {
+            if matches!(event, Event::Outgoing(Outgoing::Disconnect)) {
+                break;
+            }
+        }
+    })
+    .await;
+    latencies.sort_unstable();
+    let mut r = base_report(Kind::Retained, a);
+    r.connected = 1;
+    r.clients = 1;
+    r.sent = n as u64;
+    r.received = latencies.len() as u64;
+    r.latency_p50_us = percentile(&latencies, 0.50);
+    r.latency_p99_us = percentile(&latencies, 0.99);
+    r.latency_max_us = latencies.last().map(|&ns| ns as f64 / 1000.0);
+    r.set_proc(before, after, n);
     Ok(r)
 }
