@@ -12,8 +12,7 @@ use std::time::{Instant, SystemTime};
 
 use sqlx::{Row, SqlitePool};
 
-use crate::auth::Identity;
-use crate::auth::acl::{Acl, Rule, SubscribeDecision};
+use crate::auth::acl::{Acl, Rule, SubscribeDecision, Who};
 use crate::auth::password::{self, Argon2Memory, PasswordError};
 use crate::auth::throttle::{Throttle, ThrottleConfig};
 use crate::mqtt::broker::{AuthDecision, AuthRequest, Authenticator, Authorizer, Principal};
@@ -548,17 +547,17 @@ impl Security {
 impl Authorizer for Security {
     fn can_publish(&self, who: &Principal, topic: &str) -> bool {
         let acl = self.acl();
-        unrestricted(&acl, who) || acl.can_publish(&identity(who), topic)
+        unrestricted(&acl, who) || acl.can_publish(subject(who), topic)
     }
 
     fn can_subscribe(&self, who: &Principal, filter: &str) -> bool {
         let acl = self.acl();
-        unrestricted(&acl, who) || acl.can_subscribe(&identity(who), filter) != SubscribeDecision::Denied
+        unrestricted(&acl, who) || acl.can_subscribe(subject(who), filter) != SubscribeDecision::Denied
     }
 
     fn can_read(&self, who: &Principal, topic: &str) -> bool {
         let acl = self.acl();
-        unrestricted(&acl, who) || acl.can_read(&identity(who), topic)
+        unrestricted(&acl, who) || acl.can_read(subject(who), topic)
     }
 }
 
@@ -566,8 +565,9 @@ fn unrestricted(acl: &Acl, who: &Principal) -> bool {
     who.username.is_none() && !acl.restricts_anonymous()
 }
 
-fn identity(who: &Principal) -> Identity {
-    Identity { username: who.username.clone(), client_id: who.client_id.clone(), roles: Vec::new() }
+/// The principal as the rules see it (borrowed: these checks run for every PUBLISH and filtered delivery).
+fn subject(who: &Principal) -> Who<'_> {
+    Who { username: who.username.as_deref(), client_id: &who.client_id }
 }
 
 impl Authenticator for Security {

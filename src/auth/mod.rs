@@ -20,7 +20,7 @@ pub mod mosquitto;
 pub mod password;
 pub mod throttle;
 
-pub use acl::{Acl, Action, Effect, Rule, Subject, SubscribeDecision};
+pub use acl::{Acl, Action, Effect, Rule, Subject, SubscribeDecision, Who};
 pub use password::Verified;
 pub use throttle::{RetryAfter, Throttle, ThrottleConfig};
 
