@@ -17,7 +17,8 @@
 #
 # Scenario ids containing -tls connect over TLS: the broker gets a second listener from benches/configs/tls/ on the
 # next free port, with one certificate for both brokers (made once per run by Weir, see tls_setup). Ids ending in
-# -auth connect with a user name and password, a user made in the fresh broker before it starts.
+# -auth connect with a user name and password, a user made in the fresh broker before it starts, with a rule that
+# allows it the load generator's topics (weir-bench/#): Weir `weir acl add`, Mosquitto `acl_file`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -46,7 +47,8 @@ while [ $# -gt 0 ]; do
     shift
 done
 
-ALL_SCENARIOS=fanin-q0,fanout-q0,fanin-q1,pairs-q1,pairs-q2,pairs-q1-16b,pairs-q1-4k,fanin-q0-4k,fanin-q0-half
+ALL_SCENARIOS=fanin-q0,fanout-q0,fanin-q1,pairs-q1,pairs-q2,pairs-q1-16b,pairs-q1-4k,fanin-q0-4k,pairs-q1-auth
+ALL_SCENARIOS+=,fanin-q0-half
 ALL_SCENARIOS+=,pairs-q1-half,connect-storm
 ALL_SCENARIOS+=,connect-storm-auth,connect-storm-tls,connect-storm-tls-auth,retained-50k,idle-broker,idle-10k
 if [ "$SMOKE" = 1 ]; then
@@ -160,6 +162,8 @@ start_broker() {
             fi
             if is_auth "$id"; then
                 echo "$BENCH_PASSWORD" | "$BIN/weir" user add "$BENCH_USER" --config "$conf" 2>>"$log"
+                # The load generator's topics; rules are checked on every publish and subscription.
+                "$BIN/weir" acl add "user:$BENCH_USER" allow both 'weir-bench/#' --config "$conf" >/dev/null 2>>"$log"
             fi
             RUST_LOG=warn "$BIN/weir" serve --config "$conf" >/dev/null 2>>"$log" &
             ;;
@@ -171,6 +175,9 @@ start_broker() {
                 mosquitto_passwd -b -c "$data/passwd" "$BENCH_USER" "$BENCH_PASSWORD"
                 chmod 0644 "$data/passwd"
                 echo "password_file $data/passwd" >>"$conf"
+                printf 'user %s\ntopic readwrite weir-bench/#\n' "$BENCH_USER" >"$data/acl"
+                chmod 0644 "$data/acl"
+                echo "acl_file $data/acl" >>"$conf"
             fi
             if is_tls "$id"; then
                 sed -e "s|@TLS_PORT@|$LG_PORT|g" -e "s|@TLS_DIR@|$TLS_DIR|g" benches/configs/tls/mosquitto.conf >>"$conf"
@@ -194,6 +201,7 @@ scenario_args() {
             pairs-q1) echo "pairs --clients 3 --qos 1 --duration $d" ;;
             pairs-q2) echo "pairs --clients 3 --qos 2 --duration $d" ;;
             pairs-q1-16b) echo "pairs --clients 3 --qos 1 --payload 16 --duration $d" ;;
+            pairs-q1-auth) echo "pairs --clients 3 --qos 1 --duration $d" ;;
             pairs-q1-4k) echo "pairs --clients 3 --qos 1 --payload 4096 --duration $d" ;;
             fanin-q0-4k) echo "fan-in --clients 3 --qos 0 --payload 4096 --duration $d" ;;
             fanin-q0-half) echo "fan-in --clients 3 --qos 0 --duration $d --rate $(half fanin-q0)" ;;
@@ -214,6 +222,7 @@ scenario_args() {
         pairs-q1) echo "pairs --clients 10 --qos 1 --payload 256 --duration $d" ;;
         pairs-q2) echo "pairs --clients 10 --qos 2 --payload 256 --duration $d" ;;
         pairs-q1-16b) echo "pairs --clients 10 --qos 1 --payload 16 --duration $d" ;;
+        pairs-q1-auth) echo "pairs --clients 10 --qos 1 --payload 256 --duration $d" ;;
         pairs-q1-4k) echo "pairs --clients 10 --qos 1 --payload 4096 --duration $d" ;;
         fanin-q0-4k) echo "fan-in --clients 10 --qos 0 --payload 4096 --duration $d" ;;
         fanin-q0-half) echo "fan-in --clients 10 --qos 0 --payload 256 --duration $d --rate $(half fanin-q0)" ;;
