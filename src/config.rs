@@ -3,7 +3,7 @@
 //! With no file at all, [`Config::default`] is a safe local setup: MQTT on 127.0.0.1:1883, MQTT over WebSocket
 //! on 127.0.0.1:8083 at `/mqtt`, anonymous clients allowed because nothing else can reach a loopback listener.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -43,7 +43,7 @@ pub struct Config {
     /// The message journal (history, durability of acknowledged messages).
     pub journal: JournalConfig,
     /// Extra names for the TLS listeners' server certificate.
-    pub server_names: crate::tls::ServerNames,
+    pub server_names: ServerNames,
 }
 
 #[derive(Debug, Clone)]
@@ -245,7 +245,7 @@ impl Config {
                     .map_err(|_| ConfigError::Invalid(format!("tls.addresses: {a:?} is not an IP address")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let server_names = crate::tls::ServerNames {
+        let server_names = ServerNames {
             hostname: file.tls.hostname,
             dns: file.tls.names,
             addresses,
@@ -300,7 +300,7 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(DEFAULT_CONNECT_TIMEOUT_SECS),
             shutdown_timeout: Duration::from_secs(DEFAULT_SHUTDOWN_TIMEOUT_SECS),
             journal: JournalConfig::default(),
-            server_names: crate::tls::ServerNames::default(),
+            server_names: ServerNames::default(),
         }
     }
 }
@@ -439,6 +439,25 @@ fn listener(index: usize, l: FileListener) -> Result<ListenerConfig, ConfigError
         },
         certificate_password: l.certificate_password.unwrap_or(false),
     })
+}
+
+/// The names the server certificate carries beyond the defaults (the host name, `<host>.local`, `localhost`,
+/// the listeners' bind addresses and 127.0.0.1): what devices type to reach the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerNames {
+    /// Instead of the system host name.
+    pub hostname: Option<String>,
+    pub dns: Vec<String>,
+    pub addresses: Vec<IpAddr>,
+    /// When a TLS listener binds `0.0.0.0` or `::`, also the host's interface addresses (default): devices
+    /// on the plant network reach the gateway by its LAN address, which DHCP may change.
+    pub interface_addresses: bool,
+}
+
+impl Default for ServerNames {
+    fn default() -> ServerNames {
+        ServerNames { hostname: None, dns: Vec::new(), addresses: Vec::new(), interface_addresses: true }
+    }
 }
 
 #[cfg(test)]

@@ -6,12 +6,13 @@
 
 pub mod app;
 pub mod auth;
-pub mod certs;
 pub mod config;
+pub mod files;
 pub mod interfaces;
 pub mod mqtt;
+pub mod ops;
 pub mod pki;
 pub mod security;
+pub mod shutdown;
 pub mod store;
 pub mod timefmt;
-pub mod tls;

@@ -1,6 +1,8 @@
-//! The `weir` command line. Parses arguments, sets up logging and signals, and hands over to the library.
+//! The `weir` command line: parses arguments, sets up logging and signals, starts one runtime, and hands over to
+//! the library: `app` for `serve`, the operations layer (`ops`) for everything else. It only presents results.
 
-use std::path::PathBuf;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -9,6 +11,12 @@ use tracing_subscriber::EnvFilter;
 
 use weir::app;
 use weir::config::Config;
+use weir::mqtt::net::Protocol;
+use weir::ops::certs::IssueRequest;
+
+use weir::ops::{self, Actor, Ops};
+use weir::store::history::PayloadView;
+use weir::timefmt;
 
 /// Weir: an edge gateway for the factory floor. One MQTT broker (3.1.1 and 5.0, over TCP and WebSocket) that
 /// every device talks to, instead of every device talking to every other.
@@ -97,6 +105,12 @@ enum UserCommand {
     },
     /// Change a user's password.
     Passwd { name: String },
+    /// Replace a user's roles (none given: no roles).
+    Roles {
+        name: String,
+        #[arg(long = "role", value_name = "ROLE")]
+        roles: Vec<String>,
+    },
     /// Delete a user.
     Del { name: String },
     /// List users and their roles.
@@ -279,7 +293,10 @@ enum PayloadFormat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    match run(cli) {
+    let result = tokio::runtime::Runtime::new()
+        .context("cannot start the async runtime")
+        .and_then(|runtime| runtime.block_on(run(cli)));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("weir: {e:#}");
@@ -288,7 +305,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config, data_dir } => {
             let mut config = match &config {
@@ -298,86 +315,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(dir) = data_dir {
                 config.data_dir = dir;
             }
-            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            runtime.block_on(serve(config))
-        }
-        Command::User { command, place } => {
-            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            runtime.block_on(user(command, place))
-        }
-        Command::Acl { command, place } => {
-            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            runtime.block_on(acl(command, place))
-        }
-        Command::Cert { command, place } => {
-            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            runtime.block_on(cert(command, place))
-        }
-        Command::Ca { command: CaCommand::Import { cert, key, replace }, place } => {
-            let read = |p: &PathBuf| {
-                std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
-            };
-            let (cert, key) = (read(&cert)?, read(&key)?);
-            let dir = place.data_dir()?.join("pki");
-            let on_existing =
-                if replace { weir::pki::OnExisting::Replace } else { weir::pki::OnExisting::Refuse };
-            let ca = weir::pki::CertificateAuthority::import(&dir, &cert, &key, on_existing)?;
-            // The server certificate was issued by the previous CA: the next start issues a new one.
-            let _ = std::fs::remove_file(dir.join(weir::tls::SERVER_CERT_FILE));
-            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            runtime.block_on(async {
-                let (pool, _) = weir::store::open(
-                    &place.data_dir()?,
-                    weir::store::Database::Config,
-                    weir::store::Synchronous::Full,
-                    None,
-                )
-                .await?;
-                weir::store::audit(&pool, &cli_actor(), "ca.import", &ca.info().subject).await?;
-                anyhow::Ok(())
-            })?;
-            eprintln!("weir: imported CA {}; restart the gateway to use it", ca.info().subject);
-            Ok(())
-        }
-        Command::Ca { command: CaCommand::Export { out }, place } => {
-            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            let ca = runtime.block_on(async { anyhow::Ok(open_certificates(&place).await?.ca()?) })?;
-            match out {
-                Some(path) => std::fs::write(&path, ca.cert_pem())
-                    .with_context(|| format!("cannot write {}", path.display()))?,
-                None => print!("{}", ca.cert_pem()),
-            }
-            Ok(())
-        }
-        Command::Import { command: ImportCommand::Mosquitto { passwd, acl }, place } => {
-            anyhow::ensure!(passwd.is_some() || acl.is_some(), "give --passwd FILE, --acl FILE or both");
-            let read = |path: &Option<PathBuf>| -> anyhow::Result<Option<String>> {
-                path.as_ref()
-                    .map(|p| {
-                        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
-                    })
-                    .transpose()
-            };
-            let (passwd, acl) = (read(&passwd)?, read(&acl)?);
-            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            runtime.block_on(async {
-                let security = open_security(&place).await?;
-                let summary =
-                    security.import_mosquitto(passwd.as_deref(), acl.as_deref(), &cli_actor()).await?;
-                for warning in &summary.warnings {
-                    eprintln!("weir: warning: {warning}");
-                }
-                eprintln!("weir: imported {} users and {} rules", summary.users, summary.rules);
-                anyhow::Ok(())
-            })
-        }
-        Command::Audit { place, limit } => {
-            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            runtime.block_on(audit(place, limit))
-        }
-        Command::History { command } => {
-            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            runtime.block_on(history(command))
+            serve(config).await
         }
         Command::CheckConfig { config } => {
             let config = Config::load(&config)?;
@@ -387,23 +325,45 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("data directory: {}", config.data_dir.display());
             Ok(())
         }
+        Command::User { command, place } => user(command, &Ops::open(&place.data_dir()?).await?).await,
+        Command::Acl { command, place } => acl(command, &Ops::open(&place.data_dir()?).await?).await,
+        Command::Cert { command, place } => cert(command, &Ops::open(&place.data_dir()?).await?).await,
+        Command::Ca { command, place } => ca(command, &Ops::open(&place.data_dir()?).await?).await,
+        Command::Import { command: ImportCommand::Mosquitto { passwd, acl }, place } => {
+            let (passwd, acl) =
+                (passwd.as_deref().map(read).transpose()?, acl.as_deref().map(read).transpose()?);
+            let ops = Ops::open(&place.data_dir()?).await?;
+            let summary = ops.import_mosquitto(passwd.as_deref(), acl.as_deref(), &Actor::cli()).await?;
+            for warning in &summary.warnings {
+                eprintln!("weir: warning: {warning}");
+            }
+            eprintln!("weir: imported {} users and {} rules", summary.users, summary.rules);
+            Ok(())
+        }
+        Command::Audit { place, limit } => {
+            let mut out = std::io::stdout().lock();
+            for e in ops::audit::entries(&place.data_dir()?, limit).await? {
+                writeln!(out, "{} {} {} {}", timefmt::format(e.ts), e.actor, e.action, e.detail)?;
+            }
+            Ok(())
+        }
+        Command::History { command } => history(command).await,
     }
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    use std::io::Write;
     let listeners = app::bind(&config).await?;
     // Whoever started us may stop reading our output: that is no reason to stop serving.
     let mut out = std::io::stdout();
     for l in &listeners {
         let addr = l.local_addr()?;
         let _ = match l.config.protocol {
-            weir::mqtt::net::Protocol::Tcp => writeln!(out, "weir: MQTT on mqtt://{addr}"),
-            weir::mqtt::net::Protocol::Tls => writeln!(out, "weir: MQTT over TLS on mqtts://{addr}"),
-            weir::mqtt::net::Protocol::SecureWebSocket => {
+            Protocol::Tcp => writeln!(out, "weir: MQTT on mqtt://{addr}"),
+            Protocol::Tls => writeln!(out, "weir: MQTT over TLS on mqtts://{addr}"),
+            Protocol::SecureWebSocket => {
                 writeln!(out, "weir: MQTT over secure WebSocket on wss://{addr}{}", l.config.ws_path)
             }
-            weir::mqtt::net::Protocol::WebSocket => {
+            Protocol::WebSocket => {
                 writeln!(out, "weir: MQTT over WebSocket on ws://{addr}{}", l.config.ws_path)
             }
         };
@@ -413,213 +373,105 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn user(command: UserCommand, place: Place) -> anyhow::Result<()> {
-    let security = open_security(&place).await?;
-    let actor = cli_actor();
+async fn user(command: UserCommand, ops: &Ops) -> anyhow::Result<()> {
+    let actor = Actor::cli();
     match command {
         UserCommand::Add { name, roles } => {
-            let password = read_new_password(&name)?;
-            security.add_user(&name, &password, &roles, &actor).await?;
+            ops.add_user(&name, &read_new_password(&name)?, &roles, &actor).await?;
             eprintln!("weir: user {name} added");
         }
         UserCommand::Passwd { name } => {
-            let password = read_new_password(&name)?;
-            security.set_password(&name, &password, &actor).await?;
+            ops.set_password(&name, &read_new_password(&name)?, &actor).await?;
             eprintln!("weir: password of {name} changed");
         }
+        UserCommand::Roles { name, roles } => {
+            ops.set_roles(&name, &roles, &actor).await?;
+            eprintln!("weir: roles of {name} set");
+        }
         UserCommand::Del { name } => {
-            security.delete_user(&name, &actor).await?;
+            ops.delete_user(&name, &actor).await?;
             eprintln!("weir: user {name} deleted");
         }
         UserCommand::List => {
-            for u in security.list_users().await? {
-                println!("{}\t{}\t{}", u.username, u.roles.join(","), weir::timefmt::format(u.created));
+            for u in ops.list_users().await? {
+                println!("{}\t{}\t{}", u.username, u.roles.join(","), timefmt::format(u.created));
             }
         }
     }
     Ok(())
 }
 
-async fn acl(command: AclCommand, place: Place) -> anyhow::Result<()> {
-    use weir::auth::acl::{Action, Effect, Rule, Subject};
-    let security = open_security(&place).await?;
-    let actor = cli_actor();
+async fn acl(command: AclCommand, ops: &Ops) -> anyhow::Result<()> {
     match command {
         AclCommand::Add { subject, effect, action, filter } => {
-            let subject = match subject.split_once(':') {
-                Some(("user", name)) if !name.is_empty() => Subject::User(name.to_owned()),
-                Some(("role", name)) if !name.is_empty() => Subject::Role(name.to_owned()),
-                None if subject == "anyone" => Subject::Anyone,
-                None if subject == "anonymous" => Subject::Anonymous,
-                _ => anyhow::bail!("subject {subject:?}: use user:NAME, role:NAME, anyone or anonymous"),
-            };
-            let effect = match effect.as_str() {
-                "allow" => Effect::Allow,
-                "deny" => Effect::Deny,
-                other => anyhow::bail!("effect {other:?}: use allow or deny"),
-            };
-            let action = match action.as_str() {
-                "publish" => Action::Publish,
-                "subscribe" => Action::Subscribe,
-                "both" => Action::Both,
-                other => anyhow::bail!("action {other:?}: use publish, subscribe or both"),
-            };
-            let id = security.add_rule(&Rule::new(subject, effect, action, filter), &actor).await?;
+            let rule = ops::rules::parse_rule(&subject, &effect, &action, &filter)?;
+            let id = ops.add_rule(&rule, &Actor::cli()).await?;
             eprintln!("weir: rule #{id} added");
         }
         AclCommand::Del { id } => {
-            security.delete_rule(id, &actor).await?;
+            ops.delete_rule(id, &Actor::cli()).await?;
             eprintln!("weir: rule #{id} deleted");
         }
         AclCommand::List => {
-            for (id, rule) in security.list_rules().await? {
-                println!("{id}\t{}", serde_json::to_string(&rule)?);
+            for entry in ops.list_rules().await? {
+                println!("{}\t{}", entry.id, serde_json::to_string(&entry.rule)?);
             }
         }
     }
     Ok(())
 }
 
-async fn open_certificates(place: &Place) -> anyhow::Result<weir::certs::Certificates> {
-    use weir::store;
-    let data_dir = place.data_dir()?;
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
-    let (pool, _) = store::open(&data_dir, store::Database::Config, store::Synchronous::Full, None).await?;
-    Ok(weir::certs::Certificates::new(pool, &data_dir))
-}
-
-async fn cert(command: CertCommand, place: Place) -> anyhow::Result<()> {
-    let certs = open_certificates(&place).await?;
-    let actor = cli_actor();
-    let write = |path: PathBuf, text: &[u8], private: bool| -> anyhow::Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(if private { 0o600 } else { 0o644 })
-            .open(&path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        file.write_all(text)?;
-        eprintln!("weir: wrote {}", path.display());
-        Ok(())
-    };
+async fn cert(command: CertCommand, ops: &Ops) -> anyhow::Result<()> {
+    let actor = Actor::cli();
     match command {
         CertCommand::Issue { name, sans, days, key_type, out, p12 } => {
-            let key_type = match key_type.as_str() {
-                "p256" => weir::pki::KeyType::EcdsaP256,
-                "p384" => weir::pki::KeyType::EcdsaP384,
-                "ed25519" => weir::pki::KeyType::Ed25519,
-                other => anyhow::bail!("key type {other:?}: use p256, p384 or ed25519"),
-            };
-            let password = if p12 { Some(read_new_password(&format!("{name}.p12"))?) } else { None };
-            let issued = certs.issue(&name, &sans, days, key_type, &actor).await?;
-            let ca = certs.ca()?;
-            let key = issued.key_pem.clone().unwrap_or_default();
-            write(out.join(format!("{name}.crt")), issued.cert_pem.as_bytes(), false)?;
-            write(out.join(format!("{name}.key")), key.as_bytes(), true)?;
-            let bundle = weir::pki::pem_bundle(&issued.cert_pem, Some(&key), ca.chain_pem());
-            write(out.join(format!("{name}-bundle.pem")), bundle.as_bytes(), true)?;
-            if let Some(password) = password {
-                let p12 = weir::pki::pkcs12(&issued.cert_pem, &key, ca.chain_pem(), &password, &name)?;
-                write(out.join(format!("{name}.p12")), &p12, true)?;
-            }
-            eprintln!("weir: issued {name}, serial {}", issued.info.serial.as_str());
+            let key_type = ops::certs::parse_key_type(&key_type)?;
+            let p12_password = if p12 { Some(read_new_password(&format!("{name}.p12"))?) } else { None };
+            let request = IssueRequest { name, sans, days, key_type, p12_password };
+            let issued = ops.issue_cert(&request, &actor).await?;
+            report_written(&ops::certs::write_files(&out, &issued.files)?);
+            eprintln!("weir: issued {}, serial {}", issued.name, issued.serial);
         }
         CertCommand::Sign { csr, days, out } => {
-            let pem =
-                std::fs::read_to_string(&csr).with_context(|| format!("cannot read {}", csr.display()))?;
-            let issued = certs.sign_csr(&pem, days, &actor).await?;
-            let name =
-                issued.info.common_name.clone().unwrap_or_else(|| issued.info.serial.as_str().to_owned());
-            write(out.join(format!("{name}.crt")), issued.cert_pem.as_bytes(), false)?;
-            eprintln!("weir: signed {name}, serial {}", issued.info.serial.as_str());
+            let issued = ops.sign_csr(&read(&csr)?, days, &actor).await?;
+            report_written(&ops::certs::write_files(&out, &issued.files)?);
+            eprintln!("weir: signed {}, serial {}", issued.name, issued.serial);
         }
         CertCommand::List => {
-            for c in certs.list().await? {
+            for c in ops.list_certs().await? {
                 let state = if c.revoked_at.is_some() { "revoked" } else { "valid" };
-                println!(
-                    "{}\t{}\t{}\t{}",
-                    c.serial,
-                    c.common_name,
-                    weir::timefmt::format(c.not_after),
-                    state
-                );
+                println!("{}\t{}\t{}\t{}", c.serial, c.common_name, timefmt::format(c.not_after), state);
             }
         }
         CertCommand::Show { name } => {
-            let c = certs.find(&name).await?;
+            let c = ops.find_cert(&name).await?;
             println!("{}", serde_json::to_string_pretty(&c)?);
             print!("{}", c.cert_pem);
         }
         CertCommand::Export { name, out } => {
-            let c = certs.find(&name).await?;
-            let bundle = weir::pki::pem_bundle(&c.cert_pem, None, certs.ca()?.chain_pem());
-            match out {
-                Some(path) => write(path, bundle.as_bytes(), false)?,
-                None => print!("{bundle}"),
-            }
+            let bundle = ops.export_cert(&name).await?;
+            write_or_print(out.as_deref(), &bundle)?;
         }
         CertCommand::Revoke { name } => {
-            let c = certs.revoke(&name, &actor).await?;
+            let c = ops.revoke_cert(&name, &actor).await?;
             eprintln!("weir: revoked {} (serial {})", c.common_name, c.serial);
         }
     }
     Ok(())
 }
 
-async fn open_security(place: &Place) -> anyhow::Result<weir::security::Security> {
-    use weir::store;
-    let data_dir = place.data_dir()?;
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
-    let (pool, _) = store::open(&data_dir, store::Database::Config, store::Synchronous::Full, None).await?;
-    Ok(weir::security::Security::load(pool).await?)
-}
-
-fn cli_actor() -> String {
-    format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()))
-}
-
-async fn audit(place: Place, limit: i64) -> anyhow::Result<()> {
-    use std::io::Write;
-    let data_dir = place.data_dir()?;
-    let pool = weir::store::open_for_reading(&data_dir, weir::store::Database::Config)
-        .await
-        .with_context(|| format!("no configuration database in {}", data_dir.display()))?;
-    let mut out = std::io::stdout().lock();
-    for entry in weir::store::audit_entries(&pool, limit).await? {
-        writeln!(
-            out,
-            "{} {} {} {}",
-            weir::timefmt::format(entry.ts),
-            entry.actor,
-            entry.action,
-            entry.detail
-        )?;
-    }
-    Ok(())
-}
-
-/// A new password: prompted twice without echo on a terminal, else the first line of standard input.
-fn read_new_password(user: &str) -> anyhow::Result<String> {
-    use std::io::IsTerminal;
-    if std::io::stdin().is_terminal() {
-        let first = rpassword::prompt_password(format!("password for {user}: "))?;
-        let again = rpassword::prompt_password("again: ")?;
-        anyhow::ensure!(first == again, "the passwords differ");
-        Ok(first)
-    } else {
-        let mut line = String::new();
-        std::io::stdin().read_line(&mut line)?;
-        Ok(line.trim_end_matches(['\n', '\r']).to_owned())
+async fn ca(command: CaCommand, ops: &Ops) -> anyhow::Result<()> {
+    match command {
+        CaCommand::Export { out } => write_or_print(out.as_deref(), &ops.ca_pem()?),
+        CaCommand::Import { cert, key, replace } => {
+            let subject = ops.import_ca(&read(&cert)?, &read(&key)?, replace, &Actor::cli()).await?;
+            eprintln!("weir: imported CA {subject}; restart the gateway to use it");
+            Ok(())
+        }
     }
 }
 
 async fn history(command: HistoryCommand) -> anyhow::Result<()> {
-    use std::io::{IsTerminal, Write};
-    use weir::store::{self, export, history};
-
     let select = match &command {
         HistoryCommand::Query { select, .. } | HistoryCommand::Export { select, .. } => select,
     };
@@ -628,52 +480,33 @@ async fn history(command: HistoryCommand) -> anyhow::Result<()> {
         (None, Some(path)) => Config::load(path)?.data_dir,
         (None, None) => Config::default().data_dir,
     };
-    let pool = store::open_for_reading(&data_dir, store::Database::Journal)
-        .await
-        .with_context(|| format!("no history in {} (is this the data directory?)", data_dir.display()))?;
-    let now = weir::timefmt::now_ms();
-    let mut query = history::HistoryQuery::new(&select.filter);
-    query.since = select
-        .since
-        .as_deref()
-        .map(|t| weir::timefmt::parse(t, now))
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
-    query.until = select
-        .until
-        .as_deref()
-        .map(|t| weir::timefmt::parse(t, now))
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
+    let journal = ops::history::open(&data_dir).await?;
+    let selection = ops::history::Selection {
+        filter: select.filter.clone(),
+        since: select.since.clone(),
+        until: select.until.clone(),
+    };
     let view = match select.payload {
-        PayloadFormat::Text => history::PayloadView::Text,
-        PayloadFormat::Json => history::PayloadView::Json,
-        PayloadFormat::Hex => history::PayloadView::Hex,
+        PayloadFormat::Text => PayloadView::Text,
+        PayloadFormat::Json => PayloadView::Json,
+        PayloadFormat::Hex => PayloadView::Hex,
     };
     match command {
         HistoryCommand::Query { limit, oldest_first, jsonl, .. } => {
-            query.limit = limit;
-            if oldest_first {
-                query.order = history::Order::OldestFirst;
-            }
-            let page = history::query(&pool, &query).await?;
+            let page = ops::history::query(&journal, &selection, limit, oldest_first).await?;
             let mut out = std::io::stdout().lock();
             for m in &page.messages {
                 if jsonl {
-                    writeln!(out, "{}", export::json(m, view))?;
+                    writeln!(out, "{}", weir::store::export::json(m, view))?;
                 } else {
-                    let payload = match m.payload_as(view) {
-                        serde_json::Value::String(s) => s,
-                        other => other.to_string(),
-                    };
-                    writeln!(out, "{} {} q{} {}", weir::timefmt::format(m.ts), m.topic, m.qos, payload)?;
+                    writeln!(out, "{}", ops::history::text_line(m, view))?;
                 }
             }
         }
         HistoryCommand::Export { format, output, .. } => {
             let format = match format {
-                ExportFormat::Csv => export::Format::Csv,
-                ExportFormat::Jsonl => export::Format::Jsonl,
+                ExportFormat::Csv => weir::store::export::Format::Csv,
+                ExportFormat::Jsonl => weir::store::export::Format::Jsonl,
             };
             let mut out: Box<dyn Write> = match &output {
                 Some(path) => Box::new(std::io::BufWriter::new(
@@ -683,7 +516,7 @@ async fn history(command: HistoryCommand) -> anyhow::Result<()> {
                 None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
             };
             let terminal = std::io::stderr().is_terminal();
-            let written = export::export(&pool, &query, format, view, &mut out, |n| {
+            let written = ops::history::export(&journal, &selection, format, view, &mut out, |n| {
                 if terminal {
                     eprint!("\rexported {n} messages");
                 }
@@ -698,6 +531,43 @@ async fn history(command: HistoryCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A file the operator named, as text.
+fn read(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// To the file if one is named, else to standard output.
+fn write_or_print(out: Option<&Path>, text: &str) -> anyhow::Result<()> {
+    match out {
+        Some(path) => {
+            weir::files::write_atomic(path, text.as_bytes(), 0o644)?;
+            eprintln!("weir: wrote {}", path.display());
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
+fn report_written(paths: &[PathBuf]) {
+    for path in paths {
+        eprintln!("weir: wrote {}", path.display());
+    }
+}
+
+/// A new password: prompted twice without echo on a terminal, else the first line of standard input.
+fn read_new_password(user: &str) -> anyhow::Result<String> {
+    if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password(format!("password for {user}: "))?;
+        let again = rpassword::prompt_password("again: ")?;
+        anyhow::ensure!(first == again, "the passwords differ");
+        Ok(first)
+    } else {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        Ok(line.trim_end_matches(['\n', '\r']).to_owned())
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

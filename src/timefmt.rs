@@ -1,7 +1,7 @@
 //! Times on the command line and in exports: RFC 3339 in UTC, unix milliseconds, or relative to now ("15m").
-//! Small and dependency-free; only what the CLI and exports need.
+//! Small and dependency-free (it depends on nothing in the crate); also the one clock of stored times.
 
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Parses `2026-11-25T10:00:00Z` (fractions and `+hh:mm` offsets allowed), a date `2026-11-25` (midnight UTC),
 /// unix milliseconds (13+ digits) or seconds, or a duration before `now_ms`: `90s`, `15m`, `2h`, `7d`.
@@ -88,8 +88,14 @@ pub fn format(ms: i64) -> String {
     )
 }
 
+/// Now, in unix milliseconds: how every stored time is kept.
 pub fn now_ms() -> i64 {
-    crate::store::unix_millis(SystemTime::now())
+    unix_millis(SystemTime::now())
+}
+
+/// A time in unix milliseconds (0 before 1970, saturating far in the future).
+pub fn unix_millis(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)).unwrap_or(0)
 }
 
 /// Days since 1970-01-01 for a proleptic Gregorian date (Howard Hinnant's algorithm).

@@ -218,12 +218,9 @@ impl Acl {
         Ok(Self { rules: compiled, users, anyone, anonymous })
     }
 
-    /// The identity of a client that has authenticated as `username` (or none, anonymously), with its roles
-    /// filled in from this rule set.
-    pub fn identity(&self, username: Option<&str>, client_id: &str) -> Identity {
-        let roles =
-            username.and_then(|name| self.users.get(name)).map(|u| u.roles.clone()).unwrap_or_default();
-        Identity { username: username.map(str::to_owned), client_id: client_id.to_owned(), roles }
+    /// The roles of `username` in this rule set, for display (the console, the audit log).
+    pub fn roles(&self, username: &str) -> &[String] {
+        self.users.get(username).map(|u| u.roles.as_slice()).unwrap_or_default()
     }
 
     /// Whether any rule speaks about anonymous clients. Without one, anonymous clients (who exist only on
@@ -232,26 +229,26 @@ impl Acl {
         !self.anonymous.is_empty()
     }
 
-    /// Whether the client holds the admin role (in this rule set, whatever `identity.roles` says).
-    pub fn is_admin<'a>(&self, who: impl Into<Who<'a>>) -> bool {
-        matches!(self.applicable(who.into()), Applicable::Admin)
+    /// Whether the client holds the admin role (in this rule set).
+    pub fn is_admin(&self, who: &Identity) -> bool {
+        matches!(self.applicable(who), Applicable::Admin)
     }
 
     /// Whether the client may PUBLISH to `topic` (a valid topic name, as the codec guarantees).
-    pub fn can_publish<'a>(&self, who: impl Into<Who<'a>>, topic: &str) -> bool {
-        self.check_topic(who.into(), Action::Publish, topic)
+    pub fn can_publish(&self, who: &Identity, topic: &str) -> bool {
+        self.check_topic(who, Action::Publish, topic)
     }
 
     /// Whether the client may set a will on `topic`. Checked at CONNECT, with the same rules as a publish:
     /// the will is published in the client's name, possibly after it has gone.
-    pub fn can_publish_will<'a>(&self, who: impl Into<Who<'a>>, topic: &str) -> bool {
+    pub fn can_publish_will(&self, who: &Identity, topic: &str) -> bool {
         self.can_publish(who, topic)
     }
 
     /// Whether a message on `topic` may be delivered to the client: the per-delivery check for a
     /// [`SubscribeDecision::Filtered`] subscription and for retained messages sent on subscribe.
-    pub fn can_read<'a>(&self, who: impl Into<Who<'a>>, topic: &str) -> bool {
-        self.check_topic(who.into(), Action::Subscribe, topic)
+    pub fn can_read(&self, who: &Identity, topic: &str) -> bool {
+        self.check_topic(who, Action::Subscribe, topic)
     }
 
     /// Whether the client may subscribe to `filter`, and whether its deliveries then need checking.
@@ -259,8 +256,7 @@ impl Acl {
     /// A shared subscription (`$share/group/filter`) is judged by its inner filter. "Allowed" needs one
     /// allowing rule that covers the whole filter; when only several together do (`a/+` and `a/#` for `a/#`)
     /// the answer is the safe `Filtered`.
-    pub fn can_subscribe<'a>(&self, who: impl Into<Who<'a>>, filter: &str) -> SubscribeDecision {
-        let who = who.into();
+    pub fn can_subscribe(&self, who: &Identity, filter: &str) -> SubscribeDecision {
         let filter = match topic::parse_shared(filter) {
             Some(Ok(shared)) => shared.filter,
             Some(Err(_)) => return SubscribeDecision::Denied,
@@ -294,8 +290,8 @@ impl Acl {
         }
     }
 
-    fn applicable(&self, who: Who<'_>) -> Applicable<'_> {
-        match who.username {
+    fn applicable(&self, who: &Identity) -> Applicable<'_> {
+        match who.username.as_deref() {
             None => Applicable::Rules(&self.anonymous),
             Some(name) => match self.users.get(name) {
                 Some(user) if user.admin => Applicable::Admin,
@@ -305,7 +301,7 @@ impl Acl {
         }
     }
 
-    fn check_topic(&self, who: Who<'_>, wanted: Action, topic: &str) -> bool {
+    fn check_topic(&self, who: &Identity, wanted: Action, topic: &str) -> bool {
         let indices = match self.applicable(who) {
             Applicable::Admin => return true,
             Applicable::Rules(indices) => indices,
@@ -451,20 +447,6 @@ fn split_placeholders(level: &str) -> Box<[Piece]> {
     pieces.into_boxed_slice()
 }
 
-/// Who an access decision is about: what of an [`Identity`] decisions use, borrowed, so that the checks made for
-/// every PUBLISH and every filtered delivery need no allocation.
-#[derive(Debug, Clone, Copy)]
-pub struct Who<'a> {
-    pub username: Option<&'a str>,
-    pub client_id: &'a str,
-}
-
-impl<'a> From<&'a Identity> for Who<'a> {
-    fn from(identity: &'a Identity) -> Self {
-        Who { username: identity.username.as_deref(), client_id: &identity.client_id }
-    }
-}
-
 /// The values `%u` and `%c` stand for, or `None` when a value must not be substituted.
 struct Subst<'a> {
     username: Option<&'a str>,
@@ -472,10 +454,10 @@ struct Subst<'a> {
 }
 
 impl<'a> Subst<'a> {
-    fn of(who: Who<'a>) -> Self {
+    fn of(who: &'a Identity) -> Self {
         Self {
-            username: who.username.filter(|v| safe_value(v)),
-            client_id: Some(who.client_id).filter(|v| safe_value(v)),
+            username: who.username.as_deref().filter(|v| safe_value(v)),
+            client_id: Some(who.client_id.as_str()).filter(|v| safe_value(v)),
         }
     }
 
@@ -596,8 +578,8 @@ mod tests {
         Acl::new(rules, map).unwrap()
     }
 
-    fn id(acl: &Acl, username: &str, client_id: &str) -> Identity {
-        acl.identity(Some(username), client_id)
+    fn id(_acl: &Acl, username: &str, client_id: &str) -> Identity {
+        Identity::user(username, client_id)
     }
 
     #[test]
@@ -810,16 +792,11 @@ mod tests {
         let acl = plant();
         let root = id(&acl, "root", "console");
         assert!(acl.is_admin(&root));
-        assert_eq!(root.roles, vec!["admin".to_string()]);
+        assert_eq!(acl.roles("root"), ["admin".to_string()]);
         assert!(acl.can_publish(&root, "plant/safety/estop"));
         assert!(acl.can_read(&root, "$SYS/broker/uptime"));
         assert_eq!(acl.can_subscribe(&root, "#"), Allowed);
-        // Being admin comes from the Acl's role map, not from the identity's `roles` field...
-        let forged =
-            Identity { username: Some("alice".into()), client_id: "c".into(), roles: vec!["admin".into()] };
-        assert!(!acl.is_admin(&forged));
-        assert!(!acl.can_publish(&forged, "plant/safety/estop"));
-        // ...and not from a username or a role-like rule subject.
+        // Being admin comes from the Acl's role map, not from a username or a role-like rule subject.
         let acl =
             Acl::new([allow(Subject::Anyone, Action::Publish, "x")], roles(&[("bob", &["admins"])])).unwrap();
         assert!(!acl.is_admin(&id(&acl, "admin", "c")));
@@ -844,12 +821,11 @@ mod tests {
     #[test]
     fn roles_come_from_the_map() {
         let acl = plant();
-        assert_eq!(id(&acl, "alice", "c").roles, vec!["operator".to_string()]);
-        assert!(id(&acl, "stranger", "c").roles.is_empty());
-        assert_eq!(acl.identity(None, "c"), Identity::anonymous("c"));
+        assert_eq!(acl.roles("alice"), ["operator".to_string()]);
+        assert!(acl.roles("stranger").is_empty());
         // A user appearing twice in the map gets the union of roles.
         let acl = Acl::new([], roles(&[("u", &["b"]), ("u", &["a", "b"])])).unwrap();
-        assert_eq!(id(&acl, "u", "c").roles, vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(acl.roles("u"), ["a".to_string(), "b".to_string()]);
     }
 
     #[test]

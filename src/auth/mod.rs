@@ -20,7 +20,7 @@ pub mod mosquitto;
 pub mod password;
 pub mod throttle;
 
-pub use acl::{Acl, Action, Effect, Rule, Subject, SubscribeDecision, Who};
+pub use acl::{Acl, Action, Effect, Rule, Subject, SubscribeDecision};
 pub use password::Verified;
 pub use throttle::{RetryAfter, Throttle, ThrottleConfig};
 
@@ -28,11 +28,12 @@ pub use throttle::{RetryAfter, Throttle, ThrottleConfig};
 /// to [`Acl::new`]); no rule, pattern or username grants it implicitly.
 pub const ADMIN_ROLE: &str = "admin";
 
-/// Who a connected client is, as far as authorisation is concerned.
+/// Who a client is: the one identity type of the gateway. Built once at CONNECT (after the password or the client
+/// certificate was verified), shared by the connection and its session's subscriptions, and what every access
+/// decision is about. In-process parts (a Kafka downlink, the console's publish) act as an `Identity` too.
 ///
-/// Built once at CONNECT, after the password was verified, and kept by the connection. Build it with
-/// [`Acl::identity`] so that `roles` agrees with the rule set in force.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a client certificate says is [`crate::pki::PeerIdentity`]; it becomes the `username` here.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Identity {
     /// The authenticated username; `None` for an anonymous client (allowed only on listeners that say so).
     /// A client that sent a username whose password was not verified must not get an `Identity` at all.
@@ -40,33 +41,16 @@ pub struct Identity {
     /// The MQTT client identifier (the one assigned by the server when the client sent an empty one): `%c` in
     /// rule filters stands for it.
     pub client_id: String,
-    /// The user's roles when the identity was built, for display (console, audit log). Decisions do not trust
-    /// this field: [`Acl`] looks the roles up in its own role map, so an identity kept by a long-lived
-    /// connection cannot keep a role that an administrator has since removed once a new `Acl` is in force.
-    pub roles: Vec<String>,
 }
 
 impl Identity {
-    /// An anonymous client: no username, no roles.
+    /// An anonymous client.
     pub fn anonymous(client_id: impl Into<String>) -> Self {
-        Self { username: None, client_id: client_id.into(), roles: Vec::new() }
+        Self { username: None, client_id: client_id.into() }
     }
-}
 
-/// Every error the auth library reports, for callers that handle them in one place (the CLI, the console).
-///
-/// Each module also has its own error type; this one only gathers them.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum AuthError {
-    /// Hashing failed, a stored hash is malformed or of an unknown scheme, or a new password was refused by the
-    /// policy.
-    #[error(transparent)]
-    Password(#[from] password::PasswordError),
-    /// A rule is invalid (bad topic filter).
-    #[error(transparent)]
-    Acl(#[from] acl::AclError),
-    /// A Mosquitto password or ACL file could not be parsed; the error names the line.
-    #[error(transparent)]
-    Mosquitto(#[from] mosquitto::MosquittoError),
+    /// An authenticated user.
+    pub fn user(username: impl Into<String>, client_id: impl Into<String>) -> Self {
+        Self { username: Some(username.into()), client_id: client_id.into() }
+    }
 }

@@ -320,9 +320,9 @@ pattern write $SYS/broker/connection/%c/state
         assert!(import.warnings.is_empty());
 
         let acl = Acl::new(import.rules, []).unwrap();
-        let anon = acl.identity(None, "bridge-1");
-        let roger = acl.identity(Some("roger"), "r1");
-        let other = acl.identity(Some("sam"), "s1");
+        let anon = crate::auth::Identity::anonymous("bridge-1");
+        let roger = crate::auth::Identity::user("roger", "r1");
+        let other = crate::auth::Identity::user("sam", "s1");
         assert!(acl.can_read(&anon, "$SYS/broker/uptime"));
         assert!(!acl.can_read(&roger, "$SYS/broker/uptime"));
         assert!(acl.can_publish(&roger, "foo/bar"));
@@ -388,7 +388,7 @@ topic plant/line7/cmd
         );
 
         let acl = Acl::new(import.rules, []).unwrap();
-        let scada = acl.identity(Some("scada"), "scada-01");
+        let scada = crate::auth::Identity::user("scada", "scada-01");
         assert!(acl.can_read(&scada, "plant/line7/temp"));
         assert!(!acl.can_read(&scada, "plant/safety/estop"));
         assert!(acl.can_publish(&scada, "plant/line7/setpoint"));
@@ -398,10 +398,10 @@ topic plant/line7/cmd
             !acl.can_read(&scada, "public/news"),
             "topic lines before any user are for anonymous clients"
         );
-        let historian = acl.identity(Some("historian"), "h");
+        let historian = crate::auth::Identity::user("historian", "h");
         assert_eq!(acl.can_subscribe(&historian, "#"), SubscribeDecision::Allowed);
         assert_eq!(acl.can_subscribe(&historian, "$SYS/#"), SubscribeDecision::Allowed);
-        let anon = acl.identity(None, "sensor-3");
+        let anon = crate::auth::Identity::anonymous("sensor-3");
         assert!(acl.can_read(&anon, "public/news"));
         assert!(acl.can_publish(&anon, "devices/sensor-3/temp"));
         assert!(!acl.can_read(&anon, "users/%u/inbox"));

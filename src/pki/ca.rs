@@ -7,7 +7,6 @@
 
 use std::fmt;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -20,6 +19,7 @@ use rustls::pki_types::CertificateDer;
 use super::cert::{self, CertInfo, KeyType, Validity};
 use super::error::PkiError;
 use super::names::{CommonName, Serial};
+use crate::files;
 
 /// File name of the CA certificate (PEM; the issuing CA first, then any parents it was imported with).
 pub const CA_CERT_FILE: &str = "ca.crt";
@@ -239,43 +239,15 @@ fn paths(dir: &Path) -> (PathBuf, PathBuf) {
     (dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE))
 }
 
-/// Writes both files through temporaries and renames, key first: a crash leaves either the old pair, or a new key
-/// beside the old certificate, which [`CertificateAuthority::load`] reports as a mismatch instead of using.
+/// Writes both files atomically ([`crate::files::write_atomic`]: temporary, sync, rename, directory sync), key
+/// first, mode 0600: a crash leaves either the old pair, or a new key beside the old certificate, which
+/// [`CertificateAuthority::load`] reports as a mismatch instead of using.
 fn write_files(dir: &Path, cert_pem: &str, key_pem: &str) -> Result<(), PkiError> {
-    fs::create_dir_all(dir).map_err(PkiError::io(dir))?;
+    let failed = |e: files::FileError| PkiError::io(e.path)(e.source);
+    files::create_private_dir(dir).map_err(failed)?;
     let (cert_path, key_path) = paths(dir);
-    let key_tmp = dir.join(format!("{CA_KEY_FILE}.tmp"));
-    let cert_tmp = dir.join(format!("{CA_CERT_FILE}.tmp"));
-    write_new(&key_tmp, key_pem.as_bytes(), 0o600)?;
-    write_new(&cert_tmp, cert_pem.as_bytes(), 0o644)?;
-    fs::rename(&key_tmp, &key_path).map_err(PkiError::io(&key_path))?;
-    fs::rename(&cert_tmp, &cert_path).map_err(PkiError::io(&cert_path))?;
-    if let Ok(d) = fs::File::open(dir) {
-        // Makes the renames durable; a failure here leaves them done but perhaps not yet on disk.
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
-/// Creates `path` afresh with `mode` (on Unix) and writes `bytes` durably.
-fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
-    match fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(PkiError::io(path)(e)),
-    }
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(mode);
-    }
-    #[cfg(not(unix))]
-    let _ = mode;
-    let mut file = options.open(path).map_err(PkiError::io(path))?;
-    file.write_all(bytes).map_err(PkiError::io(path))?;
-    file.sync_all().map_err(PkiError::io(path))
+    files::write_atomic(&key_path, key_pem.as_bytes(), files::PRIVATE_FILE).map_err(failed)?;
+    files::write_atomic(&cert_path, cert_pem.as_bytes(), files::PRIVATE_FILE).map_err(failed)
 }
 
 fn warn_if_key_readable_by_others(path: &Path) {

@@ -11,6 +11,7 @@
 //! is moved aside (`<name>.damaged-<unix seconds>`, with its `-wal` and `-shm`) with a clear log line, and a fresh
 //! one is created, so that a damaged file never stops the gateway from starting.
 
+pub mod config_db;
 pub mod consumer;
 pub mod export;
 pub mod history;
@@ -27,6 +28,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, SqlitePool};
 
+pub(crate) use crate::timefmt::unix_millis;
 pub use journal::{Durability, Journal, JournalConfig, JournalStats, Retention};
 /// SQLite's `synchronous` setting, for callers of [`open`].
 pub use sqlx::sqlite::SqliteSynchronous as Synchronous;
@@ -109,6 +111,7 @@ async fn try_open(
     max_pages: Option<u32>,
 ) -> Result<SqlitePool, StoreError> {
     let db_error = |source| StoreError::Database { path: path.to_owned(), source };
+    create_private(path).map_err(|e| db_error(sqlx::Error::Io(e.source)))?;
     let mut options = connect_options(path, synchronous);
     if let Some(pages) = max_pages {
         options = options.pragma("max_page_count", pages.to_string());
@@ -136,6 +139,18 @@ async fn try_open(
         .await
         .map_err(|source| StoreError::Migrate { path: path.to_owned(), source })?;
     Ok(pool)
+}
+
+/// Creates a missing database file empty, with mode 0600, before SQLite opens it: SQLite would create it with
+/// the process's umask (0644), and gives its `-wal` and `-shm` files the database file's mode.
+fn create_private(path: &Path) -> Result<(), crate::files::FileError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(crate::files::PRIVATE_FILE).open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(crate::files::FileError { path: path.to_owned(), source }),
+    }
 }
 
 /// The settings every connection gets. Why they are safe on power loss: WAL with `synchronous = FULL` syncs the
@@ -233,10 +248,6 @@ pub async fn audit_entries(config: &SqlitePool, limit: i64) -> Result<Vec<AuditE
             })
         })
         .collect()
-}
-
-pub fn unix_millis(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)).unwrap_or(0)
 }
 
 #[cfg(test)]

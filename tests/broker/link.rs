@@ -15,7 +15,7 @@ async fn link_receives_what_network_clients_publish_and_publishes_to_them() {
     let (mut device, _) = Client::connect(options("device", gw.port())).await;
     device.subscribe("cmd/#", ClientQoS::AtLeastOnce).await;
     device.client.publish("plant/temp", ClientQoS::AtLeastOnce, false, "21.5").await.unwrap();
-    let got = tokio::time::timeout(crate::support::WAIT, link.recv()).await.unwrap();
+    let got = tokio::time::timeout(crate::support::WAIT, link.recv()).await.unwrap().unwrap();
     assert_eq!(&*got.message.topic, "plant/temp");
     assert_eq!(&got.message.payload[..], b"21.5");
     assert_eq!(got.message.origin.as_ref().unwrap().as_str(), "device");
@@ -43,7 +43,7 @@ async fn lossless_link_slows_publishers_instead_of_dropping() {
         publisher
     });
     for i in 0..N {
-        let d = tokio::time::timeout(crate::support::WAIT, link.recv()).await.unwrap();
+        let d = tokio::time::timeout(crate::support::WAIT, link.recv()).await.unwrap().unwrap();
         assert_eq!(d.message.payload, i.to_string().as_bytes(), "in order, none missing");
         if i % 1000 == 0 {
             // Be slow now and then: the router has to wait for us.
@@ -72,4 +72,19 @@ async fn lossy_link_counts_what_it_drops() {
     }
     assert_eq!(got, ["0", "1", "2", "3"]);
     gw.stop().await;
+}
+
+/// A link still held when the gateway stops is told that nothing more will come, and does not keep the router
+/// (and with it the shutdown) waiting for the shutdown timeout.
+#[tokio::test]
+async fn a_live_link_is_let_go_at_shutdown() {
+    let gw = TestGateway::start_with(|c| c.shutdown_timeout = std::time::Duration::from_secs(120)).await;
+    let link = gw.gateway().broker().link("held", LinkOptions::default()).await.unwrap();
+    link.subscribe("plant/#", QoS::AtLeastOnce).await.unwrap();
+    let waiting = tokio::spawn(async move { link.recv().await.is_none() });
+    tokio::time::timeout(crate::support::WAIT, gw.stop()).await.expect("shutdown does not wait for the link");
+    assert!(
+        tokio::time::timeout(crate::support::WAIT, waiting).await.unwrap().unwrap(),
+        "recv ends with None"
+    );
 }

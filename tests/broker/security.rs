@@ -192,3 +192,33 @@ async fn raw_3_1_1_connack_codes() {
     assert_eq!(c.read_to_close().await, [0x20, 2, 0, 5]);
     gw.stop().await;
 }
+
+/// `config.sqlite` holds password hashes and `pki/` the CA key: the data directory is 0700 and every file in it
+/// 0600, and looser modes left by an older version or a copied directory are repaired at start-up.
+#[tokio::test]
+async fn the_data_directory_and_its_files_are_private_to_the_gateway() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let gw = TestGateway::start_with(|c| {
+        std::fs::set_permissions(&c.data_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // An empty file is an empty SQLite database.
+        std::fs::write(c.data_dir.join("config.sqlite"), b"").unwrap();
+        std::fs::set_permissions(c.data_dir.join("config.sqlite"), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+    })
+    .await;
+    let dir = gw.data_dir().to_owned();
+    assert_eq!(mode(&dir), 0o700);
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            assert_eq!(mode(&path), 0o600, "{}", path.display());
+            files.push(path.file_name().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    for expected in ["config.sqlite", "journal.sqlite", "journal.sqlite-wal"] {
+        assert!(files.iter().any(|f| f == expected), "{expected} in {files:?}");
+    }
+    gw.stop().await;
+}

@@ -161,7 +161,7 @@ async fn the_ca_and_server_certificate_persist_across_restarts() {
         let mode = std::fs::metadata(pki.join(key)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{key}");
     }
-    let material = weir::tls::server_material(
+    let material = weir::security::server::server_material(
         gw.data_dir(),
         &[tls_listener("tls", ClientAuth::None)],
         &Default::default(),
@@ -190,8 +190,8 @@ async fn weir(gw: &TestGateway, args: &[&str], stdin: &str) -> std::process::Out
 #[tokio::test]
 async fn weir_cert_issues_exports_and_revokes_and_revocation_closes_live_connections() {
     let (gw, _, mtls) = gateway().await;
-    let out_dir = gw.data_dir().join("issued");
-    std::fs::create_dir_all(&out_dir).unwrap();
+    // The README's example: an output folder that does not exist yet is created, private (keys go into it).
+    let out_dir = gw.data_dir().join("issued").join("certs");
     let out = out_dir.to_str().unwrap();
     let issued = weir(
         &gw,
@@ -230,6 +230,7 @@ async fn weir_cert_issues_exports_and_revokes_and_revocation_closes_live_connect
     assert!(p12.status.success(), "{}", String::from_utf8_lossy(&p12.stderr));
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::metadata(&out_dir).unwrap().permissions().mode() & 0o777, 0o700);
     let exported = weir(&gw, &["cert", "export", "press-9"], "").await;
     let bundle = String::from_utf8(exported.stdout).unwrap();
     assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 2, "certificate and CA: {bundle}");
@@ -291,11 +292,11 @@ async fn weir_cert_issues_exports_and_revokes_and_revocation_closes_live_connect
             .unwrap()
             .to_owned()
     };
-    assert_eq!(state(&tokio::time::timeout(WAIT, link.recv()).await.unwrap()), "online");
+    assert_eq!(state(&tokio::time::timeout(WAIT, link.recv()).await.unwrap().unwrap()), "online");
     // ... is disconnected as soon as the certificate is revoked (by another process), and cannot come back.
     let revoked = weir(&gw, &["cert", "revoke", "press-9"], "").await;
     assert!(revoked.status.success(), "{}", String::from_utf8_lossy(&revoked.stderr));
-    let lost = tokio::time::timeout(WAIT, link.recv()).await.expect("the live connection is closed");
+    let lost = tokio::time::timeout(WAIT, link.recv()).await.expect("the live connection is closed").unwrap();
     let lost: serde_json::Value = serde_json::from_slice(&lost.message.payload).unwrap();
     assert_eq!(lost["state"], "lost");
     assert_eq!(lost["reason"], "disconnected by an administrator");
@@ -559,7 +560,7 @@ async fn the_identity_can_come_from_a_san_and_a_password_can_be_required_too() {
 #[tokio::test]
 async fn the_server_certificate_carries_the_configured_names() {
     let gw = TestGateway::start_with(|c| {
-        c.server_names = weir::tls::ServerNames {
+        c.server_names = weir::config::ServerNames {
             hostname: Some("gw-test".into()),
             dns: vec!["gw.plant.example".into()],
             addresses: vec!["192.0.2.10".parse().unwrap()],

@@ -112,11 +112,15 @@ impl Link {
         Ok(())
     }
 
-    /// The next delivery, waiting for one if need be. Taking it is its acknowledgement.
-    pub async fn recv(&self) -> Delivery {
+    /// The next delivery, waiting for one if need be. Taking it is its acknowledgement. `None` once the broker
+    /// is shutting down and what was queued has been taken.
+    pub async fn recv(&self) -> Option<Delivery> {
         loop {
             if let Some(delivery) = self.queue.pop() {
-                return delivery;
+                return Some(delivery);
+            }
+            if self.queue.is_closed() {
+                return None;
             }
             self.queue.ready().await;
         }

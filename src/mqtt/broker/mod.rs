@@ -30,7 +30,9 @@ pub use queue::{
     InflightState, Outgoing, Pushed, QueueLimits, QueueStats, SessionQueue, SpillHook, StoreHook,
 };
 
+use crate::auth::Identity;
 use crate::mqtt::codec::{ProtocolVersion, ReasonCode, SubscribeFilter};
+use crate::shutdown::StopToken;
 
 /// The broker's protocol limits and policies. Built from the configuration file by `config`.
 #[derive(Debug, Clone)]
@@ -205,18 +207,11 @@ pub trait Authenticator: Send + Sync + std::fmt::Debug {
 /// Decides what a connected client may do with topics: the security service implements it. Consulted at every
 /// publish, subscribe and delivery, so that rule changes apply to clients already connected.
 pub trait Authorizer: Send + Sync + std::fmt::Debug {
-    fn can_publish(&self, who: &Principal, topic: &str) -> bool;
+    fn can_publish(&self, who: &Identity, topic: &str) -> bool;
     /// False when nothing the filter matches may be read: the subscription is refused.
-    fn can_subscribe(&self, who: &Principal, filter: &str) -> bool;
+    fn can_subscribe(&self, who: &Identity, filter: &str) -> bool;
     /// Whether a message on `topic` may be delivered to `who` (checked for every delivery and retained message).
-    fn can_read(&self, who: &Principal, topic: &str) -> bool;
-}
-
-/// Who a connection (and its session's subscriptions) acts for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    pub username: Option<String>,
-    pub client_id: String,
+    fn can_read(&self, who: &Identity, topic: &str) -> bool;
 }
 
 /// What a CONNECT presents.
@@ -280,7 +275,7 @@ pub struct ConnectRequest {
     pub protocol: ProtocolVersion,
     pub username: Option<String>,
     pub peer: String,
-    pub principal: Option<Arc<Principal>>,
+    pub principal: Option<Arc<Identity>>,
 }
 
 /// A Last Will as stored by the broker until the connection ends.
@@ -328,7 +323,7 @@ pub struct SubscribeRequest {
     pub filters: Vec<SubscribeFilter>,
     pub subscription_id: Option<u32>,
     /// Whose access rules apply to deliveries on these subscriptions; `None` for in-process links.
-    pub principal: Option<Arc<Principal>>,
+    pub principal: Option<Arc<Identity>>,
 }
 
 /// A snapshot of the router's state, for `$SYS`, tests and the console.
@@ -351,11 +346,11 @@ pub(crate) enum Command {
     CloseLink(ClientId),
     Stats(oneshot::Sender<BrokerStats>),
     DisconnectUser(String),
-    Shutdown(oneshot::Sender<()>),
 }
 
 impl Broker {
-    /// Starts the router task. It runs until [`Broker::shutdown`] or until every handle is dropped.
+    /// Starts the router task. When `stop` fires it tells every connection to close ("server shutting down")
+    /// and every in-process link that nothing more will come, and ends once the connections have gone.
     ///
     /// With a `durable` store, QoS 1/2 publishes are acknowledged only once it has them, and everything else
     /// accepted is recorded too.
@@ -365,6 +360,7 @@ impl Broker {
         durable: Option<Arc<dyn Durable>>,
         authorizer: Option<Arc<dyn Authorizer>>,
         restored: Restored,
+        stop: StopToken,
     ) -> (Broker, JoinHandle<()>) {
         let (commands, receiver) = mpsc::channel(1024);
         let shared = Arc::new(Shared {
@@ -375,7 +371,7 @@ impl Broker {
             started: Instant::now(),
             next_connection: AtomicU64::new(1),
         });
-        let task = tokio::spawn(router::Router::new(receiver, shared.clone(), restored).run());
+        let task = tokio::spawn(router::Router::new(receiver, shared.clone(), restored).run(stop));
         (Broker { commands, shared }, task)
     }
 
@@ -455,12 +451,6 @@ impl Broker {
     /// Closes every connection of this user (v5: DISCONNECT 0x98 administrative action), for a deleted user.
     pub async fn disconnect_user(&self, username: &str) -> Result<(), BrokerGone> {
         self.send(Command::DisconnectUser(username.to_owned())).await
-    }
-
-    /// Asks every connection to close with "server shutting down" and stops the router once it has done so.
-    pub async fn shutdown(&self) {
-        // An error means the router is already gone, which is what was asked for.
-        let _ = self.request(Command::Shutdown).await;
     }
 
     pub fn uptime(&self) -> Duration {

@@ -116,6 +116,8 @@ struct QueueState {
     loading: bool,
     /// Deliveries spilled over this queue's life, for statistics.
     spilled_total: u64,
+    /// The broker is shutting down: nothing more will be pushed (see [`SessionQueue::close`]).
+    closed: bool,
 }
 
 impl QueueState {
@@ -287,6 +289,16 @@ impl SessionQueue {
     /// Resolves when there may be something to take.
     pub async fn ready(&self) {
         self.ready.notified().await;
+    }
+
+    /// Tells the drainer that nothing more will come (the broker is shutting down), and wakes it.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_one();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
     }
 
     /// Wakes the drainer, for example after an acknowledgement freed a place in the send window.

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
@@ -13,11 +13,12 @@ use super::queue::{Pushed, QueueLimits, SessionQueue, SpillHook, StoreHook};
 use super::subscriptions::{Matched, Subscriber, SubscriptionTree};
 use super::{
     Authorizer, BrokerStats, Command, ConnectOutcome, ConnectRequest, ConnectionId, Control,
-    DisconnectNotice, DisconnectReason, LinkError, Principal, Restored, SessionRecord, Shared,
-    SubscribeRequest, Will,
+    DisconnectNotice, DisconnectReason, LinkError, Restored, SessionRecord, Shared, SubscribeRequest, Will,
 };
+use crate::auth::Identity;
 use crate::mqtt::codec::topic::{self, SharedFilter};
 use crate::mqtt::codec::{QoS, ReasonCode, RetainHandling};
+use crate::shutdown::StopToken;
 
 /// Session expiry interval meaning "never".
 const NEVER: u32 = u32::MAX;
@@ -69,7 +70,7 @@ struct Session {
     /// The store has this session (it is persistent): tell it when the session changes or ends.
     persisted: bool,
     /// Who the session acts for (the last authenticated connection's user).
-    principal: Option<Arc<Principal>>,
+    principal: Option<Arc<Identity>>,
 }
 
 struct Attached {
@@ -120,7 +121,7 @@ impl Router {
     /// its will pending if the gateway stopped while the client was connected or a delayed will was waiting.
     fn restore(&mut self, record: SessionRecord) {
         let now = Instant::now();
-        let now_ms = unix_millis();
+        let now_ms = crate::timefmt::now_ms();
         let ago = |ms: i64| Duration::from_millis(u64::try_from(now_ms.saturating_sub(ms)).unwrap_or(0));
         let disconnected_at = match record.disconnected_at {
             Some(at) => now.checked_sub(ago(at)).unwrap_or(now),
@@ -143,7 +144,7 @@ impl Router {
         if let Some(durable) = self.shared.durable.clone() {
             queue.set_store(Some(StoreHook { client: record.client_id.clone(), durable }));
         }
-        let principal = Arc::new(Principal {
+        let principal = Arc::new(Identity {
             username: record.username.clone(),
             client_id: record.client_id.as_str().to_owned(),
         });
@@ -190,7 +191,7 @@ impl Router {
             return;
         }
         let now = Instant::now();
-        let now_ms = unix_millis();
+        let now_ms = crate::timefmt::now_ms();
         let to_ms = |at: Instant| {
             let ago = i64::try_from(now.saturating_duration_since(at).as_millis()).unwrap_or(0);
             let ahead = i64::try_from(at.saturating_duration_since(now).as_millis()).unwrap_or(0);
@@ -222,19 +223,42 @@ impl Router {
         session.persisted = true;
     }
 
-    pub(super) async fn run(mut self) {
+    /// Routes until `stop` fires and every network connection has then gone (each is told to close, and
+    /// detaches as it does, so that its session is saved); in-process links are told and let go. Also returns
+    /// if every handle to the broker is gone.
+    pub(super) async fn run(mut self, mut stop: StopToken) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            if self.shutting_down && !self.sessions.values().any(|s| s.connection.is_some()) {
+                break;
+            }
             tokio::select! {
                 command = self.commands.recv() => match command {
                     Some(command) => self.handle(command).await,
                     None => break,
                 },
                 _ = tick.tick() => self.on_tick(Instant::now()).await,
+                _ = stop.stopped(), if !self.shutting_down => self.shut_down(),
             }
         }
-        tracing::debug!("router stopped");
+        tracing::info!("router stopped");
+    }
+
+    /// Tells every connection to close ("server shutting down") and every link that nothing more will come.
+    fn shut_down(&mut self) {
+        self.shutting_down = true;
+        let mut told = 0;
+        for session in self.sessions.values() {
+            if let Some(attached) = &session.connection {
+                attached.control.send(Control::Disconnect(ReasonCode::SERVER_SHUTTING_DOWN));
+                told += 1;
+            }
+            if session.is_link {
+                session.queue.close();
+            }
+        }
+        tracing::info!(connections = told, "router: connections told to close");
     }
 
     async fn handle(&mut self, command: Command) {
@@ -268,15 +292,6 @@ impl Router {
                         attached.control.send(Control::Disconnect(ReasonCode::ADMINISTRATIVE_ACTION));
                     }
                 }
-            }
-            Command::Shutdown(reply) => {
-                self.shutting_down = true;
-                for session in self.sessions.values() {
-                    if let Some(attached) = &session.connection {
-                        attached.control.send(Control::Disconnect(ReasonCode::SERVER_SHUTTING_DOWN));
-                    }
-                }
-                let _ = reply.send(());
             }
         }
     }
@@ -629,7 +644,7 @@ impl Router {
 
     /// Publishes a client's presence as a retained message on `$SYS/weir/clients/<id>/presence`.
     async fn publish_presence(&mut self, client: &ClientId, state: &str, reason: Option<&str>) {
-        let ts = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        let ts = crate::timefmt::now_ms();
         let payload = serde_json::json!({ "state": state, "reason": reason, "ts": ts }).to_string();
         let topic = format!("$SYS/weir/clients/{}/presence", escape_level(client.as_str()));
         self.route(Arc::new(Message::new(&topic, payload, QoS::AtLeastOnce, true))).await;
@@ -769,13 +784,6 @@ fn split_shared(filter: &str) -> (Option<&str>, &str) {
         Some(Ok(SharedFilter { group, filter })) => (Some(group), filter),
         _ => (None, filter),
     }
-}
-
-fn unix_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// Makes a client identifier usable as one topic level: `/`, `+`, `#` and `%` are percent-encoded.

@@ -26,7 +26,7 @@ pub(super) struct Subscriber {
     pub(super) options: SubscriptionOptions,
     pub(super) id: Option<u32>,
     /// Whose access rules decide each delivery; `None` for in-process links.
-    pub(super) principal: Option<std::sync::Arc<super::Principal>>,
+    pub(super) principal: Option<std::sync::Arc<crate::auth::Identity>>,
 }
 
 /// The members of one `$share/{group}/{filter}`: each message goes to one of them, in turn.

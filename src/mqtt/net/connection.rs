@@ -14,17 +14,19 @@ use bytes::{Bytes, BytesMut};
 use tokio::time::timeout;
 
 use super::transport::Transport;
-use super::{Certificate, CertificateRegistration, ConnectionGuard, ListenerContext};
+use super::{CertificateRegistration, ConnectionGuard, ListenerContext};
+use crate::auth::Identity;
 use crate::mqtt::broker::{
     AuthDecision, AuthRequest, Broker, ClientId, Completion, ConnectRequest, ConnectionId, Control,
     ControlReceiver, DisconnectNotice, DisconnectReason, InflightState, Message, MessageProperties, Metrics,
-    Outgoing, Principal, Refusal, SessionQueue, SubscribeRequest, Will, control_channel,
+    Outgoing, Refusal, SessionQueue, SubscribeRequest, Will, control_channel,
 };
 use crate::mqtt::codec::{
     self, AckProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect, DisconnectProperties,
     Packet, ProtocolVersion, PubResp, Publish, PublishProperties, QoS, ReasonCode, SubAck, Subscribe,
     UnsubAck, Unsubscribe, topic,
 };
+use crate::pki::PeerIdentity;
 
 /// Session expiry interval meaning "never" (MQTT 5.0 §3.1.2.11.2).
 const NEVER: u32 = u32::MAX;
@@ -44,7 +46,7 @@ pub(crate) fn serve<T: Transport>(
     peer: SocketAddr,
     context: Arc<ListenerContext>,
     guard: ConnectionGuard,
-    certificate: Option<Certificate>,
+    certificate: Option<PeerIdentity>,
 ) -> impl Future<Output = ()> + Send {
     let accept = Box::pin(accept(transport, peer, context, guard.over_limit, certificate));
     async move {
@@ -82,7 +84,7 @@ async fn accept<T: Transport>(
     peer: SocketAddr,
     context: Arc<ListenerContext>,
     over_limit: bool,
-    certificate: Option<Certificate>,
+    certificate: Option<PeerIdentity>,
 ) -> Option<(Session<T>, Option<CertificateRegistration>)> {
     let broker = context.broker.clone();
     let max_packet = broker.config().max_packet_size as usize;
@@ -164,7 +166,7 @@ async fn accept<T: Transport>(
     let assigned = connect.client_id.is_empty();
     let client_id =
         if assigned { ClientId::new(&generate_client_id()) } else { ClientId::new(&connect.client_id) };
-    let principal = Arc::new(Principal { username: username.clone(), client_id: client_id.to_string() });
+    let principal = Arc::new(Identity { username: username.clone(), client_id: client_id.to_string() });
     if let (Some(will), Some(authorizer)) = (&connect.will, broker.authorizer())
         && !authorizer.can_publish(&principal, &will.topic)
     {
@@ -182,8 +184,9 @@ async fn accept<T: Transport>(
     };
     let (control_tx, control_rx) = control_channel();
     // Revoking the certificate closes this connection.
-    let registration =
-        certificate.as_ref().map(|c| context.connections.register_certificate(&c.serial, control_tx.clone()));
+    let registration = certificate
+        .as_ref()
+        .map(|c| context.connections.register_certificate(c.serial.as_str(), control_tx.clone()));
     let connection = broker.next_connection_id();
     let request = ConnectRequest {
         client_id: client_id.clone(),
@@ -386,7 +389,7 @@ struct Session<T> {
     outgoing: Vec<Outgoing>,
     username: Option<Arc<str>>,
     /// Who this connection acts for, in access decisions.
-    principal: Arc<Principal>,
+    principal: Arc<Identity>,
     /// QoS 1/2 publishes waiting for the store, in arrival order: each is acknowledged (and QoS 2 routed) when its
     /// group commit completes. While this is full the socket is not read (backpressure on the publisher).
     pending: VecDeque<PendingPublish>,

@@ -11,13 +11,14 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 
 use crate::mqtt::broker::{Authenticator, Broker, Control, ControlSender, Metrics};
-use crate::pki::{IdentitySource, ReloadableServerConfig, peer_identity};
+use crate::pki::{IdentitySource, PeerIdentity, ReloadableServerConfig, peer_identity};
+use crate::shutdown::StopToken;
 use transport::{OverTcp, Stream, Tcp, WebSocket};
 
 /// The WebSocket subprotocols we accept, in order of preference.
@@ -168,16 +169,12 @@ impl Drop for ConnectionGuard {
     }
 }
 
-/// Accepts connections until `shutdown` turns true.
-pub async fn serve(
-    listener: TcpListener,
-    context: Arc<ListenerContext>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// Accepts connections until `stop` fires.
+pub async fn serve(listener: TcpListener, context: Arc<ListenerContext>, mut stop: StopToken) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = shutdown.wait_for(|stop| *stop) => break,
+            _ = stop.stopped() => break,
         };
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
@@ -209,7 +206,7 @@ async fn serve_websocket<S: AsyncRead + AsyncWrite + Unpin + Send + OverTcp + 's
     peer: SocketAddr,
     context: Arc<ListenerContext>,
     guard: ConnectionGuard,
-    certificate: Option<Certificate>,
+    certificate: Option<PeerIdentity>,
 ) {
     let path = context.ws_path.clone();
     // The callback's signature is tungstenite's; its large error type is not ours to box.
@@ -245,13 +242,6 @@ async fn serve_websocket<S: AsyncRead + AsyncWrite + Unpin + Send + OverTcp + 's
     }
 }
 
-/// A verified client certificate: its identity and serial.
-#[derive(Debug, Clone)]
-pub(crate) struct Certificate {
-    pub(crate) name: String,
-    pub(crate) serial: String,
-}
-
 /// TLS handshake (bounded by the connect timeout), then MQTT.
 async fn serve_tls(
     stream: TcpStream,
@@ -281,7 +271,7 @@ async fn tls_handshake(
     stream: TcpStream,
     peer: SocketAddr,
     context: &ListenerContext,
-) -> Option<(TlsStream<TcpStream>, Option<Certificate>)> {
+) -> Option<(TlsStream<TcpStream>, Option<PeerIdentity>)> {
     let Some(tls) = &context.tls else {
         tracing::error!(listener = %context.name, "TLS listener without a TLS configuration");
         return None;
@@ -302,9 +292,7 @@ async fn tls_handshake(
     let certificate =
         stream.get_ref().1.peer_certificates().and_then(|chain| chain.first()).and_then(|der| {
             match peer_identity(der, context.identity) {
-                Ok(identity) => {
-                    Some(Certificate { name: identity.name, serial: identity.serial.as_str().to_owned() })
-                }
+                Ok(identity) => Some(identity),
                 Err(e) => {
                     tracing::info!(%peer, "client certificate without a usable identity: {e}");
                     None

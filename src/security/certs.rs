@@ -1,17 +1,19 @@
 //! Certificate lifecycle for devices: issue (key made here, or a device's CSR signed), list, show, revoke, and
 //! the CRL the TLS listeners enforce. Records live in `config.sqlite` (never the private keys); the CA lives in
-//! `<data>/pki` (see [`crate::tls`]).
+//! `<data>/pki` (see [`super::server`]).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sqlx::{Row, SqlitePool};
+use sqlx::SqlitePool;
 
 use crate::pki::{
     CertificateAuthority, ClientCertRequest, CommonName, CsrOptions, IssuedCert, KeyType, PkiError,
     RevocationList, RevocationReason, RevokedCert, Serial, SubjectAltName, Validity,
 };
-use crate::store::{self, StoreError, unix_millis};
+use crate::store::StoreError;
+use crate::store::config_db::{self, Audited, CertRecord, NewCert};
+use crate::timefmt::{now_ms, unix_millis};
 
 /// How long a CRL stays current; it is re-signed at every start and every revocation, well before this.
 const CRL_VALIDITY: Duration = Duration::from_secs(30 * 86_400);
@@ -31,23 +33,6 @@ pub enum CertError {
     Ambiguous(String),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("configuration database: {0}")]
-    Database(#[from] sqlx::Error),
-}
-
-/// A certificate as recorded.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct CertRecord {
-    pub serial: String,
-    pub common_name: String,
-    pub sans: Vec<String>,
-    /// Unix ms.
-    pub not_before: i64,
-    pub not_after: i64,
-    pub fingerprint: String,
-    #[serde(skip)]
-    pub cert_pem: String,
-    pub revoked_at: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -63,7 +48,7 @@ impl Certificates {
 
     /// The CA, created on first use like the TLS listeners do.
     pub fn ca(&self) -> Result<CertificateAuthority, CertError> {
-        Ok(crate::tls::load_or_create_ca(&self.pki_dir)?)
+        Ok(super::server::load_or_create_ca(&self.pki_dir)?)
     }
 
     /// Issues a certificate with a key made here; the key is in the result and nowhere else.
@@ -98,16 +83,7 @@ impl Certificates {
     }
 
     async fn check_name_free(&self, name: &str) -> Result<(), CertError> {
-        let canonical = CommonName::new(name)?.canonical();
-        let now = unix_millis(SystemTime::now());
-        let taken: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM certificates WHERE canonical_name = ? AND revoked_at IS NULL AND not_after > ?",
-        )
-        .bind(&canonical)
-        .bind(now)
-        .fetch_one(&self.pool)
-        .await?;
-        if taken > 0 {
+        if config_db::live_cert_named(&self.pool, &CommonName::new(name)?.canonical()).await? {
             return Err(CertError::DuplicateName(name.to_owned()));
         }
         Ok(())
@@ -118,129 +94,68 @@ impl Certificates {
         let name = info.common_name.clone().unwrap_or_default();
         let canonical = CommonName::new(&name).map(|n| n.canonical()).unwrap_or_else(|_| name.to_lowercase());
         let sans: Vec<String> = info.sans.iter().map(ToString::to_string).collect();
-        sqlx::query(
-            "INSERT INTO certificates (serial, common_name, canonical_name, sans, not_before, not_after, fingerprint, \
-             cert_pem, issued) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(info.serial.as_str())
-        .bind(&name)
-        .bind(canonical)
-        .bind(serde_json::to_string(&sans).unwrap_or_else(|_| "[]".into()))
-        .bind(millis(info.not_before))
-        .bind(millis(info.not_after))
-        .bind(&info.fingerprint_sha256)
-        .bind(&issued.cert_pem)
-        .bind(unix_millis(SystemTime::now()))
-        .execute(&self.pool)
-        .await?;
-        store::audit(&self.pool, actor, action, &format!("{name} serial {}", info.serial.as_str())).await?;
-        bump(&self.pool).await
+        let cert = NewCert {
+            serial: info.serial.as_str(),
+            common_name: &name,
+            canonical_name: &canonical,
+            sans: &sans,
+            not_before: unix_millis(info.not_before),
+            not_after: unix_millis(info.not_after),
+            fingerprint: &info.fingerprint_sha256,
+            cert_pem: &issued.cert_pem,
+        };
+        let detail = format!("{name} serial {}", info.serial.as_str());
+        config_db::insert_cert(&self.pool, cert, Audited { actor, action, detail: &detail }).await?;
+        Ok(())
     }
 
     pub async fn list(&self) -> Result<Vec<CertRecord>, CertError> {
-        let rows = sqlx::query("SELECT * FROM certificates ORDER BY issued").fetch_all(&self.pool).await?;
-        rows.iter().map(record_from_row).collect()
+        Ok(config_db::list_certs(&self.pool).await?)
     }
 
     /// The certificate with this serial, or the one valid (else newest) certificate with this common name.
     pub async fn find(&self, name_or_serial: &str) -> Result<CertRecord, CertError> {
-        let by_serial = sqlx::query("SELECT * FROM certificates WHERE serial = ?")
-            .bind(name_or_serial.to_lowercase())
-            .fetch_optional(&self.pool)
-            .await?;
-        if let Some(row) = by_serial {
-            return record_from_row(&row);
+        if let Some(record) = config_db::cert_by_serial(&self.pool, name_or_serial).await? {
+            return Ok(record);
         }
         let canonical = CommonName::new(name_or_serial).map(|n| n.canonical()).unwrap_or_default();
-        let rows = sqlx::query(
-            "SELECT * FROM certificates WHERE canonical_name = ? ORDER BY revoked_at IS NOT NULL, issued DESC",
-        )
-        .bind(canonical)
-        .fetch_all(&self.pool)
-        .await?;
-        let live = rows
-            .iter()
-            .filter(|r| r.try_get::<Option<i64>, _>("revoked_at").ok().flatten().is_none())
-            .count();
-        if live > 1 {
+        let records = config_db::certs_named(&self.pool, &canonical).await?;
+        if records.iter().filter(|r| r.revoked_at.is_none()).count() > 1 {
             return Err(CertError::Ambiguous(name_or_serial.to_owned()));
         }
-        match rows.first() {
-            Some(row) => record_from_row(row),
-            None => Err(CertError::Unknown(name_or_serial.to_owned())),
-        }
+        records.into_iter().next().ok_or_else(|| CertError::Unknown(name_or_serial.to_owned()))
     }
 
     /// Revokes a certificate: the CRL changes, TLS listeners refuse it from their next handshake on, and the
     /// running gateway drops connections made with it (see `app`). Revoking twice is an error.
     pub async fn revoke(&self, name_or_serial: &str, actor: &str) -> Result<CertRecord, CertError> {
         let record = self.find(name_or_serial).await?;
-        if record.revoked_at.is_some() {
+        let detail = format!("{} serial {}", record.common_name, record.serial);
+        let audited = Audited { actor, action: "cert.revoke", detail: &detail };
+        if record.revoked_at.is_some() || !config_db::revoke_cert(&self.pool, &record.serial, audited).await?
+        {
             return Err(CertError::AlreadyRevoked(record.serial));
         }
-        sqlx::query("UPDATE certificates SET revoked_at = ? WHERE serial = ? AND revoked_at IS NULL")
-            .bind(unix_millis(SystemTime::now()))
-            .bind(&record.serial)
-            .execute(&self.pool)
-            .await?;
-        store::audit(
-            &self.pool,
-            actor,
-            "cert.revoke",
-            &format!("{} serial {}", record.common_name, record.serial),
-        )
-        .await?;
-        bump(&self.pool).await?;
         self.find(&record.serial).await
     }
 
     /// Serials of revoked certificates.
     pub async fn revoked(&self) -> Result<Vec<String>, CertError> {
-        Ok(sqlx::query_scalar("SELECT serial FROM certificates WHERE revoked_at IS NOT NULL")
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(config_db::revocations(&self.pool).await?.into_iter().map(|(serial, _)| serial).collect())
     }
 
     /// A freshly signed CRL listing every revoked certificate.
     pub async fn crl_pem(&self) -> Result<String, CertError> {
-        let rows = sqlx::query("SELECT serial, revoked_at FROM certificates WHERE revoked_at IS NOT NULL")
-            .fetch_all(&self.pool)
-            .await?;
-        let mut entries = Vec::with_capacity(rows.len());
-        for row in rows {
-            let at: i64 = row.try_get("revoked_at")?;
+        let mut entries = Vec::new();
+        for (serial, at) in config_db::revocations(&self.pool).await? {
             entries.push(RevokedCert {
-                serial: Serial::from_hex(&row.try_get::<String, _>("serial")?)?,
+                serial: Serial::from_hex(&serial)?,
                 revoked_at: UNIX_EPOCH + Duration::from_millis(u64::try_from(at).unwrap_or(0)),
                 reason: RevocationReason::Unspecified,
             });
         }
         let list = RevocationList::from_entries(entries)?;
-        let number = u64::try_from(unix_millis(SystemTime::now())).unwrap_or(0);
+        let number = u64::try_from(now_ms()).unwrap_or(0);
         Ok(self.ca()?.crl(&list, number, SystemTime::now(), CRL_VALIDITY)?)
     }
-}
-
-fn record_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<CertRecord, CertError> {
-    let sans: String = row.try_get("sans")?;
-    Ok(CertRecord {
-        serial: row.try_get("serial")?,
-        common_name: row.try_get("common_name")?,
-        sans: serde_json::from_str(&sans).unwrap_or_default(),
-        not_before: row.try_get("not_before")?,
-        not_after: row.try_get("not_after")?,
-        fingerprint: row.try_get("fingerprint")?,
-        cert_pem: row.try_get("cert_pem")?,
-        revoked_at: row.try_get("revoked_at")?,
-    })
-}
-
-fn millis(t: SystemTime) -> i64 {
-    unix_millis(t)
-}
-
-/// Every configuration change moves `config_version`, which the running gateway watches.
-async fn bump(pool: &SqlitePool) -> Result<(), CertError> {
-    sqlx::query("UPDATE config_version SET version = version + 1").execute(pool).await?;
-    Ok(())
 }

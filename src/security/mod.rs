@@ -1,23 +1,34 @@
-//! The security service: users from the configuration database, checked at CONNECT, with login throttling and
-//! an audit trail. Built on the storage-agnostic `auth` library; the broker sees it only as an
-//! [`Authenticator`].
+//! The security service: who may connect, what each client may do with topics, and the certificates it may
+//! connect with. One service over the pure libraries `auth` (passwords, the rule engine, throttling, Mosquitto
+//! files) and `pki` (the CA, certificates, CRLs, rustls configurations); its SQL is in
+//! [`crate::store::config_db`]. The broker sees it only through the [`Authenticator`] and [`Authorizer`] traits.
 //!
-//! Users live in `config.sqlite`. The gateway keeps a snapshot in memory and reloads it when `config_version`
-//! moves (every change bumps it, whichever process makes it, `weir user add` included), so changes apply
-//! without a restart.
+//! - Users and rules: an in-memory [`Snapshot`], rebuilt whenever `config_version` moves (every change bumps it,
+//!   whichever process makes it, `weir user add` included) and swapped in whole, so a CONNECT never sees the new
+//!   users with the old rules.
+//! - [`certs`]: device certificates, revocation and the CRL.
+//! - [`server`]: the gateway's CA on disk and the server certificate of the TLS listeners, renewed when due.
+
+mod argon2;
+pub mod certs;
+pub mod server;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
-use sqlx::{Row, SqlitePool};
-
-use crate::auth::acl::{Acl, Rule, SubscribeDecision, Who};
-use crate::auth::password::{self, Argon2Memory, PasswordError};
+use crate::auth::acl::{Acl, Rule, SubscribeDecision};
+use crate::auth::password::{self, PasswordError};
 use crate::auth::throttle::{Throttle, ThrottleConfig};
-use crate::mqtt::broker::{AuthDecision, AuthRequest, Authenticator, Authorizer, Principal};
+use crate::auth::{ADMIN_ROLE, Identity};
+use crate::mqtt::broker::{AuthDecision, AuthRequest, Authenticator, Authorizer};
 use crate::mqtt::codec::ReasonCode;
-use crate::store::{self, StoreError, unix_millis};
+use crate::store::config_db::{self, Audited};
+use crate::store::{self, StoreError};
+use argon2::Argon2Slots;
+pub use certs::{CertError, Certificates};
+pub use config_db::{CertRecord, UserInfo};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -28,12 +39,12 @@ pub enum SecurityError {
     UnknownUser(String),
     #[error("invalid user name {0:?}: use 1 to 64 characters, no control characters, no '+', '#' or '/'")]
     InvalidUserName(String),
+    #[error("invalid role {0:?}: use 1 to 64 letters, digits, '-', '_' or '.'")]
+    InvalidRole(String),
     #[error(transparent)]
     Password(#[from] PasswordError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("configuration database: {0}")]
-    Database(#[from] sqlx::Error),
     #[error("invalid access rule: {0}")]
     Rule(String),
     #[error("no access rule {0}")]
@@ -42,6 +53,12 @@ pub enum SecurityError {
     Import(String),
     #[error("the system random number generator failed")]
     Randomness,
+}
+
+impl From<sqlx::Error> for SecurityError {
+    fn from(e: sqlx::Error) -> Self {
+        SecurityError::Store(StoreError::Query(e))
+    }
 }
 
 /// What `weir import mosquitto` did.
@@ -53,25 +70,21 @@ pub struct ImportSummary {
     pub warnings: Vec<String>,
 }
 
-/// A user as listed for the CLI and the console (never the hash).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct UserInfo {
-    pub username: String,
-    pub roles: Vec<String>,
-    /// Unix ms.
-    pub created: i64,
-    pub updated: i64,
+/// Users and rules as one value: replaced whole, never in parts.
+#[derive(Debug)]
+struct Snapshot {
+    /// `config_version` when it was read.
+    version: i64,
+    /// Password hashes by user name.
+    users: HashMap<String, String>,
+    acl: Acl,
 }
 
 #[derive(Debug)]
 pub struct Security {
-    pool: SqlitePool,
-    users: RwLock<Arc<HashMap<String, StoredUser>>>,
-    /// The access rules in force, rebuilt with the users.
-    acl: RwLock<Arc<Acl>>,
+    pool: sqlx::SqlitePool,
+    snapshot: RwLock<Arc<Snapshot>>,
     throttle: Mutex<Throttle>,
-    /// `config_version` when the snapshot was taken.
-    version: Mutex<i64>,
     /// Users that disappeared at the last reloads, for the gateway to close their connections.
     removed: Mutex<Vec<String>>,
     /// Where argon2 runs: one computation per core at most, each in memory that is kept.
@@ -80,26 +93,26 @@ pub struct Security {
     verified: Mutex<HashMap<String, (String, Vec<u8>)>>,
     /// Random per process: the cache means nothing outside this process.
     cache_key: ring::hmac::Key,
+    certificates: Certificates,
 }
 
 /// Beyond this many users the login cache starts over (bounded memory).
 const MAX_CACHED_LOGINS: usize = 100_000;
 
-#[derive(Debug, Clone)]
-struct StoredUser {
-    hash: String,
-}
-
 impl Security {
-    pub async fn load(pool: SqlitePool) -> Result<Security, SecurityError> {
+    /// The service over the configuration database `pool` of the data directory `data_dir` (whose `pki/` holds
+    /// the CA).
+    pub async fn load(pool: sqlx::SqlitePool, data_dir: &Path) -> Result<Security, SecurityError> {
+        let empty = Snapshot {
+            version: -1,
+            users: HashMap::new(),
+            acl: Acl::new(Vec::new(), Vec::new()).map_err(|e| SecurityError::Rule(e.to_string()))?,
+        };
         let security = Security {
+            certificates: Certificates::new(pool.clone(), data_dir),
             pool,
-            users: RwLock::new(Arc::new(HashMap::new())),
-            acl: RwLock::new(Arc::new(
-                Acl::new(Vec::new(), Vec::new()).map_err(|e| SecurityError::Rule(e.to_string()))?,
-            )),
+            snapshot: RwLock::new(Arc::new(empty)),
             throttle: Mutex::new(Throttle::new(ThrottleConfig::default())),
-            version: Mutex::new(-1),
             argon2: Argon2Slots::new(
                 std::thread::available_parallelism().map(std::num::NonZero::get).unwrap_or(1),
             ),
@@ -112,11 +125,20 @@ impl Security {
         Ok(security)
     }
 
-    /// Reloads the users if the configuration changed since the last look. Cheap enough to call every second.
+    /// Device certificates and the CA.
+    pub fn certificates(&self) -> &Certificates {
+        &self.certificates
+    }
+
+    /// The configuration database.
+    pub fn pool(&self) -> &sqlx::SqlitePool {
+        &self.pool
+    }
+
+    /// Reloads users and rules if the configuration changed since the last look. Cheap enough to call every
+    /// second.
     pub async fn reload_if_changed(&self) -> Result<bool, SecurityError> {
-        let version: i64 =
-            sqlx::query_scalar("SELECT version FROM config_version").fetch_one(&self.pool).await?;
-        if version == *self.version.lock().unwrap_or_else(PoisonError::into_inner) {
+        if config_db::version(&self.pool).await? == self.snapshot().version {
             return Ok(false);
         }
         self.reload().await?;
@@ -124,54 +146,41 @@ impl Security {
     }
 
     async fn reload(&self) -> Result<(), SecurityError> {
-        // One transaction, so that the version read belongs to the users read.
-        let mut tx = self.pool.begin().await?;
-        let version: i64 =
-            sqlx::query_scalar("SELECT version FROM config_version").fetch_one(&mut *tx).await?;
-        let rows =
-            sqlx::query("SELECT username, password_hash, roles FROM users").fetch_all(&mut *tx).await?;
-        let rule_rows = sqlx::query("SELECT id, rule FROM acl_rules ORDER BY id").fetch_all(&mut *tx).await?;
-        tx.commit().await?;
-        let mut users = HashMap::with_capacity(rows.len());
-        let mut roles = Vec::with_capacity(rows.len());
-        for row in rows {
-            let name: String = row.try_get("username")?;
-            let user_roles: String = row.try_get("roles")?;
-            roles.push((name.clone(), serde_json::from_str::<Vec<String>>(&user_roles).unwrap_or_default()));
-            users.insert(name, StoredUser { hash: row.try_get("password_hash")? });
+        let rows = config_db::security_rows(&self.pool).await?;
+        let mut users = HashMap::with_capacity(rows.users.len());
+        let mut roles = Vec::with_capacity(rows.users.len());
+        for user in rows.users {
+            roles.push((user.username.clone(), user.roles));
+            users.insert(user.username, user.password_hash);
         }
-        let mut rules = Vec::with_capacity(rule_rows.len());
-        for row in rule_rows {
-            let text: String = row.try_get("rule")?;
+        let mut rules = Vec::with_capacity(rows.rules.len());
+        for (id, text) in rows.rules {
             match serde_json::from_str::<Rule>(&text) {
                 Ok(rule) => rules.push(rule),
-                Err(e) => {
-                    tracing::error!(id = row.try_get::<i64, _>("id")?, "unreadable access rule ignored: {e}")
-                }
+                Err(e) => tracing::error!(id, "unreadable access rule ignored: {e}"),
             }
         }
-        // Rules are validated when added; a rule set that does not compile keeps the previous one in force.
-        match Acl::new(rules, roles) {
-            Ok(acl) => *self.acl.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(acl),
-            Err(e) => tracing::error!("access rules not applied: {e}"),
-        }
-        let previous = std::mem::replace(
-            &mut *self.users.write().unwrap_or_else(PoisonError::into_inner),
-            Arc::new(users),
-        );
-        let current = self.users.read().unwrap_or_else(PoisonError::into_inner).clone();
+        let previous = self.snapshot();
+        // Rules are validated when added; a rule set that does not compile keeps the previous rules in force,
+        // with the previous users, so that the two always belong together.
+        let acl = match Acl::new(rules, roles) {
+            Ok(acl) => acl,
+            Err(e) => {
+                tracing::error!("users and access rules not applied: {e}");
+                return Ok(());
+            }
+        };
         self.removed
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .extend(previous.keys().filter(|name| !current.contains_key(*name)).cloned());
-        *self.version.lock().unwrap_or_else(PoisonError::into_inner) = version;
+            .extend(previous.users.keys().filter(|name| !users.contains_key(*name)).cloned());
+        *self.snapshot.write().unwrap_or_else(PoisonError::into_inner) =
+            Arc::new(Snapshot { version: rows.version, users, acl });
         Ok(())
     }
 
-    /// Marks the configuration changed for every process watching it.
-    async fn bump(&self) -> Result<(), SecurityError> {
-        sqlx::query("UPDATE config_version SET version = version + 1").execute(&self.pool).await?;
-        Ok(())
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Users deleted since the last call.
@@ -181,11 +190,17 @@ impl Security {
 
     /// Whether the gateway currently accepts this user (its in-memory snapshot, which follows the database).
     pub fn knows(&self, username: &str) -> bool {
-        self.users.read().unwrap_or_else(PoisonError::into_inner).contains_key(username)
+        self.snapshot().users.contains_key(username)
     }
 
-    fn user(&self, name: &str) -> Option<StoredUser> {
-        self.users.read().unwrap_or_else(PoisonError::into_inner).get(name).cloned()
+    /// The roles the user has in the rules in force.
+    pub fn roles(&self, username: &str) -> Vec<String> {
+        self.snapshot().acl.roles(username).to_vec()
+    }
+
+    /// Whether the user holds the admin role in the rules in force.
+    pub fn is_admin(&self, username: &str) -> bool {
+        self.snapshot().acl.roles(username).iter().any(|r| r == ADMIN_ROLE)
     }
 
     pub async fn add_user(
@@ -196,26 +211,13 @@ impl Security {
         actor: &str,
     ) -> Result<(), SecurityError> {
         check_user_name(username)?;
+        roles.iter().try_for_each(|r| check_role(r))?;
         let hash = self.hash(password.to_owned()).await?;
-        let now = unix_millis(SystemTime::now());
-        let roles = serde_json::to_string(roles).unwrap_or_else(|_| "[]".into());
-        let inserted = sqlx::query(
-            "INSERT INTO users (username, password_hash, roles, created, updated) VALUES (?, ?, ?, ?, ?) \
-             ON CONFLICT (username) DO NOTHING",
-        )
-        .bind(username)
-        .bind(hash)
-        .bind(&roles)
-        .bind(now)
-        .bind(now)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
+        let detail = format!("{username} roles {roles:?}");
+        let audited = Audited { actor, action: "user.add", detail: &detail };
+        if !config_db::insert_user(&self.pool, username, &hash, roles, audited).await? {
             return Err(SecurityError::UserExists(username.to_owned()));
         }
-        store::audit(&self.pool, actor, "user.add", &format!("{username} roles {roles}")).await?;
-        self.bump().await?;
         self.reload().await
     }
 
@@ -226,33 +228,38 @@ impl Security {
         actor: &str,
     ) -> Result<(), SecurityError> {
         let hash = self.hash(password.to_owned()).await?;
-        let updated = sqlx::query("UPDATE users SET password_hash = ?, updated = ? WHERE username = ?")
-            .bind(hash)
-            .bind(unix_millis(SystemTime::now()))
-            .bind(username)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        if updated == 0 {
+        let audited = Audited { actor, action: "user.passwd", detail: username };
+        if !config_db::set_password_hash(&self.pool, username, &hash, audited).await? {
             return Err(SecurityError::UnknownUser(username.to_owned()));
         }
-        store::audit(&self.pool, actor, "user.passwd", username).await?;
-        self.bump().await?;
+        self.reload().await
+    }
+
+    pub async fn set_roles(
+        &self,
+        username: &str,
+        roles: &[String],
+        actor: &str,
+    ) -> Result<(), SecurityError> {
+        roles.iter().try_for_each(|r| check_role(r))?;
+        let detail = format!("{username} roles {roles:?}");
+        let audited = Audited { actor, action: "user.roles", detail: &detail };
+        if !config_db::set_roles(&self.pool, username, roles, audited).await? {
+            return Err(SecurityError::UnknownUser(username.to_owned()));
+        }
         self.reload().await
     }
 
     pub async fn delete_user(&self, username: &str, actor: &str) -> Result<(), SecurityError> {
-        let deleted = sqlx::query("DELETE FROM users WHERE username = ?")
-            .bind(username)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        if deleted == 0 {
+        let audited = Audited { actor, action: "user.del", detail: username };
+        if !config_db::delete_user(&self.pool, username, audited).await? {
             return Err(SecurityError::UnknownUser(username.to_owned()));
         }
-        store::audit(&self.pool, actor, "user.del", username).await?;
-        self.bump().await?;
         self.reload().await
+    }
+
+    pub async fn list_users(&self) -> Result<Vec<UserInfo>, SecurityError> {
+        Ok(config_db::list_users(&self.pool).await?)
     }
 
     /// Imports a Mosquitto password file and ACL file in one transaction: all or nothing. Hashes are kept as
@@ -277,41 +284,12 @@ impl Security {
             }
             None => None,
         };
+        let mut rules = Vec::new();
+        let mut warnings = Vec::new();
         if let Some(imported) = &imported {
             Acl::new(imported.rules.clone(), Vec::new()).map_err(|e| SecurityError::Rule(e.to_string()))?;
-        }
-        for e in &entries {
-            check_user_name(&e.username)?;
-        }
-        let now = unix_millis(SystemTime::now());
-        let mut tx = self.pool.begin().await?;
-        for e in &entries {
-            let inserted = sqlx::query(
-                "INSERT INTO users (username, password_hash, roles, created, updated) VALUES (?, ?, '[]', ?, ?) \
-                 ON CONFLICT (username) DO NOTHING",
-            )
-            .bind(&e.username)
-            .bind(&e.hash)
-            .bind(now)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if inserted == 0 {
-                return Err(SecurityError::UserExists(e.username.clone()));
-            }
-        }
-        let mut rules = 0;
-        let mut warnings = Vec::new();
-        if let Some(imported) = imported {
             for rule in &imported.rules {
-                let text = serde_json::to_string(rule).map_err(|e| SecurityError::Rule(e.to_string()))?;
-                sqlx::query("INSERT INTO acl_rules (rule, created) VALUES (?, ?)")
-                    .bind(text)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                rules += 1;
+                rules.push(serde_json::to_string(rule).map_err(|e| SecurityError::Rule(e.to_string()))?);
             }
             warnings = imported.warnings.iter().map(|w| format!("line {}: {}", w.line, w.message)).collect();
             let known: std::collections::HashSet<&str> =
@@ -320,16 +298,17 @@ impl Security {
                 warnings.push(format!("the ACL file names user {user:?}, who has no password"));
             }
         }
-        sqlx::query("UPDATE config_version SET version = version + 1").execute(&mut *tx).await?;
-        tx.commit().await?;
-        let summary = ImportSummary { users: entries.len(), rules, warnings };
-        store::audit(
-            &self.pool,
-            actor,
-            "import.mosquitto",
-            &format!("{} users, {} rules", summary.users, summary.rules),
-        )
-        .await?;
+        for e in &entries {
+            check_user_name(&e.username)?;
+        }
+        let users: Vec<(String, String)> =
+            entries.iter().map(|e| (e.username.clone(), e.hash.clone())).collect();
+        let summary = ImportSummary { users: users.len(), rules: rules.len(), warnings };
+        let detail = format!("{} users, {} rules", summary.users, summary.rules);
+        let audited = Audited { actor, action: "import.mosquitto", detail: &detail };
+        if let Err(taken) = config_db::import(&self.pool, &users, &rules, audited).await? {
+            return Err(SecurityError::UserExists(taken));
+        }
         self.reload().await?;
         Ok(summary)
     }
@@ -338,60 +317,28 @@ impl Security {
     pub async fn add_rule(&self, rule: &Rule, actor: &str) -> Result<i64, SecurityError> {
         Acl::new(vec![rule.clone()], Vec::new()).map_err(|e| SecurityError::Rule(e.to_string()))?;
         let text = serde_json::to_string(rule).map_err(|e| SecurityError::Rule(e.to_string()))?;
-        let id = sqlx::query("INSERT INTO acl_rules (rule, created) VALUES (?, ?)")
-            .bind(&text)
-            .bind(unix_millis(SystemTime::now()))
-            .execute(&self.pool)
-            .await?
-            .last_insert_rowid();
-        store::audit(&self.pool, actor, "acl.add", &format!("#{id} {text}")).await?;
-        self.bump().await?;
+        let id = config_db::insert_rule(&self.pool, &text, actor).await?;
         self.reload().await?;
         Ok(id)
     }
 
     pub async fn delete_rule(&self, id: i64, actor: &str) -> Result<(), SecurityError> {
-        let deleted = sqlx::query("DELETE FROM acl_rules WHERE id = ?")
-            .bind(id)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        if deleted == 0 {
+        let detail = format!("#{id}");
+        let audited = Audited { actor, action: "acl.del", detail: &detail };
+        if !config_db::delete_rule(&self.pool, id, audited).await? {
             return Err(SecurityError::UnknownRule(id));
         }
-        store::audit(&self.pool, actor, "acl.del", &format!("#{id}")).await?;
-        self.bump().await?;
         self.reload().await
     }
 
     pub async fn list_rules(&self) -> Result<Vec<(i64, Rule)>, SecurityError> {
-        let rows = sqlx::query("SELECT id, rule FROM acl_rules ORDER BY id").fetch_all(&self.pool).await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let text: String = row.try_get("rule")?;
-            let rule = serde_json::from_str(&text).map_err(|e| SecurityError::Rule(e.to_string()))?;
-            out.push((row.try_get("id")?, rule));
-        }
-        Ok(out)
-    }
-
-    fn acl(&self) -> Arc<Acl> {
-        self.acl.read().unwrap_or_else(PoisonError::into_inner).clone()
-    }
-
-    pub async fn list_users(&self) -> Result<Vec<UserInfo>, SecurityError> {
-        let rows = sqlx::query("SELECT username, roles, created, updated FROM users ORDER BY username")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|row| {
-                let roles: String = row.try_get("roles")?;
-                Ok(UserInfo {
-                    username: row.try_get("username")?,
-                    roles: serde_json::from_str(&roles).unwrap_or_default(),
-                    created: row.try_get("created")?,
-                    updated: row.try_get("updated")?,
-                })
+        config_db::list_rules(&self.pool)
+            .await?
+            .into_iter()
+            .map(|(id, text)| {
+                serde_json::from_str(&text)
+                    .map(|rule| (id, rule))
+                    .map_err(|e| SecurityError::Rule(e.to_string()))
             })
             .collect()
     }
@@ -429,8 +376,9 @@ impl Security {
                 "too many failed attempts; try again later",
             );
         }
-        let verified = match (self.user(username), request.password) {
-            (Some(user), Some(password)) => self.verify(username, &user.hash, password).await,
+        let stored = self.snapshot().users.get(username).cloned();
+        let verified = match (stored, request.password) {
+            (Some(hash), Some(password)) => self.verify(username, &hash, password).await,
             _ => None,
         };
         match verified {
@@ -524,16 +472,9 @@ impl Security {
     /// hash keeps working if this fails (a password that fails today's policy is left as it is).
     async fn upgrade_hash(&self, username: &str, password: &str) {
         let Ok(hash) = self.hash(password.to_owned()).await else { return };
-        let result = sqlx::query("UPDATE users SET password_hash = ?, updated = ? WHERE username = ?")
-            .bind(hash)
-            .bind(unix_millis(SystemTime::now()))
-            .bind(username)
-            .execute(&self.pool)
-            .await;
-        match result {
+        let audited = Audited { actor: "system", action: "user.hash_upgraded", detail: username };
+        match config_db::set_password_hash(&self.pool, username, &hash, audited).await {
             Ok(_) => {
-                let _ = store::audit(&self.pool, "system", "user.hash_upgraded", username).await;
-                let _ = self.bump().await;
                 let _ = self.reload().await;
             }
             Err(e) => tracing::warn!(user = username, "could not upgrade the password hash: {e}"),
@@ -541,33 +482,28 @@ impl Security {
     }
 }
 
-/// Access decisions. Anonymous clients exist only on listeners that allow them; unless some rule speaks about
-/// anonymous clients they are not restricted by topic. Authenticated users are denied what no rule allows,
-/// except holders of the `admin` role.
+/// Access decisions, on the snapshot in force when asked. Anonymous clients exist only on listeners that allow
+/// them; unless some rule speaks about anonymous clients they are not restricted by topic. Authenticated users
+/// are denied what no rule allows, except holders of the `admin` role.
 impl Authorizer for Security {
-    fn can_publish(&self, who: &Principal, topic: &str) -> bool {
-        let acl = self.acl();
-        unrestricted(&acl, who) || acl.can_publish(subject(who), topic)
+    fn can_publish(&self, who: &Identity, topic: &str) -> bool {
+        let acl = &self.snapshot().acl;
+        unrestricted(acl, who) || acl.can_publish(who, topic)
     }
 
-    fn can_subscribe(&self, who: &Principal, filter: &str) -> bool {
-        let acl = self.acl();
-        unrestricted(&acl, who) || acl.can_subscribe(subject(who), filter) != SubscribeDecision::Denied
+    fn can_subscribe(&self, who: &Identity, filter: &str) -> bool {
+        let acl = &self.snapshot().acl;
+        unrestricted(acl, who) || acl.can_subscribe(who, filter) != SubscribeDecision::Denied
     }
 
-    fn can_read(&self, who: &Principal, topic: &str) -> bool {
-        let acl = self.acl();
-        unrestricted(&acl, who) || acl.can_read(subject(who), topic)
+    fn can_read(&self, who: &Identity, topic: &str) -> bool {
+        let acl = &self.snapshot().acl;
+        unrestricted(acl, who) || acl.can_read(who, topic)
     }
 }
 
-fn unrestricted(acl: &Acl, who: &Principal) -> bool {
+fn unrestricted(acl: &Acl, who: &Identity) -> bool {
     who.username.is_none() && !acl.restricts_anonymous()
-}
-
-/// The principal as the rules see it (borrowed: these checks run for every PUBLISH and filtered delivery).
-fn subject(who: &Principal) -> Who<'_> {
-    Who { username: who.username.as_deref(), client_id: &who.client_id }
 }
 
 impl Authenticator for Security {
@@ -579,61 +515,10 @@ impl Authenticator for Security {
     }
 }
 
-/// Where argon2 runs: at most one computation per core, each on a blocking thread (argon2 is deliberately slow;
-/// it stays off the async workers) in working memory that belongs to its slot.
-///
-/// Why the memory is kept: a computation fills 8 MiB. Allocated per login and freed, it stays with glibc, in
-/// the arena of whichever blocking thread ran it: after 1,000 distinct users logged in at once the process kept
-/// ~200-260 MB. Kept per slot, argon2 never holds more than cores x 8 MiB, allocated at the first login and
-/// then reused. The buffers are pooled apart from the permits (a buffer is taken by whoever holds a permit), and
-/// a permit is released only when its computation has finished and put its buffer back, even if the login
-/// waiting for it was abandoned: so there are never more buffers than permits.
-#[derive(Debug)]
-struct Argon2Slots {
-    permits: Arc<tokio::sync::Semaphore>,
-    /// Buffers not in use now; at most one per permit.
-    idle: Arc<Mutex<Vec<Argon2Memory>>>,
-}
-
-/// The right to run one argon2 computation.
-#[derive(Debug)]
-struct Argon2Slot {
-    permit: tokio::sync::OwnedSemaphorePermit,
-    idle: Arc<Mutex<Vec<Argon2Memory>>>,
-}
-
-impl Argon2Slots {
-    fn new(slots: usize) -> Argon2Slots {
-        Argon2Slots {
-            permits: Arc::new(tokio::sync::Semaphore::new(slots)),
-            idle: Arc::new(Mutex::new(Vec::with_capacity(slots))),
-        }
-    }
-
-    /// Waits for a free slot (`None` only if the semaphore were closed, which it never is).
-    async fn acquire(&self) -> Option<Argon2Slot> {
-        let permit = self.permits.clone().acquire_owned().await.ok()?;
-        Some(Argon2Slot { permit, idle: self.idle.clone() })
-    }
-}
-
-impl Argon2Slot {
-    /// Runs `work` on a blocking thread with this slot's memory (`None` if it panicked).
-    async fn run<T: Send + 'static>(
-        self,
-        work: impl FnOnce(&mut Argon2Memory) -> T + Send + 'static,
-    ) -> Option<T> {
-        let Argon2Slot { permit, idle } = self;
-        tokio::task::spawn_blocking(move || {
-            let mut memory = idle.lock().unwrap_or_else(PoisonError::into_inner).pop().unwrap_or_default();
-            let result = work(&mut memory);
-            idle.lock().unwrap_or_else(PoisonError::into_inner).push(memory);
-            drop(permit);
-            result
-        })
-        .await
-        .ok()
-    }
+fn check_role(role: &str) -> Result<(), SecurityError> {
+    let ok = (1..=64).contains(&role.len())
+        && role.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok { Ok(()) } else { Err(SecurityError::InvalidRole(role.to_owned())) }
 }
 
 fn check_user_name(name: &str) -> Result<(), SecurityError> {
@@ -654,7 +539,8 @@ mod tests {
             store::open(dir.path(), store::Database::Config, sqlx::sqlite::SqliteSynchronous::Full, None)
                 .await
                 .unwrap();
-        (dir, Security::load(pool).await.unwrap())
+        let s = Security::load(pool, dir.path()).await.unwrap();
+        (dir, s)
     }
 
     fn request<'a>(user: Option<&'a str>, password: Option<&'a [u8]>) -> AuthRequest<'a> {
@@ -702,6 +588,37 @@ mod tests {
         let actions: Vec<String> =
             sqlx::query_scalar("SELECT action FROM audit_log ORDER BY id").fetch_all(&s.pool).await.unwrap();
         assert_eq!(actions, ["user.add", "user.passwd", "user.del"]);
+    }
+
+    /// Users and rules are one snapshot: a reader never sees the users of one configuration with the rules of
+    /// another, however reloads and reads interleave.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn users_and_rules_are_swapped_as_one_snapshot() {
+        let (_dir, s) = security().await;
+        let s = std::sync::Arc::new(s);
+        s.add_user("u", "correct horse battery", &["r".into()], "test").await.unwrap();
+        let readers: Vec<_> = (0..3)
+            .map(|_| {
+                let s = s.clone();
+                tokio::task::spawn_blocking(move || {
+                    for _ in 0..20_000 {
+                        let snapshot = s.snapshot();
+                        // User "u" exists exactly when the rules know its role.
+                        assert_eq!(snapshot.users.contains_key("u"), !snapshot.acl.roles("u").is_empty());
+                    }
+                })
+            })
+            .collect();
+        for i in 0..20 {
+            if i % 2 == 0 {
+                s.delete_user("u", "test").await.unwrap();
+            } else {
+                s.add_user("u", "correct horse battery", &["r".into()], "test").await.unwrap();
+            }
+        }
+        for reader in readers {
+            reader.await.unwrap();
+        }
     }
 
     #[tokio::test]
@@ -803,7 +720,7 @@ mod tests {
         .execute(&s.pool)
         .await
         .unwrap();
-        s.bump().await.unwrap();
+        sqlx::query("UPDATE config_version SET version = version + 1").execute(&s.pool).await.unwrap();
         assert!(s.reload_if_changed().await.unwrap());
         assert!(!s.reload_if_changed().await.unwrap(), "nothing changed since");
         let d = s.decide(request(Some("legacy"), Some(hash.1.as_bytes()))).await;

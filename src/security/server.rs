@@ -1,15 +1,21 @@
 //! The gateway's own TLS material: its CA (created on first start) and a server certificate issued by it for the
 //! TLS listeners, renewed when it nears expiry or the names it should carry change. Files live in `<data>/pki`,
 //! keys with mode 0600.
+//!
+//! [`ServerTls`] is what the TLS listeners are configured with, and how it is brought up to date: renewal of
+//! the server certificate and a fresh CRL after each revocation, without a restart.
 
-use std::io::Write;
 use std::net::IpAddr;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
-use crate::config::ListenerConfig;
-use crate::pki::{CaOptions, CertificateAuthority, PkiError, ServerCertRequest};
+use super::certs::{CertError, Certificates};
+use crate::config::{ListenerConfig, ServerNames};
+use crate::files::{self, PRIVATE_FILE};
+use crate::pki::{
+    CaOptions, CertificateAuthority, PkiError, ReloadableServerConfig, ServerCertRequest, TlsMaterial,
+};
 
 pub const SERVER_CERT_FILE: &str = "server.crt";
 pub const SERVER_KEY_FILE: &str = "server.key";
@@ -27,27 +33,10 @@ pub struct ServerMaterial {
 pub enum TlsSetupError {
     #[error(transparent)]
     Pki(#[from] PkiError),
-    #[error("{path}: {source}")]
-    Io { path: std::path::PathBuf, source: std::io::Error },
-}
-
-/// The names the server certificate carries beyond the defaults (the host name, `<host>.local`, `localhost`,
-/// the listeners' bind addresses and 127.0.0.1): what devices type to reach the gateway.
-#[derive(Debug, Clone)]
-pub struct ServerNames {
-    /// Instead of the system host name.
-    pub hostname: Option<String>,
-    pub dns: Vec<String>,
-    pub addresses: Vec<IpAddr>,
-    /// When a TLS listener binds `0.0.0.0` or `::`, also the host's interface addresses (default): devices
-    /// on the plant network reach the gateway by its LAN address, which DHCP may change.
-    pub interface_addresses: bool,
-}
-
-impl Default for ServerNames {
-    fn default() -> ServerNames {
-        ServerNames { hostname: None, dns: Vec::new(), addresses: Vec::new(), interface_addresses: true }
-    }
+    #[error(transparent)]
+    File(#[from] files::FileError),
+    #[error(transparent)]
+    Certificates(#[from] CertError),
 }
 
 /// Loads (or creates) the CA in `<data>/pki` and a current server certificate for the given listeners.
@@ -102,9 +91,10 @@ pub fn server_material_for(
     }
     let issued = ca.issue_server(&request)?;
     let key_pem = issued.key_pem.clone().unwrap_or_default();
-    write_private(&key_path, &key_pem)?;
-    std::fs::write(&cert_path, &issued.cert_pem)
-        .map_err(|source| TlsSetupError::Io { path: cert_path.clone(), source })?;
+    // Key first: a power cut between the two leaves a new key beside the old certificate, which the next start
+    // sees as a mismatch and reissues, never a torn file.
+    files::write_atomic(&key_path, key_pem.as_bytes(), PRIVATE_FILE)?;
+    files::write_atomic(&cert_path, issued.cert_pem.as_bytes(), PRIVATE_FILE)?;
     tracing::info!(
         path = %cert_path.display(),
         names = ?issued.info.sans,
@@ -178,18 +168,6 @@ fn chain(cert_pem: &str, ca: &CertificateAuthority) -> String {
     format!("{}\n{}", cert_pem.trim_end(), ca.chain_pem())
 }
 
-fn write_private(path: &Path, text: &str) -> Result<(), TlsSetupError> {
-    let io = |source| TlsSetupError::Io { path: path.to_owned(), source };
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io)?;
-    file.write_all(text.as_bytes()).map_err(io)
-}
-
 /// The machine's host name, for certificate names (`weir` if it cannot be read).
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -198,6 +176,81 @@ fn hostname() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "weir".into())
+}
+
+/// The TLS listeners' certificate, key and CRL, and how to bring them up to date.
+#[derive(Debug)]
+pub struct ServerTls {
+    data_dir: PathBuf,
+    listeners: Vec<ListenerConfig>,
+    names: ServerNames,
+    certificates: Certificates,
+    material: Mutex<ServerMaterial>,
+    configs: Vec<Arc<ReloadableServerConfig>>,
+}
+
+impl ServerTls {
+    /// The current server certificate (issued or renewed if due) and CRL, and one rustls configuration per TLS
+    /// listener, in the order of `listeners` (`None` for the others).
+    pub async fn new(
+        data_dir: &Path,
+        listeners: &[ListenerConfig],
+        names: &ServerNames,
+        certificates: &Certificates,
+    ) -> Result<(ServerTls, Vec<Option<Arc<ReloadableServerConfig>>>), TlsSetupError> {
+        let material = server_material(data_dir, listeners, names)?;
+        let crl = certificates.crl_pem().await?;
+        let mut configs = Vec::new();
+        let mut per_listener = Vec::with_capacity(listeners.len());
+        for l in listeners {
+            if !l.protocol.is_tls() {
+                per_listener.push(None);
+                continue;
+            }
+            let config =
+                Arc::new(ReloadableServerConfig::new(&tls_material(&material, &crl), l.client_certificates)?);
+            configs.push(config.clone());
+            per_listener.push(Some(config));
+        }
+        let tls = ServerTls {
+            data_dir: data_dir.to_owned(),
+            listeners: listeners.to_vec(),
+            names: names.clone(),
+            certificates: certificates.clone(),
+            material: Mutex::new(material),
+            configs,
+        };
+        Ok((tls, per_listener))
+    }
+
+    /// Renews the server certificate if due and reloads every TLS listener with it and a fresh CRL; returns
+    /// whether the certificate changed.
+    pub async fn refresh(&self) -> Result<bool, TlsSetupError> {
+        let current = server_material(&self.data_dir, &self.listeners, &self.names)?;
+        let renewed = {
+            let mut material = self.material.lock().unwrap_or_else(PoisonError::into_inner);
+            let renewed = material.cert_chain_pem != current.cert_chain_pem;
+            *material = current.clone();
+            renewed
+        };
+        let crl = self.certificates.crl_pem().await?;
+        for config in &self.configs {
+            config.reload(&tls_material(&current, &crl))?;
+        }
+        if renewed {
+            tracing::info!("TLS listeners now use the renewed server certificate");
+        }
+        Ok(renewed)
+    }
+}
+
+fn tls_material<'a>(material: &'a ServerMaterial, crl: &'a str) -> TlsMaterial<'a> {
+    TlsMaterial {
+        cert_chain_pem: &material.cert_chain_pem,
+        key_pem: &material.key_pem,
+        client_ca_pem: &material.ca_pem,
+        crl_pem: Some(crl),
+    }
 }
 
 #[cfg(test)]
@@ -261,6 +314,29 @@ mod tests {
         assert_eq!(certificate_ips(&renewed), ips(&["10.4.0.2", "127.0.0.1", "192.168.1.23"]));
         let on_disk = std::fs::read_to_string(dir.path().join("pki").join(SERVER_CERT_FILE)).unwrap();
         assert!(renewed.cert_chain_pem.starts_with(on_disk.trim()), "and it is the one on disk");
+    }
+
+    /// A renewal replaces the key and certificate files whole (a power cut leaves the old or the new one, never
+    /// a truncated one), with mode 0600.
+    #[test]
+    fn a_renewed_server_key_replaces_the_old_file_instead_of_rewriting_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let listeners = [tls_on("0.0.0.0:8883")];
+        let names = ServerNames { hostname: Some("gw".into()), ..ServerNames::default() };
+        let first = server_material_for(dir.path(), &listeners, &names, &ips(&["192.168.1.10"])).unwrap();
+        let key_path = dir.path().join("pki").join(SERVER_KEY_FILE);
+        // Someone holding the old key file: an in-place rewrite (truncate, write) would change what they see.
+        let held = dir.path().join("held.key");
+        std::fs::hard_link(&key_path, &held).unwrap();
+        let renewed = server_material_for(dir.path(), &listeners, &names, &ips(&["192.168.1.23"])).unwrap();
+        assert_ne!(renewed.key_pem, first.key_pem);
+        assert_eq!(std::fs::read_to_string(&held).unwrap(), first.key_pem, "the old file was not rewritten");
+        assert_eq!(std::fs::read_to_string(&key_path).unwrap(), renewed.key_pem);
+        for file in [SERVER_KEY_FILE, SERVER_CERT_FILE] {
+            let mode = std::fs::metadata(dir.path().join("pki").join(file)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{file}");
+        }
     }
 
     #[test]

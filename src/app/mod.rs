@@ -1,0 +1,282 @@
+//! Wires the parts together: the stores, the security service, the broker core, its network listeners and the
+//! configuration watcher, under one task lifecycle ([`lifecycle`]). The only module that knows them all.
+
+mod lifecycle;
+mod watch;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpSocket};
+
+use crate::config::{Config, ListenerConfig};
+use crate::mqtt::broker::{Authenticator, Authorizer, Broker, Durable, Restored};
+use crate::mqtt::net::{self, Connections, ListenerContext};
+use crate::security::server::{ServerTls, TlsSetupError};
+use crate::security::{CertError, Security, SecurityError};
+use crate::store::{self, Durability, Journal, StoreError};
+pub use lifecycle::{Lifecycle, Stage};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppError {
+    #[error("cannot listen on {addr} ({name}): {source}")]
+    Bind { name: String, addr: SocketAddr, source: std::io::Error },
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir { path: std::path::PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Security(#[from] SecurityError),
+    #[error("cannot secure the data directory: {0}")]
+    Files(#[from] crate::files::FileError),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsSetupError),
+    #[error("certificates: {0}")]
+    Certificates(#[from] CertError),
+}
+
+/// A listening socket and the configuration it was bound for.
+#[derive(Debug)]
+pub struct BoundListener {
+    pub config: ListenerConfig,
+    pub listener: TcpListener,
+}
+
+impl BoundListener {
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// Connections the kernel completes and queues until the gateway accepts them. The usual 128 (the standard
+/// library's and tokio's) overflows when a line of devices reconnects at once: every connection beyond it loses
+/// its SYN and retries a second later (1,000 clients at once on 2 cores: 343 dropped SYNs, the last connected
+/// after 1.1 s). Linux caps the value at `net.core.somaxconn` (4096 since 5.4, 128 before).
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds every configured listener. Kept apart from [`run`] so that tests can bind port 0 and learn the port.
+pub async fn bind(config: &Config) -> Result<Vec<BoundListener>, AppError> {
+    let mut bound = Vec::with_capacity(config.listeners.len());
+    for l in &config.listeners {
+        let listener =
+            listen(l.bind).map_err(|source| AppError::Bind { name: l.name.clone(), addr: l.bind, source })?;
+        bound.push(BoundListener { config: l.clone(), listener });
+    }
+    Ok(bound)
+}
+
+/// What `TcpListener::bind` does (address reuse, so that a restart can bind at once), with a longer backlog.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Runs the gateway on already bound listeners until `shutdown` resolves, then shuts down gracefully.
+pub async fn run(
+    config: Config,
+    listeners: Vec<BoundListener>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AppError> {
+    let gateway = Gateway::start(config, listeners).await?;
+    shutdown.await;
+    gateway.shutdown().await;
+    Ok(())
+}
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Gateway {
+    broker: Broker,
+    journal: Option<Journal>,
+    config_db: sqlx::SqlitePool,
+    security: Arc<Security>,
+    /// The TLS listeners' certificate and CRL, when there are TLS listeners.
+    tls: Option<Arc<ServerTls>>,
+    /// Where each listener is bound, by name.
+    addresses: Vec<(String, SocketAddr)>,
+    lifecycle: Lifecycle,
+}
+
+/// The databases and what the broker restores from them.
+struct Stores {
+    config_db: sqlx::SqlitePool,
+    journal: Option<Journal>,
+    restored: Restored,
+}
+
+impl Gateway {
+    pub async fn start(config: Config, listeners: Vec<BoundListener>) -> Result<Gateway, AppError> {
+        let mut lifecycle = Lifecycle::new(config.shutdown_timeout);
+        let Stores { config_db, journal, restored } = open_stores(&config).await?;
+        let security = Arc::new(Security::load(config_db.clone(), &config.data_dir).await?);
+        let durable = journal.clone().map(|j| Arc::new(j) as Arc<dyn Durable>);
+        let authorizer: Arc<dyn Authorizer> = security.clone();
+        let (broker, router) = Broker::start(
+            config.broker.clone(),
+            durable,
+            Some(authorizer),
+            restored,
+            lifecycle.token(Stage::Router),
+        );
+        lifecycle.adopt(Stage::Router, "router", router);
+        let configs: Vec<ListenerConfig> = listeners.iter().map(|b| b.config.clone()).collect();
+        let (tls, tls_configs) = if configs.iter().any(|l| l.protocol.is_tls()) {
+            let (tls, per_listener) =
+                ServerTls::new(&config.data_dir, &configs, &config.server_names, security.certificates())
+                    .await?;
+            (Some(Arc::new(tls)), per_listener)
+        } else {
+            (None, vec![None; configs.len()])
+        };
+        let (connections, _) = Connections::new(config.max_connections);
+        let mut addresses = Vec::with_capacity(listeners.len());
+        for (bound, tls) in listeners.into_iter().zip(tls_configs) {
+            let context = ListenerContext {
+                tls,
+                identity: bound.config.identity,
+                certificate_password: bound.config.certificate_password,
+                name: bound.config.name.clone(),
+                protocol: bound.config.protocol,
+                ws_path: bound.config.ws_path.clone(),
+                allow_anonymous: bound.config.allow_anonymous,
+                authenticator: Some(security.clone() as Arc<dyn Authenticator>),
+                connect_timeout: config.connect_timeout,
+                broker: broker.clone(),
+                connections: connections.clone(),
+            };
+            addresses.push(start_listener(&mut lifecycle, bound, context)?);
+        }
+        let watcher = watch::watch_configuration(
+            broker.clone(),
+            security.clone(),
+            tls.clone(),
+            connections,
+            lifecycle.token(Stage::Listeners),
+        );
+        lifecycle.spawn(Stage::Listeners, "configuration watcher", watcher);
+        if let Some(journal) = &journal {
+            let (journal, mut stop) = (journal.clone(), lifecycle.token(Stage::Journal));
+            lifecycle.spawn(Stage::Journal, "journal writer", async move {
+                stop.stopped().await;
+                journal.close().await;
+            });
+        }
+        Ok(Gateway { broker, journal, config_db, security, tls, addresses, lifecycle })
+    }
+
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// Renews the server certificate if it is due (or missing, or its names changed) and gives the TLS listeners
+    /// the current certificate and CRL, without a restart. Runs hourly on its own; returns whether anything changed.
+    pub async fn refresh_tls(&self) -> Result<bool, AppError> {
+        match &self.tls {
+            Some(tls) => Ok(tls.refresh().await?),
+            None => Ok(false),
+        }
+    }
+
+    /// Users, rules and certificates.
+    pub fn security(&self) -> &Arc<Security> {
+        &self.security
+    }
+
+    /// The message journal, unless durability is off.
+    pub fn journal(&self) -> Option<&Journal> {
+        self.journal.as_ref()
+    }
+
+    /// The address each listener is bound to, by listener name.
+    pub fn local_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.addresses.iter().find(|(n, _)| n == name).map(|(_, addr)| *addr)
+    }
+
+    /// Stops the gateway, stage by stage (see [`lifecycle`]), then closes the configuration database.
+    pub async fn shutdown(self) {
+        tracing::info!("shutting down");
+        let Gateway { lifecycle, config_db, .. } = self;
+        lifecycle.shutdown().await;
+        config_db.close().await;
+    }
+}
+
+/// Secures the data directory, opens both databases (the journal unless durability is off) and reads what the
+/// broker restores.
+async fn open_stores(config: &Config) -> Result<Stores, AppError> {
+    for path in crate::files::secure_data_dir(&config.data_dir)? {
+        tracing::warn!(path = %path.display(), "was readable by other users: now private to the gateway");
+    }
+    let (config_db, recovered) =
+        store::open(&config.data_dir, store::Database::Config, store::Synchronous::Full, None).await?;
+    if recovered {
+        let _ = store::audit(&config_db, "system", "database.recovered", store::CONFIG_FILE).await;
+    }
+    let journal = match config.journal.durability {
+        Durability::Off => None,
+        _ => Some(Journal::open(&config.data_dir, config.journal.clone()).await?),
+    };
+    let restored = match &journal {
+        Some(j) => Restored {
+            retained: j.retained().await?,
+            sessions: j.sessions(config.broker.max_queued_messages).await?,
+        },
+        None => Restored::default(),
+    };
+    if !restored.retained.is_empty() {
+        tracing::info!(count = restored.retained.len(), "retained messages restored from the journal");
+    }
+    Ok(Stores { config_db, journal, restored })
+}
+
+/// Starts accepting on one bound listener, as a task of the listeners stage.
+fn start_listener(
+    lifecycle: &mut Lifecycle,
+    bound: BoundListener,
+    context: ListenerContext,
+) -> Result<(String, SocketAddr), AppError> {
+    let l = &bound.config;
+    let addr =
+        bound.local_addr().map_err(|source| AppError::Bind { name: l.name.clone(), addr: l.bind, source })?;
+    tracing::info!(
+        listener = %l.name, "listening on {addr} ({}{}), anonymous {}",
+        match l.protocol {
+            net::Protocol::Tcp => "mqtt",
+            net::Protocol::WebSocket => "mqtt over websocket ",
+            net::Protocol::Tls => "mqtt over tls",
+            net::Protocol::SecureWebSocket => "mqtt over secure websocket ",
+        },
+        l.ws_path,
+        if l.allow_anonymous { "allowed" } else { "refused" },
+    );
+    let name = l.name.clone();
+    let task = net::serve(bound.listener, Arc::new(context), lifecycle.token(Stage::Listeners));
+    lifecycle.spawn(Stage::Listeners, format!("listener {name}"), task);
+    Ok((name, addr))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A storm of connections the gateway has not accepted yet all complete at once: none waits for a SYN retry.
+    #[tokio::test]
+    async fn the_listen_backlog_holds_a_storm_of_unaccepted_connections() {
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut clients = Vec::new();
+        for i in 0..300 {
+            let connect = tokio::net::TcpStream::connect(addr);
+            match tokio::time::timeout(Duration::from_millis(500), connect).await {
+                Ok(Ok(stream)) => clients.push(stream),
+                other => panic!("connection {i} not completed by the kernel: {other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! Applies configuration changes made anywhere (this process, `weir user`, `weir acl`, `weir cert`, the console)
+//! without a restart: users and rules are reloaded; a deleted user's connections are closed; after a revocation
+//! the TLS listeners get the new CRL and connections made with a revoked certificate are closed. Also renews the
+//! server certificate when due (hourly check).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::mqtt::broker::Broker;
+use crate::mqtt::net::Connections;
+use crate::security::Security;
+use crate::security::server::ServerTls;
+use crate::shutdown::StopToken;
+
+pub(super) async fn watch_configuration(
+    broker: Broker,
+    security: Arc<Security>,
+    tls: Option<Arc<ServerTls>>,
+    connections: Arc<Connections>,
+    mut stop: StopToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut ticks: u64 = 0;
+    let mut revoked = revoked_serials(&security).await.unwrap_or_default();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.stopped() => return,
+        }
+        ticks += 1;
+        if ticks.is_multiple_of(3600)
+            && let Some(tls) = &tls
+            && let Err(e) = tls.refresh().await
+        {
+            tracing::error!("checking the server certificate: {e}");
+        }
+        let changed = match security.reload_if_changed().await {
+            Ok(changed) => changed,
+            Err(e) => {
+                tracing::warn!("reloading the configuration: {e}");
+                false
+            }
+        };
+        // Whichever process deleted them (this one reloads at once, without a version change to notice).
+        for user in security.take_removed_users() {
+            tracing::info!(user, "user deleted: closing its connections");
+            let _ = broker.disconnect_user(&user).await;
+        }
+        if !changed {
+            continue;
+        }
+        let Some(now) = revoked_serials(&security).await else { continue };
+        let newly: Vec<&String> = now.difference(&revoked).collect();
+        if newly.is_empty() {
+            continue;
+        }
+        if let Some(tls) = &tls
+            && let Err(e) = tls.refresh().await
+        {
+            tracing::error!("TLS listeners keep their previous CRL: {e}");
+        }
+        for serial in &newly {
+            let closed = connections.disconnect_certificate(serial);
+            tracing::info!(%serial, closed, "certificate revoked: its connections are closed");
+        }
+        revoked = now;
+    }
+}
+
+async fn revoked_serials(security: &Security) -> Option<HashSet<String>> {
+    match security.certificates().revoked().await {
+        Ok(serials) => Some(serials.into_iter().collect()),
+        Err(e) => {
+            tracing::warn!("reading revocations: {e}");
+            None
+        }
+    }
+}
