@@ -2,7 +2,7 @@
 //!
 //! Every change is one transaction that makes the change, writes its audit entry and bumps `config_version`, so
 //! a change is never applied without its audit entry, and every process watching the version (the running
-//! gateway polls it each second) sees it. The security service ([`crate::security`]) is the only caller; it
+//! gateway polls it each second) sees it. The security service is the only caller; it
 //! hands plain rows to the pure `auth` and `pki` libraries.
 
 use sqlx::{Row, Sqlite, SqlitePool, Transaction};

@@ -17,9 +17,9 @@ use super::transport::Transport;
 use super::{CertificateRegistration, ConnectionGuard, ListenerContext};
 use crate::auth::Identity;
 use crate::mqtt::broker::{
-    AuthDecision, AuthRequest, Broker, ClientId, Completion, ConnectRequest, ConnectionId, Control,
-    ControlReceiver, DisconnectNotice, DisconnectReason, InflightState, Message, MessageProperties, Metrics,
-    Outgoing, Refusal, SessionQueue, SubscribeRequest, Will, control_channel,
+    AuthDecision, AuthRequest, Broker, BrokerConfig, ClientId, Completion, ConnectRequest, ConnectionId,
+    Control, ControlReceiver, DisconnectNotice, DisconnectReason, InflightState, Message, MessageProperties,
+    Metrics, Outgoing, Refusal, SessionQueue, SubscribeRequest, Will, control_channel,
 };
 use crate::mqtt::codec::{
     self, AckProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect, DisconnectProperties,
@@ -79,6 +79,9 @@ pub(crate) fn serve<T: Transport>(
 }
 
 /// CONNECT up to CONNACK: the session, ready to run, or `None` once the connection is refused and closed.
+///
+/// In order: read the CONNECT (bounded by the connect timeout), check it, authenticate, check the will against
+/// the rules, attach to the session in the router, answer CONNACK.
 async fn accept<T: Transport>(
     mut transport: T,
     peer: SocketAddr,
@@ -87,81 +90,20 @@ async fn accept<T: Transport>(
     certificate: Option<PeerIdentity>,
 ) -> Option<(Session<T>, Option<CertificateRegistration>)> {
     let broker = context.broker.clone();
-    let max_packet = broker.config().max_packet_size as usize;
     let mut inbuf = BytesMut::new();
-    let first =
-        timeout(context.connect_timeout, read_packet(&mut transport, &mut inbuf, max_packet, &broker)).await;
-    let connect = match first {
-        Err(_) => {
-            tracing::debug!(%peer, listener = %context.name, "no CONNECT within the connect timeout; closing");
-            transport.close().await;
-            return None;
-        }
-        Ok(Err(ReadError::Decode(DecodeError::UnsupportedProtocolVersion(level)))) => {
-            tracing::info!(%peer, level, "refused: unsupported protocol version");
-            let ack = ConnAck { reason: ReasonCode::UNSUPPORTED_PROTOCOL_VERSION, ..ConnAck::default() };
-            send_and_close(&mut transport, Packet::ConnAck(ack), ProtocolVersion::V3_1_1).await;
-            return None;
-        }
-        Ok(Err(e)) => {
-            tracing::info!(%peer, "closed before CONNECT: {e}");
-            transport.close().await;
-            return None;
-        }
-        Ok(Ok(Packet::Connect(connect))) => connect,
-        Ok(Ok(other)) => {
-            tracing::info!(%peer, "protocol error: first packet was {} instead of CONNECT", other.name());
-            Metrics::add(&broker.metrics().protocol_errors, 1);
-            transport.close().await;
-            return None;
-        }
-    };
-    let version = connect.protocol;
-    let refuse = |reason: ReasonCode, why: &str| {
-        tracing::info!(%peer, client = %connect.client_id, listener = %context.name, "connection refused: {why}");
-        Metrics::add(&broker.metrics().connections_refused, 1);
-        let mut ack = ConnAck { reason, ..ConnAck::default() };
-        if version.is_v5() && connect.properties.request_problem_information != Some(false) {
-            ack.properties.reason_string = Some(why.to_owned());
-        }
-        Packet::ConnAck(ack)
-    };
+    let connect = read_connect(&mut transport, &mut inbuf, peer, &context).await?;
+    let refuse = Refuser { peer, context: &context, connect: &connect };
     if over_limit {
-        let ack = refuse(ReasonCode::QUOTA_EXCEEDED, "too many connections (limits.max_connections)");
-        send_and_close(&mut transport, ack, version).await;
-        return None;
+        return refuse
+            .close(transport, ReasonCode::QUOTA_EXCEEDED, "too many connections (limits.max_connections)")
+            .await;
     }
     if let Err((reason, why)) = check_connect(&connect) {
-        let ack = refuse(reason, why);
-        send_and_close(&mut transport, ack, version).await;
-        return None;
+        return refuse.close(transport, reason, why).await;
     }
-    let request = AuthRequest {
-        peer: peer.ip(),
-        username: connect.username.as_deref(),
-        password: connect.password.as_deref(),
-        client_id: &connect.client_id,
-        anonymous_allowed: context.allow_anonymous,
-        certificate: certificate.as_ref().map(|c| c.name.as_str()),
-        certificate_password: context.certificate_password,
-    };
-    let decision = match &context.authenticator {
-        Some(authenticator) => authenticator.authenticate(request).await,
-        None if certificate.is_some() => {
-            AuthDecision::Allow { username: certificate.as_ref().map(|c| c.name.clone()) }
-        }
-        None if context.allow_anonymous => AuthDecision::Allow { username: connect.username.clone() },
-        None => {
-            AuthDecision::Deny(ReasonCode::NOT_AUTHORIZED, "anonymous access is not allowed on this listener")
-        }
-    };
-    let username = match decision {
+    let username = match authenticate(&context, &connect, certificate.as_ref(), peer).await {
         AuthDecision::Allow { username } => username,
-        AuthDecision::Deny(reason, why) => {
-            let ack = refuse(reason, why);
-            send_and_close(&mut transport, ack, version).await;
-            return None;
-        }
+        AuthDecision::Deny(reason, why) => return refuse.close(transport, reason, why).await,
     };
     let assigned = connect.client_id.is_empty();
     let client_id =
@@ -170,18 +112,11 @@ async fn accept<T: Transport>(
     if let (Some(will), Some(authorizer)) = (&connect.will, broker.authorizer())
         && !authorizer.can_publish(&principal, &will.topic)
     {
-        let ack = refuse(ReasonCode::NOT_AUTHORIZED, "not allowed to publish the will topic");
-        send_and_close(&mut transport, ack, version).await;
-        return None;
+        return refuse
+            .close(transport, ReasonCode::NOT_AUTHORIZED, "not allowed to publish the will topic")
+            .await;
     }
-    let keep_alive = broker.config().server_keep_alive.unwrap_or(connect.keep_alive);
-    let session_expiry = if version.is_v5() {
-        connect.properties.session_expiry_interval.unwrap_or(0)
-    } else if connect.clean_start {
-        0
-    } else {
-        NEVER
-    };
+    let session_expiry = session_expiry(&connect);
     let (control_tx, control_rx) = control_channel();
     // Revoking the certificate closes this connection.
     let registration = certificate
@@ -195,72 +130,35 @@ async fn accept<T: Transport>(
         session_expiry,
         will: connect.will.as_ref().map(|w| will_message(w, &client_id)),
         control: control_tx,
-        protocol: version,
+        protocol: connect.protocol,
         username: username.clone(),
         peer: peer.to_string(),
         principal: Some(principal.clone()),
     };
     let outcome = match broker.connect(request).await {
         Ok(Ok(outcome)) => outcome,
-        Ok(Err(reason)) => {
-            let ack = refuse(reason, "the broker refused the session");
-            send_and_close(&mut transport, ack, version).await;
-            return None;
-        }
+        Ok(Err(reason)) => return refuse.close(transport, reason, "the broker refused the session").await,
         Err(_) => {
-            let ack = refuse(ReasonCode::SERVER_UNAVAILABLE, "the broker is shutting down");
-            send_and_close(&mut transport, ack, version).await;
-            return None;
+            return refuse
+                .close(transport, ReasonCode::SERVER_UNAVAILABLE, "the broker is shutting down")
+                .await;
         }
     };
+    let keep_alive = broker.config().server_keep_alive.unwrap_or(connect.keep_alive);
     tracing::info!(
-        %peer, client = %client_id, listener = %context.name, ?version, keep_alive,
+        %peer, client = %client_id, listener = %context.name, version = ?connect.protocol, keep_alive,
         clean_start = connect.clean_start, session_present = outcome.session_present, "client connected"
     );
-    let mut ack = ConnAck { session_present: outcome.session_present, ..ConnAck::default() };
-    if version.is_v5() {
-        let config = broker.config();
-        ack.properties = ConnAckProperties {
-            receive_maximum: Some(config.receive_maximum),
-            maximum_packet_size: Some(config.max_packet_size),
-            topic_alias_maximum: Some(config.topic_alias_maximum),
-            assigned_client_identifier: assigned.then(|| client_id.to_string()),
-            server_keep_alive: config.server_keep_alive,
-            session_expiry_interval: config.max_session_expiry.filter(|&max| max < session_expiry),
-            response_information: (connect.properties.request_response_information == Some(true))
-                .then(|| format!("weir/response/{client_id}")),
-            ..ConnAckProperties::default()
-        };
-    }
-    let send_quota = usize::from(if version.is_v5() {
-        connect.properties.receive_maximum.unwrap_or(u16::MAX)
-    } else {
-        broker.config().max_inflight
-    });
-    let mut session = Session {
-        transport,
-        peer,
-        broker,
-        client_id,
-        connection,
-        version,
-        queue: outcome.queue,
-        control: control_rx,
-        inbuf,
-        outbuf: BytesMut::new(),
-        keep_alive: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
-        send_quota,
-        client_max_packet: connect.properties.maximum_packet_size.map_or(usize::MAX, |m| m as usize),
-        max_packet,
-        aliases: HashMap::new(),
-        problem_information: connect.properties.request_problem_information != Some(false),
+    let ack = connack(
+        broker.config(),
+        &connect,
+        outcome.session_present,
+        assigned.then_some(&client_id),
         session_expiry,
-        outgoing: Vec::new(),
-        username: username.as_deref().map(Arc::from),
-        pending: VecDeque::new(),
-        held_qos1: 0,
-        principal,
-    };
+    );
+    let attached =
+        Attached { client_id, connection, queue: outcome.queue, control: control_rx, principal, username };
+    let mut session = Session::new(transport, peer, broker, &connect, attached, inbuf, session_expiry);
     if session.encode(&Packet::ConnAck(ack)).is_err() {
         return None;
     }
@@ -268,6 +166,132 @@ async fn accept<T: Transport>(
         session.encode_outgoing(outgoing);
     }
     Some((session, registration))
+}
+
+/// Reads the first packet, which must be a CONNECT, within the connect timeout; otherwise the connection is
+/// answered (an unsupported protocol version gets its CONNACK) and closed.
+async fn read_connect<T: Transport>(
+    transport: &mut T,
+    inbuf: &mut BytesMut,
+    peer: SocketAddr,
+    context: &ListenerContext,
+) -> Option<Box<Connect>> {
+    let broker = &context.broker;
+    let max_packet = broker.config().max_packet_size as usize;
+    match timeout(context.connect_timeout, read_packet(transport, inbuf, max_packet, broker)).await {
+        Ok(Ok(Packet::Connect(connect))) => return Some(connect),
+        Err(_) => {
+            tracing::debug!(%peer, listener = %context.name, "no CONNECT within the connect timeout; closing");
+        }
+        Ok(Err(ReadError::Decode(DecodeError::UnsupportedProtocolVersion(level)))) => {
+            tracing::info!(%peer, level, "refused: unsupported protocol version");
+            let ack = ConnAck { reason: ReasonCode::UNSUPPORTED_PROTOCOL_VERSION, ..ConnAck::default() };
+            send_and_close(transport, Packet::ConnAck(ack), ProtocolVersion::V3_1_1).await;
+            return None;
+        }
+        Ok(Err(e)) => tracing::info!(%peer, "closed before CONNECT: {e}"),
+        Ok(Ok(other)) => {
+            tracing::info!(%peer, "protocol error: first packet was {} instead of CONNECT", other.name());
+            Metrics::add(&broker.metrics().protocol_errors, 1);
+        }
+    }
+    transport.close().await;
+    None
+}
+
+/// Refuses a CONNECT: logs and counts it, answers CONNACK with the reason (and, for a v5 client that did not
+/// decline problem information, the reason string) and closes the connection.
+struct Refuser<'a> {
+    peer: SocketAddr,
+    context: &'a ListenerContext,
+    connect: &'a Connect,
+}
+
+impl Refuser<'_> {
+    async fn close<T: Transport, S>(&self, mut transport: T, reason: ReasonCode, why: &str) -> Option<S> {
+        let (peer, connect) = (self.peer, self.connect);
+        tracing::info!(%peer, client = %connect.client_id, listener = %self.context.name, "connection refused: {why}");
+        Metrics::add(&self.context.broker.metrics().connections_refused, 1);
+        let mut ack = ConnAck { reason, ..ConnAck::default() };
+        if connect.protocol.is_v5() && connect.properties.request_problem_information != Some(false) {
+            ack.properties.reason_string = Some(why.to_owned());
+        }
+        send_and_close(&mut transport, Packet::ConnAck(ack), connect.protocol).await;
+        None
+    }
+}
+
+/// Who the client is: the security service decides; without one (tests), a certificate names the user and
+/// anonymous clients are admitted where the listener allows them.
+async fn authenticate(
+    context: &ListenerContext,
+    connect: &Connect,
+    certificate: Option<&PeerIdentity>,
+    peer: SocketAddr,
+) -> AuthDecision {
+    let request = AuthRequest {
+        peer: peer.ip(),
+        username: connect.username.as_deref(),
+        password: connect.password.as_deref(),
+        client_id: &connect.client_id,
+        anonymous_allowed: context.allow_anonymous,
+        certificate: certificate.map(|c| c.name.as_str()),
+        certificate_password: context.certificate_password,
+    };
+    match (&context.authenticator, certificate) {
+        (Some(authenticator), _) => authenticator.authenticate(request).await,
+        (None, Some(c)) => AuthDecision::Allow { username: Some(c.name.clone()) },
+        (None, None) if context.allow_anonymous => AuthDecision::Allow { username: connect.username.clone() },
+        (None, None) => {
+            AuthDecision::Deny(ReasonCode::NOT_AUTHORIZED, "anonymous access is not allowed on this listener")
+        }
+    }
+}
+
+/// The session expiry the client asked for: v5 says so; for 3.1.1, clean session means 0 and otherwise never.
+fn session_expiry(connect: &Connect) -> u32 {
+    if connect.protocol.is_v5() {
+        connect.properties.session_expiry_interval.unwrap_or(0)
+    } else if connect.clean_start {
+        0
+    } else {
+        NEVER
+    }
+}
+
+/// The CONNACK of an accepted connection; for v5, with the limits the broker announces.
+fn connack(
+    config: &BrokerConfig,
+    connect: &Connect,
+    session_present: bool,
+    assigned: Option<&ClientId>,
+    session_expiry: u32,
+) -> ConnAck {
+    let mut ack = ConnAck { session_present, ..ConnAck::default() };
+    if connect.protocol.is_v5() {
+        ack.properties = ConnAckProperties {
+            receive_maximum: Some(config.receive_maximum),
+            maximum_packet_size: Some(config.max_packet_size),
+            topic_alias_maximum: Some(config.topic_alias_maximum),
+            assigned_client_identifier: assigned.map(ToString::to_string),
+            server_keep_alive: config.server_keep_alive,
+            session_expiry_interval: config.max_session_expiry.filter(|&max| max < session_expiry),
+            response_information: (connect.properties.request_response_information == Some(true))
+                .then(|| format!("weir/response/{}", connect.client_id)),
+            ..ConnAckProperties::default()
+        };
+    }
+    ack
+}
+
+/// What the router gave an accepted connection, with who it acts for.
+struct Attached {
+    client_id: ClientId,
+    connection: ConnectionId,
+    queue: Arc<SessionQueue>,
+    control: ControlReceiver,
+    principal: Arc<Identity>,
+    username: Option<String>,
 }
 
 /// A CONNECT the protocol layer accepted can still be refused here; the error carries the CONNACK reason and
@@ -408,6 +432,50 @@ struct PendingPublish {
 }
 
 impl<T: Transport> Session<T> {
+    fn new(
+        transport: T,
+        peer: SocketAddr,
+        broker: Broker,
+        connect: &Connect,
+        attached: Attached,
+        inbuf: BytesMut,
+        session_expiry: u32,
+    ) -> Session<T> {
+        let version = connect.protocol;
+        let config = broker.config();
+        let keep_alive = config.server_keep_alive.unwrap_or(connect.keep_alive);
+        let send_quota = usize::from(if version.is_v5() {
+            connect.properties.receive_maximum.unwrap_or(u16::MAX)
+        } else {
+            config.max_inflight
+        });
+        let max_packet = config.max_packet_size as usize;
+        Session {
+            transport,
+            peer,
+            broker,
+            client_id: attached.client_id,
+            connection: attached.connection,
+            version,
+            queue: attached.queue,
+            control: attached.control,
+            inbuf,
+            outbuf: BytesMut::new(),
+            keep_alive: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
+            send_quota,
+            client_max_packet: connect.properties.maximum_packet_size.map_or(usize::MAX, |m| m as usize),
+            max_packet,
+            aliases: HashMap::new(),
+            problem_information: connect.properties.request_problem_information != Some(false),
+            session_expiry,
+            outgoing: Vec::new(),
+            username: attached.username.as_deref().map(Arc::from),
+            pending: VecDeque::new(),
+            held_qos1: 0,
+            principal: attached.principal,
+        }
+    }
+
     async fn run(&mut self) -> (DisconnectReason, Option<u32>) {
         let mut last_read = Instant::now();
         self.queue.wake();
