@@ -26,6 +26,8 @@ pub struct Consumer {
     /// Read up to here (not necessarily committed).
     read: i64,
     committed: i64,
+    /// Rows read from the journal so far, matching or not ([`history::Page::rows_read`]).
+    rows_read: u64,
 }
 
 impl Consumer {
@@ -53,7 +55,14 @@ impl Consumer {
                 position
             }
         };
-        Ok(Consumer { journal: journal.clone(), name: name.to_owned(), filters, read: committed, committed })
+        Ok(Consumer {
+            journal: journal.clone(),
+            name: name.to_owned(),
+            filters,
+            read: committed,
+            committed,
+            rows_read: 0,
+        })
     }
 
     /// Up to `max` messages after what was read so far, oldest first, that match any of the filters.
@@ -67,6 +76,7 @@ impl Consumer {
                 ..HistoryQuery::new("#")
             };
             let page = history::query(self.journal.pool(), &query).await?;
+            self.rows_read += page.rows_read;
             let Some(last) = page.messages.last().map(|m| m.id) else { break };
             for m in page.messages {
                 if out.len() == max {
@@ -101,6 +111,12 @@ impl Consumer {
     /// The committed position.
     pub fn position(&self) -> i64 {
         self.committed
+    }
+
+    /// How many rows this consumer has read from the journal, matching its filters or not: what its reading
+    /// cost, for tests and metrics.
+    pub fn rows_read(&self) -> u64 {
+        self.rows_read
     }
 
     /// Starts reading again from the committed position (after a failed delivery, say).

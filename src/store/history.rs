@@ -119,6 +119,9 @@ pub struct Page {
     pub messages: Vec<StoredMessage>,
     /// Pass as `after` to get the next page; `None` at the end.
     pub next: Option<i64>,
+    /// Rows read from the database to fill this page, matching the filter or not: what the page cost. With a
+    /// topic constraint, about the matching rows; `#` and `+/...` read the journal in id order.
+    pub rows_read: u64,
 }
 
 /// Runs a history query.
@@ -132,6 +135,7 @@ pub async fn query(pool: &SqlitePool, q: &HistoryQuery) -> Result<Page, StoreErr
     let prefix: String = q.filter.split(['+', '#']).next().unwrap_or("").trim_end_matches('/').to_owned();
     let mut messages = Vec::with_capacity(limit.min(1024));
     let mut position = q.after;
+    let mut rows_read = 0u64;
     // A topic constraint uses the topic index up to where the writer has filled it, and scans the rows after it
     // (about the last second); without one (`#`, `+/...`), the journal is read in id order.
     let topic_range = match (literal, prefix.is_empty()) {
@@ -203,6 +207,7 @@ pub async fn query(pool: &SqlitePool, q: &HistoryQuery) -> Result<Page, StoreErr
             sql.push(" LIMIT ").push_bind(FETCH);
             let part_rows = sql.build().fetch_all(pool).await?;
             more |= part_rows.len() == FETCH as usize;
+            rows_read += part_rows.len() as u64;
             for row in part_rows {
                 rows.push(stored(&row)?);
             }
@@ -221,12 +226,12 @@ pub async fn query(pool: &SqlitePool, q: &HistoryQuery) -> Result<Page, StoreErr
             if literal || topic::matches(&q.filter, &message.topic) {
                 messages.push(message);
                 if messages.len() == limit {
-                    return Ok(Page { next: position, messages });
+                    return Ok(Page { next: position, messages, rows_read });
                 }
             }
         }
         if !more {
-            return Ok(Page { messages, next: None });
+            return Ok(Page { messages, next: None, rows_read });
         }
     }
 }
