@@ -11,7 +11,7 @@
 //! the oldest go regardless, and if that is not enough new QoS 1/2 messages are refused (the client sees it).
 //! Freed pages are returned to the file system with `PRAGMA incremental_vacuum`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -19,102 +19,17 @@ use sqlx::sqlite::SqliteSynchronous;
 use sqlx::{Row, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
+pub use super::ops::JournalStats;
+use super::ops::{Done, Op, Queued, SessionOp, Shared};
+use super::row::{StoredRow, queued_delivery};
+pub use super::settings::{Durability, JournalConfig, Retention};
+use super::writer::Writer;
 use super::{Database, StoreError, unix_millis};
 use crate::mqtt::broker::{
-    ClientId, Completion, Delivery, Durable, Message, MessageProperties, Refusal, RestoredDelivery,
-    SessionRecord, SpillLoad, Will,
+    ClientId, Completion, Delivery, Durable, Message, Refusal, RestoredDelivery, SessionRecord, SpillLoad,
+    Will,
 };
 use crate::mqtt::codec::{QoS, RetainHandling, SubscribeFilter, SubscriptionOptions, topic};
-
-/// How accepted messages are made durable. The trade-off between safety and speed, explicitly.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Durability {
-    /// The default. QoS 1/2 are acknowledged only after their group's commit is synced to disk: nothing
-    /// acknowledged is lost, even on power loss.
-    Synced,
-    /// Acknowledged after commit without a sync; the log is synced at least every `window`. Survives a crash
-    /// or kill -9 of the gateway; a power cut may lose the last `window` of messages.
-    Batched { window: Duration },
-    /// No journal and no history: acknowledged at once, as Mosquitto does without persistence.
-    Off,
-}
-
-#[derive(Debug, Clone)]
-pub struct Retention {
-    pub max_age: Option<Duration>,
-    /// Prune the oldest rows (that no cursor needs) while the journal file is larger than this.
-    pub max_bytes: Option<u64>,
-    /// Beyond this the oldest rows go even if a cursor needs them, and if the file is still larger, QoS 1/2
-    /// messages are refused until space returns.
-    pub hard_cap_bytes: Option<u64>,
-    pub prune_interval: Duration,
-}
-
-impl Default for Retention {
-    fn default() -> Retention {
-        Retention {
-            max_age: Some(Duration::from_secs(30 * 24 * 3600)),
-            max_bytes: Some(1024 * 1024 * 1024),
-            hard_cap_bytes: Some(2 * 1024 * 1024 * 1024),
-            prune_interval: Duration::from_secs(10),
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct JournalConfig {
-    pub durability: Durability,
-    /// Topic filters recorded; empty means all.
-    pub include: Vec<String>,
-    /// Topic filters not recorded, even if included.
-    pub exclude: Vec<String>,
-    /// Most messages in one transaction.
-    pub max_batch: usize,
-    /// Places for appends waiting for the writer, before publishers are slowed down (QoS 1/2) or QoS 0 is not
-    /// recorded. A message takes one place per started KiB of topic and payload (most take one), so this bounds
-    /// both how many messages wait and how much memory they hold: 16,384 places, at most 16 MiB of payloads.
-    pub queue: usize,
-    pub retention: Retention,
-    /// SQLite's `max_page_count`: beyond this many pages the database reports itself full, exactly as on a
-    /// full disk. A safety net below the file system's own limit; `None` leaves SQLite's default.
-    pub max_pages: Option<u32>,
-    /// How often the writer adds the newest rows to the topic index (history queries scan the rows after it).
-    /// Short steps keep the pause each one causes short: 250 ms roughly halved the QoS 1 p99.9 at 12.6k msg/s
-    /// against 1 s (docs/BENCHMARKS.md).
-    pub index_interval: Duration,
-    /// The shortest time between the starts of two commits while appends arrive from several publishers (a lone
-    /// publisher waiting for each acknowledgement is never held back). Fewer, larger commits cost less CPU; the
-    /// price is at most this much on an acknowledgement, never on a delivery.
-    pub commit_interval: Duration,
-}
-
-impl Default for JournalConfig {
-    fn default() -> JournalConfig {
-        JournalConfig {
-            durability: Durability::Synced,
-            include: Vec::new(),
-            exclude: vec!["$SYS/#".into()],
-            max_batch: 4096,
-            queue: 16 * 1024,
-            retention: Retention::default(),
-            max_pages: None,
-            index_interval: Duration::from_millis(250),
-            commit_interval: Duration::from_millis(2),
-        }
-    }
-}
-
-/// Counters for `$SYS`, the console and benchmarks.
-#[derive(Debug, Default)]
-pub struct JournalStats {
-    pub appended: AtomicU64,
-    pub batches: AtomicU64,
-    /// QoS 0 messages not recorded because the writer was behind.
-    pub dropped_qos0: AtomicU64,
-    /// QoS 1/2 messages refused (disk full or hard cap).
-    pub refused: AtomicU64,
-    pub pruned: AtomicU64,
-}
 
 /// A handle to the journal: cheap to clone.
 #[derive(Debug, Clone)]
@@ -123,74 +38,20 @@ pub struct Journal {
 }
 
 #[derive(Debug)]
-pub(super) struct Inner {
+struct Inner {
     /// To the writer thread, in order: appends, session changes, and control. Unbounded, so that session
-    /// changes never block the router; appends are bounded by `permits` instead.
+    /// changes never block the router; appends are bounded by `shared.permits` instead.
     ops: mpsc::UnboundedSender<Op>,
-    /// Places for appends waiting for the writer (`JournalConfig::queue`): an appender takes its message's
-    /// [`Queued::places`], the writer gives them back once the append is committed or refused.
-    pub(super) permits: tokio::sync::Semaphore,
+    /// The places in the writer's queue, the counters and the refusing flag, which the writer updates.
+    shared: Arc<Shared>,
     /// `JournalConfig::queue`: no message takes more places than there are.
     places: u32,
     pool: SqlitePool,
     include: Vec<String>,
     exclude: Vec<String>,
-    pub(super) stats: JournalStats,
-    /// Set while the disk is full or the hard cap is reached; cleared by the next successful commit.
-    pub(super) refusing: AtomicBool,
     /// The id the next append gets. Held while that append is sent, so that ids reach the writer (and are
     /// committed) in ascending order: a reader that has seen id n never later finds a row below it appear.
     next_id: Mutex<i64>,
-}
-
-/// A change to a session's stored state, applied in the order the router made them.
-#[derive(Debug)]
-pub(super) enum SessionOp {
-    Save(Box<SessionRecord>),
-    Remove(ClientId),
-    Subscribe(ClientId, SubscribeFilter, Option<u32>),
-    Unsubscribe(ClientId, String),
-    /// A QoS 1/2 delivery queued; `spilled` (with the queue's generation) if it waits only here.
-    Queued {
-        client: ClientId,
-        message_id: i64,
-        qos: QoS,
-        retain: bool,
-        sub_ids: Vec<u32>,
-        spilled: Option<u64>,
-    },
-    InFlight {
-        client: ClientId,
-        message_id: i64,
-        packet_id: u16,
-        released: bool,
-    },
-    Delivered {
-        client: ClientId,
-        message_id: i64,
-    },
-    Load {
-        client: ClientId,
-        generation: u64,
-        limit: usize,
-        keep: bool,
-        done: oneshot::Sender<SpillLoad>,
-    },
-    Discard(ClientId),
-}
-
-#[derive(Debug)]
-pub(super) enum Op {
-    Append(Queued),
-    Session(SessionOp),
-    Prune(Option<oneshot::Sender<u64>>),
-    Checkpoint,
-    Flush(oneshot::Sender<()>),
-    /// Add the newest rows to the topic index: everything committed so far (and answer), or, from the timer,
-    /// what is due.
-    Index(Option<oneshot::Sender<()>>),
-    /// Commit what is queued, then stop the writer and release its connection.
-    Close(oneshot::Sender<()>),
 }
 
 impl Journal {
@@ -205,17 +66,19 @@ impl Journal {
         let (ops, receiver) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             ops,
-            permits: tokio::sync::Semaphore::new(config.queue.max(1)),
+            shared: Arc::new(Shared {
+                permits: tokio::sync::Semaphore::new(config.queue.max(1)),
+                stats: JournalStats::default(),
+                refusing: AtomicBool::new(false),
+            }),
             places: u32::try_from(config.queue.max(1)).unwrap_or(u32::MAX),
             pool,
             include: config.include.clone(),
             exclude: config.exclude.clone(),
-            stats: JournalStats::default(),
-            refusing: AtomicBool::new(false),
             next_id: Mutex::new(0),
         });
         let path = dir.join(super::JOURNAL_FILE);
-        let next_id = super::writer::Writer::start(&path, config.clone(), Arc::downgrade(&inner), receiver)?;
+        let next_id = Writer::start(&path, config.clone(), Arc::downgrade(&inner.shared), receiver)?;
         *inner.next_id.lock().unwrap_or_else(PoisonError::into_inner) = next_id;
         spawn_timer(Arc::downgrade(&inner), config.index_interval, || Op::Index(None));
         spawn_timer(Arc::downgrade(&inner), config.retention.prune_interval, || Op::Prune(None));
@@ -241,7 +104,7 @@ impl Journal {
         }
         // Waits while the writer's queue is full: backpressure on publishers faster than the disk.
         let places = self.places(message);
-        match self.inner.permits.acquire_many(places).await {
+        match self.inner.shared.permits.acquire_many(places).await {
             Ok(permit) => permit.forget(),
             Err(_) => {
                 let _ = done.send(Err(Refusal::Unavailable));
@@ -286,13 +149,13 @@ impl Journal {
             return;
         }
         let places = self.places(message);
-        let Ok(permit) = self.inner.permits.try_acquire_many(places) else {
-            self.inner.stats.dropped_qos0.fetch_add(1, Ordering::Relaxed);
+        let Ok(permit) = self.inner.shared.permits.try_acquire_many(places) else {
+            self.inner.shared.stats.dropped_qos0.fetch_add(1, Ordering::Relaxed);
             return;
         };
         permit.forget();
         if self.send_append(message, places, None).is_err() {
-            self.inner.stats.dropped_qos0.fetch_add(1, Ordering::Relaxed);
+            self.inner.shared.stats.dropped_qos0.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -333,12 +196,12 @@ impl Journal {
     }
 
     pub fn stats(&self) -> &JournalStats {
-        &self.inner.stats
+        &self.inner.shared.stats
     }
 
     /// True while the journal refuses QoS 1/2 (disk full or hard cap); cleared as soon as a commit succeeds.
     pub fn is_refusing(&self) -> bool {
-        self.inner.refusing.load(Ordering::Relaxed)
+        self.inner.shared.refusing.load(Ordering::Relaxed)
     }
 
     /// The retained messages as of the last commit, for the broker to start with. Messages whose expiry interval
@@ -610,92 +473,6 @@ fn spawn_timer(inner: std::sync::Weak<Inner>, every: Duration, op: fn() -> Op) {
     });
 }
 
-/// A row of `messages` as read back, by either connection type.
-#[derive(Debug)]
-pub(super) struct StoredRow {
-    id: i64,
-    ts: i64,
-    topic: String,
-    payload: Vec<u8>,
-    qos: i64,
-    client_id: Option<String>,
-    username: Option<String>,
-    payload_format: Option<i64>,
-    expiry_interval: Option<i64>,
-    content_type: Option<String>,
-    response_topic: Option<String>,
-    correlation_data: Option<Vec<u8>>,
-    user_properties: Option<String>,
-}
-
-impl StoredRow {
-    fn from_sqlx(row: &sqlx::sqlite::SqliteRow) -> Result<StoredRow, sqlx::Error> {
-        Ok(StoredRow {
-            id: row.try_get("id")?,
-            ts: row.try_get("ts")?,
-            topic: row.try_get("topic")?,
-            payload: row.try_get("payload")?,
-            qos: row.try_get("qos")?,
-            client_id: row.try_get("client_id")?,
-            username: row.try_get("username")?,
-            payload_format: row.try_get("payload_format")?,
-            expiry_interval: row.try_get("expiry_interval")?,
-            content_type: row.try_get("content_type")?,
-            response_topic: row.try_get("response_topic")?,
-            correlation_data: row.try_get("correlation_data")?,
-            user_properties: row.try_get("user_properties")?,
-        })
-    }
-
-    pub(super) fn from_rusqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
-        Ok(StoredRow {
-            id: row.get("id")?,
-            ts: row.get("ts")?,
-            topic: row.get("topic")?,
-            payload: row.get("payload")?,
-            qos: row.get("qos")?,
-            client_id: row.get("client_id")?,
-            username: row.get("username")?,
-            payload_format: row.get("payload_format")?,
-            expiry_interval: row.get("expiry_interval")?,
-            content_type: row.get("content_type")?,
-            response_topic: row.get("response_topic")?,
-            correlation_data: row.get("correlation_data")?,
-            user_properties: row.get("user_properties")?,
-        })
-    }
-
-    /// Rebuilds the journaled message. `None` if its expiry interval has run out by `now` (counting the time the
-    /// gateway was down); otherwise it keeps what remains of it.
-    pub(super) fn into_message(self, now: i64, retain: bool) -> Option<Message> {
-        let remaining = match self.expiry_interval {
-            Some(e) => match u32::try_from(e - (now - self.ts) / 1000) {
-                Ok(r) if r > 0 => Some(r),
-                _ => return None,
-            },
-            None => None,
-        };
-        let qos = QoS::from_u8(u8::try_from(self.qos).unwrap_or(0)).unwrap_or_default();
-        let mut message = Message::new(&self.topic, self.payload, qos, retain);
-        message.origin = self.client_id.map(|c| ClientId::new(&c));
-        message.username = self.username.map(Arc::from);
-        message.properties = MessageProperties {
-            payload_format_indicator: self.payload_format.and_then(|p| u8::try_from(p).ok()),
-            message_expiry_interval: remaining,
-            content_type: self.content_type,
-            response_topic: self.response_topic,
-            correlation_data: self.correlation_data.map(bytes::Bytes::from),
-            user_properties: self
-                .user_properties
-                .and_then(|j| serde_json::from_str(&j).ok())
-                .unwrap_or_default(),
-        }
-        .boxed();
-        let _ = message.journal_id.set(self.id);
-        Some(message)
-    }
-}
-
 /// Rebuilds a journaled message from a sqlx row. `None` if its expiry interval has run out.
 fn message_from_row(
     row: &sqlx::sqlite::SqliteRow,
@@ -716,35 +493,10 @@ fn delivery_from_row(row: &sqlx::sqlite::SqliteRow, now: i64) -> Result<Option<D
     )))
 }
 
-/// A delivery as `session_messages` keeps it: the QoS and RETAIN flag this subscriber gets, and its
-/// subscription identifiers as a JSON array.
-pub(super) fn queued_delivery(message: Message, qos: i64, retain: bool, sub_ids: Option<String>) -> Delivery {
-    Delivery {
-        message: Arc::new(message),
-        qos: u8::try_from(qos).ok().and_then(QoS::from_u8).unwrap_or_default(),
-        retain,
-        subscription_ids: sub_ids.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default(),
-    }
-}
-
-/// Told when an append is committed, or why it was refused.
-type Done = oneshot::Sender<Result<(), Refusal>>;
-
-/// An append on its way to the writer and then waiting for its batch's commit.
-#[derive(Debug)]
-pub(super) struct Queued {
-    /// Its row id, given when it was sent (`Inner::next_id`).
-    pub(super) id: i64,
-    pub(super) ts: i64,
-    pub(super) message: Arc<Message>,
-    /// Its places in the writer's queue ([`Journal::places`]).
-    pub(super) places: u32,
-    pub(super) done: Option<Done>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mqtt::broker::MessageProperties;
     use crate::store::history::{self, HistoryQuery, Order};
 
     async fn journal(dir: &std::path::Path, adjust: impl FnOnce(&mut JournalConfig)) -> Journal {

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant, SystemTime};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tokio::sync::mpsc;
 
-use super::journal::{Durability, Inner, JournalConfig, Op, Queued, SessionOp, StoredRow, queued_delivery};
+use super::ops::{Op, Queued, SessionOp, Shared};
+use super::row::{StoredRow, queued_delivery};
+use super::settings::{Durability, JournalConfig};
 use super::{StoreError, unix_millis};
 use crate::mqtt::broker::{ClientId, Refusal, SpillLoad};
 
@@ -61,7 +63,7 @@ fn classify(e: rusqlite::Error) -> WriteFailure {
 
 pub(super) struct Writer {
     conn: Connection,
-    inner: std::sync::Weak<Inner>,
+    inner: std::sync::Weak<Shared>,
     config: JournalConfig,
     /// The INSERT statements of [`INSERT_SIZES`], by size.
     insert_sql: Vec<(usize, String)>,
@@ -84,7 +86,7 @@ impl Writer {
     pub(super) fn start(
         path: &Path,
         config: JournalConfig,
-        inner: std::sync::Weak<Inner>,
+        inner: std::sync::Weak<Shared>,
         ops: mpsc::UnboundedReceiver<Op>,
     ) -> Result<i64, StoreError> {
         let open = || -> rusqlite::Result<Connection> {
@@ -251,7 +253,7 @@ impl Writer {
     /// its id; a session change sent before it (a subscription before a publish) is durable no later than that
     /// message's acknowledgement. Then completes the appends (or refuses them all) and answers the read-backs.
     /// If the appends cannot be written (disk full, hard cap), the session changes are still saved, alone.
-    fn write(&mut self, inner: &Inner, appends: Vec<Queued>, sessions: Vec<SessionOp>) {
+    fn write(&mut self, inner: &Shared, appends: Vec<Queued>, sessions: Vec<SessionOp>) {
         if appends.is_empty() {
             self.save_sessions(sessions);
             return;
@@ -317,7 +319,7 @@ impl Writer {
     }
 
     /// Completes a batch of appends (or refuses them all) and gives their places in the journal's queue back.
-    fn completed(&mut self, inner: &Inner, appends: Vec<Queued>, result: Result<(), WriteFailure>) {
+    fn completed(&mut self, inner: &Shared, appends: Vec<Queued>, result: Result<(), WriteFailure>) {
         let count = appends.len();
         let places = appends.iter().map(|a| usize::try_from(a.places).unwrap_or(0)).sum();
         inner.permits.add_permits(places);
