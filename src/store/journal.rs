@@ -20,7 +20,7 @@ use sqlx::{Row, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 pub use super::ops::JournalStats;
-use super::ops::{Done, Op, Queued, SessionOp, Shared};
+use super::ops::{Answer, CursorCommit, Done, Op, Queued, SessionOp, Shared};
 use super::row::{StoredRow, queued_delivery};
 pub use super::settings::{Durability, JournalConfig, Retention};
 use super::writer::Writer;
@@ -62,7 +62,14 @@ impl Journal {
             Durability::Synced => SqliteSynchronous::Full,
             Durability::Batched { .. } | Durability::Off => SqliteSynchronous::Normal,
         };
-        let (pool, _recovered) = super::open(dir, Database::Journal, synchronous, config.max_pages).await?;
+        let (migrated, _recovered) =
+            super::open(dir, Database::Journal, synchronous, config.max_pages).await?;
+        let path = dir.join(super::JOURNAL_FILE);
+        // The writer thread is the only writer: the pool that checked, created and migrated the file goes, and
+        // readers get connections that refuse writes.
+        let pool = reader_pool(&path).await;
+        migrated.close().await;
+        let pool = pool?;
         let (ops, receiver) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             ops,
@@ -77,7 +84,6 @@ impl Journal {
             exclude: config.exclude.clone(),
             next_id: Mutex::new(0),
         });
-        let path = dir.join(super::JOURNAL_FILE);
         let next_id = Writer::start(&path, config.clone(), Arc::downgrade(&inner.shared), receiver)?;
         *inner.next_id.lock().unwrap_or_else(PoisonError::into_inner) = next_id;
         spawn_timer(Arc::downgrade(&inner), config.index_interval, || Op::Index(None));
@@ -191,6 +197,8 @@ impl Journal {
         rx.await.unwrap_or(0)
     }
 
+    /// The journal's readers (history, exports, consumers). Read-only (`query_only`): every write goes through
+    /// the writer thread, in order with the appends.
     pub fn pool(&self) -> &SqlitePool {
         &self.inner.pool
     }
@@ -223,28 +231,10 @@ impl Journal {
 
     /// The persistent sessions as of the last commit, with their subscriptions, for the broker to start with:
     /// their in-flight deliveries and the first `window` queued ones; the rest stay in the store, spilled.
-    /// Deliveries of sessions that were not persistent, and of messages no longer in the journal, are removed.
+    /// Deliveries of sessions that were not persistent, of messages no longer in the journal, and queued ones
+    /// whose message expired are removed, by the writer (`Op::Restore`, then one change per expired delivery).
     pub async fn sessions(&self, window: usize) -> Result<Vec<SessionRecord>, StoreError> {
-        let mut tx = self.inner.pool.begin().await?;
-        let orphans = sqlx::query(
-            "DELETE FROM session_messages WHERE client_id NOT IN (SELECT client_id FROM sessions) \
-             OR message_id NOT IN (SELECT id FROM messages)",
-        )
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if orphans > 0 {
-            tracing::info!(orphans, "queued deliveries of ended sessions or pruned messages removed");
-        }
-        sqlx::query(
-            "UPDATE session_messages SET spilled = (r.n > ?) FROM (SELECT seq AS s, ROW_NUMBER() OVER \
-             (PARTITION BY client_id ORDER BY seq) AS n FROM session_messages WHERE packet_id IS NULL) AS r \
-             WHERE session_messages.seq = r.s",
-        )
-        .bind(i64::try_from(window).unwrap_or(i64::MAX))
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        self.request(|done| Op::Restore { window, done }).await?;
         let mut records = Vec::new();
         let mut index = std::collections::HashMap::new();
         for row in sqlx::query("SELECT * FROM sessions").fetch_all(&self.inner.pool).await? {
@@ -315,7 +305,7 @@ impl Journal {
             let Some(delivery) =
                 delivery_from_row(&row, if packet_id.is_some() { i64::MIN / 2 } else { now })?
             else {
-                expired.push(row.try_get::<i64, _>("seq")?);
+                expired.push((ClientId::new(&client_id), row.try_get::<i64, _>("id")?));
                 continue;
             };
             record.messages.push(RestoredDelivery {
@@ -324,11 +314,11 @@ impl Journal {
                 released: row.try_get("released")?,
             });
         }
-        for seq in expired {
-            sqlx::query("DELETE FROM session_messages WHERE seq = ?")
-                .bind(seq)
-                .execute(&self.inner.pool)
-                .await?;
+        if !expired.is_empty() {
+            for (client, message_id) in expired {
+                self.session(SessionOp::Delivered { client, message_id });
+            }
+            self.flush().await;
         }
         for row in sqlx::query(
             "SELECT client_id, count(*) AS n FROM session_messages WHERE spilled = 1 GROUP BY client_id",
@@ -344,18 +334,12 @@ impl Journal {
         Ok(records)
     }
 
-    /// Stores a consumer's progress: it has processed everything up to and including `position`.
+    /// Stores a consumer's progress: it has processed everything up to and including `position`. The writer
+    /// commits it after the appends sent before it (never visible before the rows it covers), and it is durable
+    /// as the journal's durability says (with `synced`, on disk) when this returns.
     pub async fn commit_cursor(&self, name: &str, position: i64) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO cursors (name, position, updated) VALUES (?, ?, ?) \
-             ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated = excluded.updated",
-        )
-        .bind(name)
-        .bind(position)
-        .bind(unix_millis(SystemTime::now()))
-        .execute(&self.inner.pool)
-        .await?;
-        Ok(())
+        let name = name.to_owned();
+        self.request(|done| Op::Cursor(CursorCommit { name, position, done })).await
     }
 
     pub async fn cursor(&self, name: &str) -> Result<Option<i64>, StoreError> {
@@ -442,6 +426,18 @@ impl Durable for Journal {
 }
 
 impl Journal {
+    /// Sends the writer a request and waits for its answer.
+    async fn request<T>(&self, op: impl FnOnce(Answer<T>) -> Op) -> Result<T, StoreError> {
+        let (done, answer) = oneshot::channel();
+        if self.inner.ops.send(op(done)).is_err() {
+            return Err(StoreError::Writer("the journal is closed".into()));
+        }
+        match answer.await {
+            Ok(result) => result.map_err(StoreError::Writer),
+            Err(_) => Err(StoreError::Writer("the journal writer stopped".into())),
+        }
+    }
+
     /// Session changes never wait and are never dropped while the writer runs.
     fn session(&self, op: SessionOp) {
         let _ = self.inner.ops.send(Op::Session(op));
@@ -457,6 +453,26 @@ fn queued(client: &ClientId, message_id: i64, delivery: &Delivery, spilled: Opti
         sub_ids: delivery.subscription_ids.clone(),
         spilled,
     }
+}
+
+/// The journal's pool for readers: connections that refuse writes (`query_only`). A second writer beside the writer
+/// thread would contend with it for SQLite's write lock (waiting up to the busy timeout) and escape the order of its
+/// channel. None of the settings of [`super::connect_options`] either: WAL and incremental vacuum are properties of
+/// the file, set when it was created, and setting `auto_vacuum` on a connection writes the file's header, which
+/// would make every new reader connection wait for the writer's lock.
+async fn reader_pool(path: &std::path::Path) -> Result<SqlitePool, StoreError> {
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(false)
+        .busy_timeout(Duration::from_secs(10))
+        .pragma("query_only", "ON");
+    sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(4)
+        .min_connections(1)
+        .idle_timeout(None)
+        .connect_with(options)
+        .await
+        .map_err(|source| StoreError::Database { path: path.to_owned(), source })
 }
 
 fn spawn_timer(inner: std::sync::Weak<Inner>, every: Duration, op: fn() -> Op) {
@@ -524,6 +540,14 @@ mod tests {
                 None => return seen,
             }
         }
+    }
+
+    /// Writes `sql` to the journal's file on a connection of its own, as another program (or a crash) would:
+    /// the journal's pool refuses writes.
+    fn write_beside(dir: &std::path::Path, sql: &str) {
+        let file = rusqlite::Connection::open(dir.join(super::super::JOURNAL_FILE)).unwrap();
+        file.busy_timeout(Duration::from_secs(10)).unwrap();
+        file.execute_batch(sql).unwrap();
     }
 
     async fn count(j: &Journal) -> i64 {
@@ -656,7 +680,7 @@ mod tests {
             }
         }
         // Pruned rows leave the index too.
-        sqlx::query("DELETE FROM messages WHERE id <= 10").execute(j.pool()).await.unwrap();
+        write_beside(dir.path(), "DELETE FROM messages WHERE id <= 10");
         let dangling: i64 =
             sqlx::query_scalar("SELECT count(*) FROM topic_index WHERE id NOT IN (SELECT id FROM messages)")
                 .fetch_one(j.pool())
@@ -815,13 +839,12 @@ mod tests {
         // A session queue may refer to an id whose append never committed (the gateway died in between):
         // after a restart that id is not given to another message.
         let dangling = ids[ids.len() - 1] + 10;
-        sqlx::query(
-            "INSERT INTO session_messages (client_id, message_id, qos, retain) VALUES ('c', ?, 1, 0)",
-        )
-        .bind(dangling)
-        .execute(j.pool())
-        .await
-        .unwrap();
+        write_beside(
+            dir.path(),
+            &format!(
+                "INSERT INTO session_messages (client_id, message_id, qos, retain) VALUES ('c', {dangling}, 1, 0)"
+            ),
+        );
         j.close().await;
         let j = journal(dir.path(), |_| {}).await;
         let next = message("ids", "after", QoS::AtLeastOnce);
@@ -895,5 +918,91 @@ mod tests {
             sqlx::query_scalar("SELECT max(id) FROM messages").fetch_one(j.pool()).await.unwrap();
         assert_eq!(small.journal_id.get(), Some(&newest));
         assert!(newest > accepted + 1, "{newest} after {accepted} accepted and one refused");
+    }
+
+    #[tokio::test]
+    async fn only_the_writer_writes_the_journal_and_cursors_and_restarts_still_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = journal(dir.path(), |_| {}).await;
+        for i in 0..3 {
+            j.append_nowait(&message("one-writer", i.to_string(), QoS::AtMostOnce));
+        }
+        j.flush().await;
+        // A second writer beside the writer thread cannot come back unnoticed: the pool is for reading.
+        for sql in [
+            "INSERT INTO cursors (name, position, updated) VALUES ('sneaky', 1, 0)",
+            "DELETE FROM messages",
+            "DELETE FROM session_messages",
+        ] {
+            assert!(sqlx::query(sql).execute(j.pool()).await.is_err(), "{sql} was allowed");
+        }
+        j.commit_cursor("kafka:a", 2).await.unwrap();
+        assert_eq!(j.cursor("kafka:a").await.unwrap(), Some(2));
+        assert_eq!(count(&j).await, 3);
+        j.close().await;
+
+        // A crash left a queued delivery of a session that no longer exists: start-up removes it.
+        write_beside(
+            dir.path(),
+            "INSERT INTO session_messages (client_id, message_id, qos, retain) VALUES ('gone', 1, 1, 0)",
+        );
+        let j = journal(dir.path(), |_| {}).await;
+        assert!(j.sessions(10).await.unwrap().is_empty());
+        let left: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM session_messages").fetch_one(j.pool()).await.unwrap();
+        assert_eq!(left, 0, "the start-up cleanup ran");
+        assert!(
+            sqlx::query("DELETE FROM cursors").execute(j.pool()).await.is_err(),
+            "read-only after a restart"
+        );
+        assert_eq!(j.cursor("kafka:a").await.unwrap(), Some(2), "the cursor survived the restart");
+        j.commit_cursor("kafka:a", 3).await.unwrap();
+        assert_eq!(j.cursor("kafka:a").await.unwrap(), Some(3));
+        j.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_cursor_commit_is_never_visible_before_the_rows_it_covers() {
+        let dir = tempfile::tempdir().unwrap();
+        // One append per commit: 2,000 commits stand between the first append and the last.
+        let j = journal(dir.path(), |c| c.max_batch = 1).await;
+        let watcher = {
+            let pool = j.pool().clone();
+            tokio::spawn(async move {
+                // Until the cursor appears, then once more: whenever it is visible, so is every row it covers.
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                loop {
+                    let (position, covered): (Option<i64>, i64) = sqlx::query_as(
+                        "SELECT (SELECT position FROM cursors WHERE name = 'kafka:order'), \
+                         (SELECT count(*) FROM messages WHERE id <= \
+                          (SELECT position FROM cursors WHERE name = 'kafka:order'))",
+                    )
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                    if position.is_some() {
+                        return covered;
+                    }
+                    assert!(tokio::time::Instant::now() < deadline, "the cursor never appeared");
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        let mut last = 0;
+        for i in 0..2000 {
+            let m = message("order", i.to_string(), QoS::AtMostOnce);
+            j.append_nowait(&m);
+            last = *m.journal_id.get().unwrap();
+        }
+        j.commit_cursor("kafka:order", last).await.unwrap();
+        let covered: i64 = sqlx::query_scalar("SELECT count(*) FROM messages WHERE id <= ?")
+            .bind(last)
+            .fetch_one(j.pool())
+            .await
+            .unwrap();
+        assert_eq!(covered, 2000, "commit returned only after the rows it covers were committed");
+        assert_eq!(watcher.await.unwrap(), 2000, "the cursor was never visible before its rows");
+        assert_eq!(j.stats().dropped_qos0.load(Ordering::Relaxed), 0);
+        j.close().await;
     }
 }

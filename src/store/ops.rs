@@ -58,6 +58,29 @@ pub(super) enum Op {
     Index(Option<oneshot::Sender<()>>),
     /// Commit what is queued, then stop the writer and release its connection.
     Close(oneshot::Sender<()>),
+    /// A durable consumer's progress. Committed in the transaction of its batch's session changes, after the
+    /// batch's appends: a cursor is never visible before the rows it covers that were sent before it.
+    Cursor(CursorCommit),
+    /// The start-up cleanup of the session queues, before they are read back to be restored: deliveries of
+    /// sessions that are not persistent and of messages no longer in the journal are removed, and each session's
+    /// queued deliveries beyond the first `window` are marked spilled. Answered with the number removed. Sent
+    /// before the broker starts, so no session change of the broker's is in its batch.
+    Restore {
+        window: usize,
+        done: Answer<u64>,
+    },
+}
+
+/// Told once a request is committed (with `synced`, on disk), or why it failed.
+pub(super) type Answer<T> = oneshot::Sender<Result<T, String>>;
+
+/// A durable consumer's cursor, committed by the writer.
+#[derive(Debug)]
+pub(super) struct CursorCommit {
+    pub(super) name: String,
+    /// The last journal id the consumer has fully processed.
+    pub(super) position: i64,
+    pub(super) done: Answer<()>,
 }
 
 /// Told when an append is committed, or why it was refused.
