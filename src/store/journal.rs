@@ -1,6 +1,8 @@
 //! The message journal: every accepted message, appended by one writer task with group commit.
 //!
-//! Appends queue up on a bounded channel. The writer takes everything waiting (up to `max_batch`), inserts it in
+//! The writer thread (`store/writer.rs`) is the only writer of `journal.sqlite`: appends, session changes, cursor
+//! commits and the start-up cleanup reach it in order on one channel (appends bounded by places in its queue), and
+//! this handle's pool is read-only. The writer takes everything waiting (up to `max_batch`), inserts it in
 //! one transaction with multi-row INSERTs and commits once: with `synchronous = FULL` that is one fsync for the
 //! whole group, so durability costs one sync per batch rather than per message, and batches grow by themselves
 //! when load rises. Only then are the waiting publishers told their messages are durable (and acknowledged).
