@@ -1,18 +1,18 @@
 //! Reading the journal back: history queries with MQTT topic filters, time ranges and keyset pagination, and
 //! numeric time series for charts.
 //!
-//! A topic filter is turned into an index range on its literal prefix (the part before the first wildcard); the
-//! rows in that range are then matched with the MQTT rules in Rust. Pages are keyset-paginated on the journal id,
+//! A topic filter is turned into an index range on its literal prefix (the levels before the first wildcard, and
+//! for `a/#` the parent topic `a`); the rows in that range are then matched with the MQTT rules in Rust. Pages are keyset-paginated on the journal id,
 //! so reading page 1,000 costs what reading page 1 does, and an export streams page by page in constant memory.
 
 use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 
 use super::StoreError;
 use crate::mqtt::codec::topic;
 
-/// Rows fetched per round trip while filling a page.
-const FETCH: i64 = 500;
+/// The most rows fetched per round trip while filling a page (fewer when the page needs fewer).
+const FETCH: usize = 500;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Order {
@@ -119,30 +119,47 @@ pub struct Page {
     pub messages: Vec<StoredMessage>,
     /// Pass as `after` to get the next page; `None` at the end.
     pub next: Option<i64>,
+    /// Rows read from the database to fill this page, matching the filter or not: what the page cost. With a
+    /// topic constraint, about the matching rows; `#` and `+/...` read the journal in id order.
+    pub rows_read: u64,
 }
 
 /// Runs a history query.
 pub async fn query(pool: &SqlitePool, q: &HistoryQuery) -> Result<Page, StoreError> {
+    let mut conn = pool.acquire().await?;
+    query_on(&mut conn, q).await
+}
+
+/// Runs a history query on one connection: inside a transaction, several queries see the same snapshot of the
+/// journal (a consumer with several filters merges their pages).
+pub async fn query_on(conn: &mut SqliteConnection, q: &HistoryQuery) -> Result<Page, StoreError> {
     if !topic::valid_topic_filter(&q.filter) {
         return Err(StoreError::InvalidQuery(format!("{:?} is not a valid topic filter", q.filter)));
     }
     let limit = q.limit.clamp(1, 10_000);
     let literal = !q.filter.contains(['+', '#']);
-    // Without its trailing `/`, so that `a/#` also finds `a` itself; the MQTT match below sorts out the rest.
-    let prefix: String = q.filter.split(['+', '#']).next().unwrap_or("").trim_end_matches('/').to_owned();
+    // The levels before the first wildcard, with their trailing `/` (`a/b/` for `a/b/+` or `a/b/#`), so that the
+    // range holds no sibling that merely starts alike (`a/bc`); `a/b/#` also matches `a/b` itself, the parent.
+    // The MQTT match below sorts out the rest.
+    let prefix = q.filter.split(['+', '#']).next().unwrap_or("");
+    let parent = match q.filter.strip_suffix('#') {
+        Some(rest) if rest == prefix => prefix.strip_suffix('/').filter(|p| !p.is_empty()),
+        _ => None,
+    };
     let mut messages = Vec::with_capacity(limit.min(1024));
     let mut position = q.after;
+    let mut rows_read = 0u64;
     // A topic constraint uses the topic index up to where the writer has filled it, and scans the rows after it
     // (about the last second); without one (`#`, `+/...`), the journal is read in id order.
     let topic_range = match (literal, prefix.is_empty()) {
         (true, _) => Some((q.filter.clone(), None)),
-        (false, false) => Some((prefix.clone(), Some(format!("{prefix}\u{10FFFF}")))),
+        (false, false) => Some((prefix.to_owned(), Some(format!("{prefix}\u{10FFFF}")))),
         (false, true) => None,
     };
     let indexed_upto: i64 = match topic_range {
         Some(_) => {
             sqlx::query_scalar("SELECT coalesce(max(value), 0) FROM journal_state WHERE key = 'topic_index'")
-                .fetch_one(pool)
+                .fetch_one(&mut *conn)
                 .await?
         }
         None => 0,
@@ -150,6 +167,9 @@ pub async fn query(pool: &SqlitePool, q: &HistoryQuery) -> Result<Page, StoreErr
     loop {
         let mut rows = Vec::new();
         let mut more = false;
+        // What the page still needs: a small page (a consumer's batch) reads no more rows than it may use, unless
+        // rows in the range do not match (`+`), which the next round reads past.
+        let fetch = FETCH.min(limit - messages.len());
         let parts: &[Part] = match topic_range {
             Some(_) => &[Part::Indexed, Part::Tail],
             None => &[Part::All],
@@ -176,8 +196,13 @@ pub async fn query(pool: &SqlitePool, q: &HistoryQuery) -> Result<Page, StoreErr
                     }
                     // Every topic starting with `prefix` sorts in [prefix, prefix + U+10FFFF).
                     Some(to) => {
-                        sql.push(format_args!(" AND {column}.topic >= ")).push_bind(from.clone());
+                        sql.push(format_args!(" AND (({column}.topic >= ")).push_bind(from.clone());
                         sql.push(format_args!(" AND {column}.topic < ")).push_bind(to.clone());
+                        sql.push(")");
+                        if let Some(parent) = parent {
+                            sql.push(format_args!(" OR {column}.topic = ")).push_bind(parent.to_owned());
+                        }
+                        sql.push(")");
                     }
                 }
             }
@@ -200,20 +225,21 @@ pub async fn query(pool: &SqlitePool, q: &HistoryQuery) -> Result<Page, StoreErr
                 Order::NewestFirst => format!(" ORDER BY {column}.id DESC"),
                 Order::OldestFirst => format!(" ORDER BY {column}.id ASC"),
             });
-            sql.push(" LIMIT ").push_bind(FETCH);
-            let part_rows = sql.build().fetch_all(pool).await?;
-            more |= part_rows.len() == FETCH as usize;
+            sql.push(" LIMIT ").push_bind(i64::try_from(fetch).unwrap_or(i64::MAX));
+            let part_rows = sql.build().fetch_all(&mut *conn).await?;
+            more |= part_rows.len() == fetch;
+            rows_read += part_rows.len() as u64;
             for row in part_rows {
                 rows.push(stored(&row)?);
             }
         }
-        // Both parts in one order; beyond FETCH, the rest comes again with the next round's bound.
+        // Both parts in one order; beyond `fetch`, the rest comes again with the next round's bound.
         match q.order {
             Order::NewestFirst => rows.sort_by_key(|m| std::cmp::Reverse(m.id)),
             Order::OldestFirst => rows.sort_by_key(|m| m.id),
         }
-        if rows.len() > FETCH as usize {
-            rows.truncate(FETCH as usize);
+        if rows.len() > fetch {
+            rows.truncate(fetch);
             more = true;
         }
         for message in rows {
@@ -221,12 +247,12 @@ pub async fn query(pool: &SqlitePool, q: &HistoryQuery) -> Result<Page, StoreErr
             if literal || topic::matches(&q.filter, &message.topic) {
                 messages.push(message);
                 if messages.len() == limit {
-                    return Ok(Page { next: position, messages });
+                    return Ok(Page { next: position, messages, rows_read });
                 }
             }
         }
         if !more {
-            return Ok(Page { messages, next: None });
+            return Ok(Page { messages, next: None, rows_read });
         }
     }
 }

@@ -1,6 +1,8 @@
 //! The message journal: every accepted message, appended by one writer task with group commit.
 //!
-//! Appends queue up on a bounded channel. The writer takes everything waiting (up to `max_batch`), inserts it in
+//! The writer thread (`store/writer.rs`) is the only writer of `journal.sqlite`: appends, session changes, cursor
+//! commits and the start-up cleanup reach it in order on one channel (appends bounded by places in its queue), and
+//! this handle's pool is read-only. The writer takes everything waiting (up to `max_batch`), inserts it in
 //! one transaction with multi-row INSERTs and commits once: with `synchronous = FULL` that is one fsync for the
 //! whole group, so durability costs one sync per batch rather than per message, and batches grow by themselves
 //! when load rises. Only then are the waiting publishers told their messages are durable (and acknowledged).
@@ -11,7 +13,7 @@
 //! the oldest go regardless, and if that is not enough new QoS 1/2 messages are refused (the client sees it).
 //! Freed pages are returned to the file system with `PRAGMA incremental_vacuum`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -19,102 +21,17 @@ use sqlx::sqlite::SqliteSynchronous;
 use sqlx::{Row, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
+pub use super::ops::JournalStats;
+use super::ops::{Answer, CursorCommit, Done, Op, Queued, SessionOp, Shared};
+use super::row::{StoredRow, queued_delivery};
+pub use super::settings::{Durability, JournalConfig, Retention};
+use super::writer::Writer;
 use super::{Database, StoreError, unix_millis};
 use crate::mqtt::broker::{
-    ClientId, Completion, Delivery, Durable, Message, MessageProperties, Refusal, RestoredDelivery,
-    SessionRecord, SpillLoad, Will,
+    ClientId, Completion, Delivery, Durable, Message, Refusal, RestoredDelivery, SessionRecord, SpillLoad,
+    Will,
 };
 use crate::mqtt::codec::{QoS, RetainHandling, SubscribeFilter, SubscriptionOptions, topic};
-
-/// How accepted messages are made durable. The trade-off between safety and speed, explicitly.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Durability {
-    /// The default. QoS 1/2 are acknowledged only after their group's commit is synced to disk: nothing
-    /// acknowledged is lost, even on power loss.
-    Synced,
-    /// Acknowledged after commit without a sync; the log is synced at least every `window`. Survives a crash
-    /// or kill -9 of the gateway; a power cut may lose the last `window` of messages.
-    Batched { window: Duration },
-    /// No journal and no history: acknowledged at once, as Mosquitto does without persistence.
-    Off,
-}
-
-#[derive(Debug, Clone)]
-pub struct Retention {
-    pub max_age: Option<Duration>,
-    /// Prune the oldest rows (that no cursor needs) while the journal file is larger than this.
-    pub max_bytes: Option<u64>,
-    /// Beyond this the oldest rows go even if a cursor needs them, and if the file is still larger, QoS 1/2
-    /// messages are refused until space returns.
-    pub hard_cap_bytes: Option<u64>,
-    pub prune_interval: Duration,
-}
-
-impl Default for Retention {
-    fn default() -> Retention {
-        Retention {
-            max_age: Some(Duration::from_secs(30 * 24 * 3600)),
-            max_bytes: Some(1024 * 1024 * 1024),
-            hard_cap_bytes: Some(2 * 1024 * 1024 * 1024),
-            prune_interval: Duration::from_secs(10),
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct JournalConfig {
-    pub durability: Durability,
-    /// Topic filters recorded; empty means all.
-    pub include: Vec<String>,
-    /// Topic filters not recorded, even if included.
-    pub exclude: Vec<String>,
-    /// Most messages in one transaction.
-    pub max_batch: usize,
-    /// Places for appends waiting for the writer, before publishers are slowed down (QoS 1/2) or QoS 0 is not
-    /// recorded. A message takes one place per started KiB of topic and payload (most take one), so this bounds
-    /// both how many messages wait and how much memory they hold: 16,384 places, at most 16 MiB of payloads.
-    pub queue: usize,
-    pub retention: Retention,
-    /// SQLite's `max_page_count`: beyond this many pages the database reports itself full, exactly as on a
-    /// full disk. A safety net below the file system's own limit; `None` leaves SQLite's default.
-    pub max_pages: Option<u32>,
-    /// How often the writer adds the newest rows to the topic index (history queries scan the rows after it).
-    /// Short steps keep the pause each one causes short: 250 ms roughly halved the QoS 1 p99.9 at 12.6k msg/s
-    /// against 1 s (docs/BENCHMARKS.md).
-    pub index_interval: Duration,
-    /// The shortest time between the starts of two commits while appends arrive from several publishers (a lone
-    /// publisher waiting for each acknowledgement is never held back). Fewer, larger commits cost less CPU; the
-    /// price is at most this much on an acknowledgement, never on a delivery.
-    pub commit_interval: Duration,
-}
-
-impl Default for JournalConfig {
-    fn default() -> JournalConfig {
-        JournalConfig {
-            durability: Durability::Synced,
-            include: Vec::new(),
-            exclude: vec!["$SYS/#".into()],
-            max_batch: 4096,
-            queue: 16 * 1024,
-            retention: Retention::default(),
-            max_pages: None,
-            index_interval: Duration::from_millis(250),
-            commit_interval: Duration::from_millis(2),
-        }
-    }
-}
-
-/// Counters for `$SYS`, the console and benchmarks.
-#[derive(Debug, Default)]
-pub struct JournalStats {
-    pub appended: AtomicU64,
-    pub batches: AtomicU64,
-    /// QoS 0 messages not recorded because the writer was behind.
-    pub dropped_qos0: AtomicU64,
-    /// QoS 1/2 messages refused (disk full or hard cap).
-    pub refused: AtomicU64,
-    pub pruned: AtomicU64,
-}
 
 /// A handle to the journal: cheap to clone.
 #[derive(Debug, Clone)]
@@ -123,74 +40,20 @@ pub struct Journal {
 }
 
 #[derive(Debug)]
-pub(super) struct Inner {
+struct Inner {
     /// To the writer thread, in order: appends, session changes, and control. Unbounded, so that session
-    /// changes never block the router; appends are bounded by `permits` instead.
+    /// changes never block the router; appends are bounded by `shared.permits` instead.
     ops: mpsc::UnboundedSender<Op>,
-    /// Places for appends waiting for the writer (`JournalConfig::queue`): an appender takes its message's
-    /// [`Queued::places`], the writer gives them back once the append is committed or refused.
-    pub(super) permits: tokio::sync::Semaphore,
+    /// The places in the writer's queue, the counters and the refusing flag, which the writer updates.
+    shared: Arc<Shared>,
     /// `JournalConfig::queue`: no message takes more places than there are.
     places: u32,
     pool: SqlitePool,
     include: Vec<String>,
     exclude: Vec<String>,
-    pub(super) stats: JournalStats,
-    /// Set while the disk is full or the hard cap is reached; cleared by the next successful commit.
-    pub(super) refusing: AtomicBool,
     /// The id the next append gets. Held while that append is sent, so that ids reach the writer (and are
     /// committed) in ascending order: a reader that has seen id n never later finds a row below it appear.
     next_id: Mutex<i64>,
-}
-
-/// A change to a session's stored state, applied in the order the router made them.
-#[derive(Debug)]
-pub(super) enum SessionOp {
-    Save(Box<SessionRecord>),
-    Remove(ClientId),
-    Subscribe(ClientId, SubscribeFilter, Option<u32>),
-    Unsubscribe(ClientId, String),
-    /// A QoS 1/2 delivery queued; `spilled` (with the queue's generation) if it waits only here.
-    Queued {
-        client: ClientId,
-        message_id: i64,
-        qos: QoS,
-        retain: bool,
-        sub_ids: Vec<u32>,
-        spilled: Option<u64>,
-    },
-    InFlight {
-        client: ClientId,
-        message_id: i64,
-        packet_id: u16,
-        released: bool,
-    },
-    Delivered {
-        client: ClientId,
-        message_id: i64,
-    },
-    Load {
-        client: ClientId,
-        generation: u64,
-        limit: usize,
-        keep: bool,
-        done: oneshot::Sender<SpillLoad>,
-    },
-    Discard(ClientId),
-}
-
-#[derive(Debug)]
-pub(super) enum Op {
-    Append(Queued),
-    Session(SessionOp),
-    Prune(Option<oneshot::Sender<u64>>),
-    Checkpoint,
-    Flush(oneshot::Sender<()>),
-    /// Add the newest rows to the topic index: everything committed so far (and answer), or, from the timer,
-    /// what is due.
-    Index(Option<oneshot::Sender<()>>),
-    /// Commit what is queued, then stop the writer and release its connection.
-    Close(oneshot::Sender<()>),
 }
 
 impl Journal {
@@ -201,21 +64,29 @@ impl Journal {
             Durability::Synced => SqliteSynchronous::Full,
             Durability::Batched { .. } | Durability::Off => SqliteSynchronous::Normal,
         };
-        let (pool, _recovered) = super::open(dir, Database::Journal, synchronous, config.max_pages).await?;
+        let (migrated, _recovered) =
+            super::open(dir, Database::Journal, synchronous, config.max_pages).await?;
+        let path = dir.join(super::JOURNAL_FILE);
+        // The writer thread is the only writer: the pool that checked, created and migrated the file goes, and
+        // readers get connections that refuse writes.
+        let pool = reader_pool(&path).await;
+        migrated.close().await;
+        let pool = pool?;
         let (ops, receiver) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             ops,
-            permits: tokio::sync::Semaphore::new(config.queue.max(1)),
+            shared: Arc::new(Shared {
+                permits: tokio::sync::Semaphore::new(config.queue.max(1)),
+                stats: JournalStats::default(),
+                refusing: AtomicBool::new(false),
+            }),
             places: u32::try_from(config.queue.max(1)).unwrap_or(u32::MAX),
             pool,
             include: config.include.clone(),
             exclude: config.exclude.clone(),
-            stats: JournalStats::default(),
-            refusing: AtomicBool::new(false),
             next_id: Mutex::new(0),
         });
-        let path = dir.join(super::JOURNAL_FILE);
-        let next_id = super::writer::Writer::start(&path, config.clone(), Arc::downgrade(&inner), receiver)?;
+        let next_id = Writer::start(&path, config.clone(), Arc::downgrade(&inner.shared), receiver)?;
         *inner.next_id.lock().unwrap_or_else(PoisonError::into_inner) = next_id;
         spawn_timer(Arc::downgrade(&inner), config.index_interval, || Op::Index(None));
         spawn_timer(Arc::downgrade(&inner), config.retention.prune_interval, || Op::Prune(None));
@@ -241,7 +112,7 @@ impl Journal {
         }
         // Waits while the writer's queue is full: backpressure on publishers faster than the disk.
         let places = self.places(message);
-        match self.inner.permits.acquire_many(places).await {
+        match self.inner.shared.permits.acquire_many(places).await {
             Ok(permit) => permit.forget(),
             Err(_) => {
                 let _ = done.send(Err(Refusal::Unavailable));
@@ -286,13 +157,13 @@ impl Journal {
             return;
         }
         let places = self.places(message);
-        let Ok(permit) = self.inner.permits.try_acquire_many(places) else {
-            self.inner.stats.dropped_qos0.fetch_add(1, Ordering::Relaxed);
+        let Ok(permit) = self.inner.shared.permits.try_acquire_many(places) else {
+            self.inner.shared.stats.dropped_qos0.fetch_add(1, Ordering::Relaxed);
             return;
         };
         permit.forget();
         if self.send_append(message, places, None).is_err() {
-            self.inner.stats.dropped_qos0.fetch_add(1, Ordering::Relaxed);
+            self.inner.shared.stats.dropped_qos0.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -328,17 +199,19 @@ impl Journal {
         rx.await.unwrap_or(0)
     }
 
+    /// The journal's readers (history, exports, consumers). Read-only (`query_only`): every write goes through
+    /// the writer thread, in order with the appends.
     pub fn pool(&self) -> &SqlitePool {
         &self.inner.pool
     }
 
     pub fn stats(&self) -> &JournalStats {
-        &self.inner.stats
+        &self.inner.shared.stats
     }
 
     /// True while the journal refuses QoS 1/2 (disk full or hard cap); cleared as soon as a commit succeeds.
     pub fn is_refusing(&self) -> bool {
-        self.inner.refusing.load(Ordering::Relaxed)
+        self.inner.shared.refusing.load(Ordering::Relaxed)
     }
 
     /// The retained messages as of the last commit, for the broker to start with. Messages whose expiry interval
@@ -360,28 +233,10 @@ impl Journal {
 
     /// The persistent sessions as of the last commit, with their subscriptions, for the broker to start with:
     /// their in-flight deliveries and the first `window` queued ones; the rest stay in the store, spilled.
-    /// Deliveries of sessions that were not persistent, and of messages no longer in the journal, are removed.
+    /// Deliveries of sessions that were not persistent, of messages no longer in the journal, and queued ones
+    /// whose message expired are removed, by the writer (`Op::Restore`, then one change per expired delivery).
     pub async fn sessions(&self, window: usize) -> Result<Vec<SessionRecord>, StoreError> {
-        let mut tx = self.inner.pool.begin().await?;
-        let orphans = sqlx::query(
-            "DELETE FROM session_messages WHERE client_id NOT IN (SELECT client_id FROM sessions) \
-             OR message_id NOT IN (SELECT id FROM messages)",
-        )
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if orphans > 0 {
-            tracing::info!(orphans, "queued deliveries of ended sessions or pruned messages removed");
-        }
-        sqlx::query(
-            "UPDATE session_messages SET spilled = (r.n > ?) FROM (SELECT seq AS s, ROW_NUMBER() OVER \
-             (PARTITION BY client_id ORDER BY seq) AS n FROM session_messages WHERE packet_id IS NULL) AS r \
-             WHERE session_messages.seq = r.s",
-        )
-        .bind(i64::try_from(window).unwrap_or(i64::MAX))
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        self.request(|done| Op::Restore { window, done }).await?;
         let mut records = Vec::new();
         let mut index = std::collections::HashMap::new();
         for row in sqlx::query("SELECT * FROM sessions").fetch_all(&self.inner.pool).await? {
@@ -452,7 +307,7 @@ impl Journal {
             let Some(delivery) =
                 delivery_from_row(&row, if packet_id.is_some() { i64::MIN / 2 } else { now })?
             else {
-                expired.push(row.try_get::<i64, _>("seq")?);
+                expired.push((ClientId::new(&client_id), row.try_get::<i64, _>("id")?));
                 continue;
             };
             record.messages.push(RestoredDelivery {
@@ -461,11 +316,11 @@ impl Journal {
                 released: row.try_get("released")?,
             });
         }
-        for seq in expired {
-            sqlx::query("DELETE FROM session_messages WHERE seq = ?")
-                .bind(seq)
-                .execute(&self.inner.pool)
-                .await?;
+        if !expired.is_empty() {
+            for (client, message_id) in expired {
+                self.session(SessionOp::Delivered { client, message_id });
+            }
+            self.flush().await;
         }
         for row in sqlx::query(
             "SELECT client_id, count(*) AS n FROM session_messages WHERE spilled = 1 GROUP BY client_id",
@@ -481,18 +336,12 @@ impl Journal {
         Ok(records)
     }
 
-    /// Stores a consumer's progress: it has processed everything up to and including `position`.
+    /// Stores a consumer's progress: it has processed everything up to and including `position`. The writer
+    /// commits it after the appends sent before it (never visible before the rows it covers), and it is durable
+    /// as the journal's durability says (with `synced`, on disk) when this returns.
     pub async fn commit_cursor(&self, name: &str, position: i64) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO cursors (name, position, updated) VALUES (?, ?, ?) \
-             ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated = excluded.updated",
-        )
-        .bind(name)
-        .bind(position)
-        .bind(unix_millis(SystemTime::now()))
-        .execute(&self.inner.pool)
-        .await?;
-        Ok(())
+        let name = name.to_owned();
+        self.request(|done| Op::Cursor(CursorCommit { name, position, done })).await
     }
 
     pub async fn cursor(&self, name: &str) -> Result<Option<i64>, StoreError> {
@@ -579,6 +428,18 @@ impl Durable for Journal {
 }
 
 impl Journal {
+    /// Sends the writer a request and waits for its answer.
+    async fn request<T>(&self, op: impl FnOnce(Answer<T>) -> Op) -> Result<T, StoreError> {
+        let (done, answer) = oneshot::channel();
+        if self.inner.ops.send(op(done)).is_err() {
+            return Err(StoreError::Writer("the journal is closed".into()));
+        }
+        match answer.await {
+            Ok(result) => result.map_err(StoreError::Writer),
+            Err(_) => Err(StoreError::Writer("the journal writer stopped".into())),
+        }
+    }
+
     /// Session changes never wait and are never dropped while the writer runs.
     fn session(&self, op: SessionOp) {
         let _ = self.inner.ops.send(Op::Session(op));
@@ -596,6 +457,26 @@ fn queued(client: &ClientId, message_id: i64, delivery: &Delivery, spilled: Opti
     }
 }
 
+/// The journal's pool for readers: connections that refuse writes (`query_only`). A second writer beside the writer
+/// thread would contend with it for SQLite's write lock (waiting up to the busy timeout) and escape the order of its
+/// channel. None of the settings of [`super::connect_options`] either: WAL and incremental vacuum are properties of
+/// the file, set when it was created, and setting `auto_vacuum` on a connection writes the file's header, which
+/// would make every new reader connection wait for the writer's lock.
+async fn reader_pool(path: &std::path::Path) -> Result<SqlitePool, StoreError> {
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(false)
+        .busy_timeout(Duration::from_secs(10))
+        .pragma("query_only", "ON");
+    sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(4)
+        .min_connections(1)
+        .idle_timeout(None)
+        .connect_with(options)
+        .await
+        .map_err(|source| StoreError::Database { path: path.to_owned(), source })
+}
+
 fn spawn_timer(inner: std::sync::Weak<Inner>, every: Duration, op: fn() -> Op) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
@@ -608,92 +489,6 @@ fn spawn_timer(inner: std::sync::Weak<Inner>, every: Duration, op: fn() -> Op) {
             let _ = inner.ops.send(op());
         }
     });
-}
-
-/// A row of `messages` as read back, by either connection type.
-#[derive(Debug)]
-pub(super) struct StoredRow {
-    id: i64,
-    ts: i64,
-    topic: String,
-    payload: Vec<u8>,
-    qos: i64,
-    client_id: Option<String>,
-    username: Option<String>,
-    payload_format: Option<i64>,
-    expiry_interval: Option<i64>,
-    content_type: Option<String>,
-    response_topic: Option<String>,
-    correlation_data: Option<Vec<u8>>,
-    user_properties: Option<String>,
-}
-
-impl StoredRow {
-    fn from_sqlx(row: &sqlx::sqlite::SqliteRow) -> Result<StoredRow, sqlx::Error> {
-        Ok(StoredRow {
-            id: row.try_get("id")?,
-            ts: row.try_get("ts")?,
-            topic: row.try_get("topic")?,
-            payload: row.try_get("payload")?,
-            qos: row.try_get("qos")?,
-            client_id: row.try_get("client_id")?,
-            username: row.try_get("username")?,
-            payload_format: row.try_get("payload_format")?,
-            expiry_interval: row.try_get("expiry_interval")?,
-            content_type: row.try_get("content_type")?,
-            response_topic: row.try_get("response_topic")?,
-            correlation_data: row.try_get("correlation_data")?,
-            user_properties: row.try_get("user_properties")?,
-        })
-    }
-
-    pub(super) fn from_rusqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
-        Ok(StoredRow {
-            id: row.get("id")?,
-            ts: row.get("ts")?,
-            topic: row.get("topic")?,
-            payload: row.get("payload")?,
-            qos: row.get("qos")?,
-            client_id: row.get("client_id")?,
-            username: row.get("username")?,
-            payload_format: row.get("payload_format")?,
-            expiry_interval: row.get("expiry_interval")?,
-            content_type: row.get("content_type")?,
-            response_topic: row.get("response_topic")?,
-            correlation_data: row.get("correlation_data")?,
-            user_properties: row.get("user_properties")?,
-        })
-    }
-
-    /// Rebuilds the journaled message. `None` if its expiry interval has run out by `now` (counting the time the
-    /// gateway was down); otherwise it keeps what remains of it.
-    pub(super) fn into_message(self, now: i64, retain: bool) -> Option<Message> {
-        let remaining = match self.expiry_interval {
-            Some(e) => match u32::try_from(e - (now - self.ts) / 1000) {
-                Ok(r) if r > 0 => Some(r),
-                _ => return None,
-            },
-            None => None,
-        };
-        let qos = QoS::from_u8(u8::try_from(self.qos).unwrap_or(0)).unwrap_or_default();
-        let mut message = Message::new(&self.topic, self.payload, qos, retain);
-        message.origin = self.client_id.map(|c| ClientId::new(&c));
-        message.username = self.username.map(Arc::from);
-        message.properties = MessageProperties {
-            payload_format_indicator: self.payload_format.and_then(|p| u8::try_from(p).ok()),
-            message_expiry_interval: remaining,
-            content_type: self.content_type,
-            response_topic: self.response_topic,
-            correlation_data: self.correlation_data.map(bytes::Bytes::from),
-            user_properties: self
-                .user_properties
-                .and_then(|j| serde_json::from_str(&j).ok())
-                .unwrap_or_default(),
-        }
-        .boxed();
-        let _ = message.journal_id.set(self.id);
-        Some(message)
-    }
 }
 
 /// Rebuilds a journaled message from a sqlx row. `None` if its expiry interval has run out.
@@ -716,35 +511,10 @@ fn delivery_from_row(row: &sqlx::sqlite::SqliteRow, now: i64) -> Result<Option<D
     )))
 }
 
-/// A delivery as `session_messages` keeps it: the QoS and RETAIN flag this subscriber gets, and its
-/// subscription identifiers as a JSON array.
-pub(super) fn queued_delivery(message: Message, qos: i64, retain: bool, sub_ids: Option<String>) -> Delivery {
-    Delivery {
-        message: Arc::new(message),
-        qos: u8::try_from(qos).ok().and_then(QoS::from_u8).unwrap_or_default(),
-        retain,
-        subscription_ids: sub_ids.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default(),
-    }
-}
-
-/// Told when an append is committed, or why it was refused.
-type Done = oneshot::Sender<Result<(), Refusal>>;
-
-/// An append on its way to the writer and then waiting for its batch's commit.
-#[derive(Debug)]
-pub(super) struct Queued {
-    /// Its row id, given when it was sent (`Inner::next_id`).
-    pub(super) id: i64,
-    pub(super) ts: i64,
-    pub(super) message: Arc<Message>,
-    /// Its places in the writer's queue ([`Journal::places`]).
-    pub(super) places: u32,
-    pub(super) done: Option<Done>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mqtt::broker::MessageProperties;
     use crate::store::history::{self, HistoryQuery, Order};
 
     async fn journal(dir: &std::path::Path, adjust: impl FnOnce(&mut JournalConfig)) -> Journal {
@@ -772,6 +542,14 @@ mod tests {
                 None => return seen,
             }
         }
+    }
+
+    /// Writes `sql` to the journal's file on a connection of its own, as another program (or a crash) would:
+    /// the journal's pool refuses writes.
+    fn write_beside(dir: &std::path::Path, sql: &str) {
+        let file = rusqlite::Connection::open(dir.join(super::super::JOURNAL_FILE)).unwrap();
+        file.busy_timeout(Duration::from_secs(10)).unwrap();
+        file.execute_batch(sql).unwrap();
     }
 
     async fn count(j: &Journal) -> i64 {
@@ -867,7 +645,7 @@ mod tests {
     async fn queries_read_the_topic_index_and_the_rows_after_it_alike() {
         let dir = tempfile::tempdir().unwrap();
         let j = journal(dir.path(), |c| c.index_interval = Duration::from_secs(3600)).await;
-        let topics = ["t/1", "t/2", "t/1/x", "u/2", "t"];
+        let topics = ["t/1", "t/2", "t/1/x", "u/2", "t", "t1"];
         let mut all = Vec::new();
         for i in 0..1900 {
             if i == 1200 {
@@ -886,7 +664,7 @@ mod tests {
         .await
         .unwrap();
         assert!(indexed > 1000 && indexed < newest, "half indexed: {indexed} of {newest}");
-        for filter in ["t/1", "t/+", "t/#", "#", "+/2", "t"] {
+        for filter in ["t/1", "t/+", "t/#", "#", "+/2", "t", "t/+/#", "t1"] {
             for order in [Order::NewestFirst, Order::OldestFirst] {
                 let mut q = HistoryQuery::new(filter);
                 q.order = order;
@@ -904,7 +682,7 @@ mod tests {
             }
         }
         // Pruned rows leave the index too.
-        sqlx::query("DELETE FROM messages WHERE id <= 10").execute(j.pool()).await.unwrap();
+        write_beside(dir.path(), "DELETE FROM messages WHERE id <= 10");
         let dangling: i64 =
             sqlx::query_scalar("SELECT count(*) FROM topic_index WHERE id NOT IN (SELECT id FROM messages)")
                 .fetch_one(j.pool())
@@ -1063,13 +841,12 @@ mod tests {
         // A session queue may refer to an id whose append never committed (the gateway died in between):
         // after a restart that id is not given to another message.
         let dangling = ids[ids.len() - 1] + 10;
-        sqlx::query(
-            "INSERT INTO session_messages (client_id, message_id, qos, retain) VALUES ('c', ?, 1, 0)",
-        )
-        .bind(dangling)
-        .execute(j.pool())
-        .await
-        .unwrap();
+        write_beside(
+            dir.path(),
+            &format!(
+                "INSERT INTO session_messages (client_id, message_id, qos, retain) VALUES ('c', {dangling}, 1, 0)"
+            ),
+        );
         j.close().await;
         let j = journal(dir.path(), |_| {}).await;
         let next = message("ids", "after", QoS::AtLeastOnce);
@@ -1143,5 +920,96 @@ mod tests {
             sqlx::query_scalar("SELECT max(id) FROM messages").fetch_one(j.pool()).await.unwrap();
         assert_eq!(small.journal_id.get(), Some(&newest));
         assert!(newest > accepted + 1, "{newest} after {accepted} accepted and one refused");
+    }
+
+    #[tokio::test]
+    async fn only_the_writer_writes_the_journal_and_cursors_and_restarts_still_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = journal(dir.path(), |_| {}).await;
+        for i in 0..3 {
+            j.append_nowait(&message("one-writer", i.to_string(), QoS::AtMostOnce));
+        }
+        j.flush().await;
+        // A second writer beside the writer thread cannot come back unnoticed: the pool is for reading.
+        for sql in [
+            "INSERT INTO cursors (name, position, updated) VALUES ('sneaky', 1, 0)",
+            "DELETE FROM messages",
+            "DELETE FROM session_messages",
+        ] {
+            assert!(sqlx::query(sql).execute(j.pool()).await.is_err(), "{sql} was allowed");
+        }
+        j.commit_cursor("kafka:a", 2).await.unwrap();
+        assert_eq!(j.cursor("kafka:a").await.unwrap(), Some(2));
+        assert_eq!(count(&j).await, 3);
+        j.close().await;
+
+        // A crash left a queued delivery of a session that no longer exists: start-up removes it.
+        write_beside(
+            dir.path(),
+            "INSERT INTO session_messages (client_id, message_id, qos, retain) VALUES ('gone', 1, 1, 0)",
+        );
+        let j = journal(dir.path(), |_| {}).await;
+        assert!(j.sessions(10).await.unwrap().is_empty());
+        let left: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM session_messages").fetch_one(j.pool()).await.unwrap();
+        assert_eq!(left, 0, "the start-up cleanup ran");
+        assert!(
+            sqlx::query("DELETE FROM cursors").execute(j.pool()).await.is_err(),
+            "read-only after a restart"
+        );
+        assert_eq!(j.cursor("kafka:a").await.unwrap(), Some(2), "the cursor survived the restart");
+        j.commit_cursor("kafka:a", 3).await.unwrap();
+        assert_eq!(j.cursor("kafka:a").await.unwrap(), Some(3));
+        j.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_cursor_commit_is_never_visible_before_the_rows_it_covers() {
+        let dir = tempfile::tempdir().unwrap();
+        // One append per commit: 2,000 commits stand between the first append and the last. Without a sync per
+        // commit (`batched`), so that a slow disk does not make this slow; the order does not depend on it.
+        let j = journal(dir.path(), |c| {
+            c.max_batch = 1;
+            c.durability = Durability::Batched { window: Duration::from_secs(1) };
+        })
+        .await;
+        let watcher = {
+            let pool = j.pool().clone();
+            tokio::spawn(async move {
+                // Until the cursor appears, then once more: whenever it is visible, so is every row it covers.
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                loop {
+                    let (position, covered): (Option<i64>, i64) = sqlx::query_as(
+                        "SELECT (SELECT position FROM cursors WHERE name = 'kafka:order'), \
+                         (SELECT count(*) FROM messages WHERE id <= \
+                          (SELECT position FROM cursors WHERE name = 'kafka:order'))",
+                    )
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                    if position.is_some() {
+                        return covered;
+                    }
+                    assert!(tokio::time::Instant::now() < deadline, "the cursor never appeared");
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        let mut last = 0;
+        for i in 0..2000 {
+            let m = message("order", i.to_string(), QoS::AtMostOnce);
+            j.append_nowait(&m);
+            last = *m.journal_id.get().unwrap();
+        }
+        j.commit_cursor("kafka:order", last).await.unwrap();
+        let covered: i64 = sqlx::query_scalar("SELECT count(*) FROM messages WHERE id <= ?")
+            .bind(last)
+            .fetch_one(j.pool())
+            .await
+            .unwrap();
+        assert_eq!(covered, 2000, "commit returned only after the rows it covers were committed");
+        assert_eq!(watcher.await.unwrap(), 2000, "the cursor was never visible before its rows");
+        assert_eq!(j.stats().dropped_qos0.load(Ordering::Relaxed), 0);
+        j.close().await;
     }
 }

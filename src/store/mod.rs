@@ -16,6 +16,11 @@ pub mod consumer;
 pub mod export;
 pub mod history;
 pub mod journal;
+// The journal's parts below its handle (`journal`): dependencies point one way, journal -> writer -> ops, row,
+// settings.
+mod ops;
+mod row;
+mod settings;
 mod writer;
 
 use std::path::{Path, PathBuf};

@@ -5,7 +5,9 @@
 //! wake-up each way), and a batch is several statements plus the session updates. Profiles showed those
 //! hand-offs costing about as much CPU as SQLite's own work. Here the thread blocks on the journal's channel,
 //! takes everything waiting, and runs it with cached prepared statements; appenders wait on their own oneshot.
-//! Reads (history, exports, start-up) stay on the sqlx pool: in WAL mode they never block this writer.
+//! It is the only writer of `journal.sqlite`: cursor commits and the start-up cleanup are operations on the same
+//! channel, and the sqlx pool is opened read-only (`query_only`). Reads (history, exports, consumers, start-up)
+//! stay on that pool: in WAL mode they never block this writer.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -15,7 +17,9 @@ use std::time::{Duration, Instant, SystemTime};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tokio::sync::mpsc;
 
-use super::journal::{Durability, Inner, JournalConfig, Op, Queued, SessionOp, StoredRow, queued_delivery};
+use super::ops::{CursorCommit, Op, Queued, SessionOp, Shared};
+use super::row::{StoredRow, queued_delivery};
+use super::settings::{Durability, JournalConfig};
 use super::{StoreError, unix_millis};
 use crate::mqtt::broker::{ClientId, Refusal, SpillLoad};
 
@@ -61,7 +65,7 @@ fn classify(e: rusqlite::Error) -> WriteFailure {
 
 pub(super) struct Writer {
     conn: Connection,
-    inner: std::sync::Weak<Inner>,
+    inner: std::sync::Weak<Shared>,
     config: JournalConfig,
     /// The INSERT statements of [`INSERT_SIZES`], by size.
     insert_sql: Vec<(usize, String)>,
@@ -84,7 +88,7 @@ impl Writer {
     pub(super) fn start(
         path: &Path,
         config: JournalConfig,
-        inner: std::sync::Weak<Inner>,
+        inner: std::sync::Weak<Shared>,
         ops: mpsc::UnboundedReceiver<Op>,
     ) -> Result<i64, StoreError> {
         let open = || -> rusqlite::Result<Connection> {
@@ -190,16 +194,18 @@ impl Writer {
             return Next::Stop;
         };
         let mut sessions = Vec::new();
+        let mut cursors = Vec::new();
         let mut appends = Vec::new();
         let mut after = Vec::new();
         for op in batch.drain(..) {
             match op {
                 Op::Append(queued) => appends.push(queued),
                 Op::Session(op) => sessions.push(op),
+                Op::Cursor(cursor) => cursors.push(cursor),
                 other => after.push(other),
             }
         }
-        self.write(&inner, appends, sessions);
+        self.write(&inner, appends, sessions, cursors);
         let mut next = Next::Continue;
         let mut pruned = false;
         for op in after {
@@ -237,7 +243,10 @@ impl Writer {
                         }
                     }
                 },
-                Op::Append(_) | Op::Session(_) => {}
+                Op::Restore { window, done } => {
+                    let _ = done.send(self.restore(window).map_err(|e| e.to_string()));
+                }
+                Op::Append(_) | Op::Session(_) | Op::Cursor(_) => {}
             }
         }
         if self.last_id - self.indexed_upto >= INDEX_MAX_ROWS {
@@ -246,34 +255,44 @@ impl Writer {
         next
     }
 
-    /// Commits a batch: its appends, then its session changes, in one transaction (with `synced`, one sync).
-    /// The rows go first because session changes sent after an append (a queued delivery, a read-back) refer to
-    /// its id; a session change sent before it (a subscription before a publish) is durable no later than that
-    /// message's acknowledgement. Then completes the appends (or refuses them all) and answers the read-backs.
-    /// If the appends cannot be written (disk full, hard cap), the session changes are still saved, alone.
-    fn write(&mut self, inner: &Inner, appends: Vec<Queued>, sessions: Vec<SessionOp>) {
+    /// Commits a batch: its appends, then its session changes and cursor commits, in one transaction (with
+    /// `synced`, one sync). The rows go first because session changes sent after an append (a queued delivery, a
+    /// read-back) refer to its id, and a cursor sent after it may cover it; a session change sent before it (a
+    /// subscription before a publish) is durable no later than that message's acknowledgement. Then completes
+    /// the appends (or refuses them all), answers the read-backs and the cursor commits. If the appends cannot
+    /// be written (disk full, hard cap), the session changes and cursors are still saved, alone.
+    fn write(
+        &mut self,
+        inner: &Shared,
+        appends: Vec<Queued>,
+        sessions: Vec<SessionOp>,
+        cursors: Vec<CursorCommit>,
+    ) {
         if appends.is_empty() {
-            self.save_sessions(sessions);
+            self.save_changes(sessions, cursors);
             return;
         }
         let result = match self.over_hard_cap(&appends) {
             true => Err(Failed::Appends(WriteFailure::Full)),
-            false => self.commit_together(&appends, &sessions),
+            false => self.commit_together(&appends, &sessions, &cursors),
         };
         match result {
             Ok(loads) => {
                 self.completed(inner, appends, Ok(()));
                 answer_loads(sessions, loads);
+                answer_cursors(cursors, &Ok(()));
             }
             Err(Failed::Appends(failure)) => {
                 self.completed(inner, appends, Err(failure));
-                self.save_sessions(sessions);
+                self.save_changes(sessions, cursors);
             }
             Err(Failed::Sessions(e)) => {
-                tracing::error!("saving session state failed ({e}): committing the batch's messages alone");
+                tracing::error!(
+                    "saving session state or cursors failed ({e}): committing the batch's messages alone"
+                );
                 let result = self.commit_appends(&appends);
                 self.completed(inner, appends, result);
-                self.save_sessions(sessions);
+                self.save_changes(sessions, cursors);
             }
         }
     }
@@ -282,10 +301,12 @@ impl Writer {
         &mut self,
         appends: &[Queued],
         sessions: &[SessionOp],
+        cursors: &[CursorCommit],
     ) -> Result<Vec<SpillLoad>, Failed> {
         let tx = self.conn.transaction().map_err(|e| Failed::Appends(classify(e)))?;
         let newest = insert_rows(&tx, &self.insert_sql, appends).map_err(Failed::Appends)?;
         let loads = session_statements(&tx, &mut self.generations, sessions).map_err(Failed::Sessions)?;
+        cursor_statements(&tx, cursors).map_err(Failed::Sessions)?;
         tx.commit().map_err(|e| Failed::Appends(classify(e)))?;
         self.last_id = self.last_id.max(newest);
         Ok(loads)
@@ -299,25 +320,55 @@ impl Writer {
         Ok(())
     }
 
-    /// Session changes in a transaction of their own; a failure is logged (read-backs then report `failed`).
-    fn save_sessions(&mut self, ops: Vec<SessionOp>) {
-        if ops.is_empty() {
+    /// Session changes and cursor commits in a transaction of their own; a failure is logged (read-backs then
+    /// report `failed`) and returned to the cursors' committers.
+    fn save_changes(&mut self, ops: Vec<SessionOp>, cursors: Vec<CursorCommit>) {
+        if ops.is_empty() && cursors.is_empty() {
             return;
         }
         let result = (|| {
             let tx = self.conn.transaction()?;
             let loads = session_statements(&tx, &mut self.generations, &ops)?;
+            cursor_statements(&tx, &cursors)?;
             tx.commit()?;
             Ok::<_, rusqlite::Error>(loads)
         })();
         match result {
-            Ok(loads) => answer_loads(ops, loads),
-            Err(e) => tracing::error!("saving session state failed: {e}"),
+            Ok(loads) => {
+                answer_loads(ops, loads);
+                answer_cursors(cursors, &Ok(()));
+            }
+            Err(e) => {
+                tracing::error!("saving session state or cursors failed: {e}");
+                answer_cursors(cursors, &Err(e.to_string()));
+            }
         }
     }
 
+    /// The start-up cleanup of the session queues ([`Op::Restore`]), in one transaction. Returns the deliveries
+    /// removed.
+    fn restore(&mut self, window: usize) -> rusqlite::Result<u64> {
+        let tx = self.conn.transaction()?;
+        let orphans = tx.execute(
+            "DELETE FROM session_messages WHERE client_id NOT IN (SELECT client_id FROM sessions) \
+             OR message_id NOT IN (SELECT id FROM messages)",
+            [],
+        )?;
+        if orphans > 0 {
+            tracing::info!(orphans, "queued deliveries of ended sessions or pruned messages removed");
+        }
+        tx.execute(
+            "UPDATE session_messages SET spilled = (r.n > ?) FROM (SELECT seq AS s, ROW_NUMBER() OVER \
+             (PARTITION BY client_id ORDER BY seq) AS n FROM session_messages WHERE packet_id IS NULL) AS r \
+             WHERE session_messages.seq = r.s",
+            [i64::try_from(window).unwrap_or(i64::MAX)],
+        )?;
+        tx.commit()?;
+        Ok(orphans as u64)
+    }
+
     /// Completes a batch of appends (or refuses them all) and gives their places in the journal's queue back.
-    fn completed(&mut self, inner: &Inner, appends: Vec<Queued>, result: Result<(), WriteFailure>) {
+    fn completed(&mut self, inner: &Shared, appends: Vec<Queued>, result: Result<(), WriteFailure>) {
         let count = appends.len();
         let places = appends.iter().map(|a| usize::try_from(a.places).unwrap_or(0)).sum();
         inner.permits.add_permits(places);
@@ -686,6 +737,26 @@ fn session_statements(
     Ok(loads)
 }
 
+/// Stores durable consumers' positions (`Op::Cursor`), in the order they were sent.
+fn cursor_statements(tx: &Transaction<'_>, cursors: &[CursorCommit]) -> rusqlite::Result<()> {
+    let now = unix_millis(SystemTime::now());
+    for cursor in cursors {
+        tx.prepare_cached(
+            "INSERT INTO cursors (name, position, updated) VALUES (?, ?, ?) \
+             ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated = excluded.updated",
+        )?
+        .execute(params![cursor.name, cursor.position, now])?;
+    }
+    Ok(())
+}
+
+/// Tells each cursor's committer how its commit went.
+fn answer_cursors(cursors: Vec<CursorCommit>, result: &Result<(), String>) {
+    for cursor in cursors {
+        let _ = cursor.done.send(result.clone());
+    }
+}
+
 /// Answers each read-back of `ops` with what it read (`loads`, in the same order).
 fn answer_loads(ops: Vec<SessionOp>, loads: Vec<SpillLoad>) {
     let dones = ops.into_iter().filter_map(|op| match op {
@@ -702,7 +773,7 @@ fn answer_loads(ops: Vec<SessionOp>, loads: Vec<SpillLoad>) {
 enum Failed {
     /// The rows, or the commit: the appends are refused.
     Appends(WriteFailure),
-    /// A session change: the appends are tried again alone.
+    /// A session change or a cursor: the appends are tried again alone.
     Sessions(rusqlite::Error),
 }
 
