@@ -124,7 +124,7 @@ tls_setup() {
     local port
     mkdir -p "$TLS_DIR/weir-data"
     port=$(free_port "$BASE_PORT")
-    printf 'data_dir = "%s"\n[[listener]]\nname = "tls"\nprotocol = "tls"\nbind = "127.0.0.1:%s"\n[journal]\ndurability = "off"\n' \
+    printf 'data_dir = "%s"\n[[listener]]\nname = "tls"\nprotocol = "tls"\nbind = "127.0.0.1:%s"\n[journal]\ndurability = "off"\n[console]\nbind = "127.0.0.1:0"\n' \
         "$TLS_DIR/weir-data" "$port" >"$TLS_DIR/weir.toml"
     RUST_LOG=warn "$BIN/weir" serve --config "$TLS_DIR/weir.toml" >/dev/null 2>"$TLS_DIR/weir.log" &
     BROKER_PID=$!

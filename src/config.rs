@@ -44,6 +44,20 @@ pub struct Config {
     pub journal: JournalConfig,
     /// Extra names for the TLS listeners' server certificate.
     pub server_names: ServerNames,
+    /// The web console; `None` when turned off.
+    pub console: Option<ConsoleConfig>,
+}
+
+/// Where and how the web console is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleConfig {
+    pub bind: SocketAddr,
+    /// HTTPS with the gateway's server certificate. Always on for an address other than loopback.
+    pub https: bool,
+    /// A plain-HTTP listener that only redirects to the HTTPS one (port 80, typically).
+    pub redirect_from: Option<SocketAddr>,
+    /// A console session unused this long is signed out.
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -62,6 +76,22 @@ pub struct ListenerConfig {
     pub certificate_password: bool,
 }
 
+impl ListenerConfig {
+    /// The console's HTTPS listener as the server certificate sees it: its address is one of the names.
+    pub fn console(bind: SocketAddr) -> ListenerConfig {
+        ListenerConfig {
+            name: "console".into(),
+            protocol: Protocol::Tls,
+            bind,
+            ws_path: String::new(),
+            allow_anonymous: false,
+            client_certificates: ClientAuth::None,
+            identity: IdentitySource::CommonName,
+            certificate_password: false,
+        }
+    }
+}
+
 /// The file as written. Every table rejects unknown keys, so a typo is an error rather than a silent default.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -77,6 +107,24 @@ pub struct FileConfig {
     pub journal: FileJournal,
     #[serde(default)]
     pub tls: FileTls,
+    #[serde(default)]
+    pub console: FileConsole,
+}
+
+/// `[console]`: the web console.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConsole {
+    /// Default true.
+    pub enabled: Option<bool>,
+    /// Default `127.0.0.1:8080`.
+    pub bind: Option<String>,
+    /// Default: false on loopback, true elsewhere (where false is refused).
+    pub https: Option<bool>,
+    /// A plain-HTTP address that redirects to the console (e.g. `0.0.0.0:80`).
+    pub redirect_http: Option<String>,
+    /// Default 30.
+    pub idle_timeout_minutes: Option<u64>,
 }
 
 /// What the server certificate is issued for, beyond the host name and the listeners' addresses.
@@ -262,7 +310,9 @@ impl Config {
                 return Err(ConfigError::Invalid(format!("two listeners are named {:?}", l.name)));
             }
         }
+        let console = console(file.console)?;
         Ok(Config {
+            console,
             data_dir: file.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             listeners,
             broker,
@@ -284,6 +334,9 @@ impl Config {
         for l in &mut config.listeners {
             l.bind.set_port(0);
         }
+        if let Some(console) = &mut config.console {
+            console.bind.set_port(0);
+        }
         config.connect_timeout = Duration::from_secs(5);
         config
     }
@@ -301,8 +354,46 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(DEFAULT_SHUTDOWN_TIMEOUT_SECS),
             journal: JournalConfig::default(),
             server_names: ServerNames::default(),
+            console: Some(ConsoleConfig::default()),
         }
     }
+}
+
+impl Default for ConsoleConfig {
+    /// Loopback only, so plain HTTP is acceptable.
+    fn default() -> ConsoleConfig {
+        ConsoleConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            https: false,
+            redirect_from: None,
+            idle_timeout: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+fn console(c: FileConsole) -> Result<Option<ConsoleConfig>, ConfigError> {
+    if c.enabled == Some(false) {
+        return Ok(None);
+    }
+    let defaults = ConsoleConfig::default();
+    let address = |key: &str, text: &str| {
+        text.parse::<SocketAddr>()
+            .map_err(|_| ConfigError::Invalid(format!("console.{key}: {text:?} is not an address:port")))
+    };
+    let bind = c.bind.as_deref().map(|b| address("bind", b)).transpose()?.unwrap_or(defaults.bind);
+    let loopback = bind.ip().is_loopback();
+    let https = c.https.unwrap_or(!loopback);
+    if !https && !loopback {
+        return Err(ConfigError::Invalid(format!(
+            "console.bind {bind} is not a loopback address: the console is served there over HTTPS only"
+        )));
+    }
+    let redirect_from = c.redirect_http.as_deref().map(|r| address("redirect_http", r)).transpose()?;
+    if redirect_from.is_some() && !https {
+        return Err(ConfigError::Invalid("console.redirect_http needs the console on HTTPS".into()));
+    }
+    let minutes = c.idle_timeout_minutes.unwrap_or(30).max(1);
+    Ok(Some(ConsoleConfig { bind, https, redirect_from, idle_timeout: Duration::from_secs(minutes * 60) }))
 }
 
 const DEFAULT_DATA_DIR: &str = "data";

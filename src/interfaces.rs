@@ -1,15 +1,35 @@
 //! The host's interface addresses, for the names of the server certificate: devices on the plant network reach a
 //! gateway listening on `0.0.0.0` or `::` by one of these.
 //!
-//! The one place in Weir with `unsafe`: `getifaddrs(3)` from the C library (through `libc`, which the tree
-//! already has through tokio and others), wrapped so that the list is walked only while it is alive and always
-//! freed. Nothing from the list outlives [`addresses`].
+//! Also the free space of the file system holding the data directory, for the console ([`free_bytes`]).
+//!
+//! The one place in Weir with `unsafe`: `getifaddrs(3)` and `statvfs(3)` from the C library (through `libc`,
+//! which the tree already has through tokio and others), wrapped so that the list is walked only while it is
+//! alive and always freed. Nothing from the list outlives [`addresses`].
 
 #![allow(unsafe_code)]
 
 use std::collections::HashSet;
 use std::ffi::CStr;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Bytes available to unprivileged users on the file system holding `path`.
+pub fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "a path with a NUL byte"))?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c_path` is a valid NUL-terminated string and `stat` points to writable memory of the right type;
+    // statvfs fills it completely when it returns 0, and it is read only then.
+    let stat = unsafe {
+        if libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        stat.assume_init()
+    };
+    #[allow(clippy::unnecessary_cast)] // the field types differ between targets (u32 on armv7, u64 elsewhere)
+    Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+}
 
 /// An address configured on one of the host's network interfaces.
 #[derive(Debug, Clone, PartialEq, Eq)]

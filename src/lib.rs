@@ -16,3 +16,4 @@ pub mod security;
 pub mod shutdown;
 pub mod store;
 pub mod timefmt;
+pub mod web;

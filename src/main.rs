@@ -355,7 +355,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listeners = app::bind(&config).await?;
     // Whoever started us may stop reading our output: that is no reason to stop serving.
     let mut out = std::io::stdout();
-    for l in &listeners {
+    for l in &listeners.mqtt {
         let addr = l.local_addr()?;
         let _ = match l.config.protocol {
             Protocol::Tcp => writeln!(out, "weir: MQTT on mqtt://{addr}"),
@@ -367,6 +367,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 writeln!(out, "weir: MQTT over WebSocket on ws://{addr}{}", l.config.ws_path)
             }
         };
+    }
+    if let Some(console) = &listeners.console {
+        let _ = writeln!(out, "weir: console on {}", console.url()?);
     }
     let _ = writeln!(out, "weir: data directory {}", config.data_dir.display());
     app::run(config, listeners, shutdown_signal()).await?;

@@ -10,12 +10,14 @@ use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpSocket};
 
-use crate::config::{Config, ListenerConfig};
+use crate::config::{Config, ConsoleConfig, ListenerConfig};
 use crate::mqtt::broker::{Authenticator, Authorizer, Broker, Durable, Restored};
 use crate::mqtt::net::{self, Connections, ListenerContext};
+use crate::ops::Ops;
 use crate::security::server::{ServerTls, TlsSetupError};
 use crate::security::{CertError, Security, SecurityError};
 use crate::store::{self, Durability, Journal, StoreError};
+use crate::web;
 pub use lifecycle::{Lifecycle, Stage};
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +37,8 @@ pub enum AppError {
     Tls(#[from] TlsSetupError),
     #[error("certificates: {0}")]
     Certificates(#[from] CertError),
+    #[error("console: {0}")]
+    Console(#[from] web::WebError),
 }
 
 /// A listening socket and the configuration it was bound for.
@@ -56,15 +60,48 @@ impl BoundListener {
 /// after 1.1 s). Linux caps the value at `net.core.somaxconn` (4096 since 5.4, 128 before).
 const LISTEN_BACKLOG: u32 = 1024;
 
-/// Binds every configured listener. Kept apart from [`run`] so that tests can bind port 0 and learn the port.
-pub async fn bind(config: &Config) -> Result<Vec<BoundListener>, AppError> {
-    let mut bound = Vec::with_capacity(config.listeners.len());
-    for l in &config.listeners {
-        let listener =
-            listen(l.bind).map_err(|source| AppError::Bind { name: l.name.clone(), addr: l.bind, source })?;
-        bound.push(BoundListener { config: l.clone(), listener });
+/// Every bound listening socket of the gateway.
+#[derive(Debug)]
+pub struct Listeners {
+    pub mqtt: Vec<BoundListener>,
+    pub console: Option<BoundConsole>,
+}
+
+/// The web console's sockets.
+#[derive(Debug)]
+pub struct BoundConsole {
+    pub config: ConsoleConfig,
+    pub listener: TcpListener,
+    /// The plain-HTTP listener that redirects to HTTPS, if configured.
+    pub redirect: Option<TcpListener>,
+}
+
+impl BoundConsole {
+    /// The console's address as a browser opens it.
+    pub fn url(&self) -> std::io::Result<String> {
+        let addr = self.listener.local_addr()?;
+        Ok(format!("{}://{addr}/", if self.config.https { "https" } else { "http" }))
     }
-    Ok(bound)
+}
+
+/// Binds every configured listener. Kept apart from [`run`] so that tests can bind port 0 and learn the port.
+pub async fn bind(config: &Config) -> Result<Listeners, AppError> {
+    let bind = |name: &str, addr: SocketAddr| {
+        listen(addr).map_err(|source| AppError::Bind { name: name.to_owned(), addr, source })
+    };
+    let mut mqtt = Vec::with_capacity(config.listeners.len());
+    for l in &config.listeners {
+        mqtt.push(BoundListener { config: l.clone(), listener: bind(&l.name, l.bind)? });
+    }
+    let console = match &config.console {
+        Some(c) => Some(BoundConsole {
+            config: c.clone(),
+            listener: bind("console", c.bind)?,
+            redirect: c.redirect_from.map(|addr| bind("console redirect", addr)).transpose()?,
+        }),
+        None => None,
+    };
+    Ok(Listeners { mqtt, console })
 }
 
 /// What `TcpListener::bind` does (address reuse, so that a restart can bind at once), with a longer backlog.
@@ -78,7 +115,7 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Runs the gateway on already bound listeners until `shutdown` resolves, then shuts down gracefully.
 pub async fn run(
     config: Config,
-    listeners: Vec<BoundListener>,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AppError> {
     let gateway = Gateway::start(config, listeners).await?;
@@ -109,7 +146,8 @@ struct Stores {
 }
 
 impl Gateway {
-    pub async fn start(config: Config, listeners: Vec<BoundListener>) -> Result<Gateway, AppError> {
+    pub async fn start(config: Config, listeners: Listeners) -> Result<Gateway, AppError> {
+        let Listeners { mqtt: listeners, console } = listeners;
         let mut lifecycle = Lifecycle::new(config.shutdown_timeout);
         let Stores { config_db, journal, restored } = open_stores(&config).await?;
         let security = Arc::new(Security::load(config_db.clone(), &config.data_dir).await?);
@@ -123,15 +161,8 @@ impl Gateway {
             lifecycle.token(Stage::Router),
         );
         lifecycle.adopt(Stage::Router, "router", router);
-        let configs: Vec<ListenerConfig> = listeners.iter().map(|b| b.config.clone()).collect();
-        let (tls, tls_configs) = if configs.iter().any(|l| l.protocol.is_tls()) {
-            let (tls, per_listener) =
-                ServerTls::new(&config.data_dir, &configs, &config.server_names, security.certificates())
-                    .await?;
-            (Some(Arc::new(tls)), per_listener)
-        } else {
-            (None, vec![None; configs.len()])
-        };
+        let (tls, tls_configs, console_tls) =
+            start_tls(&config, &listeners, console.as_ref(), security.certificates()).await?;
         let (connections, _) = Connections::new(config.max_connections);
         let mut addresses = Vec::with_capacity(listeners.len());
         for (bound, tls) in listeners.into_iter().zip(tls_configs) {
@@ -149,6 +180,18 @@ impl Gateway {
                 connections: connections.clone(),
             };
             addresses.push(start_listener(&mut lifecycle, bound, context)?);
+        }
+        if let Some(console) = console {
+            let state = web::AppState::new(
+                Ops::with(&config.data_dir, security.clone()),
+                broker.clone(),
+                journal.clone(),
+                web::SetupCode::prepare(&config.data_dir, security.has_admin())?,
+                console.config.https,
+                console.config.bind.ip().is_loopback(),
+                console.config.idle_timeout,
+            );
+            start_console(&mut lifecycle, console, console_tls, state, &mut addresses)?;
         }
         let watcher = watch::watch_configuration(
             broker.clone(),
@@ -231,6 +274,56 @@ async fn open_stores(config: &Config) -> Result<Stores, AppError> {
         tracing::info!(count = restored.retained.len(), "retained messages restored from the journal");
     }
     Ok(Stores { config_db, journal, restored })
+}
+
+/// The server certificate and a rustls configuration per TLS listener (in the order of `listeners`) and for an
+/// HTTPS console; `None` when nothing is served over TLS.
+async fn start_tls(
+    config: &Config,
+    listeners: &[BoundListener],
+    console: Option<&BoundConsole>,
+    certificates: &crate::security::Certificates,
+) -> Result<TlsSetup, AppError> {
+    let mut configs: Vec<ListenerConfig> = listeners.iter().map(|b| b.config.clone()).collect();
+    let https = console.filter(|c| c.config.https);
+    if let Some(c) = https {
+        configs.push(ListenerConfig::console(c.config.bind));
+    }
+    if !configs.iter().any(|l| l.protocol.is_tls()) {
+        return Ok((None, vec![None; listeners.len()], None));
+    }
+    let (tls, mut per_listener) =
+        ServerTls::new(&config.data_dir, &configs, &config.server_names, certificates).await?;
+    let console_tls = if https.is_some() { per_listener.pop().flatten() } else { None };
+    Ok((Some(Arc::new(tls)), per_listener, console_tls))
+}
+
+type TlsConfig = Arc<crate::pki::ReloadableServerConfig>;
+type TlsSetup = (Option<Arc<ServerTls>>, Vec<Option<TlsConfig>>, Option<TlsConfig>);
+
+/// Starts the web console (and its redirect listener), as tasks of the listeners stage.
+fn start_console(
+    lifecycle: &mut Lifecycle,
+    console: BoundConsole,
+    tls: Option<TlsConfig>,
+    state: web::AppState,
+    addresses: &mut Vec<(String, SocketAddr)>,
+) -> Result<(), AppError> {
+    let bind_error = |name: &str, addr, source| AppError::Bind { name: name.to_owned(), addr, source };
+    let addr = console.listener.local_addr().map_err(|e| bind_error("console", console.config.bind, e))?;
+    let url = console.url().map_err(|e| bind_error("console", console.config.bind, e))?;
+    tracing::info!("console on {url}");
+    addresses.push(("console".to_owned(), addr));
+    if let Some(redirect) = console.redirect {
+        let from = redirect.local_addr().map_err(|e| bind_error("console redirect", addr, e))?;
+        tracing::info!("console: plain HTTP on {from} redirects to {url}");
+        addresses.push(("console redirect".to_owned(), from));
+        let task = web::serve_redirect(redirect, addr.port(), lifecycle.token(Stage::Listeners));
+        lifecycle.spawn(Stage::Listeners, "console redirect", task);
+    }
+    let task = web::serve(console.listener, tls, web::router(state), lifecycle.token(Stage::Listeners));
+    lifecycle.spawn(Stage::Listeners, "console", task);
+    Ok(())
 }
 
 /// Starts accepting on one bound listener, as a task of the listeners stage.

@@ -61,6 +61,25 @@ impl From<sqlx::Error> for SecurityError {
     }
 }
 
+/// The role that may read the console but change nothing.
+pub const VIEWER_ROLE: &str = "viewer";
+
+/// What a user may do in the web console.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsoleRole {
+    Admin,
+    Viewer,
+}
+
+/// Why a password was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PasswordRefusal {
+    #[error("wrong user name or password")]
+    Wrong,
+    #[error("too many failed attempts; try again later")]
+    Throttled,
+}
+
 /// What `weir import mosquitto` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImportSummary {
@@ -363,36 +382,8 @@ impl Security {
                 "this listener does not allow anonymous clients",
             );
         };
-        let now = Instant::now();
-        let throttled = self.throttle.lock().unwrap_or_else(PoisonError::into_inner).check(
-            request.peer,
-            Some(username),
-            now,
-        );
-        if let Err(retry) = throttled {
-            tracing::warn!(peer = %request.peer, user = username, retry_after = ?retry.0, "login refused: too many failed attempts");
-            return AuthDecision::Deny(
-                ReasonCode::BAD_USER_NAME_OR_PASSWORD,
-                "too many failed attempts; try again later",
-            );
-        }
-        let stored = self.snapshot().users.get(username).cloned();
-        let verified = match (stored, request.password) {
-            (Some(hash), Some(password)) => self.verify(username, &hash, password).await,
-            _ => None,
-        };
-        match verified {
-            Some(v) if v.ok => {
-                self.throttle.lock().unwrap_or_else(PoisonError::into_inner).record_success(
-                    request.peer,
-                    Some(username),
-                    now,
-                );
-                if v.needs_upgrade
-                    && let Some(password) = request.password.and_then(|p| std::str::from_utf8(p).ok())
-                {
-                    self.upgrade_hash(username, password).await;
-                }
+        match self.check_password(request.peer, username, request.password).await {
+            Ok(()) => {
                 // Audited without holding up the CONNACK: a reconnect storm must not wait for the log.
                 let (pool, detail) = (
                     self.pool.clone(),
@@ -405,14 +396,102 @@ impl Security {
                 });
                 AuthDecision::Allow { username: Some(username.to_owned()) }
             }
-            _ => {
-                self.throttle.lock().unwrap_or_else(PoisonError::into_inner).record_failure(
-                    request.peer,
+            Err(PasswordRefusal::Throttled) => AuthDecision::Deny(
+                ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+                "too many failed attempts; try again later",
+            ),
+            Err(PasswordRefusal::Wrong) => {
+                self.audit_failure(&request, "wrong user name or password").await;
+                AuthDecision::Deny(ReasonCode::BAD_USER_NAME_OR_PASSWORD, "wrong user name or password")
+            }
+        }
+    }
+
+    /// Signs in to the web console: the same users, passwords and throttling as MQTT, and the user must hold the
+    /// `admin` or `viewer` role. Audited either way.
+    pub async fn console_login(
+        &self,
+        peer: std::net::IpAddr,
+        username: &str,
+        password: &str,
+    ) -> Result<ConsoleRole, PasswordRefusal> {
+        let checked = self.check_password(peer, username, Some(password.as_bytes())).await;
+        let role = self.console_role(username);
+        let (action, detail) = match (&checked, role) {
+            (Ok(()), Some(_)) => ("console.login", format!("user {username:?} from {peer}")),
+            (Ok(()), None) => {
+                ("console.login.failed", format!("user {username:?} from {peer}: no console role"))
+            }
+            (Err(_), _) => ("console.login.failed", format!("user {username:?} from {peer}")),
+        };
+        if let Err(e) = store::audit(&self.pool, "console", action, &detail).await {
+            tracing::warn!("audit log: {e}");
+        }
+        checked?;
+        role.ok_or(PasswordRefusal::Wrong)
+    }
+
+    /// The console role of a user in the rules in force: `admin` may do everything, `viewer` only reads.
+    pub fn console_role(&self, username: &str) -> Option<ConsoleRole> {
+        let snapshot = self.snapshot();
+        let roles = snapshot.acl.roles(username);
+        if !snapshot.users.contains_key(username) {
+            None
+        } else if roles.iter().any(|r| r == ADMIN_ROLE) {
+            Some(ConsoleRole::Admin)
+        } else if roles.iter().any(|r| r == VIEWER_ROLE) {
+            Some(ConsoleRole::Viewer)
+        } else {
+            None
+        }
+    }
+
+    /// Whether any user holds the admin role: until one does, the console leads to its first-run page.
+    pub fn has_admin(&self) -> bool {
+        let snapshot = self.snapshot();
+        snapshot.users.keys().any(|u| snapshot.acl.roles(u).iter().any(|r| r == ADMIN_ROLE))
+    }
+
+    /// A password check with throttling per address and user; a verified old-scheme hash is upgraded.
+    async fn check_password(
+        &self,
+        peer: std::net::IpAddr,
+        username: &str,
+        password: Option<&[u8]>,
+    ) -> Result<(), PasswordRefusal> {
+        let now = Instant::now();
+        let throttled =
+            self.throttle.lock().unwrap_or_else(PoisonError::into_inner).check(peer, Some(username), now);
+        if let Err(retry) = throttled {
+            tracing::warn!(%peer, user = username, retry_after = ?retry.0, "login refused: too many failed attempts");
+            return Err(PasswordRefusal::Throttled);
+        }
+        let stored = self.snapshot().users.get(username).cloned();
+        let verified = match (stored, password) {
+            (Some(hash), Some(password)) => self.verify(username, &hash, password).await,
+            _ => None,
+        };
+        match verified {
+            Some(v) if v.ok => {
+                self.throttle.lock().unwrap_or_else(PoisonError::into_inner).record_success(
+                    peer,
                     Some(username),
                     now,
                 );
-                self.audit_failure(&request, "wrong user name or password").await;
-                AuthDecision::Deny(ReasonCode::BAD_USER_NAME_OR_PASSWORD, "wrong user name or password")
+                if v.needs_upgrade
+                    && let Some(password) = password.and_then(|p| std::str::from_utf8(p).ok())
+                {
+                    self.upgrade_hash(username, password).await;
+                }
+                Ok(())
+            }
+            _ => {
+                self.throttle.lock().unwrap_or_else(PoisonError::into_inner).record_failure(
+                    peer,
+                    Some(username),
+                    now,
+                );
+                Err(PasswordRefusal::Wrong)
             }
         }
     }

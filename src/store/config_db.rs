@@ -363,3 +363,39 @@ fn cert_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<CertRecord, sqlx::Erro
 fn roles(json: String) -> Vec<String> {
     serde_json::from_str(&json).unwrap_or_default()
 }
+
+/// Audit entries, newest first, with their ids: those before `before` (an id), whose actor, action or detail
+/// contains `contains`.
+pub async fn audit_page(
+    pool: &SqlitePool,
+    contains: Option<&str>,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<(i64, super::AuditEntry)>, StoreError> {
+    let pattern =
+        contains.map(|c| format!("%{}%", c.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
+    let rows = sqlx::query(
+        "SELECT id, ts, actor, action, detail FROM audit_log WHERE id < ?1 AND (?2 IS NULL \
+         OR actor LIKE ?2 ESCAPE '\\' OR action LIKE ?2 ESCAPE '\\' OR detail LIKE ?2 ESCAPE '\\') \
+         ORDER BY id DESC LIMIT ?3",
+    )
+    .bind(before.unwrap_or(i64::MAX))
+    .bind(pattern.as_deref())
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            Ok((
+                r.try_get("id")?,
+                super::AuditEntry {
+                    ts: r.try_get("ts")?,
+                    actor: r.try_get("actor")?,
+                    action: r.try_get("action")?,
+                    detail: r.try_get("detail")?,
+                },
+            ))
+        })
+        .collect::<Result<_, sqlx::Error>>()?)
+}

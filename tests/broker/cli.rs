@@ -44,7 +44,7 @@ async fn serve_prints_its_listeners_and_shuts_down_gracefully_on_sigterm() {
     let path = dir.path().join("weir.toml");
     let data = dir.path().join("state");
     let config = format!(
-        "data_dir = {:?}\n[[listener]]\nname = \"t\"\nprotocol = \"tcp\"\nbind = \"127.0.0.1:0\"\n[[listener]]\nname = \"w\"\nprotocol = \"ws\"\nbind = \"127.0.0.1:0\"\n",
+        "data_dir = {:?}\n[[listener]]\nname = \"t\"\nprotocol = \"tcp\"\nbind = \"127.0.0.1:0\"\n[[listener]]\nname = \"w\"\nprotocol = \"ws\"\nbind = \"127.0.0.1:0\"\n[console]\nbind = \"127.0.0.1:0\"\n",
         data.display().to_string()
     );
     std::fs::write(&path, config).unwrap();
@@ -59,14 +59,24 @@ async fn serve_prints_its_listeners_and_shuts_down_gracefully_on_sigterm() {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut mqtt = None;
     let mut ws = false;
-    while mqtt.is_none() || !ws {
+    let mut console = None;
+    while mqtt.is_none() || !ws || console.is_none() {
         let line =
             tokio::time::timeout(WAIT, lines.next_line()).await.unwrap().unwrap().expect("weir exited");
         if let Some(addr) = line.strip_prefix("weir: MQTT on mqtt://") {
             mqtt = Some(addr.parse::<std::net::SocketAddr>().unwrap());
         }
         ws |= line.starts_with("weir: MQTT over WebSocket on ws://127.0.0.1:") && line.ends_with("/mqtt");
+        if let Some(url) = line.strip_prefix("weir: console on http://") {
+            console = Some(url.trim_end_matches('/').parse::<std::net::SocketAddr>().unwrap());
+        }
     }
+    // The console answers, and leads to its first-run page: there is no administrator yet.
+    let mut http = Raw::connect(console.unwrap()).await;
+    http.send(b"GET / HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n").await;
+    let reply = String::from_utf8_lossy(&http.read_to_close().await).into_owned();
+    assert!(reply.starts_with("HTTP/1.1 303") && reply.contains("location: /setup"), "{reply}");
+    assert!(data.join("setup-code").is_file(), "the setup code is written to the data directory");
     let mut client = Raw::connect(mqtt.unwrap()).await;
     client.send(&connect_v5("cli", 60)).await;
     assert_eq!(client.read_packet().await[0], 0x20);

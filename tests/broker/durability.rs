@@ -19,7 +19,7 @@ const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 async fn start_weir(data: &Path, extra: &str) -> (Child, std::net::SocketAddr) {
     let config = data.with_extension("toml");
     let text = format!(
-        "data_dir = {:?}\n[[listener]]\nname = \"t\"\nprotocol = \"tcp\"\nbind = \"127.0.0.1:0\"\n{extra}",
+        "data_dir = {:?}\n[[listener]]\nname = \"t\"\nprotocol = \"tcp\"\nbind = \"127.0.0.1:0\"\n{extra}\n[console]\nbind = \"127.0.0.1:0\"\n",
         data.display().to_string()
     );
     std::fs::write(&config, text).unwrap();

@@ -1,0 +1,151 @@
+//! The web console: everything an operator does, from a browser on the LAN, in the gateway's own process.
+//!
+//! Server-rendered HTML (askama templates, escaped by default) with a little progressive enhancement from one
+//! small script of our own; no CDN, no external fonts, no telemetry. Every administrative action goes through
+//! [`crate::ops`], exactly as the CLI's do. `app` starts it as a task of the listeners stage; nothing depends on
+//! this module.
+//!
+//! - [`router`]: every route, in one place; one module per page, handlers named for the page and the method.
+//! - [`session`]: sign-in sessions (cookies), the CSRF check of every state-changing request, the extractors that
+//!   decide who may see and do what.
+//! - [`headers`]: the security headers (CSP without inline script, frame-ancestors, nosniff, HSTS on HTTPS).
+//! - [`serve`]: HTTP on loopback, HTTPS with the gateway's server certificate elsewhere, and a plain-HTTP
+//!   listener that only redirects.
+
+mod assets;
+mod audit;
+mod certs;
+mod error;
+mod headers;
+mod login;
+mod metrics;
+mod overview;
+mod serve;
+mod session;
+mod setup;
+mod users;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use tower_http::limit::RequestBodyLimitLayer;
+
+use crate::mqtt::broker::Broker;
+use crate::ops::Ops;
+use crate::store::Journal;
+pub use error::WebError;
+pub use serve::{serve, serve_redirect};
+pub use session::Sessions;
+pub use setup::{SETUP_CODE_FILE, SetupCode};
+
+/// Largest request body: forms, a pasted CSR or Mosquitto file. Larger uploads are refused (413).
+const MAX_BODY: usize = 256 * 1024;
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    inner: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    ops: Ops,
+    broker: Broker,
+    journal: Option<Journal>,
+    sessions: Sessions,
+    setup: SetupCode,
+    /// Served over HTTPS: cookies are `Secure` and `__Host-`, HSTS is sent.
+    https: bool,
+    /// Served on a loopback address only: `/metrics` needs no sign-in there.
+    loopback: bool,
+    rates: overview::Rates,
+}
+
+impl AppState {
+    pub fn new(
+        ops: Ops,
+        broker: Broker,
+        journal: Option<Journal>,
+        setup: SetupCode,
+        https: bool,
+        loopback: bool,
+        idle_timeout: Duration,
+    ) -> AppState {
+        let inner = Shared {
+            ops,
+            broker,
+            journal,
+            sessions: Sessions::new(idle_timeout),
+            setup,
+            https,
+            loopback,
+            rates: overview::Rates::default(),
+        };
+        AppState { inner: Arc::new(inner) }
+    }
+
+    fn ops(&self) -> &Ops {
+        &self.inner.ops
+    }
+}
+
+/// Every route of the console.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(overview::overview_get))
+        .route("/api/overview", get(overview::api_get))
+        .route("/setup", get(setup::setup_get).post(setup::setup_post))
+        .route("/login", get(login::login_get).post(login::login_post))
+        .route("/logout", post(login::logout_post))
+        .route("/users", get(users::users_get))
+        .route("/users/add", post(users::add_post))
+        .route("/users/password", post(users::password_post))
+        .route("/users/roles", post(users::roles_post))
+        .route("/users/delete", post(users::delete_post))
+        .route("/users/import", post(users::import_post))
+        .route("/rules/add", post(users::rule_add_post))
+        .route("/rules/delete", post(users::rule_delete_post))
+        .route("/certs", get(certs::certs_get))
+        .route("/certs/issue", post(certs::issue_post))
+        .route("/certs/sign", post(certs::sign_post))
+        .route("/certs/revoke", post(certs::revoke_post))
+        .route("/certs/crl.pem", get(certs::crl_get))
+        .route("/ca.crt", get(certs::ca_get))
+        .route("/audit", get(audit::audit_get))
+        .route("/metrics", get(metrics::metrics_get))
+        .route("/static/{file}", get(assets::asset_get))
+        .fallback(error::not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), session::csrf_guard))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), headers::security_headers))
+        .layer(RequestBodyLimitLayer::new(MAX_BODY))
+        .with_state(state)
+}
+
+/// What the page layout needs: who is signed in, the CSRF token for its forms, the current page.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Nav {
+    pub(crate) user: Option<String>,
+    pub(crate) admin: bool,
+    pub(crate) csrf: String,
+    pub(crate) page: &'static str,
+}
+
+impl Nav {
+    fn of(signed: &session::Signed, page: &'static str) -> Nav {
+        Nav { user: Some(signed.user.clone()), admin: signed.is_admin(), csrf: signed.csrf.clone(), page }
+    }
+}
+
+/// Renders a template into a page, or the error page if it cannot be rendered.
+fn render(template: &impl askama::Template) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match template.render() {
+        Ok(html) => axum::response::Html(html).into_response(),
+        Err(e) => WebError::Internal(format!("template: {e}")).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,466 @@
+//! Handler tests: every route through the real router (`tower::ServiceExt::oneshot`), on a real configuration
+//! database and a real broker, including each refusal.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{Request, StatusCode, header};
+use tower::ServiceExt;
+
+use super::serve::Peer;
+use super::*;
+use crate::mqtt::broker::{Authorizer, BrokerConfig, Restored};
+use crate::shutdown::Stop;
+
+struct Console {
+    _dir: tempfile::TempDir,
+    dir: std::path::PathBuf,
+    state: AppState,
+    _stop: Stop,
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: String,
+    bytes: Vec<u8>,
+}
+
+impl Reply {
+    fn location(&self) -> &str {
+        self.headers.get(header::LOCATION).and_then(|v| v.to_str().ok()).unwrap_or_default()
+    }
+
+    fn cookie(&self) -> Option<String> {
+        let set = self.headers.get(header::SET_COOKIE)?.to_str().ok()?;
+        Some(set.split(';').next()?.to_owned())
+    }
+}
+
+const ORIGIN: &str = "http://console.test";
+
+impl Console {
+    async fn new() -> Console {
+        Console::with(true).await
+    }
+
+    async fn with(loopback: bool) -> Console {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_owned();
+        let ops = crate::ops::Ops::open(&path).await.unwrap();
+        let stop = Stop::new();
+        let authorizer: Arc<dyn Authorizer> =
+            Arc::new(crate::security::Security::load(ops.security().pool().clone(), &path).await.unwrap());
+        let (broker, _) =
+            Broker::start(BrokerConfig::default(), None, Some(authorizer), Restored::default(), stop.token());
+        let setup = SetupCode::prepare(&path, ops.security().has_admin()).unwrap();
+        let state = AppState::new(ops, broker, None, setup, false, loopback, Duration::from_secs(600));
+        Console { _dir: dir, dir: path, state, _stop: stop }
+    }
+
+    fn ops(&self) -> &crate::ops::Ops {
+        self.state.ops()
+    }
+
+    async fn admin(&self) -> String {
+        self.ops()
+            .add_user("root", "correct horse battery", &["admin".into()], &crate::ops::Actor::new("test"))
+            .await
+            .unwrap();
+        self.sign_in("root", "correct horse battery").await
+    }
+
+    async fn sign_in(&self, user: &str, password: &str) -> String {
+        let reply = self
+            .post("/login", &format!("username={user}&password={}", password.replace(' ', "+")), None)
+            .await;
+        assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.body);
+        reply.cookie().unwrap()
+    }
+
+    async fn send(&self, request: Request<Body>) -> Reply {
+        let mut request = request;
+        request.extensions_mut().insert(ConnectInfo(Peer(SocketAddr::from(([192, 0, 2, 7], 50000)))));
+        let response = router(self.state.clone()).oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), 10 << 20).await.unwrap().to_vec();
+        Reply { status, headers, body: String::from_utf8_lossy(&bytes).into_owned(), bytes }
+    }
+
+    async fn get(&self, path: &str, cookie: Option<&str>) -> Reply {
+        let mut request = Request::get(path).header(header::HOST, "console.test");
+        if let Some(cookie) = cookie {
+            request = request.header(header::COOKIE, cookie);
+        }
+        self.send(request.body(Body::empty()).unwrap()).await
+    }
+
+    async fn post(&self, path: &str, form: &str, cookie: Option<&str>) -> Reply {
+        let mut request = Request::post(path)
+            .header(header::HOST, "console.test")
+            .header(header::ORIGIN, ORIGIN)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        if let Some(cookie) = cookie {
+            request = request.header(header::COOKIE, cookie);
+        }
+        self.send(request.body(Body::from(form.to_owned())).unwrap()).await
+    }
+
+    /// The CSRF token of the session, as the pages embed it.
+    async fn csrf(&self, cookie: &str) -> String {
+        let page = self.get("/users", Some(cookie)).await.body;
+        let at = page.find("name=\"csrf\" value=\"").unwrap() + 19;
+        page[at..at + 64].to_owned()
+    }
+}
+
+fn encode(pairs: &[(&str, &str)]) -> String {
+    let mut s = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        s.append_pair(k, v);
+    }
+    s.finish()
+}
+
+#[tokio::test]
+async fn the_first_run_needs_the_setup_code_and_creates_the_first_administrator() {
+    let c = Console::new().await;
+    for path in ["/", "/users", "/login"] {
+        let reply = c.get(path, None).await;
+        assert_eq!((reply.status, reply.location()), (StatusCode::SEE_OTHER, "/setup"), "{path}");
+    }
+    let code = std::fs::read_to_string(c.dir.join(SETUP_CODE_FILE)).unwrap().trim().to_owned();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(c.dir.join(SETUP_CODE_FILE)).unwrap().permissions().mode() & 0o777, 0o600);
+    let form = |code: &str, again: &str| {
+        encode(&[
+            ("code", code),
+            ("username", "root"),
+            ("password", "correct horse battery"),
+            ("again", again),
+        ])
+    };
+    let wrong = c.post("/setup", &form("not-the-code", "correct horse battery"), None).await;
+    assert_eq!(wrong.status, StatusCode::BAD_REQUEST);
+    assert!(wrong.body.contains("not the setup code"), "{}", wrong.body);
+    let differ = c.post("/setup", &form(&code, "another horse battery"), None).await;
+    assert!(differ.body.contains("passwords differ"));
+    assert!(c.ops().list_users().await.unwrap().is_empty(), "nothing created by refused attempts");
+    let done = c.post("/setup", &form(&code, "correct horse battery"), None).await;
+    assert_eq!((done.status, done.location()), (StatusCode::SEE_OTHER, "/"));
+    let cookie = done.cookie().expect("signed in at once");
+    assert!(!c.dir.join(SETUP_CODE_FILE).exists(), "the code is consumed");
+    assert_eq!(c.get("/", Some(&cookie)).await.status, StatusCode::OK);
+    assert_eq!(c.get("/setup", None).await.location(), "/login", "no second first run");
+    let again = c.post("/setup", &form(&code, "correct horse battery"), None).await;
+    assert_eq!(again.location(), "/login");
+    assert_eq!(c.ops().list_users().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn sign_in_gives_a_fresh_session_and_sign_out_ends_it() {
+    let c = Console::new().await;
+    let first = c.admin().await;
+    let second = c.sign_in("root", "correct horse battery").await;
+    assert_ne!(first, second, "a fresh session id at each sign-in");
+    let refused = c.post("/login", "username=root&password=wrong", None).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    assert!(refused.cookie().is_none());
+    let csrf = c.csrf(&second).await;
+    let out = c.post("/logout", &encode(&[("csrf", &csrf)]), Some(&second)).await;
+    assert_eq!(out.location(), "/login");
+    assert!(out.headers.get(header::SET_COOKIE).unwrap().to_str().unwrap().contains("Max-Age=0"));
+    assert_eq!(c.get("/", Some(&second)).await.location(), "/login", "the session is gone");
+    assert_eq!(c.get("/", Some("weir_session=forged")).await.location(), "/login");
+    // A user without a console role cannot sign in.
+    c.ops().add_user("plc", "correct horse battery", &[], &crate::ops::Actor::new("test")).await.unwrap();
+    assert_eq!(
+        c.post("/login", "username=plc&password=correct+horse+battery", None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn repeated_wrong_passwords_are_throttled() {
+    let c = Console::new().await;
+    c.admin().await;
+    for _ in 0..6 {
+        c.post("/login", "username=root&password=guess", None).await;
+    }
+    let reply = c.post("/login", "username=root&password=correct+horse+battery", None).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert!(reply.body.contains("Too many failed attempts"), "{}", reply.body);
+}
+
+#[tokio::test]
+async fn a_change_needs_the_session_csrf_token_and_this_origin() {
+    let c = Console::new().await;
+    let cookie = c.admin().await;
+    let csrf = c.csrf(&cookie).await;
+    let add = |token: &str| {
+        encode(&[("csrf", token), ("username", "alice"), ("password", "correct horse battery")])
+    };
+    assert_eq!(
+        c.post(
+            "/users/add",
+            &encode(&[("username", "alice"), ("password", "correct horse battery")]),
+            Some(&cookie)
+        )
+        .await
+        .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        c.post("/users/add", &add(&"0".repeat(64)), Some(&cookie)).await.status,
+        StatusCode::FORBIDDEN
+    );
+    let foreign = Request::post("/users/add")
+        .header(header::HOST, "console.test")
+        .header(header::ORIGIN, "http://evil.test")
+        .header(header::COOKIE, &cookie)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(add(&csrf)))
+        .unwrap();
+    assert_eq!(c.send(foreign).await.status, StatusCode::FORBIDDEN);
+    assert!(c.ops().list_users().await.unwrap().iter().all(|u| u.username != "alice"), "nothing done");
+    let ok = c.post("/users/add", &add(&csrf), Some(&cookie)).await;
+    assert_eq!(ok.status, StatusCode::SEE_OTHER);
+    assert!(ok.location().starts_with("/users?notice="), "{}", ok.location());
+    assert!(c.ops().list_users().await.unwrap().iter().any(|u| u.username == "alice"));
+}
+
+#[tokio::test]
+async fn a_viewer_reads_but_cannot_change_anything() {
+    let c = Console::new().await;
+    c.admin().await;
+    c.ops()
+        .add_user("vic", "correct horse battery", &["viewer".into()], &crate::ops::Actor::new("test"))
+        .await
+        .unwrap();
+    let cookie = c.sign_in("vic", "correct horse battery").await;
+    for page in ["/", "/users", "/certs", "/audit"] {
+        let reply = c.get(page, Some(&cookie)).await;
+        assert_eq!(reply.status, StatusCode::OK, "{page}");
+        assert!(
+            !reply.body.contains("Add user") && !reply.body.contains("Revoke</button>"),
+            "{page}: no change forms"
+        );
+    }
+    let csrf = c.csrf(&cookie).await;
+    for (path, form) in [
+        ("/users/add", encode(&[("csrf", &csrf), ("username", "x"), ("password", "correct horse battery")])),
+        ("/users/delete", encode(&[("csrf", &csrf), ("username", "root")])),
+        (
+            "/rules/add",
+            encode(&[
+                ("csrf", &csrf),
+                ("subject", "anyone"),
+                ("effect", "allow"),
+                ("action", "both"),
+                ("filter", "#"),
+            ]),
+        ),
+        (
+            "/certs/issue",
+            encode(&[("csrf", &csrf), ("name", "d"), ("days", "1"), ("key_type", "p256"), ("format", "pem")]),
+        ),
+    ] {
+        assert_eq!(c.post(path, &form, Some(&cookie)).await.status, StatusCode::FORBIDDEN, "{path}");
+    }
+    assert_eq!(c.ops().list_users().await.unwrap().len(), 2);
+    assert!(c.ops().list_rules().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn bad_form_fields_are_refused_with_the_reason_and_nothing_half_applied() {
+    let c = Console::new().await;
+    let cookie = c.admin().await;
+    let csrf = c.csrf(&cookie).await;
+    let cases = [
+        (
+            "/rules/add",
+            encode(&[
+                ("csrf", &csrf),
+                ("subject", "anyone"),
+                ("effect", "allow"),
+                ("action", "both"),
+                ("filter", "a/#/b"),
+            ]),
+        ),
+        (
+            "/rules/add",
+            encode(&[
+                ("csrf", &csrf),
+                ("subject", "group:x"),
+                ("effect", "allow"),
+                ("action", "both"),
+                ("filter", "a"),
+            ]),
+        ),
+        (
+            "/users/add",
+            encode(&[("csrf", &csrf), ("username", "a/b"), ("password", "correct horse battery")]),
+        ),
+        ("/users/add", encode(&[("csrf", &csrf), ("username", "bob"), ("password", "short")])),
+        ("/users/delete", encode(&[("csrf", &csrf), ("username", "root")])),
+    ];
+    for (path, form) in cases {
+        let reply = c.post(path, &form, Some(&cookie)).await;
+        assert!(reply.location().starts_with("/users?error="), "{path} {form}: {}", reply.location());
+        let shown = c.get(reply.location(), Some(&cookie)).await;
+        assert!(shown.body.contains("class=\"error\""), "the reason is shown");
+    }
+    assert!(c.ops().list_rules().await.unwrap().is_empty());
+    assert_eq!(c.ops().list_users().await.unwrap().len(), 1);
+    let certs = [
+        encode(&[("csrf", &csrf), ("name", "d1"), ("days", "30"), ("key_type", "rsa"), ("format", "pem")]),
+        encode(&[
+            ("csrf", &csrf),
+            ("name", "d1"),
+            ("days", "30"),
+            ("key_type", "p256"),
+            ("format", "p12"),
+            ("p12_password", "short"),
+        ]),
+        encode(&[("csrf", &csrf), ("name", ""), ("days", "30"), ("key_type", "p256"), ("format", "pem")]),
+    ];
+    for form in certs {
+        let reply = c.post("/certs/issue", &form, Some(&cookie)).await;
+        assert!(
+            reply.location().starts_with("/certs?error="),
+            "{form}: {} {}",
+            reply.status,
+            reply.location()
+        );
+    }
+    assert!(c.ops().list_certs().await.unwrap().is_empty());
+    let bad_csr = c
+        .post("/certs/sign", &encode(&[("csrf", &csrf), ("csr", "not a csr"), ("days", "30")]), Some(&cookie))
+        .await;
+    assert!(bad_csr.location().starts_with("/certs?error="));
+}
+
+#[tokio::test]
+async fn certificates_are_issued_as_downloads_listed_and_revoked() {
+    let c = Console::new().await;
+    let cookie = c.admin().await;
+    let csrf = c.csrf(&cookie).await;
+    let pem = c
+        .post(
+            "/certs/issue",
+            &encode(&[
+                ("csrf", &csrf),
+                ("name", "press-7"),
+                ("sans", "DNS:press-7.plant"),
+                ("days", "30"),
+                ("key_type", "p256"),
+                ("format", "pem"),
+            ]),
+            Some(&cookie),
+        )
+        .await;
+    assert_eq!(pem.status, StatusCode::OK);
+    assert!(pem.headers[header::CONTENT_DISPOSITION].to_str().unwrap().contains("press-7-bundle.pem"));
+    assert_eq!(pem.body.matches("BEGIN CERTIFICATE").count(), 2, "certificate and CA");
+    assert!(pem.body.contains("PRIVATE KEY"));
+    let p12 = c
+        .post(
+            "/certs/issue",
+            &encode(&[
+                ("csrf", &csrf),
+                ("name", "press-8"),
+                ("days", "30"),
+                ("key_type", "p384"),
+                ("format", "p12"),
+                ("p12_password", "p12 passphrase"),
+            ]),
+            Some(&cookie),
+        )
+        .await;
+    assert_eq!(p12.headers[header::CONTENT_TYPE], "application/x-pkcs12");
+    assert!(p12.bytes.len() > 500 && p12.bytes.first() == Some(&0x30), "a DER PKCS#12 file");
+    let page = c.get("/certs", Some(&cookie)).await;
+    assert!(page.body.contains("press-7") && page.body.contains("press-8"));
+    let serial = c.ops().find_cert("press-7").await.unwrap().serial;
+    let revoked =
+        c.post("/certs/revoke", &encode(&[("csrf", &csrf), ("serial", &serial)]), Some(&cookie)).await;
+    assert!(revoked.location().starts_with("/certs?notice="));
+    assert!(c.ops().find_cert("press-7").await.unwrap().revoked_at.is_some());
+    let crl = c.get("/certs/crl.pem", Some(&cookie)).await;
+    assert!(crl.body.contains("BEGIN X509 CRL"));
+    let ca = c.get("/ca.crt", None).await;
+    assert_eq!(ca.status, StatusCode::OK, "the CA certificate is public (offered on the sign-in page)");
+    assert!(ca.body.contains("BEGIN CERTIFICATE"));
+}
+
+#[tokio::test]
+async fn untrusted_names_are_rendered_escaped() {
+    let c = Console::new().await;
+    let cookie = c.admin().await;
+    let xss = "<img src=x onerror=alert(1)>";
+    c.ops().add_user(xss, "correct horse battery", &[], &crate::ops::Actor::new("test")).await.unwrap();
+    let rule = crate::ops::rules::parse_rule(&format!("user:{xss}"), "allow", "both", "a/<b>/#").unwrap();
+    c.ops().add_rule(&rule, &crate::ops::Actor::new("test")).await.unwrap();
+    for page in ["/users", "/audit", &format!("/users?test_user={}&test_topic=a/%3Cb%3E/c", "%3Cimg%3E")] {
+        let body = c.get(page, Some(&cookie)).await.body;
+        assert!(!body.contains("<img") && !body.contains("<b>"), "{page} renders markup from data: {body}");
+        assert!(body.contains("&#60;img") || body.contains("&lt;img"), "{page}: escaped");
+    }
+}
+
+#[tokio::test]
+async fn pages_assets_metrics_and_limits() {
+    let c = Console::new().await;
+    let cookie = c.admin().await;
+    for page in ["/", "/users", "/certs", "/audit", "/audit?q=user"] {
+        let reply = c.get(page, Some(&cookie)).await;
+        assert_eq!(reply.status, StatusCode::OK, "{page}");
+        let csp = reply.headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"));
+        assert_eq!(reply.headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert!(!reply.body.contains("<script>"), "no inline script");
+    }
+    let api = c.get("/api/overview", Some(&cookie)).await;
+    let json: serde_json::Value = serde_json::from_str(&api.body).unwrap();
+    assert_eq!(json["clients"], 0);
+    let css = c.get("/static/weir.css", None).await;
+    assert_eq!(css.status, StatusCode::OK);
+    let etag = css.headers[header::ETAG].to_str().unwrap().to_owned();
+    assert!(css.headers[header::CACHE_CONTROL].to_str().unwrap().contains("max-age"));
+    let cached =
+        Request::get("/static/weir.css").header(header::IF_NONE_MATCH, &etag).body(Body::empty()).unwrap();
+    assert_eq!(c.send(cached).await.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(c.get("/static/nope.js", None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(c.get("/no/such/page", Some(&cookie)).await.status, StatusCode::NOT_FOUND);
+    let metrics = c.get("/metrics", None).await;
+    assert_eq!(metrics.status, StatusCode::OK, "open on loopback");
+    assert!(metrics.body.contains("weir_clients_connected 0"));
+    let csrf = c.csrf(&cookie).await;
+    let huge = format!("csrf={csrf}&passwd={}", "x".repeat(MAX_BODY + 1));
+    assert_eq!(c.post("/users/import", &huge, Some(&cookie)).await.status, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn metrics_elsewhere_need_a_session() {
+    let c = Console::with(false).await;
+    let cookie = c.admin().await;
+    assert_eq!(c.get("/metrics", None).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(c.get("/metrics", Some(&cookie)).await.status, StatusCode::OK);
+}
+
+#[test]
+fn an_idle_session_expires() {
+    let sessions = Sessions::new(Duration::from_millis(1));
+    let id = sessions.create("root").unwrap();
+    std::thread::sleep(Duration::from_millis(5));
+    assert!(sessions.touch(&id).is_none());
+    let sessions = Sessions::new(Duration::from_secs(60));
+    let id = sessions.create("root").unwrap();
+    assert!(sessions.touch(&id).is_some());
+    sessions.remove_user("root");
+    assert!(sessions.touch(&id).is_none());
+}
