@@ -8,6 +8,7 @@
 mod acl;
 mod cli;
 mod clients;
+mod console;
 mod durability;
 mod external;
 mod link;

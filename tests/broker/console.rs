@@ -1,0 +1,68 @@
+//! The web console in a real headless Chromium: journeys through `tests/python/console_journeys.py` (Selenium
+//! over Debian's chromedriver) against a gateway on port 0. `WEIR_SCREENSHOTS=DIR` keeps a screenshot of each page.
+
+use std::path::Path;
+
+use tokio::process::Command;
+
+use crate::support::TestGateway;
+
+/// Chromium starts slowly on a loaded machine: a journey gets this long in all.
+const JOURNEY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+async fn journey(name: &str, with_admin: bool) {
+    let gw = TestGateway::start().await;
+    if with_admin {
+        gw.gateway()
+            .security()
+            .add_user("root", "correct horse battery", &["admin".into()], "test")
+            .await
+            .unwrap();
+    }
+    let url = format!("http://{}/", gw.gateway().local_addr("console").unwrap());
+    let python = std::env::var("WEIR_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/console_journeys.py");
+    let shots = std::env::var("WEIR_SCREENSHOTS").ok();
+    let mut command = Command::new(&python);
+    command.arg(&script).arg(name).arg("--url").arg(&url).arg("--data-dir").arg(gw.data_dir());
+    command.arg("--mqtt-port").arg(gw.port().to_string());
+    if let Some(dir) = &shots {
+        command.arg("--shots").arg(dir);
+    }
+    command.kill_on_drop(true);
+    let out = tokio::time::timeout(JOURNEY_TIMEOUT, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("journey {name} did not finish within {JOURNEY_TIMEOUT:?}"))
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "journey {name} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    gw.stop().await;
+}
+
+/// First run with the setup code, then sign in and out, and throttling after wrong passwords.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_first_run_sign_in_and_out_and_throttling() {
+    journey("first_run", false).await;
+}
+
+/// Issue a certificate as PKCS#12, download it and open it with openssl; revoke it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_issue_download_and_revoke_a_certificate() {
+    journey("certificates", true).await;
+}
+
+/// Add a user and a rule in the console, then see mosquitto_pub and mosquitto_sub allowed and denied accordingly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_users_and_rules_decide_what_mosquitto_clients_may_do() {
+    journey("access", true).await;
+}
+
+/// Markup in a user name stays text: no script runs, nothing is rendered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_an_xss_payload_stays_inert() {
+    journey("xss", true).await;
+}

@@ -1,0 +1,209 @@
+#!/usr/bin/env python3
+"""Journeys through Weir's web console in a real headless Chromium (Debian's chromium and chromium-driver, driven
+over WebDriver by Selenium). Run by tests/broker/console.rs, one journey per call, against a gateway it started:
+
+    console_journeys.py JOURNEY --url http://127.0.0.1:PORT/ --data-dir DIR --mqtt-port N [--shots DIR]
+
+Every wait is bounded (WebDriverWait); a failed check raises, prints why and exits non-zero. With --shots, a
+screenshot of each page visited is saved there (PNG).
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from selenium import webdriver
+from selenium.common.exceptions import NoAlertPresentException, NoSuchElementException, StaleElementReferenceException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import WebDriverWait
+
+WAIT = 15  # seconds: the bound of every wait
+ADMIN = ("root", "correct horse battery")
+
+
+class Console:
+    def __init__(self, args, downloads):
+        options = webdriver.ChromeOptions()
+        options.binary_location = os.environ.get("WEIR_CHROMIUM", "/usr/bin/chromium")
+        for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--disable-dev-shm-usage", "--window-size=1280,900",
+                     f"--user-data-dir={tempfile.mkdtemp(prefix='weir-chromium-')}"):
+            options.add_argument(flag)
+        options.add_experimental_option("prefs", {"download.default_directory": downloads,
+                                                  "download.prompt_for_download": False})
+        service = Service(os.environ.get("WEIR_CHROMEDRIVER", "/usr/bin/chromedriver"))
+        self.driver = webdriver.Chrome(service=service, options=options)
+        self.driver.set_page_load_timeout(WAIT)
+        self.url = args.url.rstrip("/")
+        self.shots = args.shots
+        self.downloads = downloads
+
+    def open(self, path):
+        self.driver.get(self.url + path)
+
+    def path(self):
+        return "/" + self.driver.current_url.split("/", 3)[3] if self.driver.current_url.count("/") >= 3 else "/"
+
+    def wait_for(self, what, condition):
+        try:
+            ignored = (NoSuchElementException, StaleElementReferenceException)
+            return WebDriverWait(self.driver, WAIT, ignored_exceptions=ignored).until(condition)
+        except Exception as e:
+            raise AssertionError(f"timed out waiting for {what} on {self.driver.current_url}: {e}") from None
+
+    def wait_text(self, text):
+        self.wait_for(f"the text {text!r}", lambda d: text in d.find_element(By.TAG_NAME, "body").text)
+
+    def fill(self, form_action, **fields):
+        form = self.driver.find_element(By.CSS_SELECTOR, f"form[action='{form_action}']")
+        for name, value in fields.items():
+            element = form.find_element(By.NAME, name)
+            if element.tag_name == "select":
+                element.find_element(By.CSS_SELECTOR, f"option[value='{value}']").click()
+            else:
+                element.clear()
+                element.send_keys(value)
+        return form
+
+    def submit(self, form_action, **fields):
+        form = self.fill(form_action, **fields)
+        form.find_element(By.CSS_SELECTOR, "button[type='submit']").click()
+
+    def shot(self, name):
+        if self.shots:
+            os.makedirs(self.shots, exist_ok=True)
+            self.driver.save_screenshot(os.path.join(self.shots, f"{name}.png"))
+
+    def no_alert(self):
+        try:
+            text = self.driver.switch_to.alert.text
+        except NoAlertPresentException:
+            return
+        raise AssertionError(f"a script ran: alert {text!r}")
+
+    def sign_in(self, user=ADMIN[0], password=ADMIN[1]):
+        self.open("/login")
+        self.submit("/login", username=user, password=password)
+        self.wait_for("the overview", EC.title_contains("Overview"))
+
+    def sign_out(self):
+        self.driver.find_element(By.CSS_SELECTOR, "form[action='/logout'] button").click()
+        self.wait_for("the sign-in page", EC.title_contains("Sign in"))
+
+
+def first_run(c, args):
+    c.open("/")
+    c.wait_for("the first-run page", EC.title_contains("First run"))
+    c.shot("first-run")
+    c.submit("/setup", code="wrong-code", username="root", password=ADMIN[1], again=ADMIN[1])
+    c.wait_text("not the setup code")
+    with open(os.path.join(args.data_dir, "setup-code")) as f:
+        code = f.read().strip()
+    c.submit("/setup", code=code, username=ADMIN[0], password=ADMIN[1], again=ADMIN[1])
+    c.wait_for("the overview", EC.title_contains("Overview"))
+    assert not os.path.exists(os.path.join(args.data_dir, "setup-code")), "the setup code is consumed"
+    c.wait_for("live figures", lambda d: d.find_element(By.CSS_SELECTOR, "[data-key='in_rate']").text != "–")
+    c.shot("overview")
+    c.sign_out()
+    c.shot("sign-in")
+    c.sign_in()
+    c.sign_out()
+    for _ in range(6):
+        c.submit("/login", username=ADMIN[0], password="not the password")
+        c.wait_text("Wrong user name or password")
+    c.submit("/login", username=ADMIN[0], password=ADMIN[1])
+    c.wait_text("Too many failed attempts")
+
+
+def certificates(c, args):
+    c.sign_in()
+    c.open("/certs")
+    c.shot("certificates")
+    c.submit("/certs/issue", name="press-7", sans="DNS:press-7.plant", days="30", key_type="p384",
+             format="p12", p12_password="p12 passphrase")
+    target = os.path.join(c.downloads, "press-7.p12")
+    c.wait_for("the PKCS#12 download", lambda d: os.path.exists(target) and os.path.getsize(target) > 0)
+    check = subprocess.run(["openssl", "pkcs12", "-info", "-noout", "-passin", "pass:p12 passphrase",
+                            "-in", target], capture_output=True, text=True, timeout=WAIT)
+    assert check.returncode == 0, f"openssl cannot open the PKCS#12 file: {check.stderr}"
+    c.open("/certs")
+    c.wait_text("press-7")
+    c.driver.execute_script("window.confirm = () => true;")
+    c.driver.find_element(By.CSS_SELECTOR, "form[action='/certs/revoke'] button").click()
+    c.wait_text("Revoked press-7")
+
+
+def mqtt(args, *argv, timeout=WAIT):
+    return subprocess.run(list(argv) + ["-h", "127.0.0.1", "-p", str(args.mqtt_port)], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def access(c, args):
+    c.sign_in()
+    c.open("/users")
+    c.submit("/users/add", username="plc1", password="plc password 1", roles="")
+    c.wait_text("User plc1 added")
+    c.submit("/rules/add", subject="user:plc1", effect="allow", action="both", filter="plant/#")
+    c.wait_text("added")
+    c.shot("users")
+    c.fill("/users", test_user="plc1", test_client="c", test_topic="plant/press")
+    c.driver.find_element(By.CSS_SELECTOR, "form[action='/users'] button").click()
+    c.wait_text("user plc1 may publish to plant/press and may receive it")
+    allowed = mqtt(args, "mosquitto_pub", "-V", "mqttv311", "-u", "plc1", "-P", "plc password 1", "-t",
+                   "plant/press", "-m", "1", "-q", "1")
+    assert allowed.returncode == 0, f"allowed publish failed: {allowed.stderr}"
+    denied = mqtt(args, "mosquitto_sub", "-V", "mqttv5", "-u", "plc1", "-P", "plc password 1", "-t",
+                  "office/#", "-C", "1", "-W", "3")
+    assert "subscription requests were denied" in (denied.stdout + denied.stderr), \
+        f"a subscription no rule allows was not refused: rc {denied.returncode} {denied.stdout} {denied.stderr}"
+    wrong = mqtt(args, "mosquitto_pub", "-u", "plc1", "-P", "wrong", "-t", "plant/press", "-m", "1")
+    assert wrong.returncode != 0, "a wrong password was accepted"
+
+
+def xss(c, args):
+    c.sign_in()
+    c.open("/users")
+    payload = "<img src=x onerror=alert(1)>"
+    c.submit("/users/add", username=payload, password="correct horse battery", roles="")
+    c.wait_text(f"User {payload} added")
+    c.no_alert()
+    c.open("/audit")
+    c.wait_text(payload)
+    c.no_alert()
+    assert not c.driver.find_elements(By.CSS_SELECTOR, "main img"), "markup from data was rendered"
+    c.shot("audit")
+
+
+JOURNEYS = {"first_run": first_run, "certificates": certificates, "access": access, "xss": xss}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("journey", choices=sorted(JOURNEYS))
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--mqtt-port", type=int, required=True)
+    parser.add_argument("--shots")
+    args = parser.parse_args()
+    downloads = tempfile.mkdtemp(prefix="weir-downloads-")
+    c = Console(args, downloads)
+    try:
+        JOURNEYS[args.journey](c, args)
+    except Exception:
+        c.shot(f"failed-{args.journey}")
+        print(f"page at failure: {c.driver.current_url}\n{c.driver.find_element(By.TAG_NAME, 'body').text}",
+              file=sys.stderr)
+        raise
+    finally:
+        c.driver.quit()
+    print(f"{args.journey}: ok")
+
+
+if __name__ == "__main__":
+    main()
