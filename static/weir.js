@@ -53,3 +53,82 @@ document.addEventListener("change", (event) => {
   refresh();
   setInterval(refresh, 2000);
 })();
+
+// Payload bytes (base64) as the operator chose to see them. Always set with textContent, never as markup.
+function showPayload(base64, view) {
+  const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+  if (view === "hex") return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  const text = new TextDecoder().decode(bytes);
+  if (view === "json") {
+    try { return JSON.stringify(JSON.parse(text), null, 2); } catch (e) { return text; }
+  }
+  return text;
+}
+
+// The live view of a topic filter: server-sent events, newest first, at most 500 rows, with pause.
+(function live() {
+  const table = document.getElementById("live");
+  if (!table) return;
+  const body = table.tBodies[0];
+  const status = document.getElementById("live-status");
+  const pause = document.getElementById("live-pause");
+  const view = document.getElementById("live-view");
+  let paused = false;
+  let held = [];
+  const add = (m) => {
+    const row = body.insertRow(0);
+    const cells = [new Date(m.ts).toISOString().replace("T", " ").slice(0, 23), m.topic, String(m.qos)];
+    for (const text of cells) row.insertCell().textContent = text;
+    const pre = document.createElement("pre");
+    pre.className = "payload";
+    pre.textContent = showPayload(m.payload, view.value);
+    row.insertCell().appendChild(pre);
+    while (body.rows.length > 500) body.deleteRow(-1);
+  };
+  const source = new EventSource(table.getAttribute("data-stream"));
+  source.onopen = () => { status.textContent = "Watching."; table.setAttribute("data-open", "yes"); };
+  source.onerror = () => { status.textContent = "Disconnected; reconnecting…"; };
+  source.onmessage = (event) => {
+    const m = JSON.parse(event.data);
+    if (paused) {
+      held.push(m);
+      if (held.length > 500) held.shift();
+      status.textContent = `Paused: ${held.length} new messages held.`;
+    } else {
+      add(m);
+    }
+  };
+  pause.addEventListener("click", () => {
+    paused = !paused;
+    pause.textContent = paused ? "Resume" : "Pause";
+    pause.setAttribute("aria-pressed", String(paused));
+    if (!paused) {
+      held.forEach(add);
+      held = [];
+      status.textContent = "Watching.";
+    }
+  });
+})();
+
+// The history chart: numeric values over time, drawn with uPlot once it has loaded.
+window.addEventListener("load", () => {
+  const el = document.getElementById("chart");
+  if (!el || !window.uPlot) return;
+  fetch(el.getAttribute("data-series"), { headers: { Accept: "application/json" } })
+    .then((r) => (r.ok ? r.json() : Promise.reject(r.status)))
+    .then((data) => {
+      if (data.t.length === 0) {
+        el.textContent = "No numeric values to chart in this range.";
+        el.setAttribute("data-drawn", "empty");
+        return;
+      }
+      const options = {
+        width: Math.max(300, el.clientWidth),
+        height: 300,
+        series: [{}, { label: "value", stroke: "#0b5cad", width: 1.5 }],
+      };
+      new window.uPlot(options, [data.t, data.v], el);
+      el.setAttribute("data-drawn", String(data.t.length));
+    })
+    .catch(() => { el.textContent = "The chart could not be loaded."; });
+});

@@ -187,9 +187,8 @@ impl Gateway {
                 broker.clone(),
                 journal.clone(),
                 web::SetupCode::prepare(&config.data_dir, security.has_admin())?,
-                console.config.https,
-                console.config.bind.ip().is_loopback(),
-                console.config.idle_timeout,
+                &console.config,
+                lifecycle.token(Stage::Listeners),
             );
             start_console(&mut lifecycle, console, console_tls, state, &mut addresses)?;
         }

@@ -40,19 +40,11 @@ pub async fn export(
     q.limit = 1000;
     let mut written = 0u64;
     if format == Format::Csv {
-        writeln!(out, "id,time,topic,qos,retain,client_id,username,payload")?;
+        writeln!(out, "{CSV_HEADER}")?;
     }
     loop {
         let page = history::query(pool, &q).await?;
-        for m in &page.messages {
-            match format {
-                Format::Csv => write_csv(out, m, view)?,
-                Format::Jsonl => {
-                    serde_json::to_writer(&mut *out, &json(m, view)).map_err(std::io::Error::from)?;
-                    out.write_all(b"\n")?;
-                }
-            }
-        }
+        write_messages(out, &page.messages, format, view)?;
         written += page.messages.len() as u64;
         progress(written);
         match page.next {
@@ -62,6 +54,28 @@ pub async fn export(
     }
     out.flush()?;
     Ok(written)
+}
+
+/// The first line of a CSV export.
+pub const CSV_HEADER: &str = "id,time,topic,qos,retain,client_id,username,payload";
+
+/// Messages in the export format, one line each (for exports streamed by their caller, such as the console).
+pub fn write_messages(
+    out: &mut impl Write,
+    messages: &[StoredMessage],
+    format: Format,
+    view: PayloadView,
+) -> std::io::Result<()> {
+    for m in messages {
+        match format {
+            Format::Csv => write_csv(out, m, view)?,
+            Format::Jsonl => {
+                serde_json::to_writer(&mut *out, &json(m, view)).map_err(std::io::Error::from)?;
+                out.write_all(b"\n")?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A message as JSON, with its time as RFC 3339 and its payload in the chosen view.

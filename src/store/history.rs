@@ -267,11 +267,13 @@ enum Part {
     All,
 }
 
-/// Numeric values of the messages matching `q` (oldest first), for charts: `(unix ms, value)`.
+/// Numeric values of the messages matching `q` (oldest first), for charts: `(unix ms, value)`, at most
+/// `max_points` of them (the oldest; a chart asks for a range it can draw).
 pub async fn series(
     pool: &SqlitePool,
     q: &HistoryQuery,
     pointer: Option<&str>,
+    max_points: usize,
 ) -> Result<Vec<(i64, f64)>, StoreError> {
     let mut q = q.clone();
     q.order = Order::OldestFirst;
@@ -280,11 +282,31 @@ pub async fn series(
     loop {
         let page = query(pool, &q).await?;
         points.extend(page.messages.iter().filter_map(|m| Some((m.ts, m.number(pointer)?))));
+        if points.len() >= max_points {
+            points.truncate(max_points);
+            return Ok(points);
+        }
         match page.next {
             Some(next) => q.after = Some(next),
             None => return Ok(points),
         }
     }
+}
+
+/// One message by its journal id.
+pub async fn message(pool: &SqlitePool, id: i64) -> Result<Option<StoredMessage>, StoreError> {
+    let row = sqlx::query("SELECT * FROM messages WHERE id = ?").bind(id).fetch_optional(pool).await?;
+    row.as_ref().map(stored).transpose()
+}
+
+/// The retained message of a topic, as the journal keeps it.
+pub async fn retained(pool: &SqlitePool, topic: &str) -> Result<Option<StoredMessage>, StoreError> {
+    let row =
+        sqlx::query("SELECT m.* FROM retained r JOIN messages m ON m.id = r.message_id WHERE r.topic = ?")
+            .bind(topic)
+            .fetch_optional(pool)
+            .await?;
+    row.as_ref().map(stored).transpose()
 }
 
 fn stored(row: &SqliteRow) -> Result<StoredMessage, StoreError> {

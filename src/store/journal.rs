@@ -702,10 +702,10 @@ mod tests {
         j.flush().await;
         let q = HistoryQuery::new("m/temp");
         let values: Vec<f64> =
-            history::series(j.pool(), &q, None).await.unwrap().into_iter().map(|p| p.1).collect();
+            history::series(j.pool(), &q, None, 1000).await.unwrap().into_iter().map(|p| p.1).collect();
         assert_eq!(values, [1.5, 3.0]);
         let values: Vec<f64> =
-            history::series(j.pool(), &q, Some("/t")).await.unwrap().into_iter().map(|p| p.1).collect();
+            history::series(j.pool(), &q, Some("/t"), 1000).await.unwrap().into_iter().map(|p| p.1).collect();
         assert_eq!(values, [2.0]);
     }
 

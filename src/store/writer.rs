@@ -434,6 +434,14 @@ impl Writer {
                  SELECT topic, id FROM messages WHERE id > ? AND id <= ? ORDER BY topic, id",
             )?
             .execute(params![from, end])?;
+            // The topic catalogue, from the same rows: one upsert per distinct topic of the step.
+            tx.prepare_cached(
+                "INSERT INTO topics (topic, last_id, count) \
+                 SELECT topic, max(id), count(*) FROM messages WHERE id > ? AND id <= ? GROUP BY topic \
+                 ON CONFLICT (topic) DO UPDATE SET last_id = max(last_id, excluded.last_id), \
+                 count = count + excluded.count",
+            )?
+            .execute(params![from, end])?;
             tx.prepare_cached("INSERT OR REPLACE INTO journal_state (key, value) VALUES ('topic_index', ?)")?
                 .execute([end])?;
             tx.commit()
@@ -561,6 +569,12 @@ impl Writer {
             }
         }
         if deleted > 0 {
+            // Topics whose newest message is gone leave the catalogue.
+            self.conn
+                .prepare_cached(
+                    "DELETE FROM topics WHERE last_id < (SELECT coalesce(min(id), 0) FROM messages)",
+                )?
+                .execute([])?;
             self.conn.execute_batch("PRAGMA incremental_vacuum")?;
         }
         Ok(deleted)

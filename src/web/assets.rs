@@ -10,6 +10,16 @@ use super::WebError;
 const ASSETS: &[(&str, &str, &[u8])] = &[
     ("weir.css", "text/css; charset=utf-8", include_bytes!("../../static/weir.css")),
     ("weir.js", "text/javascript; charset=utf-8", include_bytes!("../../static/weir.js")),
+    (
+        "vendor/uplot-1.6.32.min.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/vendor/uplot-1.6.32.min.js"),
+    ),
+    (
+        "vendor/uplot-1.6.32.min.css",
+        "text/css; charset=utf-8",
+        include_bytes!("../../static/vendor/uplot-1.6.32.min.css"),
+    ),
 ];
 
 pub(super) async fn asset_get(Path(file): Path<String>, headers: HeaderMap) -> Result<Response, WebError> {

@@ -15,23 +15,26 @@
 mod assets;
 mod audit;
 mod certs;
+mod clients;
 mod error;
 mod headers;
+mod history;
 mod login;
 mod metrics;
 mod overview;
 mod serve;
 mod session;
 mod setup;
+mod topics;
 mod users;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
 use tower_http::limit::RequestBodyLimitLayer;
 
+use crate::config::ConsoleConfig;
 use crate::mqtt::broker::Broker;
 use crate::ops::Ops;
 use crate::store::Journal;
@@ -61,6 +64,9 @@ struct Shared {
     /// Served on a loopback address only: `/metrics` needs no sign-in there.
     loopback: bool,
     rates: overview::Rates,
+    live: topics::LiveCount,
+    /// The console's stop: long-lived responses (live views) end with it.
+    stop: crate::shutdown::StopToken,
 }
 
 impl AppState {
@@ -69,19 +75,20 @@ impl AppState {
         broker: Broker,
         journal: Option<Journal>,
         setup: SetupCode,
-        https: bool,
-        loopback: bool,
-        idle_timeout: Duration,
+        config: &ConsoleConfig,
+        stop: crate::shutdown::StopToken,
     ) -> AppState {
         let inner = Shared {
             ops,
             broker,
             journal,
-            sessions: Sessions::new(idle_timeout),
+            sessions: Sessions::new(config.idle_timeout),
             setup,
-            https,
-            loopback,
+            https: config.https,
+            loopback: config.bind.ip().is_loopback(),
             rates: overview::Rates::default(),
+            live: topics::LiveCount::default(),
+            stop,
         };
         AppState { inner: Arc::new(inner) }
     }
@@ -99,6 +106,18 @@ pub fn router(state: AppState) -> Router {
         .route("/setup", get(setup::setup_get).post(setup::setup_post))
         .route("/login", get(login::login_get).post(login::login_post))
         .route("/logout", post(login::logout_post))
+        .route("/clients", get(clients::clients_get))
+        .route("/clients/disconnect", post(clients::disconnect_post))
+        .route("/clients/delete", post(clients::delete_post))
+        .route("/topics", get(topics::topics_get))
+        .route("/topics/view", get(topics::view_get))
+        .route("/topics/live", get(topics::live_get))
+        .route("/topics/stream", get(topics::stream_get))
+        .route("/topics/publish", post(topics::publish_post))
+        .route("/topics/clear", post(topics::clear_post))
+        .route("/history", get(history::history_get))
+        .route("/history/series", get(history::series_get))
+        .route("/history/export", get(history::export_get))
         .route("/users", get(users::users_get))
         .route("/users/add", post(users::add_post))
         .route("/users/password", post(users::password_post))
@@ -115,7 +134,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ca.crt", get(certs::ca_get))
         .route("/audit", get(audit::audit_get))
         .route("/metrics", get(metrics::metrics_get))
-        .route("/static/{file}", get(assets::asset_get))
+        .route("/static/{*file}", get(assets::asset_get))
         .fallback(error::not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), session::csrf_guard))
         .layer(axum::middleware::from_fn_with_state(state.clone(), headers::security_headers))

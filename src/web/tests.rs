@@ -48,16 +48,41 @@ impl Console {
     }
 
     async fn with(loopback: bool) -> Console {
+        Console::build(loopback, false).await
+    }
+
+    /// With a journal: topics and history.
+    async fn journaled() -> Console {
+        Console::build(true, true).await
+    }
+
+    async fn build(loopback: bool, journaled: bool) -> Console {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_owned();
         let ops = crate::ops::Ops::open(&path).await.unwrap();
         let stop = Stop::new();
         let authorizer: Arc<dyn Authorizer> =
             Arc::new(crate::security::Security::load(ops.security().pool().clone(), &path).await.unwrap());
-        let (broker, _) =
-            Broker::start(BrokerConfig::default(), None, Some(authorizer), Restored::default(), stop.token());
+        let journal = match journaled {
+            true => Some(
+                crate::store::Journal::open(&path, crate::store::JournalConfig::default()).await.unwrap(),
+            ),
+            false => None,
+        };
+        let durable = journal.clone().map(|j| Arc::new(j) as Arc<dyn crate::mqtt::broker::Durable>);
+        let (broker, _) = Broker::start(
+            BrokerConfig::default(),
+            durable,
+            Some(authorizer),
+            Restored::default(),
+            stop.token(),
+        );
         let setup = SetupCode::prepare(&path, ops.security().has_admin()).unwrap();
-        let state = AppState::new(ops, broker, None, setup, false, loopback, Duration::from_secs(600));
+        let mut config = crate::config::ConsoleConfig::default();
+        if !loopback {
+            config.bind = SocketAddr::from(([192, 0, 2, 1], 443));
+        }
+        let state = AppState::new(ops, broker, journal, setup, &config, stop.token());
         Console { _dir: dir, dir: path, state, _stop: stop }
     }
 
@@ -463,4 +488,200 @@ fn an_idle_session_expires() {
     assert!(sessions.touch(&id).is_some());
     sessions.remove_user("root");
     assert!(sessions.touch(&id).is_none());
+}
+
+impl Console {
+    /// Publishes through an in-process link and waits until the journal has indexed it.
+    async fn publish(&self, topic: &str, payload: &str, retain: bool) {
+        let link = self
+            .state
+            .inner
+            .broker
+            .link("test-publisher", crate::mqtt::broker::LinkOptions::default())
+            .await
+            .unwrap();
+        link.publish(crate::mqtt::broker::Message::new(
+            topic,
+            payload.to_owned(),
+            crate::mqtt::codec::QoS::AtLeastOnce,
+            retain,
+        ))
+        .await
+        .unwrap();
+        drop(link);
+        let journal = self.state.inner.journal.as_ref().unwrap();
+        // The router has the message once `stats` (queued behind it) answers; then the writer has it once flushed.
+        self.state.inner.broker.stats().await.unwrap();
+        journal.flush().await;
+        journal.index_now().await;
+    }
+}
+
+#[tokio::test]
+async fn the_topic_tree_search_values_publish_and_clear() {
+    let c = Console::journaled().await;
+    let cookie = c.admin().await;
+    c.publish("plant/press-1/temp", "21.5", false).await;
+    c.publish("plant/press-1/temp", "{\"t\":22}", false).await;
+    c.publish("plant/press-2/state", "running", true).await;
+    c.publish("office/door", "open", false).await;
+    let root = c.get("/topics", Some(&cookie)).await.body;
+    assert!(root.contains("3 topics in the journal"), "{root}");
+    assert!(root.contains("office/") && root.contains("plant/"));
+    let plant = c.get("/topics?prefix=plant", Some(&cookie)).await.body;
+    assert!(plant.contains("press-1/") && plant.contains("press-2/") && !plant.contains("office"));
+    let found = c.get("/topics?q=temp", Some(&cookie)).await.body;
+    assert!(found.contains("plant/press-1/temp") && !found.contains("press-2/state"));
+    let view = c.get("/topics/view?topic=plant/press-1/temp&view=json", Some(&cookie)).await.body;
+    assert!(view.contains("&#34;t&#34;: 22") || view.contains("&quot;t&quot;: 22"), "indented JSON: {view}");
+    assert!(view.contains("2 messages in the last minute") || view.contains(">2<"), "{view}");
+    let retained = c.get("/topics/view?topic=plant/press-2/state", Some(&cookie)).await.body;
+    assert!(retained.contains("Clear the retained value"));
+    let csrf = c.csrf(&cookie).await;
+    let published = c
+        .post(
+            "/topics/publish",
+            &encode(&[
+                ("csrf", &csrf),
+                ("topic", "plant/cmd"),
+                ("payload", "go"),
+                ("qos", "1"),
+                ("retain", "true"),
+            ]),
+            Some(&cookie),
+        )
+        .await;
+    assert!(
+        published.location().starts_with("/topics/view?topic=plant%2Fcmd&notice="),
+        "{}",
+        published.location()
+    );
+    c.publish("sync/marker", "x", false).await;
+    let cmd = c.get("/topics/view?topic=plant/cmd", Some(&cookie)).await.body;
+    assert!(cmd.contains("<pre class=\"payload\">go</pre>"), "{cmd}");
+    let cleared =
+        c.post("/topics/clear", &encode(&[("csrf", &csrf), ("topic", "plant/cmd")]), Some(&cookie)).await;
+    assert!(cleared.location().contains("notice="));
+    c.publish("sync/marker", "y", false).await;
+    assert!(
+        !c.get("/topics/view?topic=plant/cmd", Some(&cookie)).await.body.contains("Clear the retained value")
+    );
+    for bad in ["a/#", "$SYS/x", ""] {
+        let reply = c
+            .post(
+                "/topics/publish",
+                &encode(&[("csrf", &csrf), ("topic", bad), ("payload", "x"), ("qos", "0")]),
+                Some(&cookie),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad:?}");
+    }
+    let qos = c
+        .post(
+            "/topics/publish",
+            &encode(&[("csrf", &csrf), ("topic", "a"), ("payload", "x"), ("qos", "3")]),
+            Some(&cookie),
+        )
+        .await;
+    assert_eq!(qos.status, StatusCode::BAD_REQUEST);
+    let audit = c.get("/audit?q=topic.publish", Some(&cookie)).await.body;
+    assert!(audit.contains("plant/cmd"), "publishing is audited");
+}
+
+#[tokio::test]
+async fn the_live_view_streams_messages_as_server_sent_events() {
+    let c = Console::journaled().await;
+    let cookie = c.admin().await;
+    let page = c.get("/topics/live?filter=plant/%23", Some(&cookie)).await;
+    assert!(page.body.contains("data-stream=\"/topics/stream?filter=plant/%23\""), "{}", page.body);
+    assert_eq!(c.get("/topics/live?filter=a/%23/b", Some(&cookie)).await.status, StatusCode::BAD_REQUEST);
+    let mut request = Request::get("/topics/stream?filter=plant/%23")
+        .header(header::COOKIE, &cookie)
+        .body(Body::empty())
+        .unwrap();
+    request.extensions_mut().insert(ConnectInfo(Peer(SocketAddr::from(([127, 0, 0, 1], 1)))));
+    let response = router(c.state.clone()).oneshot(request).await.unwrap();
+    assert_eq!(response.headers()[header::CONTENT_TYPE], "text/event-stream");
+    let mut body = response.into_body().into_data_stream();
+    // The subscription is in force once the response exists: what is published now arrives.
+    c.publish("plant/x", "<b>hi</b>", false).await;
+    c.publish("office/y", "not for this view", false).await;
+    let mut seen = String::new();
+    while !seen.contains("plant/x") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), futures_util::StreamExt::next(&mut body))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.contains("PGI+aGk8L2I+"), "the payload, base64: {seen}");
+    assert!(!seen.contains("office/y"));
+}
+
+#[tokio::test]
+async fn history_pages_charts_and_streamed_exports() {
+    let c = Console::journaled().await;
+    let cookie = c.admin().await;
+    for i in 0..5 {
+        c.publish("sensor/temp", &format!("{{\"t\": {}}}", 20 + i), false).await;
+    }
+    c.publish("sensor/text", "<script>alert(1)</script>", false).await;
+    let page = c.get("/history?filter=sensor/%23", Some(&cookie)).await.body;
+    assert_eq!(page.matches("<tr><td>").count(), 6, "{page}");
+    assert!(
+        !page.contains("<script>alert") && page.contains("&#60;script&#62;")
+            || page.contains("&lt;script&gt;"),
+        "escaped"
+    );
+    assert!(page.contains("id=\"chart\""));
+    let series = c.get("/history/series?filter=sensor/temp&field=/t", Some(&cookie)).await;
+    let json: serde_json::Value = serde_json::from_str(&series.body).unwrap();
+    assert_eq!(json["v"], serde_json::json!([20.0, 21.0, 22.0, 23.0, 24.0]));
+    let csv = c.get("/history/export?filter=sensor/%23&format=csv", Some(&cookie)).await;
+    assert!(csv.headers[header::CONTENT_DISPOSITION].to_str().unwrap().contains("weir-history.csv"));
+    let lines: Vec<&str> = csv.body.lines().collect();
+    assert_eq!(lines.len(), 7, "{}", csv.body);
+    assert_eq!(lines[0], crate::store::export::CSV_HEADER);
+    let jsonl = c.get("/history/export?filter=sensor/temp&format=jsonl", Some(&cookie)).await;
+    assert_eq!(jsonl.body.lines().count(), 5);
+    let bad = c.get("/history?filter=a/%23/b", Some(&cookie)).await;
+    assert!(bad.body.contains("not a valid topic filter"));
+    assert_eq!(c.get("/history/series?filter=a/%23/b", Some(&cookie)).await.status, StatusCode::BAD_REQUEST);
+    let bad_time = c.get("/history?filter=%23&since=yesterdayish", Some(&cookie)).await;
+    assert!(bad_time.body.contains("class=\"error\""));
+}
+
+#[tokio::test]
+async fn without_a_journal_topics_and_history_say_so() {
+    let c = Console::new().await;
+    let cookie = c.admin().await;
+    for page in ["/topics", "/history", "/topics/view?topic=a"] {
+        let reply = c.get(page, Some(&cookie)).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{page}");
+        assert!(reply.body.contains("journal is off"));
+    }
+}
+
+#[tokio::test]
+async fn clients_are_listed_and_actions_on_unknown_ones_are_refused() {
+    let c = Console::new().await;
+    let cookie = c.admin().await;
+    assert_eq!(c.get("/clients", Some(&cookie)).await.status, StatusCode::OK);
+    let csrf = c.csrf(&cookie).await;
+    let kick =
+        c.post("/clients/disconnect", &encode(&[("csrf", &csrf), ("client", "nobody")]), Some(&cookie)).await;
+    assert!(kick.location().starts_with("/clients?error="));
+    let delete =
+        c.post("/clients/delete", &encode(&[("csrf", &csrf), ("client", "nobody")]), Some(&cookie)).await;
+    assert!(delete.location().starts_with("/clients?error="));
+    c.ops()
+        .add_user("vic", "correct horse battery", &["viewer".into()], &crate::ops::Actor::new("test"))
+        .await
+        .unwrap();
+    let viewer = c.sign_in("vic", "correct horse battery").await;
+    let csrf = c.csrf(&viewer).await;
+    let refused =
+        c.post("/clients/disconnect", &encode(&[("csrf", &csrf), ("client", "x")]), Some(&viewer)).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
 }

@@ -275,6 +275,8 @@ pub struct ConnectRequest {
     pub protocol: ProtocolVersion,
     pub username: Option<String>,
     pub peer: String,
+    /// As the connection applies it (the server's, if it overrides the client's).
+    pub keep_alive: u16,
     pub principal: Option<Arc<Identity>>,
 }
 
@@ -326,6 +328,28 @@ pub struct SubscribeRequest {
     pub principal: Option<Arc<Identity>>,
 }
 
+/// One session as the console lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientInfo {
+    pub client_id: String,
+    pub username: Option<String>,
+    pub online: bool,
+    /// The connection's address, while online.
+    pub peer: Option<String>,
+    pub protocol: Option<ProtocolVersion>,
+    pub keep_alive: Option<u16>,
+    /// Unix ms: connected at, or (offline) disconnected at.
+    pub since: Option<i64>,
+    /// Session expiry, seconds (`u32::MAX`: never).
+    pub expiry: u32,
+    pub subscriptions: Vec<String>,
+    /// QoS 1/2 (and online QoS 0) deliveries waiting in memory, beyond it in the journal, and in flight.
+    pub queued: usize,
+    pub spilled: u64,
+    pub in_flight: usize,
+    pub dropped: u64,
+}
+
 /// A snapshot of the router's state, for `$SYS`, tests and the console.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BrokerStats {
@@ -345,6 +369,9 @@ pub(crate) enum Command {
     OpenLink(ClientId, QueueLimits, oneshot::Sender<Result<Arc<SessionQueue>, LinkError>>),
     CloseLink(ClientId),
     Stats(oneshot::Sender<BrokerStats>),
+    Clients(String, usize, oneshot::Sender<Vec<ClientInfo>>),
+    Kick(ClientId, oneshot::Sender<bool>),
+    DropSession(ClientId, oneshot::Sender<bool>),
     DisconnectUser(String),
 }
 
@@ -441,6 +468,21 @@ impl Broker {
 
     pub async fn stats(&self) -> Result<BrokerStats, BrokerGone> {
         self.request(Command::Stats).await
+    }
+
+    /// Sessions (not links) whose client id or user name contains `search`, at most `limit`.
+    pub async fn clients(&self, search: &str, limit: usize) -> Result<Vec<ClientInfo>, BrokerGone> {
+        self.request(|tx| Command::Clients(search.to_owned(), limit, tx)).await
+    }
+
+    /// Closes a client's connection (v5: DISCONNECT 0x98); false if it is not connected.
+    pub async fn kick(&self, client: &str) -> Result<bool, BrokerGone> {
+        self.request(|tx| Command::Kick(ClientId::new(client), tx)).await
+    }
+
+    /// Ends an offline session and what is queued for it; false if there is none or its client is online.
+    pub async fn drop_session(&self, client: &str) -> Result<bool, BrokerGone> {
+        self.request(|tx| Command::DropSession(ClientId::new(client), tx)).await
     }
 
     /// Opens an in-process link: a session that lives inside the process, see [`Link`].

@@ -12,12 +12,12 @@ use super::metrics::Metrics;
 use super::queue::{Pushed, QueueLimits, SessionQueue, SpillHook, StoreHook};
 use super::subscriptions::{Matched, Subscriber, SubscriptionTree};
 use super::{
-    Authorizer, BrokerStats, Command, ConnectOutcome, ConnectRequest, ConnectionId, Control,
+    Authorizer, BrokerStats, ClientInfo, Command, ConnectOutcome, ConnectRequest, ConnectionId, Control,
     DisconnectNotice, DisconnectReason, LinkError, Restored, SessionRecord, Shared, SubscribeRequest, Will,
 };
 use crate::auth::Identity;
 use crate::mqtt::codec::topic::{self, SharedFilter};
-use crate::mqtt::codec::{QoS, ReasonCode, RetainHandling};
+use crate::mqtt::codec::{ProtocolVersion, QoS, ReasonCode, RetainHandling};
 use crate::shutdown::StopToken;
 
 /// Session expiry interval meaning "never".
@@ -78,6 +78,16 @@ struct Attached {
     control: ControlSender,
     /// Boxed: a `Will` is ~140 bytes and most clients have none (see `Session::pending_will`).
     will: Option<Box<Will>>,
+    /// What the console shows of the connection; boxed, read only when it asks.
+    about: Box<AttachedInfo>,
+}
+
+struct AttachedInfo {
+    peer: String,
+    protocol: ProtocolVersion,
+    keep_alive: u16,
+    /// Unix ms.
+    since: i64,
 }
 
 impl Session {
@@ -284,6 +294,15 @@ impl Router {
             Command::Stats(reply) => {
                 let _ = reply.send(self.stats());
             }
+            Command::Clients(search, limit, reply) => {
+                let _ = reply.send(self.clients(&search, limit));
+            }
+            Command::Kick(id, reply) => {
+                let _ = reply.send(self.kick(&id));
+            }
+            Command::DropSession(id, reply) => {
+                let _ = reply.send(self.drop_session(&id));
+            }
             Command::DisconnectUser(username) => {
                 for session in self.sessions.values() {
                     let theirs =
@@ -345,6 +364,12 @@ impl Router {
             id: request.connection,
             control: request.control,
             will: request.will.map(Box::new),
+            about: Box::new(AttachedInfo {
+                peer: request.peer,
+                protocol: request.protocol,
+                keep_alive: request.keep_alive,
+                since: crate::timefmt::now_ms(),
+            }),
         });
         session.expiry = expiry;
         session.disconnected_at = None;
@@ -736,6 +761,68 @@ impl Router {
         ];
         for (topic, value) in values {
             self.route(Arc::new(Message::new(topic, value, QoS::AtMostOnce, true))).await;
+        }
+    }
+
+    /// The sessions (not links) whose client id or user name contains `search`, at most `limit`, by client id.
+    fn clients(&self, search: &str, limit: usize) -> Vec<ClientInfo> {
+        let now = Instant::now();
+        let mut found: Vec<ClientInfo> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| !s.is_link)
+            .filter(|(id, s)| {
+                let user = s.principal.as_ref().and_then(|p| p.username.as_deref()).unwrap_or_default();
+                id.as_str().contains(search) || user.contains(search)
+            })
+            .map(|(id, s)| {
+                let queue = s.queue.stats();
+                let about = s.connection.as_ref().map(|c| &c.about);
+                let ago = |at: Instant| i64::try_from(now.duration_since(at).as_millis()).unwrap_or(i64::MAX);
+                ClientInfo {
+                    client_id: id.to_string(),
+                    username: s.principal.as_ref().and_then(|p| p.username.clone()),
+                    online: s.connection.is_some(),
+                    peer: about.map(|a| a.peer.clone()),
+                    protocol: about.map(|a| a.protocol),
+                    keep_alive: about.map(|a| a.keep_alive),
+                    since: about
+                        .map(|a| a.since)
+                        .or_else(|| s.disconnected_at.map(|at| crate::timefmt::now_ms() - ago(at))),
+                    expiry: s.expiry,
+                    subscriptions: s.subscriptions.iter().cloned().collect(),
+                    queued: queue.pending,
+                    spilled: queue.spilled,
+                    in_flight: queue.inflight,
+                    dropped: queue.dropped,
+                }
+            })
+            .collect();
+        found.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        found.truncate(limit);
+        found
+    }
+
+    /// Closes a client's connection (v5: DISCONNECT 0x98 administrative action); false if it is not connected.
+    fn kick(&mut self, id: &ClientId) -> bool {
+        match self.sessions.get(id).and_then(|s| s.connection.as_ref()) {
+            Some(attached) => {
+                attached.control.send(Control::Disconnect(ReasonCode::ADMINISTRATIVE_ACTION));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Ends an offline session with everything queued for it; false if there is none, or its client is
+    /// connected (close the connection first).
+    fn drop_session(&mut self, id: &ClientId) -> bool {
+        match self.sessions.get(id) {
+            Some(s) if !s.is_link && s.connection.is_none() => {
+                self.end_session(id);
+                true
+            }
+            _ => false,
         }
     }
 

@@ -133,6 +133,7 @@ async fn accept<T: Transport>(
         protocol: connect.protocol,
         username: username.clone(),
         peer: peer.to_string(),
+        keep_alive: broker.config().server_keep_alive.unwrap_or(connect.keep_alive),
         principal: Some(principal.clone()),
     };
     let outcome = match broker.connect(request).await {
