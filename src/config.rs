@@ -225,6 +225,8 @@ pub struct FileMqtt {
     /// QoS 1/2 in flight towards a 3.1.1 client.
     pub max_inflight: Option<u16>,
     pub topic_alias_maximum: Option<u16>,
+    /// Topic aliases assigned on deliveries to a v5 client, up to its own maximum; 0: none.
+    pub server_topic_aliases: Option<u16>,
     pub server_keep_alive: Option<u16>,
     pub max_session_expiry_secs: Option<u32>,
     pub max_queued_messages: Option<usize>,
@@ -267,6 +269,7 @@ impl Config {
             receive_maximum: m.receive_maximum.unwrap_or(defaults.receive_maximum),
             max_inflight: m.max_inflight.unwrap_or(defaults.max_inflight).max(1),
             topic_alias_maximum: m.topic_alias_maximum.unwrap_or(defaults.topic_alias_maximum),
+            server_topic_aliases: m.server_topic_aliases.unwrap_or(defaults.server_topic_aliases),
             server_keep_alive: m.server_keep_alive,
             max_session_expiry: m.max_session_expiry_secs,
             max_queued_messages: m.max_queued_messages.unwrap_or(defaults.max_queued_messages),

@@ -438,6 +438,37 @@ async fn paho_v5_topic_alias_set_used_and_remapped_by_the_publisher() {
     gw.stop().await;
 }
 
+#[tokio::test]
+async fn paho_v5_gets_server_topic_aliases_only_when_it_allows_them() {
+    let gw = TestGateway::start().await;
+    let result = paho(&gw, Mqtt::V5, "server-topic-alias").await;
+    let sent = result["sent"].as_array().unwrap();
+    let topics: Vec<&str> = sent.iter().map(|m| m["topic"].as_str().unwrap()).collect();
+    // The application sees every topic, in order, once aliases are resolved.
+    assert_eq!(
+        result["resolved"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect::<Vec<_>>(),
+        topics
+    );
+    let wire = result["wire"].as_array().unwrap();
+    let payloads: Vec<&str> = wire.iter().map(|m| m["payload"].as_str().unwrap()).collect();
+    let sent_payloads: Vec<&str> = sent.iter().map(|m| m["payload"].as_str().unwrap()).collect();
+    assert_eq!(payloads, sent_payloads);
+    // Every delivery carries an alias within the client's maximum (2); the first on a topic names it.
+    for m in wire {
+        let alias = m["alias"].as_u64().unwrap_or_else(|| panic!("no alias: {result}"));
+        assert!((1..=2).contains(&alias), "{result}");
+    }
+    assert_eq!(wire[0]["topic"], sent[0]["topic"]);
+    let empty = wire.iter().filter(|m| m["topic"] == "").count();
+    assert!(empty >= 5, "most deliveries use the alias alone: {result}");
+    // A client that announced no maximum gets whole topics and no alias.
+    for (m, s) in result["plain"].as_array().unwrap().iter().zip(sent) {
+        assert_eq!(m["topic"], s["topic"]);
+        assert!(m["properties"].get("TopicAlias").is_none(), "{result}");
+    }
+    gw.stop().await;
+}
+
 async fn mosquitto_qos_round_trip(mqtt: Mqtt) {
     let gw = TestGateway::start().await;
     let base = format!("mosquitto{}/qos", mqtt.tag());

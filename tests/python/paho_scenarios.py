@@ -131,14 +131,18 @@ class Peer:
         self.client.will_set(topic, payload, qos=qos, retain=False, properties=properties)
         return self
 
-    def connect(self, session_expiry=None):
+    def connect(self, session_expiry=None, topic_alias_maximum=None):
         """Connects and waits for a successful CONNACK."""
         options = {}
         if self.v5:
             options["clean_start"] = self.clean
+            values = {}
             if session_expiry is not None:
-                expiry = v5_properties(PacketTypes.CONNECT, SessionExpiryInterval=session_expiry)
-                options["properties"] = expiry
+                values["SessionExpiryInterval"] = session_expiry
+            if topic_alias_maximum is not None:
+                values["TopicAliasMaximum"] = topic_alias_maximum
+            if values:
+                options["properties"] = v5_properties(PacketTypes.CONNECT, **values)
         port = self.args.ws_port if self.transport == "websockets" else self.args.port
         self.client.connect(self.args.host, port, keepalive=30, **options)
         if self.threaded:
@@ -467,6 +471,35 @@ def scenario_topic_alias(args):
     }
 
 
+def scenario_server_topic_alias(args):
+    """Weir assigns topic aliases on what it sends to a client that allows them (Topic Alias Maximum 2 here), and
+    none to one that does not. paho 2.1 hands the application each PUBLISH as it came: an aliased one has an empty
+    topic and its alias among the properties. The scenario reports both and resolves aliases as a client would."""
+    base = "paho5/server-alias/a-long-topic-name-as-devices-use/line-7/press-12"
+    order = [0, 0, 0, 1, 1, 1, 2, 0, 1, 0]
+    sent = [(f"{base}/{n}", f"m{i}") for i, n in enumerate(order)]
+    aliased = Peer(args, "paho5-salias-sub").connect(topic_alias_maximum=2)
+    plain = Peer(args, "paho5-salias-plain").connect()
+    aliased.subscribe(f"{base}/#", qos=1)
+    plain.subscribe(f"{base}/#", qos=1)
+    publisher = Peer(args, "paho5-salias-pub").connect()
+    for topic, payload in sent:
+        publisher.publish(topic, payload, qos=1)
+    wire = [{"topic": m["topic"], "alias": m["properties"].get("TopicAlias"), "payload": m["payload"]}
+            for m in aliased.take(len(sent))]
+    aliases, resolved = {}, []
+    for m in wire:
+        if m["alias"] is not None and m["topic"]:
+            aliases[m["alias"]] = m["topic"]
+        resolved.append(m["topic"] or aliases.get(m["alias"], "?"))
+    return {
+        "sent": [{"topic": t, "payload": p} for t, p in sent],
+        "wire": wire,
+        "resolved": resolved,
+        "plain": brief(plain.take(len(sent)), "topic", "payload", "properties"),
+    }
+
+
 def scenario_websocket(args):
     """A WebSocket client and a TCP client exchange messages both ways, one of them larger than a frame."""
     base = f"paho{args.tag}/ws"
@@ -499,6 +532,7 @@ def scenario_wrong_port(args):
 
 SCENARIOS = {
     "qos": scenario_qos,
+    "server-topic-alias": scenario_server_topic_alias,
     "hold": scenario_hold,
     "will": scenario_will,
     "properties": scenario_properties,

@@ -45,6 +45,9 @@ pub struct BrokerConfig {
     /// maximum applies to it).
     pub max_inflight: u16,
     pub topic_alias_maximum: u16,
+    /// Most topic aliases the gateway assigns on deliveries to one v5 client (never more than the client's own
+    /// Topic Alias Maximum); 0 assigns none.
+    pub server_topic_aliases: u16,
     /// When set, overrides the keep alive clients ask for (v5 "server keep alive").
     pub server_keep_alive: Option<u16>,
     /// Upper bound on a session's expiry interval in seconds; `None` lets clients choose, including "never".
@@ -74,6 +77,7 @@ impl Default for BrokerConfig {
             receive_maximum: 100,
             max_inflight: 100,
             topic_alias_maximum: 64,
+            server_topic_aliases: 64,
             server_keep_alive: None,
             max_session_expiry: None,
             max_queued_messages: 10_000,

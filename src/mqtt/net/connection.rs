@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tokio::time::timeout;
 
+use super::aliases::{Alias, OutgoingAliases};
 use super::transport::Transport;
 use super::{CertificateRegistration, ConnectionGuard, ListenerContext};
 use crate::auth::Identity;
@@ -405,8 +406,10 @@ struct Session<T> {
     /// The client's maximum packet size: larger messages are not sent to it.
     client_max_packet: usize,
     max_packet: usize,
-    /// Topic aliases the client set up (client to server only; we do not use aliases towards clients).
+    /// Topic aliases the client set up, on what it sends.
     aliases: HashMap<u16, Arc<str>>,
+    /// Topic aliases we assign on what we send (v5 clients that allow them); boxed, as most clients have none.
+    out_aliases: Option<Box<OutgoingAliases>>,
     /// Whether a v5 client wants reason strings on acknowledgements.
     problem_information: bool,
     session_expiry: u32,
@@ -451,6 +454,11 @@ impl<T: Transport> Session<T> {
             config.max_inflight
         });
         let max_packet = config.max_packet_size as usize;
+        let out_aliases = OutgoingAliases::new(
+            connect.properties.topic_alias_maximum.filter(|_| version.is_v5()).unwrap_or(0),
+            config.server_topic_aliases,
+        )
+        .map(Box::new);
         Session {
             transport,
             peer,
@@ -467,6 +475,7 @@ impl<T: Transport> Session<T> {
             client_max_packet: connect.properties.maximum_packet_size.map_or(usize::MAX, |m| m as usize),
             max_packet,
             aliases: HashMap::new(),
+            out_aliases,
             problem_information: connect.properties.request_problem_information != Some(false),
             session_expiry,
             outgoing: Vec::new(),
@@ -929,17 +938,36 @@ impl<T: Transport> Session<T> {
             }
             properties.subscription_identifiers = delivery.subscription_ids;
         }
+        // Aliases only here, on this connection's copy: never in the message, the retained store or the journal.
+        let alias = self.out_aliases.as_mut().map_or(Alias::None, |a| a.alias_for(&message.topic));
+        let topic = match alias {
+            Alias::None => message.topic.to_string(),
+            Alias::Set(n) => {
+                properties.topic_alias = Some(n);
+                message.topic.to_string()
+            }
+            Alias::Use(n) => {
+                properties.topic_alias = Some(n);
+                String::new()
+            }
+        };
         let publish = Publish {
             dup,
             qos: delivery.qos,
             retain: delivery.retain,
-            topic: message.topic.to_string(),
+            topic,
             packet_id,
             properties,
             payload: message.payload.clone(),
         };
         let start = self.outbuf.len();
-        if let Err(e) = codec::encode(&Packet::Publish(publish), self.version, &mut self.outbuf) {
+        let encoded = codec::encode(&Packet::Publish(publish), self.version, &mut self.outbuf);
+        let unsent = encoded.is_err() || self.outbuf.len() - start > self.client_max_packet;
+        if unsent && let (Alias::Set(_), Some(aliases)) = (alias, self.out_aliases.as_mut()) {
+            // The client never learns this mapping: set it again next time.
+            aliases.forget(&message.topic);
+        }
+        if let Err(e) = encoded {
             tracing::warn!(client = %self.client_id, "cannot encode a delivery: {e}");
             self.outbuf.truncate(start);
             return;

@@ -1,5 +1,6 @@
 //! Network listeners: accept TCP and WebSocket connections and hand each to its own connection task.
 
+mod aliases;
 mod connection;
 mod transport;
 
