@@ -66,3 +66,22 @@ async fn browser_users_and_rules_decide_what_mosquitto_clients_may_do() {
 async fn browser_an_xss_payload_stays_inert() {
     journey("xss", true).await;
 }
+
+/// A message published by mosquitto_pub appears in the live topic view (an XSS payload stays text), pause holds
+/// new ones back, and the topic tree lists it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_the_live_view_shows_what_mosquitto_pub_sends() {
+    journey("live_topic", true).await;
+}
+
+/// The history chart draws the values mosquitto_pub sent, and the CSV export downloads them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_the_history_chart_draws_and_the_export_downloads() {
+    journey("history_chart", true).await;
+}
+
+/// A connected mosquitto_sub is listed with its subscription, and disconnected from the console.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_clients_are_listed_and_disconnected() {
+    journey("clients", true).await;
+}

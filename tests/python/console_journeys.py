@@ -71,9 +71,14 @@ class Console:
                 element.send_keys(value)
         return form
 
-    def submit(self, form_action, **fields):
+    def submit(self, form_action, navigates=True, **fields):
+        """Fills and submits a form, and waits until the page it leads to has replaced this one (a page that
+        shows the same text again, a second failed sign-in say, must not pass for the new one)."""
         form = self.fill(form_action, **fields)
+        old = self.driver.find_element(By.TAG_NAME, "html")
         form.find_element(By.CSS_SELECTOR, "button[type='submit']").click()
+        if navigates:
+            self.wait_for("the next page", EC.staleness_of(old))
 
     def shot(self, name):
         if self.shots:
@@ -126,7 +131,7 @@ def certificates(c, args):
     c.open("/certs")
     c.shot("certificates")
     c.submit("/certs/issue", name="press-7", sans="DNS:press-7.plant", days="30", key_type="p384",
-             format="p12", p12_password="p12 passphrase")
+             format="p12", p12_password="p12 passphrase", navigates=False)
     target = os.path.join(c.downloads, "press-7.p12")
     c.wait_for("the PKCS#12 download", lambda d: os.path.exists(target) and os.path.getsize(target) > 0)
     check = subprocess.run(["openssl", "pkcs12", "-info", "-noout", "-passin", "pass:p12 passphrase",
@@ -180,7 +185,68 @@ def xss(c, args):
     c.shot("audit")
 
 
-JOURNEYS = {"first_run": first_run, "certificates": certificates, "access": access, "xss": xss}
+def live_topic(c, args):
+    c.sign_in()
+    c.open("/topics/live?filter=plant%2F%23")
+    c.wait_for("the live view to connect", lambda d: d.find_element(By.ID, "live").get_attribute("data-open") == "yes")
+    xss = "<img src=x onerror=alert(1)>"
+    for topic, payload in (("plant/press-1/temp", "21.5"), ("plant/press-1/note", xss), ("office/door", "open")):
+        sent = mqtt(args, "mosquitto_pub", "-t", topic, "-m", payload, "-q", "1")
+        assert sent.returncode == 0, sent.stderr
+    c.wait_text("plant/press-1/temp")
+    c.wait_text(xss)
+    c.no_alert()
+    assert not c.driver.find_elements(By.CSS_SELECTOR, "#live img"), "a payload was rendered as markup"
+    assert "office/door" not in c.driver.find_element(By.ID, "live").text, "outside the filter"
+    c.shot("topics-live")
+    c.driver.find_element(By.ID, "live-pause").click()
+    mqtt(args, "mosquitto_pub", "-t", "plant/paused", "-m", "held", "-q", "1")
+    c.wait_text("new messages held")
+    assert "plant/paused" not in c.driver.find_element(By.ID, "live").text, "shown while paused"
+    c.driver.find_element(By.ID, "live-pause").click()
+    c.wait_text("plant/paused")
+    c.open("/topics?prefix=plant")
+    c.wait_text("press-1/")
+    c.shot("topics")
+
+
+def history_chart(c, args):
+    for i in range(30):
+        sent = mqtt(args, "mosquitto_pub", "-t", "sensor/press-1/temp", "-m", f'{{"t": {20 + i % 7}}}', "-q", "1")
+        assert sent.returncode == 0, sent.stderr
+    c.sign_in()
+    c.open("/history?filter=sensor%2F%23&field=%2Ft")
+    c.wait_for("the chart", lambda d: d.find_element(By.ID, "chart").get_attribute("data-drawn") == "30")
+    assert c.driver.find_elements(By.CSS_SELECTOR, "#chart canvas"), "uPlot drew a canvas"
+    c.shot("history")
+    c.driver.find_element(By.CSS_SELECTOR, "a[href*='format=csv']").click()
+    target = os.path.join(c.downloads, "weir-history.csv")
+    c.wait_for("the CSV download", lambda d: os.path.exists(target) and open(target).read().count("\n") == 31)
+    with open(target) as f:
+        lines = f.read().splitlines()
+    assert lines[0].startswith("id,time,topic"), lines[0]
+    assert all("sensor/press-1/temp" in line for line in lines[1:]), lines[:3]
+
+
+def clients(c, args):
+    watcher = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(args.mqtt_port), "-V", "mqttv5",
+                                "-i", "press-line-1", "-t", "plant/#", "-q", "1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        c.sign_in()
+        c.wait_for("the client to be listed", lambda d: (d.get(c.url + "/clients?q=press-line") or True)
+                   and "press-line-1" in d.find_element(By.TAG_NAME, "main").text)
+        c.wait_text("plant/#")
+        c.shot("clients")
+        c.driver.find_element(By.CSS_SELECTOR, "form[action='/clients/disconnect'] button").click()
+        c.wait_text("press-line-1 is disconnected")
+        # The console closed its connection: mosquitto_sub ends (TimeoutExpired otherwise).
+        watcher.wait(timeout=WAIT)
+    finally:
+        watcher.kill()
+
+
+JOURNEYS = {"live_topic": live_topic, "history_chart": history_chart, "clients": clients, "first_run": first_run, "certificates": certificates, "access": access, "xss": xss}
 
 
 def main():
