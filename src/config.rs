@@ -46,6 +46,18 @@ pub struct Config {
     pub server_names: ServerNames,
     /// The web console; `None` when turned off.
     pub console: Option<ConsoleConfig>,
+    /// The file this came from, and the keys it set (dotted: `mqtt.receive_maximum`), so that the console can
+    /// say where each value came from.
+    pub source: Option<(PathBuf, std::collections::BTreeSet<String>)>,
+}
+
+/// One effective setting, for the console's read-only settings page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    pub key: String,
+    pub value: String,
+    /// Set in the configuration file (else the built-in default).
+    pub from_file: bool,
 }
 
 /// Where and how the web console is served.
@@ -248,10 +260,92 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        Config::parse(&text).map_err(|e| match e {
+        let mut config = Config::parse(&text).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.to_owned(), message },
             other => other,
-        })
+        })?;
+        let mut keys = std::collections::BTreeSet::new();
+        if let Ok(table) = toml::from_str::<toml::Table>(&text) {
+            collect_keys("", &toml::Value::Table(table), &mut keys);
+        }
+        config.source = Some((path.to_owned(), keys));
+        Ok(config)
+    }
+
+    /// Every setting in force, with its value as the file would write it and where it came from.
+    pub fn effective(&self) -> Vec<Setting> {
+        let keys = self.source.as_ref().map(|(_, keys)| keys);
+        let mut out = Vec::new();
+        let mut add = |key: &str, value: String| {
+            let from_file = keys
+                .is_some_and(|k| k.contains(key) || key.starts_with("listener.") && k.contains("listener"));
+            out.push(Setting { key: key.to_owned(), value, from_file });
+        };
+        let opt = |v: Option<String>| v.unwrap_or_else(|| "(none)".to_owned());
+        add("data_dir", self.data_dir.display().to_string());
+        for l in &self.listeners {
+            let name = &l.name;
+            add(&format!("listener.{name}.protocol"), format!("{:?}", l.protocol).to_lowercase());
+            add(&format!("listener.{name}.bind"), l.bind.to_string());
+            if matches!(l.protocol, Protocol::WebSocket | Protocol::SecureWebSocket) {
+                add(&format!("listener.{name}.path"), l.ws_path.clone());
+            }
+            add(&format!("listener.{name}.allow_anonymous"), l.allow_anonymous.to_string());
+            if l.protocol.is_tls() {
+                add(
+                    &format!("listener.{name}.client_certificates"),
+                    format!("{:?}", l.client_certificates).to_lowercase(),
+                );
+                add(&format!("listener.{name}.identity"), format!("{:?}", l.identity));
+                add(&format!("listener.{name}.certificate_password"), l.certificate_password.to_string());
+            }
+        }
+        let b = &self.broker;
+        add("mqtt.max_packet_size", b.max_packet_size.to_string());
+        add("mqtt.receive_maximum", b.receive_maximum.to_string());
+        add("mqtt.max_inflight", b.max_inflight.to_string());
+        add("mqtt.topic_alias_maximum", b.topic_alias_maximum.to_string());
+        add("mqtt.server_topic_aliases", b.server_topic_aliases.to_string());
+        add("mqtt.server_keep_alive", opt(b.server_keep_alive.map(|k| k.to_string())));
+        add("mqtt.max_session_expiry_secs", opt(b.max_session_expiry.map(|k| k.to_string())));
+        add("mqtt.max_queued_messages", b.max_queued_messages.to_string());
+        add("mqtt.max_queued_qos0", b.max_queued_qos0.to_string());
+        add("mqtt.sys_interval_secs", b.sys_interval.map_or(0, |d| d.as_secs()).to_string());
+        add("limits.max_connections", self.max_connections.to_string());
+        add("limits.connect_timeout_secs", self.connect_timeout.as_secs().to_string());
+        add("limits.shutdown_timeout_secs", self.shutdown_timeout.as_secs().to_string());
+        let j = &self.journal;
+        add(
+            "journal.durability",
+            match j.durability {
+                Durability::Synced => "synced".to_owned(),
+                Durability::Off => "off".to_owned(),
+                Durability::Batched { window } => format!("batched ({} ms)", window.as_millis()),
+            },
+        );
+        add("journal.include", format!("{:?}", j.include));
+        add("journal.exclude", format!("{:?}", j.exclude));
+        add("journal.max_age_days", opt(j.retention.max_age.map(|a| (a.as_secs() / 86_400).to_string())));
+        add("journal.max_mb", opt(j.retention.max_bytes.map(|b| (b >> 20).to_string())));
+        add("journal.hard_cap_mb", opt(j.retention.hard_cap_bytes.map(|b| (b >> 20).to_string())));
+        add("journal.max_batch", j.max_batch.to_string());
+        add("journal.commit_interval_ms", j.commit_interval.as_millis().to_string());
+        add("journal.max_pages", opt(j.max_pages.map(|p| p.to_string())));
+        add("tls.hostname", opt(self.server_names.hostname.clone()));
+        add("tls.names", format!("{:?}", self.server_names.dns));
+        add("tls.addresses", format!("{:?}", self.server_names.addresses));
+        add("tls.interface_addresses", self.server_names.interface_addresses.to_string());
+        match &self.console {
+            None => add("console.enabled", "false".to_owned()),
+            Some(c) => {
+                add("console.enabled", "true".to_owned());
+                add("console.bind", c.bind.to_string());
+                add("console.https", c.https.to_string());
+                add("console.redirect_http", opt(c.redirect_from.map(|a| a.to_string())));
+                add("console.idle_timeout_minutes", (c.idle_timeout.as_secs() / 60).to_string());
+            }
+        }
+        out
     }
 
     /// Parses and validates TOML text.
@@ -316,6 +410,7 @@ impl Config {
         let console = console(file.console)?;
         Ok(Config {
             console,
+            source: None,
             data_dir: file.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             listeners,
             broker,
@@ -358,6 +453,22 @@ impl Default for Config {
             journal: JournalConfig::default(),
             server_names: ServerNames::default(),
             console: Some(ConsoleConfig::default()),
+            source: None,
+        }
+    }
+}
+
+/// The dotted keys a TOML table sets (`mqtt.receive_maximum`); arrays of tables count as their key (`listener`).
+fn collect_keys(prefix: &str, value: &toml::Value, keys: &mut std::collections::BTreeSet<String>) {
+    match value {
+        toml::Value::Table(table) => {
+            for (k, v) in table {
+                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                collect_keys(&key, v, keys);
+            }
+        }
+        _ => {
+            keys.insert(prefix.to_owned());
         }
     }
 }
@@ -626,5 +737,24 @@ mod tests {
             let err = Config::parse(text).unwrap_err().to_string();
             assert!(err.contains(needle), "{text:?} gave {err}");
         }
+    }
+
+    #[test]
+    fn the_effective_settings_say_where_each_value_came_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weir.toml");
+        std::fs::write(&path, "[mqtt]\nreceive_maximum = 10\n[console]\nenabled = false\n").unwrap();
+        let config = Config::load(&path).unwrap();
+        let settings = config.effective();
+        let find =
+            |key: &str| settings.iter().find(|s| s.key == key).unwrap_or_else(|| panic!("{key}")).clone();
+        assert_eq!(
+            (find("mqtt.receive_maximum").value, find("mqtt.receive_maximum").from_file),
+            ("10".into(), true)
+        );
+        assert!(!find("mqtt.max_packet_size").from_file);
+        assert_eq!(find("console.enabled").value, "false");
+        assert!(!find("listener.mqtt.bind").from_file, "the default listeners");
+        assert!(Config::default().effective().iter().all(|s| !s.from_file));
     }
 }

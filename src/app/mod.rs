@@ -188,6 +188,7 @@ impl Gateway {
                 journal.clone(),
                 web::SetupCode::prepare(&config.data_dir, security.has_admin())?,
                 &console.config,
+                &config,
                 lifecycle.token(Stage::Listeners),
             );
             start_console(&mut lifecycle, console, console_tls, state, &mut addresses)?;

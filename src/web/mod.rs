@@ -24,6 +24,7 @@ mod metrics;
 mod overview;
 mod serve;
 mod session;
+mod settings;
 mod setup;
 mod topics;
 mod users;
@@ -32,7 +33,10 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::{get, post};
+use tower_http::compression::CompressionLayer;
 use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
 
 use crate::config::ConsoleConfig;
 use crate::mqtt::broker::Broker;
@@ -45,6 +49,9 @@ pub use setup::{SETUP_CODE_FILE, SetupCode};
 
 /// Largest request body: forms, a pasted CSR or Mosquitto file. Larger uploads are refused (413).
 const MAX_BODY: usize = 256 * 1024;
+
+/// How long a request may take to be answered.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What every handler can reach.
 #[derive(Debug, Clone)]
@@ -65,6 +72,9 @@ struct Shared {
     loopback: bool,
     rates: overview::Rates,
     live: topics::LiveCount,
+    /// The configuration in force, for the settings page.
+    settings: Vec<crate::config::Setting>,
+    config_file: Option<std::path::PathBuf>,
     /// The console's stop: long-lived responses (live views) end with it.
     stop: crate::shutdown::StopToken,
 }
@@ -76,6 +86,7 @@ impl AppState {
         journal: Option<Journal>,
         setup: SetupCode,
         config: &ConsoleConfig,
+        gateway: &crate::config::Config,
         stop: crate::shutdown::StopToken,
     ) -> AppState {
         let inner = Shared {
@@ -88,6 +99,8 @@ impl AppState {
             loopback: config.bind.ip().is_loopback(),
             rates: overview::Rates::default(),
             live: topics::LiveCount::default(),
+            settings: gateway.effective(),
+            config_file: gateway.source.as_ref().map(|(path, _)| path.clone()),
             stop,
         };
         AppState { inner: Arc::new(inner) }
@@ -133,12 +146,19 @@ pub fn router(state: AppState) -> Router {
         .route("/certs/crl.pem", get(certs::crl_get))
         .route("/ca.crt", get(certs::ca_get))
         .route("/audit", get(audit::audit_get))
+        .route("/settings", get(settings::settings_get))
         .route("/metrics", get(metrics::metrics_get))
         .route("/static/{*file}", get(assets::asset_get))
         .fallback(error::not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), session::csrf_guard))
         .layer(axum::middleware::from_fn_with_state(state.clone(), headers::security_headers))
         .layer(RequestBodyLimitLayer::new(MAX_BODY))
+        // gzip for pages, scripts and JSON (not for the live view's event stream: the default predicate
+        // leaves `text/event-stream` alone, so events are not held back to fill a compression block).
+        .layer(CompressionLayer::new())
+        // A request must be answered within this; a streamed body (an export, the live view) then goes on.
+        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
 

@@ -82,7 +82,15 @@ impl Console {
         if !loopback {
             config.bind = SocketAddr::from(([192, 0, 2, 1], 443));
         }
-        let state = AppState::new(ops, broker, journal, setup, &config, stop.token());
+        let state = AppState::new(
+            ops,
+            broker,
+            journal,
+            setup,
+            &config,
+            &crate::config::Config::default(),
+            stop.token(),
+        );
         Console { _dir: dir, dir: path, state, _stop: stop }
     }
 
@@ -441,7 +449,7 @@ async fn untrusted_names_are_rendered_escaped() {
 async fn pages_assets_metrics_and_limits() {
     let c = Console::new().await;
     let cookie = c.admin().await;
-    for page in ["/", "/users", "/certs", "/audit", "/audit?q=user"] {
+    for page in ["/", "/users", "/certs", "/audit", "/audit?q=user", "/settings", "/clients"] {
         let reply = c.get(page, Some(&cookie)).await;
         assert_eq!(reply.status, StatusCode::OK, "{page}");
         let csp = reply.headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
@@ -449,6 +457,14 @@ async fn pages_assets_metrics_and_limits() {
         assert_eq!(reply.headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
         assert!(!reply.body.contains("<script>"), "no inline script");
     }
+    let settings = c.get("/settings", Some(&cookie)).await;
+    assert!(settings.body.contains("mqtt.receive_maximum") && settings.body.contains("built-in defaults"));
+    let gzip = Request::get("/")
+        .header(header::COOKIE, &cookie)
+        .header(header::ACCEPT_ENCODING, "gzip")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(c.send(gzip).await.headers[header::CONTENT_ENCODING], "gzip", "pages are compressed");
     let api = c.get("/api/overview", Some(&cookie)).await;
     let json: serde_json::Value = serde_json::from_str(&api.body).unwrap();
     assert_eq!(json["clients"], 0);
