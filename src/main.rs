@@ -87,6 +87,23 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         limit: i64,
     },
+    /// Write an encrypted backup of the configuration (users, rules, certificates, audit log) and the CA, and
+    /// with --with-journal the message journal; the passphrase is read from a prompt or standard input.
+    Backup {
+        #[arg(long, short, value_name = "FILE")]
+        out: PathBuf,
+        #[arg(long)]
+        with_journal: bool,
+        #[command(flatten)]
+        place: Place,
+    },
+    /// Check a backup completely and stage it: the gateway applies it at its next start, keeping what it
+    /// replaces in <data_dir>/replaced-<time>/.
+    Restore {
+        file: PathBuf,
+        #[command(flatten)]
+        place: Place,
+    },
     /// Read the message history in the data directory (works while the gateway runs).
     History {
         #[command(subcommand)]
@@ -348,6 +365,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::History { command } => history(command).await,
+        Command::Backup { out, with_journal, place } => {
+            let data_dir = place.data_dir()?;
+            let passphrase = read_new_password("the backup")?;
+            let tmp = out.with_extension("partial");
+            let file =
+                std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+            let made =
+                ops::backup::create(&data_dir, &passphrase, with_journal, std::io::BufWriter::new(file))
+                    .await;
+            if let Err(e) = made {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e.into());
+            }
+            std::fs::rename(&tmp, &out).with_context(|| format!("cannot write {}", out.display()))?;
+            eprintln!("weir: wrote {}", out.display());
+            Ok(())
+        }
+        Command::Restore { file, place } => {
+            let data_dir = place.data_dir()?;
+            let passphrase = read_password("the backup")?;
+            let backup =
+                std::fs::File::open(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let manifest =
+                ops::backup::stage(&data_dir, std::io::BufReader::new(backup), &passphrase).await?;
+            let journal = if manifest.has_journal { " and the journal" } else { "" };
+            eprintln!(
+                "weir: the backup is good (CA {}{journal}); restart the gateway to apply it",
+                manifest.ca
+            );
+            Ok(())
+        }
     }
 }
 
@@ -556,6 +604,17 @@ fn write_or_print(out: Option<&Path>, text: &str) -> anyhow::Result<()> {
 fn report_written(paths: &[PathBuf]) {
     for path in paths {
         eprintln!("weir: wrote {}", path.display());
+    }
+}
+
+/// A password: prompted once without echo on a terminal, else the first line of standard input.
+fn read_password(what: &str) -> anyhow::Result<String> {
+    if std::io::stdin().is_terminal() {
+        Ok(rpassword::prompt_password(format!("passphrase of {what}: "))?)
+    } else {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        Ok(line.trim_end_matches(['\n', '\r']).to_owned())
     }
 }
 

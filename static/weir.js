@@ -132,3 +132,28 @@ window.addEventListener("load", () => {
     })
     .catch(() => { el.textContent = "The chart could not be loaded."; });
 });
+
+// Restore: the backup file goes up as it is (no multipart), with the passphrase and the CSRF token as headers.
+(function restore() {
+  const form = document.getElementById("restore");
+  if (!form) return;
+  const status = document.getElementById("restore-status");
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const file = document.getElementById("restore-file").files[0];
+    if (!file) return;
+    status.textContent = "Checking the backup…";
+    fetch("/backup/restore", {
+      method: "POST",
+      headers: {
+        "Content-Type": "application/octet-stream",
+        "X-CSRF-Token": form.getAttribute("data-csrf"),
+        "X-Weir-Passphrase": encodeURIComponent(document.getElementById("restore-passphrase").value),
+      },
+      body: file,
+    })
+      .then((r) => r.text().then((text) => ({ ok: r.ok, text })))
+      .then(({ ok, text }) => { status.textContent = ok ? text : `Refused: ${text}`; })
+      .catch(() => { status.textContent = "The upload failed."; });
+  });
+})();

@@ -254,10 +254,17 @@ async fn open_stores(config: &Config) -> Result<Stores, AppError> {
     for path in crate::files::secure_data_dir(&config.data_dir)? {
         tracing::warn!(path = %path.display(), "was readable by other users: now private to the gateway");
     }
+    let restored_from = crate::ops::backup::apply_staged(&config.data_dir)?;
+    if let Some(aside) = &restored_from {
+        tracing::warn!(replaced = %aside.display(), "a staged backup was restored; the files it replaced are kept");
+    }
     let (config_db, recovered) =
         store::open(&config.data_dir, store::Database::Config, store::Synchronous::Full, None).await?;
     if recovered {
         let _ = store::audit(&config_db, "system", "database.recovered", store::CONFIG_FILE).await;
+    }
+    if let Some(aside) = restored_from {
+        let _ = store::audit(&config_db, "system", "backup.restored", &aside.display().to_string()).await;
     }
     let journal = match config.journal.durability {
         Durability::Off => None,

@@ -12,8 +12,10 @@
 //! - [`history`]: message history queries and exports.
 //! - [`audit`]: the audit log.
 //! - [`import`]: users and rules from Mosquitto's files.
+//! - [`backup`]: one encrypted file with the configuration, the CA and optionally the journal; restore.
 
 pub mod audit;
+pub mod backup;
 pub mod certs;
 pub mod history;
 pub mod import;

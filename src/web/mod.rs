@@ -14,6 +14,7 @@
 
 mod assets;
 mod audit;
+mod backup;
 mod certs;
 mod clients;
 mod error;
@@ -147,12 +148,20 @@ pub fn router(state: AppState) -> Router {
         .route("/ca.crt", get(certs::ca_get))
         .route("/audit", get(audit::audit_get))
         .route("/settings", get(settings::settings_get))
+        .route("/backup", get(backup::backup_get).post(backup::backup_post))
         .route("/metrics", get(metrics::metrics_get))
         .route("/static/{*file}", get(assets::asset_get))
         .fallback(error::not_found)
+        .layer(RequestBodyLimitLayer::new(MAX_BODY))
+        // The one route that takes more than a form: an uploaded backup.
+        .merge(
+            Router::new()
+                .route("/backup/restore", post(backup::restore_post))
+                .layer(axum::extract::DefaultBodyLimit::max(backup::MAX_UPLOAD))
+                .layer(RequestBodyLimitLayer::new(backup::MAX_UPLOAD)),
+        )
         .layer(axum::middleware::from_fn_with_state(state.clone(), session::csrf_guard))
         .layer(axum::middleware::from_fn_with_state(state.clone(), headers::security_headers))
-        .layer(RequestBodyLimitLayer::new(MAX_BODY))
         // gzip for pages, scripts and JSON (not for the live view's event stream: the default predicate
         // leaves `text/event-stream` alone, so events are not held back to fill a compression block).
         .layer(CompressionLayer::new())

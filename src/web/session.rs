@@ -195,13 +195,20 @@ pub(super) async fn csrf_guard(State(state): State<AppState>, request: Request, 
         return Redirect::to("/login").into_response();
     };
     let header_token = request.headers().get("x-csrf-token").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    if let Some(token) = header_token {
+        // Scripts send the token as a header; their bodies (an uploaded backup) are not forms to look into.
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(token.as_bytes(), signed.csrf.as_bytes())) {
+            return WebError::Forbidden("the request did not come from this console; reload the page")
+                .into_response();
+        }
+        return next.run(request).await;
+    }
     let (parts, body) = request.into_parts();
     let bytes = match axum::body::to_bytes(body, super::MAX_BODY).await {
         Ok(bytes) => bytes,
         Err(_) => return (StatusCode::PAYLOAD_TOO_LARGE, "the request is too large").into_response(),
     };
-    let token = header_token
-        .or_else(|| form_urlencoded::parse(&bytes).find(|(k, _)| k == "csrf").map(|(_, v)| v.into_owned()));
+    let token = form_urlencoded::parse(&bytes).find(|(k, _)| k == "csrf").map(|(_, v)| v.into_owned());
     let valid = token
         .is_some_and(|t| bool::from(subtle::ConstantTimeEq::ct_eq(t.as_bytes(), signed.csrf.as_bytes())));
     if !valid {

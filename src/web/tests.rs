@@ -701,3 +701,50 @@ async fn clients_are_listed_and_actions_on_unknown_ones_are_refused() {
         c.post("/clients/disconnect", &encode(&[("csrf", &csrf), ("client", "x")]), Some(&viewer)).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn a_backup_downloads_and_an_uploaded_one_is_checked_and_staged() {
+    let c = Console::new().await;
+    let cookie = c.admin().await;
+    let csrf = c.csrf(&cookie).await;
+    assert_eq!(c.get("/backup", Some(&cookie)).await.status, StatusCode::OK);
+    let short = c.post("/backup", &encode(&[("csrf", &csrf), ("passphrase", "short")]), Some(&cookie)).await;
+    assert_eq!(short.status, StatusCode::BAD_REQUEST);
+    let made = c
+        .post("/backup", &encode(&[("csrf", &csrf), ("passphrase", "a long passphrase")]), Some(&cookie))
+        .await;
+    assert_eq!(made.status, StatusCode::OK);
+    assert!(made.bytes.starts_with(b"WEIRBACKUP\x01"));
+    assert!(
+        !std::fs::read_dir(&c.dir).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".download")),
+        "no copy left behind"
+    );
+    let upload = |passphrase: &str, token: Option<&str>| {
+        let mut request = Request::post("/backup/restore")
+            .header(header::HOST, "console.test")
+            .header(header::ORIGIN, ORIGIN)
+            .header(header::COOKIE, &cookie)
+            .header("x-weir-passphrase", passphrase);
+        if let Some(token) = token {
+            request = request.header("x-csrf-token", token);
+        }
+        request.body(Body::from(made.bytes.clone())).unwrap()
+    };
+    assert_eq!(
+        c.send(upload("a%20long%20passphrase", None)).await.status,
+        StatusCode::FORBIDDEN,
+        "no token, no restore"
+    );
+    let wrong = c.send(upload("another%20passphrase", Some(&csrf))).await;
+    assert_eq!(wrong.status, StatusCode::BAD_REQUEST);
+    assert!(wrong.body.contains("wrong passphrase"), "{}", wrong.body);
+    assert!(!c.dir.join("restore").exists());
+    let ok = c.send(upload("a%20long%20passphrase", Some(&csrf))).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+    assert!(c.dir.join("restore/READY").exists());
+    assert!(c.get("/backup", Some(&cookie)).await.body.contains("A restore is staged"));
+}

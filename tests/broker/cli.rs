@@ -89,3 +89,52 @@ async fn serve_prints_its_listeners_and_shuts_down_gracefully_on_sigterm() {
     let status = tokio::time::timeout(WAIT, child.wait()).await.unwrap().unwrap();
     assert!(status.success(), "clean exit on SIGTERM: {status}");
 }
+
+/// `weir backup` and `weir restore` on the command line; the gateway applies the staged restore at its next start.
+#[tokio::test]
+async fn backup_and_restore_from_the_command_line_are_applied_at_the_next_start() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let weir = |args: &[&str], stdin: &'static str| {
+        let mut command = Command::new(WEIR);
+        command
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        async move {
+            let mut child = command.spawn().unwrap();
+            child.stdin.take().unwrap().write_all(stdin.as_bytes()).await.unwrap();
+            tokio::time::timeout(WAIT, child.wait_with_output()).await.unwrap().unwrap()
+        }
+    };
+    let added = weir(&["user", "add", "alice", "--role", "admin"], "correct horse battery\n").await;
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    let file = dir.path().join("gw.weirbackup");
+    let made = weir(&["backup", "--out", file.to_str().unwrap()], "a long passphrase\n").await;
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    assert!(weir(&["user", "del", "alice"], "").await.status.success());
+    let wrong = weir(&["restore", file.to_str().unwrap()], "not the passphrase\n").await;
+    assert!(!wrong.status.success() && String::from_utf8_lossy(&wrong.stderr).contains("wrong passphrase"));
+    let staged = weir(&["restore", file.to_str().unwrap()], "a long passphrase\n").await;
+    assert!(staged.status.success(), "{}", String::from_utf8_lossy(&staged.stderr));
+    assert!(String::from_utf8_lossy(&staged.stderr).contains("restart the gateway"));
+
+    let mut config = weir::config::Config::for_test(&data);
+    config.console = None;
+    let listeners = weir::app::bind(&config).await.unwrap();
+    let gateway = weir::app::Gateway::start(config, listeners).await.unwrap();
+    assert!(gateway.security().knows("alice"), "the restored configuration is in force");
+    let replaced: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("replaced-"))
+        .collect();
+    assert_eq!(replaced.len(), 1, "what it replaced is kept: {replaced:?}");
+    gateway.shutdown().await;
+    let audit = weir(&["audit"], "").await;
+    assert!(String::from_utf8_lossy(&audit.stdout).contains("backup.restored"));
+}
