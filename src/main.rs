@@ -104,6 +104,13 @@ enum Command {
         #[command(flatten)]
         place: Place,
     },
+    /// Bearer tokens for machines, such as a Prometheus scraper of the console's /metrics.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+        #[command(flatten)]
+        place: Place,
+    },
     /// Read the message history in the data directory (works while the gateway runs).
     History {
         #[command(subcommand)]
@@ -174,6 +181,16 @@ enum CertCommand {
         #[arg(long, short, value_name = "FILE")]
         out: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Make a token; it is printed once and not kept (only its SHA-256 is).
+    Add { name: String },
+    /// List tokens (never their values) with when they were made and last used.
+    List,
+    /// Delete a token: it stops working at once.
+    Del { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -365,6 +382,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::History { command } => history(command).await,
+        Command::Token { command, place } => {
+            let ops = Ops::open(&place.data_dir()?).await?;
+            match command {
+                TokenCommand::Add { name } => println!("{}", ops.add_token(&name, &Actor::cli()).await?),
+                TokenCommand::Del { name } => {
+                    ops.delete_token(&name, &Actor::cli()).await?;
+                    eprintln!("weir: token {name} deleted");
+                }
+                TokenCommand::List => {
+                    for t in ops.list_tokens().await? {
+                        let used = t.last_used.map_or_else(|| "never".to_owned(), timefmt::format);
+                        println!("{}\t{}\t{used}", t.name, timefmt::format(t.created));
+                    }
+                }
+            }
+            Ok(())
+        }
         Command::Backup { out, with_journal, place } => {
             let data_dir = place.data_dir()?;
             let passphrase = read_new_password("the backup")?;

@@ -20,6 +20,7 @@ pub mod certs;
 pub mod history;
 pub mod import;
 pub mod rules;
+pub mod tokens;
 pub mod users;
 
 use std::path::{Path, PathBuf};

@@ -399,3 +399,56 @@ pub async fn audit_page(
         })
         .collect::<Result<_, sqlx::Error>>()?)
 }
+
+/// A bearer token as listed (never the token).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TokenInfo {
+    pub name: String,
+    /// Unix ms.
+    pub created: i64,
+    pub last_used: Option<i64>,
+}
+
+/// Adds a token by the SHA-256 (hex) of its value; false if the name is taken.
+pub async fn insert_token(
+    pool: &SqlitePool,
+    name: &str,
+    sha256: &str,
+    audited: Audited<'_>,
+) -> Result<bool, StoreError> {
+    let statement = sqlx::query(
+        "INSERT INTO api_tokens (name, sha256, created) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(name)
+    .bind(sha256)
+    .bind(now_ms());
+    change_one(pool, statement, audited).await
+}
+
+pub async fn delete_token(pool: &SqlitePool, name: &str, audited: Audited<'_>) -> Result<bool, StoreError> {
+    change_one(pool, sqlx::query("DELETE FROM api_tokens WHERE name = ?").bind(name), audited).await
+}
+
+pub async fn list_tokens(pool: &SqlitePool) -> Result<Vec<TokenInfo>, StoreError> {
+    let rows =
+        sqlx::query("SELECT name, created, last_used FROM api_tokens ORDER BY name").fetch_all(pool).await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            Ok(TokenInfo {
+                name: r.try_get("name")?,
+                created: r.try_get("created")?,
+                last_used: r.try_get("last_used")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()?)
+}
+
+/// The name of the token whose SHA-256 is `sha256`, noting its use.
+pub async fn use_token(pool: &SqlitePool, sha256: &str) -> Result<Option<String>, StoreError> {
+    Ok(sqlx::query_scalar("UPDATE api_tokens SET last_used = ? WHERE sha256 = ? RETURNING name")
+        .bind(now_ms())
+        .bind(sha256)
+        .fetch_optional(pool)
+        .await?)
+}

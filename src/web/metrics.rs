@@ -1,5 +1,6 @@
 //! `/metrics` in the Prometheus text format. Open on a console that listens on loopback only (a scraper on the
-//! gateway itself); elsewhere it needs a signed-in session.
+//! gateway itself); elsewhere it needs a bearer token an administrator made (`weir token add`, or the users
+//! page), or a signed-in session.
 
 use std::fmt::Write;
 
@@ -15,7 +16,17 @@ pub(super) async fn metrics_get(
     headers: HeaderMap,
 ) -> Result<Response, WebError> {
     if !state.inner.loopback && state.signed_in(&headers).is_none() {
-        return Err(WebError::Forbidden("metrics need a signed-in session on this address"));
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let known = match bearer {
+            Some(token) => state.ops().check_token(token.trim()).await?.is_some(),
+            None => false,
+        };
+        if !known {
+            return Err(WebError::Forbidden("metrics need a bearer token (weir token add) on this address"));
+        }
     }
     let broker = &state.inner.broker;
     let stats = broker.stats().await.map_err(|e| WebError::Internal(e.to_string()))?;

@@ -138,6 +138,8 @@ pub fn router(state: AppState) -> Router {
         .route("/users/roles", post(users::roles_post))
         .route("/users/delete", post(users::delete_post))
         .route("/users/import", post(users::import_post))
+        .route("/tokens/add", post(users::token_add_post))
+        .route("/tokens/delete", post(users::token_delete_post))
         .route("/rules/add", post(users::rule_add_post))
         .route("/rules/delete", post(users::rule_delete_post))
         .route("/certs", get(certs::certs_get))

@@ -491,6 +491,23 @@ async fn metrics_elsewhere_need_a_session() {
     let cookie = c.admin().await;
     assert_eq!(c.get("/metrics", None).await.status, StatusCode::FORBIDDEN);
     assert_eq!(c.get("/metrics", Some(&cookie)).await.status, StatusCode::OK);
+    let csrf = c.csrf(&cookie).await;
+    let made =
+        c.post("/tokens/add", &encode(&[("csrf", &csrf), ("name", "prometheus")]), Some(&cookie)).await;
+    assert_eq!(made.status, StatusCode::OK, "shown on the page, not through a redirect");
+    let at = made.body.find("<code>weir_").unwrap() + 6;
+    let token = made.body[at..at + 69].to_owned();
+    let scrape = |bearer: String| {
+        Request::get("/metrics").header(header::AUTHORIZATION, bearer).body(Body::empty()).unwrap()
+    };
+    assert_eq!(c.send(scrape(format!("Bearer {token}"))).await.status, StatusCode::OK);
+    assert_eq!(c.send(scrape("Bearer weir_guess".into())).await.status, StatusCode::FORBIDDEN);
+    c.ops().delete_token("prometheus", &crate::ops::Actor::new("test")).await.unwrap();
+    assert_eq!(
+        c.send(scrape(format!("Bearer {token}"))).await.status,
+        StatusCode::FORBIDDEN,
+        "deleted: refused at once"
+    );
 }
 
 #[test]

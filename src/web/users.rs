@@ -21,6 +21,10 @@ struct UsersPage {
     users: Vec<UserRow>,
     rules: Vec<RuleRow>,
     test: AccessTest,
+    /// Machine tokens: name and when last used.
+    tokens: Vec<(String, String)>,
+    /// A token just made: its name and value, shown this once.
+    new_token: Option<(String, String)>,
 }
 
 struct UserRow {
@@ -59,6 +63,16 @@ pub(super) async fn users_get(
     State(state): State<AppState>,
     Query(query): Query<UsersQuery>,
 ) -> Result<Response, WebError> {
+    users_page(&signed, &state, query, None).await
+}
+
+/// The page, with a token just made shown once (never through a redirect: it would land in the history).
+async fn users_page(
+    signed: &Signed,
+    state: &AppState,
+    query: UsersQuery,
+    new_token: Option<(String, String)>,
+) -> Result<Response, WebError> {
     let users = state
         .ops()
         .list_users()
@@ -91,14 +105,23 @@ pub(super) async fn users_get(
             filter: entry.rule.filter.clone(),
         })
         .collect();
-    let test = access_test(&state, &query);
+    let test = access_test(state, &query);
+    let tokens = state
+        .ops()
+        .list_tokens()
+        .await?
+        .into_iter()
+        .map(|t| (t.name, t.last_used.map_or_else(|| "never".to_owned(), crate::timefmt::format)))
+        .collect();
     let page = UsersPage {
-        nav: Nav::of(&signed, "users"),
+        nav: Nav::of(signed, "users"),
         notice: query.notice,
         error: query.error,
         users,
         rules,
         test,
+        tokens,
+        new_token,
     };
     Ok(render(&page))
 }
@@ -312,6 +335,46 @@ pub(super) async fn rule_delete_post(
             signed.require_admin()?;
             state.ops().delete_rule(form.id, &signed.actor()).await?;
             Ok(format!("Rule #{} deleted.", form.id))
+        }
+        .await,
+    )
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct TokenForm {
+    name: String,
+}
+
+pub(super) async fn token_add_post(
+    signed: Signed,
+    State(state): State<AppState>,
+    Form(form): Form<TokenForm>,
+) -> Response {
+    let made = async {
+        signed.require_admin()?;
+        Ok::<_, WebError>(state.ops().add_token(form.name.trim(), &signed.actor()).await?)
+    }
+    .await;
+    match made {
+        Ok(token) => {
+            users_page(&signed, &state, UsersQuery::default(), Some((form.name.trim().to_owned(), token)))
+                .await
+                .unwrap_or_else(IntoResponse::into_response)
+        }
+        Err(e) => done(Err(e)),
+    }
+}
+
+pub(super) async fn token_delete_post(
+    signed: Signed,
+    State(state): State<AppState>,
+    Form(form): Form<TokenForm>,
+) -> Response {
+    done(
+        async {
+            signed.require_admin()?;
+            state.ops().delete_token(&form.name, &signed.actor()).await?;
+            Ok(format!("Token {} deleted.", form.name))
         }
         .await,
     )
