@@ -93,7 +93,8 @@ pub(super) async fn backup_post(
                 .map_err(|e| WebError::Internal(e.to_string()))?,
         ),
     ];
-    Ok((headers, Body::from_stream(stream)).into_response())
+    // Fused: a layer (compression) may poll once more after the end.
+    Ok((headers, Body::from_stream(futures_util::StreamExt::fuse(stream))).into_response())
 }
 
 /// Checks an uploaded backup and stages it; answers in plain text for the page's script.

@@ -217,5 +217,6 @@ pub(super) async fn export_get(
                 .map_err(|e| WebError::Internal(e.to_string()))?,
         ),
     ];
-    Ok((headers, Body::from_stream(stream)).into_response())
+    // Fused: a layer (compression) may poll once more after the end.
+    Ok((headers, Body::from_stream(futures_util::StreamExt::fuse(stream))).into_response())
 }

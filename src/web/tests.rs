@@ -676,6 +676,15 @@ async fn history_pages_charts_and_streamed_exports() {
     let lines: Vec<&str> = csv.body.lines().collect();
     assert_eq!(lines.len(), 7, "{}", csv.body);
     assert_eq!(lines[0], crate::store::export::CSV_HEADER);
+    // As a browser asks for it, compressed: the stream ends once, however the layers poll it.
+    let gzip = Request::get("/history/export?filter=sensor/%23&format=csv")
+        .header(header::COOKIE, &cookie)
+        .header(header::ACCEPT_ENCODING, "gzip")
+        .body(Body::empty())
+        .unwrap();
+    let compressed = c.send(gzip).await;
+    assert_eq!(compressed.headers[header::CONTENT_ENCODING], "gzip");
+    assert!(compressed.bytes.len() > 20);
     let jsonl = c.get("/history/export?filter=sensor/temp&format=jsonl", Some(&cookie)).await;
     assert_eq!(jsonl.body.lines().count(), 5);
     let bad = c.get("/history?filter=a/%23/b", Some(&cookie)).await;

@@ -232,7 +232,7 @@ pub(super) async fn stream_get(
         });
         Some((Ok(Event::default().data(data.to_string())), (link, stop, place)))
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    Ok(Sse::new(futures_util::StreamExt::fuse(stream)).keep_alive(KeepAlive::default()))
 }
 
 #[derive(Debug, serde::Deserialize)]
