@@ -596,11 +596,13 @@ fn deleted_presence(conn: &Connection, max_age: Option<Duration>) -> rusqlite::R
         .execute(params![cutoff, PRUNE_CHUNK])?;
         conn.prepare_cached("DELETE FROM presence WHERE state <> 'online' AND ts < ?")?.execute([cutoff])?;
     }
+    // Ids only grow (rowids above the newest), so the newest `PRESENCE_EVENTS_MAX` are those above this bound:
+    // two index seeks rather than a count of the table.
     conn.prepare_cached(
-        "DELETE FROM presence_events WHERE id IN (SELECT id FROM presence_events ORDER BY id LIMIT \
-         max(0, min(?, (SELECT count(*) FROM presence_events) - ?)))",
+        "DELETE FROM presence_events WHERE id IN (SELECT id FROM presence_events WHERE id <= \
+         (SELECT coalesce(max(id), 0) FROM presence_events) - ? ORDER BY id LIMIT ?)",
     )?
-    .execute(params![PRUNE_CHUNK, PRESENCE_EVENTS_MAX])?;
+    .execute(params![PRESENCE_EVENTS_MAX, PRUNE_CHUNK])?;
     Ok(())
 }
 
