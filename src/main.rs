@@ -116,6 +116,80 @@ enum Command {
         #[command(subcommand)]
         command: HistoryCommand,
     },
+    /// Presence: the history of connects, disconnects and losses, uptime figures, and the birth and death
+    /// messages published for matching clients.
+    Presence {
+        #[command(subcommand)]
+        command: PresenceCommand,
+        #[command(flatten)]
+        place: Place,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PresenceCommand {
+    /// Print connects, disconnects and losses (with time, client, user, address, reason), newest first.
+    History {
+        #[command(flatten)]
+        range: PresenceRange,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        oldest_first: bool,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        jsonl: bool,
+    },
+    /// Per client: time online, connects and losses over a range (by default the last day).
+    Uptime {
+        #[command(flatten)]
+        range: PresenceRange,
+    },
+    /// Birth and death messages.
+    Rule {
+        #[command(subcommand)]
+        command: PresenceRuleCommand,
+    },
+}
+
+/// Which client, over which time range.
+#[derive(Debug, clap::Args)]
+struct PresenceRange {
+    /// One client id (all clients without it).
+    #[arg(long)]
+    client: Option<String>,
+    /// From this time on: 2026-11-25T10:00:00Z, 2026-11-25, unix milliseconds, or 15m / 2h / 7d ago.
+    #[arg(long)]
+    since: Option<String>,
+    /// Before this time (same forms as --since).
+    #[arg(long)]
+    until: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum PresenceRuleCommand {
+    /// Add a rule, e.g. `weir presence rule add birth 'client:sensor-*' 'plant/%c/state'
+    /// --payload '{"online":true,"ts":%t}' --qos 1 --retain`. A client's birth or death is published only
+    /// where the access rules let that client publish.
+    Add {
+        /// `birth` (on connect) or `death` (on a normal disconnect; a lost client gets its will instead).
+        event: String,
+        /// `user:PATTERN`, `role:NAME` or `client:PATTERN` (`*` any characters, `?` one).
+        matcher: String,
+        /// Topic template: `%c` the client id, `%u` the user name.
+        topic: String,
+        /// Payload template: `%c`, `%u`, `%t` unix ms, `%T` RFC 3339 time, `%%` a percent sign.
+        #[arg(long, default_value = "")]
+        payload: String,
+        #[arg(long, default_value_t = 1)]
+        qos: u8,
+        #[arg(long)]
+        retain: bool,
+    },
+    /// Delete a rule by its id.
+    Del { id: i64 },
+    /// List the rules with their ids.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -430,6 +504,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Presence { command, place } => presence(command, &place.data_dir()?).await,
     }
 }
 
@@ -554,6 +629,82 @@ async fn ca(command: CaCommand, ops: &Ops) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn presence(command: PresenceCommand, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let selection = |range: PresenceRange| ops::presence::PresenceSelection {
+        client: range.client,
+        since: range.since,
+        until: range.until,
+    };
+    let mut out = std::io::stdout().lock();
+    match command {
+        PresenceCommand::History { range, limit, oldest_first, jsonl } => {
+            let journal = ops::history::open(data_dir).await?;
+            for e in ops::presence::history(&journal, &selection(range), limit, oldest_first).await? {
+                if jsonl {
+                    writeln!(out, "{}", serde_json::to_string(&e)?)?;
+                } else {
+                    writeln!(
+                        out,
+                        "{}\t{}\t{}\t{}\t{}\t{}",
+                        timefmt::format(e.ts),
+                        e.client_id,
+                        e.state,
+                        e.reason.as_deref().unwrap_or("-"),
+                        e.username.as_deref().unwrap_or("-"),
+                        e.peer.as_deref().unwrap_or("-"),
+                    )?;
+                }
+            }
+        }
+        PresenceCommand::Uptime { range } => {
+            let journal = ops::history::open(data_dir).await?;
+            writeln!(out, "client\tuptime\tonline\tconnects\tlosses\tnow")?;
+            for u in ops::presence::uptime(&journal, &selection(range)).await? {
+                writeln!(
+                    out,
+                    "{}\t{:.2}%\t{}s\t{}\t{}\t{}",
+                    u.client_id,
+                    u.fraction * 100.0,
+                    u.online_ms / 1000,
+                    u.connects,
+                    u.losses,
+                    if u.online_now { "online" } else { "offline" },
+                )?;
+            }
+        }
+        PresenceCommand::Rule { command } => {
+            let ops = Ops::open(data_dir).await?;
+            match command {
+                PresenceRuleCommand::Add { event, matcher, topic, payload, qos, retain } => {
+                    let rule = ops::presence::NewPresenceRule { matcher, event, topic, payload, qos, retain };
+                    let id = ops.add_presence_rule(&rule, &Actor::cli()).await?;
+                    eprintln!("weir: presence rule #{id} added");
+                }
+                PresenceRuleCommand::Del { id } => {
+                    ops.delete_presence_rule(id, &Actor::cli()).await?;
+                    eprintln!("weir: presence rule #{id} deleted");
+                }
+                PresenceRuleCommand::List => {
+                    for r in ops.list_presence_rules().await? {
+                        writeln!(
+                            out,
+                            "{}\t{}\t{}\t{}\tqos {}{}\t{}",
+                            r.id,
+                            r.event,
+                            r.matcher,
+                            r.topic,
+                            r.qos,
+                            if r.retain { " retain" } else { "" },
+                            r.payload
+                        )?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn history(command: HistoryCommand) -> anyhow::Result<()> {

@@ -161,6 +161,7 @@ impl Gateway {
             lifecycle.token(Stage::Router),
         );
         lifecycle.adopt(Stage::Router, "router", router);
+        watch::apply_presence_rules(&broker, &security).await;
         let (tls, tls_configs, console_tls) =
             start_tls(&config, &listeners, console.as_ref(), security.certificates()).await?;
         let (connections, _) = Connections::new(config.max_connections);
@@ -274,6 +275,7 @@ async fn open_stores(config: &Config) -> Result<Stores, AppError> {
         Some(j) => Restored {
             retained: j.retained().await?,
             sessions: j.sessions(config.broker.max_queued_messages).await?,
+            presence: j.presence().await?,
         },
         None => Restored::default(),
     };

@@ -1,5 +1,5 @@
 //! Applies configuration changes made anywhere (this process, `weir user`, `weir acl`, `weir cert`, the console)
-//! without a restart: users and rules are reloaded; a deleted user's connections are closed; after a revocation
+//! without a restart: users and rules (access rules, birth and death rules) are reloaded; a deleted user's connections are closed; after a revocation
 //! the TLS listeners get the new CRL and connections made with a revoked certificate are closed. Also renews the
 //! server certificate when due (hourly check).
 
@@ -50,6 +50,7 @@ pub(super) async fn watch_configuration(
         if !changed {
             continue;
         }
+        apply_presence_rules(&broker, &security).await;
         let Some(now) = revoked_serials(&security).await else { continue };
         let newly: Vec<&String> = now.difference(&revoked).collect();
         if newly.is_empty() {
@@ -65,6 +66,14 @@ pub(super) async fn watch_configuration(
             tracing::info!(%serial, closed, "certificate revoked: its connections are closed");
         }
         revoked = now;
+    }
+}
+
+/// Gives the broker the birth and death rules in force (at start-up, and when the configuration changed).
+pub(super) async fn apply_presence_rules(broker: &Broker, security: &Security) {
+    match crate::ops::presence::load_rules(security.pool()).await {
+        Ok(rules) => broker.set_presence_rules(rules),
+        Err(e) => tracing::warn!("reading the birth and death rules: {e}"),
     }
 }
 

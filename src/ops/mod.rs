@@ -10,6 +10,7 @@
 //! - [`rules`]: topic access rules: parse, add, delete, list.
 //! - [`certs`]: device certificates (issue, sign a CSR, list, show, export, revoke) and the CA (export, import).
 //! - [`history`]: message history queries and exports.
+//! - [`presence`]: the presence history and uptime, and the birth and death rules.
 //! - [`audit`]: the audit log.
 //! - [`import`]: users and rules from Mosquitto's files.
 //! - [`backup`]: one encrypted file with the configuration, the CA and optionally the journal; restore.
@@ -19,6 +20,7 @@ pub mod backup;
 pub mod certs;
 pub mod history;
 pub mod import;
+pub mod presence;
 pub mod rules;
 pub mod tokens;
 pub mod users;

@@ -579,6 +579,10 @@ impl Authorizer for Security {
         let acl = &self.snapshot().acl;
         unrestricted(acl, who) || acl.can_read(who, topic)
     }
+
+    fn roles(&self, who: &Identity) -> Vec<String> {
+        who.username.as_deref().map(|u| self.roles(u)).unwrap_or_default()
+    }
 }
 
 fn unrestricted(acl: &Acl, who: &Identity) -> bool {

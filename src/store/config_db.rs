@@ -231,6 +231,87 @@ pub async fn list_rules(pool: &SqlitePool) -> Result<Vec<(i64, String)>, StoreEr
         .collect::<Result<_, sqlx::Error>>()?)
 }
 
+/// A birth or death rule as stored (see `migrations/config/0005_presence_rules.sql`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PresenceRuleRow {
+    pub id: i64,
+    /// `user`, `role` or `client`.
+    pub match_kind: String,
+    pub pattern: String,
+    /// `birth` or `death`.
+    pub event: String,
+    pub topic: String,
+    pub payload: String,
+    pub qos: u8,
+    pub retain: bool,
+    /// Unix ms.
+    pub created: i64,
+}
+
+/// Adds a birth or death rule (its `id` and `created` are given here); returns its id.
+pub async fn insert_presence_rule(
+    pool: &SqlitePool,
+    rule: &PresenceRuleRow,
+    actor: &str,
+) -> Result<i64, StoreError> {
+    let mut tx = pool.begin().await?;
+    let id = sqlx::query(
+        "INSERT INTO presence_rules (match_kind, pattern, event, topic, payload, qos, retain, created) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&rule.match_kind)
+    .bind(&rule.pattern)
+    .bind(&rule.event)
+    .bind(&rule.topic)
+    .bind(&rule.payload)
+    .bind(i64::from(rule.qos))
+    .bind(rule.retain)
+    .bind(now_ms())
+    .execute(&mut *tx)
+    .await?
+    .last_insert_rowid();
+    let detail = format!(
+        "#{id} {} {}:{} topic {:?} qos {}{}",
+        rule.event,
+        rule.match_kind,
+        rule.pattern,
+        rule.topic,
+        rule.qos,
+        if rule.retain { " retained" } else { "" }
+    );
+    finish(tx, Audited { actor, action: "presence.rule.add", detail: &detail }).await?;
+    Ok(id)
+}
+
+/// Deletes a birth or death rule; false if there is none with this id.
+pub async fn delete_presence_rule(
+    pool: &SqlitePool,
+    id: i64,
+    audited: Audited<'_>,
+) -> Result<bool, StoreError> {
+    change_one(pool, sqlx::query("DELETE FROM presence_rules WHERE id = ?").bind(id), audited).await
+}
+
+pub async fn list_presence_rules(pool: &SqlitePool) -> Result<Vec<PresenceRuleRow>, StoreError> {
+    let rows = sqlx::query("SELECT * FROM presence_rules ORDER BY id").fetch_all(pool).await?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            Ok(PresenceRuleRow {
+                id: row.try_get("id")?,
+                match_kind: row.try_get("match_kind")?,
+                pattern: row.try_get("pattern")?,
+                event: row.try_get("event")?,
+                topic: row.try_get("topic")?,
+                payload: row.try_get("payload")?,
+                qos: u8::try_from(row.try_get::<i64, _>("qos")?).unwrap_or(0),
+                retain: row.try_get("retain")?,
+                created: row.try_get("created")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()?)
+}
+
 /// Imports users (name, hash) and rules (JSON) all at once: returns the first user name that exists already
 /// (then nothing is imported).
 pub async fn import(

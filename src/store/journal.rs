@@ -28,8 +28,8 @@ pub use super::settings::{Durability, JournalConfig, Retention};
 use super::writer::Writer;
 use super::{Database, StoreError, unix_millis};
 use crate::mqtt::broker::{
-    ClientId, Completion, Delivery, Durable, Message, Refusal, RestoredDelivery, SessionRecord, SpillLoad,
-    Will,
+    ClientId, Completion, Delivery, Durable, Message, PresenceChange, PresenceRecord, PresenceState, Refusal,
+    RestoredDelivery, SessionRecord, SpillLoad, Will,
 };
 use crate::mqtt::codec::{QoS, RetainHandling, SubscribeFilter, SubscriptionOptions, topic};
 
@@ -241,22 +241,7 @@ impl Journal {
         let mut index = std::collections::HashMap::new();
         for row in sqlx::query("SELECT * FROM sessions").fetch_all(&self.inner.pool).await? {
             let client_id: String = row.try_get("client_id")?;
-            let will_topic: Option<String> = row.try_get("will_topic")?;
-            let will = match will_topic {
-                Some(topic) => {
-                    let payload: Vec<u8> =
-                        row.try_get::<Option<Vec<u8>>, _>("will_payload")?.unwrap_or_default();
-                    let qos = row.try_get::<Option<i64>, _>("will_qos")?.and_then(|q| u8::try_from(q).ok());
-                    let retain = row.try_get::<Option<bool>, _>("will_retain")?.unwrap_or(false);
-                    let mut message =
-                        Message::new(&topic, payload, qos.and_then(QoS::from_u8).unwrap_or_default(), retain);
-                    message.origin = Some(ClientId::new(&client_id));
-                    let delay =
-                        row.try_get::<Option<i64>, _>("will_delay")?.and_then(|d| u32::try_from(d).ok());
-                    Some(Will { message, delay: delay.unwrap_or(0) })
-                }
-                None => None,
-            };
+            let will = will_from_row(&row, &client_id)?;
             index.insert(client_id.clone(), records.len());
             records.push(SessionRecord {
                 client_id: ClientId::new(&client_id),
@@ -336,6 +321,30 @@ impl Journal {
         Ok(records)
     }
 
+    /// Each client's last presence as of the last commit, for the broker to start with: those still `online`
+    /// were connected when the gateway stopped, with their wills.
+    pub async fn presence(&self) -> Result<Vec<PresenceRecord>, StoreError> {
+        let mut out = Vec::new();
+        for row in
+            sqlx::query("SELECT * FROM presence ORDER BY client_id").fetch_all(&self.inner.pool).await?
+        {
+            let client_id: String = row.try_get("client_id")?;
+            let state: String = row.try_get("state")?;
+            let Some(state) = PresenceState::parse(&state) else { continue };
+            let will = will_from_row(&row, &client_id)?;
+            out.push(PresenceRecord {
+                client_id: ClientId::new(&client_id),
+                state,
+                reason: row.try_get("reason")?,
+                ts: row.try_get("ts")?,
+                username: row.try_get("username")?,
+                peer: row.try_get("peer")?,
+                will,
+            });
+        }
+        Ok(out)
+    }
+
     /// Stores a consumer's progress: it has processed everything up to and including `position`. The writer
     /// commits it after the appends sent before it (never visible before the rows it covers), and it is durable
     /// as the journal's durability says (with `synced`, on disk) when this returns.
@@ -361,6 +370,18 @@ impl Journal {
     }
 }
 
+/// The will stored in a row of `sessions` or `presence` (columns `will_*`), if any.
+fn will_from_row(row: &sqlx::sqlite::SqliteRow, client_id: &str) -> Result<Option<Will>, StoreError> {
+    let Some(topic) = row.try_get::<Option<String>, _>("will_topic")? else { return Ok(None) };
+    let payload: Vec<u8> = row.try_get::<Option<Vec<u8>>, _>("will_payload")?.unwrap_or_default();
+    let qos = row.try_get::<Option<i64>, _>("will_qos")?.and_then(|q| u8::try_from(q).ok());
+    let retain = row.try_get::<Option<bool>, _>("will_retain")?.unwrap_or(false);
+    let mut message = Message::new(&topic, payload, qos.and_then(QoS::from_u8).unwrap_or_default(), retain);
+    message.origin = Some(ClientId::new(client_id));
+    let delay = row.try_get::<Option<i64>, _>("will_delay")?.and_then(|d| u32::try_from(d).ok());
+    Ok(Some(Will { message, delay: delay.unwrap_or(0) }))
+}
+
 impl Durable for Journal {
     fn record<'a>(
         &'a self,
@@ -375,6 +396,10 @@ impl Durable for Journal {
 
     fn refusing(&self) -> bool {
         self.is_refusing()
+    }
+
+    fn presence(&self, change: &PresenceChange) {
+        self.session(SessionOp::Presence(Box::new(change.clone())));
     }
 
     fn save_session(&self, session: &SessionRecord) {

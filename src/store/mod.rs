@@ -16,6 +16,7 @@ pub mod consumer;
 pub mod export;
 pub mod history;
 pub mod journal;
+pub mod presence;
 pub mod topics;
 // The journal's parts below its handle (`journal`): dependencies point one way, journal -> writer -> ops, row,
 // settings.

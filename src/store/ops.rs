@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use tokio::sync::{Semaphore, oneshot};
 
-use crate::mqtt::broker::{ClientId, Message, Refusal, SessionRecord, SpillLoad};
+use crate::mqtt::broker::{ClientId, Message, PresenceChange, Refusal, SessionRecord, SpillLoad};
 use crate::mqtt::codec::{QoS, SubscribeFilter};
 
 /// A change to a session's stored state, applied in the order the router made them.
@@ -44,6 +44,8 @@ pub(super) enum SessionOp {
         done: oneshot::Sender<SpillLoad>,
     },
     Discard(ClientId),
+    /// A client attached or detached: its last presence (with its will while online) and a history row.
+    Presence(Box<PresenceChange>),
 }
 
 #[derive(Debug)]

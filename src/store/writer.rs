@@ -21,7 +21,7 @@ use super::ops::{CursorCommit, Op, Queued, SessionOp, Shared};
 use super::row::{StoredRow, queued_delivery};
 use super::settings::{Durability, JournalConfig};
 use super::{StoreError, unix_millis};
-use crate::mqtt::broker::{ClientId, Refusal, SpillLoad};
+use crate::mqtt::broker::{ClientId, PresenceChange, Refusal, SpillLoad};
 
 /// Rows per INSERT statement, largest first: 14 parameters a row, well under SQLite's limit of 32,766. Powers of
 /// two, so that any batch takes few statements, each prepared once.
@@ -33,6 +33,9 @@ const CAP_MARGIN: u64 = 64 * 1024 * 1024;
 /// Rows deleted per pruning step, and steps per pruning round.
 const PRUNE_CHUNK: i64 = 2000;
 const PRUNE_STEPS: usize = 8;
+/// The most presence history rows kept, whatever their age: a client that reconnects in a loop must not fill the
+/// disk with its history.
+const PRESENCE_EVENTS_MAX: i64 = 1_000_000;
 
 /// The INSERT statement for `rows` rows (one of [`INSERT_SIZES`]).
 fn insert_sql(rows: usize) -> String {
@@ -546,6 +549,7 @@ impl Writer {
                 }
             }
         }
+        deleted_presence(&self.conn, retention.max_age)?;
         // Above `max_bytes`, what no cursor and no session queue needs; above the hard cap, anything but the
         // retained messages.
         let soft = "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE id <= ? \
@@ -579,6 +583,27 @@ impl Writer {
         }
         Ok(deleted)
     }
+}
+
+/// Presence history older than `max_age` goes (in bounded steps, with the messages), and so does the last
+/// presence of clients offline since then; beyond [`PRESENCE_EVENTS_MAX`] rows the oldest go whatever their age.
+fn deleted_presence(conn: &Connection, max_age: Option<Duration>) -> rusqlite::Result<()> {
+    if let Some(age) = max_age {
+        let cutoff = unix_millis(SystemTime::now()) - i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+        conn.prepare_cached(
+            "DELETE FROM presence_events WHERE id IN (SELECT id FROM presence_events WHERE ts < ? ORDER BY ts LIMIT ?)",
+        )?
+        .execute(params![cutoff, PRUNE_CHUNK])?;
+        conn.prepare_cached("DELETE FROM presence WHERE state <> 'online' AND ts < ?")?.execute([cutoff])?;
+    }
+    // Ids only grow (rowids above the newest), so the newest `PRESENCE_EVENTS_MAX` are those above this bound:
+    // two index seeks rather than a count of the table.
+    conn.prepare_cached(
+        "DELETE FROM presence_events WHERE id IN (SELECT id FROM presence_events WHERE id <= \
+         (SELECT coalesce(max(id), 0) FROM presence_events) - ? ORDER BY id LIMIT ?)",
+    )?
+    .execute(params![PRESENCE_EVENTS_MAX, PRUNE_CHUNK])?;
+    Ok(())
 }
 
 /// Reads back the oldest `limit` spilled deliveries of `client` and takes them out of the spilled set: kept as
@@ -746,9 +771,47 @@ fn session_statements(
                     .execute([client.as_str()])?;
                 generations.remove(client);
             }
+            SessionOp::Presence(change) => presence_statements(tx, change)?,
         }
     }
     Ok(loads)
+}
+
+/// Records a presence change: the client's last presence (with its will while online) and a history row.
+fn presence_statements(tx: &Transaction<'_>, c: &PresenceChange) -> rusqlite::Result<()> {
+    let will = c.will.as_ref();
+    tx.prepare_cached(
+        "INSERT INTO presence (client_id, state, reason, ts, username, peer, will_topic, will_payload, will_qos, \
+         will_retain, will_delay) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (client_id) DO UPDATE SET \
+         state = excluded.state, reason = excluded.reason, ts = excluded.ts, username = excluded.username, \
+         peer = excluded.peer, will_topic = excluded.will_topic, will_payload = excluded.will_payload, \
+         will_qos = excluded.will_qos, will_retain = excluded.will_retain, will_delay = excluded.will_delay",
+    )?
+    .execute(params![
+        c.client_id.as_str(),
+        c.state.as_str(),
+        c.reason.as_deref(),
+        c.ts,
+        c.username.as_deref(),
+        c.peer.as_deref(),
+        will.map(|w| w.message.topic.to_string()),
+        will.map(|w| &w.message.payload[..]),
+        will.map(|w| w.message.qos as i64),
+        will.map(|w| w.message.retain),
+        will.map(|w| i64::from(w.delay)),
+    ])?;
+    tx.prepare_cached(
+        "INSERT INTO presence_events (ts, client_id, username, peer, state, reason) VALUES (?, ?, ?, ?, ?, ?)",
+    )?
+    .execute(params![
+        c.ts,
+        c.client_id.as_str(),
+        c.username.as_deref(),
+        c.peer.as_deref(),
+        c.state.as_str(),
+        c.reason.as_deref(),
+    ])?;
+    Ok(())
 }
 
 /// Stores durable consumers' positions (`Op::Cursor`), in the order they were sent.

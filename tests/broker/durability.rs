@@ -16,7 +16,7 @@ use weir::store::{self, history};
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 
 /// Starts `weir serve` on port 0 with `data` as its data directory; returns the child and its MQTT address.
-async fn start_weir(data: &Path, extra: &str) -> (Child, std::net::SocketAddr) {
+pub async fn start_weir(data: &Path, extra: &str) -> (Child, std::net::SocketAddr) {
     let config = data.with_extension("toml");
     let text = format!(
         "data_dir = {:?}\n[[listener]]\nname = \"t\"\nprotocol = \"tcp\"\nbind = \"127.0.0.1:0\"\n{extra}\n[console]\nbind = \"127.0.0.1:0\"\n",
@@ -43,7 +43,7 @@ async fn start_weir(data: &Path, extra: &str) -> (Child, std::net::SocketAddr) {
     }
 }
 
-fn publish(qos: u8, packet_id: u16, topic: &str, payload: &[u8]) -> Vec<u8> {
+pub fn publish(qos: u8, packet_id: u16, topic: &str, payload: &[u8]) -> Vec<u8> {
     let mut body = (topic.len() as u16).to_be_bytes().to_vec();
     body.extend(topic.as_bytes());
     body.extend(packet_id.to_be_bytes());
@@ -318,7 +318,7 @@ async fn retained_messages_survive_kill_9_and_so_does_clearing_them() {
 }
 
 /// A v5 CONNECT with clean start 0, a session expiry, and a will on `will/<id>` with the given delay.
-fn persistent_connect(client_id: &str, expiry: u32, will_delay: Option<u32>) -> Vec<u8> {
+pub fn persistent_connect(client_id: &str, expiry: u32, will_delay: Option<u32>) -> Vec<u8> {
     let flags = if will_delay.is_some() { 0x04 | 0x08 } else { 0 }; // will, will QoS 1
     let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, flags, 0, 0];
     body.extend([5, 0x11]);

@@ -13,6 +13,7 @@ mod console;
 mod durability;
 mod external;
 mod link;
+mod presence;
 mod raw;
 mod raw_v5;
 mod security;

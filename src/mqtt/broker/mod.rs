@@ -11,6 +11,7 @@ mod control;
 mod link;
 mod message;
 mod metrics;
+mod presence;
 mod queue;
 mod router;
 mod subscriptions;
@@ -26,6 +27,10 @@ pub use control::{ControlReceiver, ControlSender, control_channel};
 pub use link::{Link, LinkError, LinkOptions};
 pub use message::{ClientId, Delivery, Message, MessageProperties};
 pub use metrics::Metrics;
+pub use presence::{
+    ClientMatch, GATEWAY_RESTART, PresenceChange, PresenceEvent, PresenceRecord, PresenceRule, PresenceState,
+    expand as expand_template, glob,
+};
 pub use queue::{
     InflightState, Outgoing, Pushed, QueueLimits, QueueStats, SessionQueue, SpillHook, StoreHook,
 };
@@ -102,6 +107,9 @@ struct Shared {
     metrics: Metrics,
     started: Instant,
     next_connection: AtomicU64,
+    /// The configured birth and death messages, replaced whole when the configuration changes; the router clones
+    /// the `Arc` (never held across `.await`).
+    presence_rules: std::sync::RwLock<Arc<Vec<PresenceRule>>>,
 }
 
 /// Where accepted messages are made durable before they are acknowledged: the store's journal implements it.
@@ -145,6 +153,12 @@ pub trait Durable: Send + Sync + std::fmt::Debug {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = SpillLoad> + Send + 'static>>;
     /// Forgets every delivery stored for a session that has ended.
     fn discard_queue(&self, client: &ClientId);
+    /// A client attached or detached (any session, clean or persistent): the store keeps its last presence, with
+    /// the will of a connected client, so that both survive the gateway's own failure, and its history. Never
+    /// waits: the change is committed with the store's next batch.
+    fn presence(&self, change: &PresenceChange) {
+        let _ = change;
+    }
 }
 
 /// What [`Durable::load_spilled`] read back.
@@ -197,6 +211,8 @@ pub struct RestoredDelivery {
 pub struct Restored {
     pub retained: Vec<Message>,
     pub sessions: Vec<SessionRecord>,
+    /// Each client's last presence; those still `online` were connected when the gateway stopped.
+    pub presence: Vec<PresenceRecord>,
 }
 
 /// Decides who may connect: the security service implements it. A trait so that the broker and the network
@@ -216,6 +232,11 @@ pub trait Authorizer: Send + Sync + std::fmt::Debug {
     fn can_subscribe(&self, who: &Identity, filter: &str) -> bool;
     /// Whether a message on `topic` may be delivered to `who` (checked for every delivery and retained message).
     fn can_read(&self, who: &Identity, topic: &str) -> bool;
+    /// The roles of `who` in the rules in force, for birth and death rules that match by role.
+    fn roles(&self, who: &Identity) -> Vec<String> {
+        let _ = who;
+        Vec::new()
+    }
 }
 
 /// What a CONNECT presents.
@@ -401,6 +422,7 @@ impl Broker {
             metrics: Metrics::default(),
             started: Instant::now(),
             next_connection: AtomicU64::new(1),
+            presence_rules: std::sync::RwLock::new(Arc::new(Vec::new())),
         });
         let task = tokio::spawn(router::Router::new(receiver, shared.clone(), restored).run(stop));
         (Broker { commands, shared }, task)
@@ -497,6 +519,17 @@ impl Broker {
     /// Closes every connection of this user (v5: DISCONNECT 0x98 administrative action), for a deleted user.
     pub async fn disconnect_user(&self, username: &str) -> Result<(), BrokerGone> {
         self.send(Command::DisconnectUser(username.to_owned())).await
+    }
+
+    /// Replaces the configured birth and death messages; they apply to the next connect or disconnect.
+    pub fn set_presence_rules(&self, rules: Vec<PresenceRule>) {
+        let mut slot = self.shared.presence_rules.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *slot = Arc::new(rules);
+    }
+
+    /// The birth and death rules in force.
+    pub fn presence_rules(&self) -> Arc<Vec<PresenceRule>> {
+        self.shared.presence_rules.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     pub fn uptime(&self) -> Duration {

@@ -9,6 +9,9 @@ use tokio::sync::mpsc;
 use super::control::ControlSender;
 use super::message::{ClientId, Delivery, Message};
 use super::metrics::Metrics;
+use super::presence::{
+    GATEWAY_RESTART, PresenceChange, PresenceEvent, PresenceRecord, PresenceState, presence_message,
+};
 use super::queue::{Pushed, QueueLimits, SessionQueue, SpillHook, StoreHook};
 use super::subscriptions::{Matched, Subscriber, SubscriptionTree};
 use super::{
@@ -52,6 +55,9 @@ pub(super) struct Router {
     drops_since_warning: u64,
     /// The last queue generation handed out (see [`SpillHook::generation`]).
     last_generation: u64,
+    /// Clients that were connected when the gateway stopped, to be marked lost (and their clean sessions' wills
+    /// published) as the router starts.
+    lost_at_start: Vec<PresenceRecord>,
 }
 
 struct Session {
@@ -115,7 +121,24 @@ impl Router {
             last_drop_warning: None,
             drops_since_warning: 0,
             last_generation: 0,
+            lost_at_start: Vec::new(),
         };
+        let mut lost = Vec::new();
+        for record in restored.presence {
+            if record.state == PresenceState::Online {
+                lost.push(record);
+            } else {
+                let message =
+                    presence_message(&record.client_id, record.state, record.reason.as_deref(), record.ts);
+                router.retained.insert(message.topic.clone(), Arc::new(message));
+            }
+        }
+        let connected: Vec<(ClientId, Option<String>)> = restored
+            .sessions
+            .iter()
+            .filter(|s| s.disconnected_at.is_none())
+            .map(|s| (s.client_id.clone(), s.username.clone()))
+            .collect();
         let count = restored.sessions.len();
         for record in restored.sessions {
             router.restore(record);
@@ -123,7 +146,56 @@ impl Router {
         if count > 0 {
             tracing::info!(count, "persistent sessions restored");
         }
+        // Sessions whose client was connected at the crash are saved as offline since now, with their will's due
+        // time: a second restart before the will is due keeps counting from this one, and does not start over.
+        for (id, username) in connected {
+            router.persist(&id);
+            if !lost.iter().any(|r| r.client_id == id) {
+                lost.push(PresenceRecord {
+                    client_id: id,
+                    state: PresenceState::Online,
+                    reason: None,
+                    ts: 0,
+                    username,
+                    peer: None,
+                    will: None,
+                });
+            }
+        }
+        router.lost_at_start = lost;
         router
+    }
+
+    /// Marks the clients that were connected when the gateway stopped as lost ("gateway restart"), and publishes
+    /// the wills of those whose session ended with the connection (clean sessions: session expiry 0 bounds the
+    /// will delay to 0). A persistent session's will was restored with the session and waits for its delay.
+    ///
+    /// The store learns of the loss (which clears the stored will) before the will is recorded: both travel on
+    /// the store's one ordered channel, so they are committed together or the loss first. A crash in between
+    /// loses the will rather than publishing it twice.
+    async fn settle_lost_at_start(&mut self) {
+        let lost = std::mem::take(&mut self.lost_at_start);
+        if !lost.is_empty() {
+            tracing::info!(count = lost.len(), "clients connected when the gateway stopped are marked lost");
+        }
+        for record in lost {
+            let change = PresenceChange {
+                client_id: record.client_id.clone(),
+                state: PresenceState::Lost,
+                reason: Some(GATEWAY_RESTART.to_owned()),
+                ts: crate::timefmt::now_ms(),
+                username: record.username,
+                peer: record.peer,
+                will: None,
+            };
+            self.store_presence(&change);
+            if !self.sessions.contains_key(&record.client_id)
+                && let Some(will) = record.will
+            {
+                self.publish_will(will.message).await;
+            }
+            self.route_presence(&change).await;
+        }
     }
 
     /// Puts back a persistent session the store kept: offline, its expiry counting from when it went offline
@@ -237,6 +309,7 @@ impl Router {
     /// detaches as it does, so that its session is saved); in-process links are told and let go. Also returns
     /// if every handle to the broker is gone.
     pub(super) async fn run(mut self, mut stop: StopToken) {
+        self.settle_lost_at_start().await;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -329,12 +402,19 @@ impl Router {
         if let Some(old) = self.sessions.get_mut(&id).and_then(|s| s.connection.take()) {
             old.control.send(Control::Disconnect(ReasonCode::SESSION_TAKEN_OVER));
             tracing::info!(client = %id, "session taken over by a new connection from {}", request.peer);
+            let change = self.presence_change(
+                &id,
+                PresenceState::Lost,
+                Some("session taken over"),
+                Some(old.about.peer),
+            );
+            self.store_presence(&change);
             if let Some(will) = old.will
                 && (request.clean_start || will.delay == 0)
             {
                 self.publish_will(will.message).await;
             }
-            self.publish_presence(&id, "lost", Some("session taken over")).await;
+            self.route_presence(&change).await;
         }
         let resume = !request.clean_start && self.sessions.contains_key(&id);
         if !resume {
@@ -360,6 +440,7 @@ impl Router {
         let Some(session) = self.sessions.get_mut(&id) else { return Err(ReasonCode::UNSPECIFIED_ERROR) };
         session.pending_will = None;
         session.principal = request.principal.clone();
+        let (will, peer) = (request.will.clone(), request.peer.clone());
         session.connection = Some(Attached {
             id: request.connection,
             control: request.control,
@@ -377,7 +458,11 @@ impl Router {
         let queue = session.queue.clone();
         tracing::debug!(client = %id, resume, ?now, "session attached");
         self.persist(&id);
-        self.publish_presence(&id, "online", None).await;
+        let mut change = self.presence_change(&id, PresenceState::Online, None, Some(peer));
+        change.will = will;
+        self.store_presence(&change);
+        self.route_presence(&change).await;
+        self.birth_or_death(&id, PresenceEvent::Birth).await;
         Ok(ConnectOutcome { session_present: resume, queue })
     }
 
@@ -396,6 +481,7 @@ impl Router {
             return;
         }
         let attached = session.connection.take();
+        let peer = attached.as_ref().map(|a| a.about.peer.clone());
         session.queue.set_online(false);
         if let Some(expiry) = notice.session_expiry {
             session.expiry = match self.shared.config.max_session_expiry {
@@ -406,6 +492,14 @@ impl Router {
         let now = Instant::now();
         session.disconnected_at = Some(now);
         let expiry = session.expiry;
+        let (state, reason) = match &notice.reason {
+            DisconnectReason::Normal | DisconnectReason::NormalWithWill => (PresenceState::Offline, None),
+            DisconnectReason::Lost(reason) => (PresenceState::Lost, Some(reason.as_str())),
+        };
+        // Stored before the will is recorded, so that a crash cannot leave the will both published and still
+        // stored as the will of a connected client (see `settle_lost_at_start`).
+        let change = self.presence_change(&id, state, reason, peer);
+        self.store_presence(&change);
         let will = match notice.reason {
             DisconnectReason::Normal => None,
             DisconnectReason::NormalWithWill | DisconnectReason::Lost(_) => attached.and_then(|a| a.will),
@@ -420,11 +514,10 @@ impl Router {
                 }
             }
         }
-        let (state, reason) = match &notice.reason {
-            DisconnectReason::Normal | DisconnectReason::NormalWithWill => ("offline", None),
-            DisconnectReason::Lost(reason) => ("lost", Some(reason.as_str())),
-        };
-        self.publish_presence(&id, state, reason).await;
+        self.route_presence(&change).await;
+        if state == PresenceState::Offline {
+            self.birth_or_death(&id, PresenceEvent::Death).await;
+        }
         if expiry == 0 {
             self.end_session(&id);
         } else {
@@ -667,12 +760,78 @@ impl Router {
         self.route(message).await;
     }
 
+    /// A presence change of a client, now, with the user of its session.
+    fn presence_change(
+        &self,
+        id: &ClientId,
+        state: PresenceState,
+        reason: Option<&str>,
+        peer: Option<String>,
+    ) -> PresenceChange {
+        let username =
+            self.sessions.get(id).and_then(|s| s.principal.as_ref()).and_then(|p| p.username.clone());
+        PresenceChange {
+            client_id: id.clone(),
+            state,
+            reason: reason.map(str::to_owned),
+            ts: crate::timefmt::now_ms(),
+            username,
+            peer,
+            will: None,
+        }
+    }
+
+    /// Tells the store (the client's last presence, its will while online, the history). Never waits.
+    fn store_presence(&self, change: &PresenceChange) {
+        if let Some(durable) = &self.shared.durable {
+            durable.presence(change);
+        }
+    }
+
     /// Publishes a client's presence as a retained message on `$SYS/weir/clients/<id>/presence`.
-    async fn publish_presence(&mut self, client: &ClientId, state: &str, reason: Option<&str>) {
-        let ts = crate::timefmt::now_ms();
-        let payload = serde_json::json!({ "state": state, "reason": reason, "ts": ts }).to_string();
-        let topic = format!("$SYS/weir/clients/{}/presence", escape_level(client.as_str()));
-        self.route(Arc::new(Message::new(&topic, payload, QoS::AtLeastOnce, true))).await;
+    async fn route_presence(&mut self, change: &PresenceChange) {
+        let message = presence_message(&change.client_id, change.state, change.reason.as_deref(), change.ts);
+        self.route(Arc::new(message)).await;
+    }
+
+    /// Publishes the configured birth (on connect) or death (on a normal disconnect) messages for this client,
+    /// each only where the client itself could publish (the access rules in force, under its identity).
+    async fn birth_or_death(&mut self, id: &ClientId, event: PresenceEvent) {
+        let rules =
+            self.shared.presence_rules.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if !rules.iter().any(|r| r.event == event) {
+            return;
+        }
+        let who = match self.sessions.get(id).and_then(|s| s.principal.clone()) {
+            Some(principal) => principal,
+            None => Arc::new(Identity { username: None, client_id: id.as_str().to_owned() }),
+        };
+        let authorizer = self.shared.authorizer.clone();
+        let roles = authorizer.as_ref().map(|a| a.roles(&who)).unwrap_or_default();
+        let now = crate::timefmt::now_ms();
+        for rule in rules.iter().filter(|r| r.event == event && r.matches(&who, &roles)) {
+            let Some(mut message) = rule.message(&who, now) else {
+                tracing::warn!(client = %id, topic = %rule.topic, "{} topic is not a valid topic name", event.as_str());
+                continue;
+            };
+            if let Some(authorizer) = &authorizer
+                && !authorizer.can_publish(&who, &message.topic)
+            {
+                tracing::info!(
+                    client = %id,
+                    topic = %message.topic,
+                    "{} not published: the client may not publish there",
+                    event.as_str()
+                );
+                continue;
+            }
+            message.username = who.username.as_deref().map(Arc::from);
+            let message = Arc::new(message);
+            if let Some(durable) = &self.shared.durable {
+                durable.record_nowait(&message);
+            }
+            self.route(message).await;
+        }
     }
 
     fn open_link(&mut self, id: ClientId, limits: QueueLimits) -> Result<Arc<SessionQueue>, LinkError> {
