@@ -23,6 +23,7 @@ mod history;
 mod login;
 mod metrics;
 mod overview;
+mod presence;
 mod serve;
 mod session;
 mod settings;
@@ -132,6 +133,9 @@ pub fn router(state: AppState) -> Router {
         .route("/history", get(history::history_get))
         .route("/history/series", get(history::series_get))
         .route("/history/export", get(history::export_get))
+        .route("/presence", get(presence::presence_get))
+        .route("/presence/rules/add", post(presence::rule_add_post))
+        .route("/presence/rules/delete", post(presence::rule_delete_post))
         .route("/users", get(users::users_get))
         .route("/users/add", post(users::add_post))
         .route("/users/password", post(users::password_post))

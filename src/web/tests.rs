@@ -774,3 +774,30 @@ async fn a_backup_downloads_and_an_uploaded_one_is_checked_and_staged() {
     assert!(c.dir.join("restore/READY").exists());
     assert!(c.get("/backup", Some(&cookie)).await.body.contains("A restore is staged"));
 }
+
+#[tokio::test]
+async fn presence_rules_are_added_with_checks_and_the_page_renders() {
+    let c = Console::journaled().await;
+    let cookie = c.admin().await;
+    assert_eq!(c.get("/presence", Some(&cookie)).await.status, StatusCode::OK);
+    let csrf = c.csrf(&cookie).await;
+    let rule = |topic: &str| {
+        encode(&[
+            ("csrf", &csrf),
+            ("matcher", "client:press-*"),
+            ("event", "birth"),
+            ("topic", topic),
+            ("payload", "up %t"),
+            ("qos", "1"),
+            ("retain", "true"),
+        ])
+    };
+    let bad = c.post("/presence/rules/add", &rule("plant/#"), Some(&cookie)).await;
+    assert!(bad.location().starts_with("/presence?error="), "{}", bad.location());
+    let ok = c.post("/presence/rules/add", &rule("plant/%c/state"), Some(&cookie)).await;
+    assert!(ok.location().starts_with("/presence?notice="), "{}", ok.location());
+    let page = c.get("/presence", Some(&cookie)).await.body;
+    assert!(page.contains("plant/%c/state") && page.contains("client:press-*"));
+    assert_eq!(c.ops().list_presence_rules().await.unwrap().len(), 1);
+    assert!(c.get("/presence?since=notatime", Some(&cookie)).await.body.contains("class=\"error\""));
+}

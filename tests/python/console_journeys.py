@@ -242,6 +242,9 @@ def clients(c, args):
         c.wait_text("press-line-1 is disconnected")
         # The console closed its connection: mosquitto_sub ends (TimeoutExpired otherwise).
         watcher.wait(timeout=WAIT)
+        c.open("/presence?client=press-line-1")
+        c.wait_text("disconnected by an administrator")
+        c.shot("presence")
     finally:
         watcher.kill()
 
