@@ -16,7 +16,7 @@ import tempfile
 import time
 
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException, NoSuchElementException, StaleElementReferenceException
+from selenium.common.exceptions import NoAlertPresentException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
@@ -24,6 +24,15 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 WAIT = 15  # seconds: the bound of every wait
 ADMIN = ("root", "correct horse battery")
+
+
+def gone(element):
+    """Whether a page element has been replaced by a new page (its node no longer exists)."""
+    try:
+        element.tag_name
+        return False
+    except WebDriverException:
+        return True
 
 
 class Console:
@@ -52,7 +61,9 @@ class Console:
 
     def wait_for(self, what, condition):
         try:
-            ignored = (NoSuchElementException, StaleElementReferenceException)
+            # While a page is replaced, ChromeDriver reports elements of the old one as stale or, under load, as
+            # "Node with given id does not belong to the document": both only mean "not yet", so keep waiting.
+            ignored = (WebDriverException,)
             return WebDriverWait(self.driver, WAIT, ignored_exceptions=ignored).until(condition)
         except Exception as e:
             raise AssertionError(f"timed out waiting for {what} on {self.driver.current_url}: {e}") from None
@@ -78,7 +89,7 @@ class Console:
         old = self.driver.find_element(By.TAG_NAME, "html")
         form.find_element(By.CSS_SELECTOR, "button[type='submit']").click()
         if navigates:
-            self.wait_for("the next page", EC.staleness_of(old))
+            self.wait_for("the next page", lambda d: gone(old))
 
     def shot(self, name):
         if self.shots:
@@ -205,8 +216,9 @@ def live_topic(c, args):
     assert "plant/paused" not in c.driver.find_element(By.ID, "live").text, "shown while paused"
     c.driver.find_element(By.ID, "live-pause").click()
     c.wait_text("plant/paused")
-    c.open("/topics?prefix=plant")
-    c.wait_text("press-1/")
+    # The topic tree follows the journal's index, which the writer extends every 250 ms: reload until it has it.
+    c.wait_for("the topic in the tree", lambda d: (d.get(c.url + "/topics?prefix=plant") or True)
+               and "press-1/" in d.find_element(By.TAG_NAME, "main").text)
     c.shot("topics")
 
 
