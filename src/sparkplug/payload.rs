@@ -159,7 +159,10 @@ pub fn typed_value(metric: &Metric, datatype: DataType) -> Value {
 /// that are not arrays, or bytes that do not fit.
 fn array(bytes: &[u8], datatype: DataType) -> Option<Value> {
     fn chunks<const N: usize>(bytes: &[u8]) -> Option<impl Iterator<Item = [u8; N]> + '_> {
-        bytes.len().is_multiple_of(N).then(|| bytes.chunks_exact(N).filter_map(|c| <[u8; N]>::try_from(c).ok()))
+        bytes
+            .len()
+            .is_multiple_of(N)
+            .then(|| bytes.chunks_exact(N).filter_map(|c| <[u8; N]>::try_from(c).ok()))
     }
     Some(match datatype {
         DataType::Int8Array => Value::Ints(bytes.iter().map(|b| i64::from(*b as i8)).collect()),

@@ -16,6 +16,7 @@ mod link;
 mod raw;
 mod raw_v5;
 mod security;
+mod sparkplug;
 mod support;
 mod tls;
 mod v311;

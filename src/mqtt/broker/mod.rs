@@ -13,6 +13,7 @@ mod message;
 mod metrics;
 mod queue;
 mod router;
+mod sparkplug;
 mod subscriptions;
 
 use std::sync::Arc;
@@ -29,6 +30,7 @@ pub use metrics::Metrics;
 pub use queue::{
     InflightState, Outgoing, Pushed, QueueLimits, QueueStats, SessionQueue, SpillHook, StoreHook,
 };
+pub use sparkplug::reserved_topic;
 
 use crate::auth::Identity;
 use crate::mqtt::codec::{ProtocolVersion, ReasonCode, SubscribeFilter};
