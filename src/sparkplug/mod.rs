@@ -8,13 +8,19 @@
 //! - The broker uses them for the Sparkplug-aware server requirements (births republished under
 //!   `$sparkplug/certificates/`, NDEATH wills stamped with their delivery time): `mqtt::broker`'s
 //!   `sparkplug.rs`.
+//! - [`state`] is the edge nodes' state as the gateway sees it (pure); [`Sparkplug`] the service that feeds it
+//!   from an in-process link, reads births back from the journal after a restart, sends rebirth requests and
+//!   reads metric series from the history. It depends on the broker and the store, and is started by `app`.
 
 pub mod payload;
 pub mod proto;
+mod service;
+pub mod state;
 pub mod topic;
 
 pub use payload::{Aliases, DecodeError, Decoded, HostState, Value, decode, payload_json};
 pub use proto::DataType;
+pub use service::{REBIRTH_INTERVAL, SeriesQuery, Sparkplug, SparkplugError};
 pub use topic::{EdgeTopic, MessageType, Topic};
 
 #[cfg(test)]

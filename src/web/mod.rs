@@ -67,6 +67,8 @@ struct Shared {
     live: topics::LiveCount,
     /// The console's stop: long-lived responses (live views) end with it.
     stop: crate::shutdown::StopToken,
+    /// The Sparkplug page's state and actions; `None` in tests that do not start the service.
+    sparkplug: Option<crate::sparkplug::Sparkplug>,
 }
 
 impl AppState {
@@ -89,8 +91,18 @@ impl AppState {
             rates: overview::Rates::default(),
             live: topics::LiveCount::default(),
             stop,
+            sparkplug: None,
         };
         AppState { inner: Arc::new(inner) }
+    }
+
+    /// Gives the console the Sparkplug service; called once, right after [`AppState::new`].
+    pub fn with_sparkplug(mut self, sparkplug: crate::sparkplug::Sparkplug) -> AppState {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.sparkplug = Some(sparkplug),
+            None => tracing::warn!("console state already shared: the Sparkplug page stays empty"),
+        }
+        self
     }
 
     fn ops(&self) -> &Ops {
