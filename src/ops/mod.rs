@@ -12,12 +12,14 @@
 //! - [`history`]: message history queries and exports.
 //! - [`audit`]: the audit log.
 //! - [`import`]: users and rules from Mosquitto's files.
+//! - [`sparkplug`]: a rebirth request to a Sparkplug B edge node (inside the gateway only).
 
 pub mod audit;
 pub mod certs;
 pub mod history;
 pub mod import;
 pub mod rules;
+pub mod sparkplug;
 pub mod users;
 
 use std::path::{Path, PathBuf};

@@ -25,6 +25,7 @@ mod overview;
 mod serve;
 mod session;
 mod setup;
+mod sparkplug;
 mod topics;
 mod users;
 
@@ -145,6 +146,10 @@ pub fn router(state: AppState) -> Router {
         .route("/certs/crl.pem", get(certs::crl_get))
         .route("/ca.crt", get(certs::ca_get))
         .route("/audit", get(audit::audit_get))
+        .route("/sparkplug", get(sparkplug::sparkplug_get))
+        .route("/sparkplug/metric", get(sparkplug::metric_get))
+        .route("/sparkplug/series", get(sparkplug::series_get))
+        .route("/sparkplug/rebirth", post(sparkplug::rebirth_post))
         .route("/metrics", get(metrics::metrics_get))
         .route("/static/{*file}", get(assets::asset_get))
         .fallback(error::not_found)
