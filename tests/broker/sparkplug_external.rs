@@ -108,11 +108,11 @@ fn certificates(lines: &[Value]) -> Vec<(String, Value)> {
 async fn pysparkplug_births_data_gaps_rebirth_deaths_certificates_and_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let (gateway, port) = gateway_in(&dir).await;
-    let mut host = Scenario::start(port, &["deaths", "--wait", "8"]);
+    let mut host = Scenario::start(port, &["deaths", "--wait", "30"]);
     host.expect("ready").await;
 
     // Births, data by name and by alias alone, a sequence gap.
-    let mut edge = Scenario::start(port, &["edge", "--commands", "1", "--die", "--wait", "8"]);
+    let mut edge = Scenario::start(port, &["edge", "--commands", "1", "--die", "--wait", "20"]);
     edge.expect("ready").await;
     eventually("the edge node's data", || async {
         metric(&gateway, None, "Temperature") == Some((Metric::Float(22.0), false))
@@ -125,7 +125,9 @@ async fn pysparkplug_births_data_gaps_rebirth_deaths_certificates_and_a_restart(
     assert_eq!(node.gaps, 1, "{:?}", node.last_gap);
     assert_eq!(node.last_gap.map(|g| g.got - g.expected), Some(2));
 
-    // A rebirth request reaches the edge node; a second one at once is refused by the rate limit.
+    // A rebirth request reaches the edge node; a second one at once is refused by the rate limit. The edge node
+    // ends (without DISCONNECT) once it has the command: its will is delivered after this instant.
+    let before = weir::timefmt::now_ms();
     let pool = gateway.security().pool().clone();
     gateway.sparkplug().rebirth("Plant", "Edge1", "test:admin", &pool).await.unwrap();
     let again = gateway.sparkplug().rebirth("Plant", "Edge1", "test:admin", &pool).await;
@@ -137,7 +139,6 @@ async fn pysparkplug_births_data_gaps_rebirth_deaths_certificates_and_a_restart(
     assert!(audit.iter().any(|e| e.action == "sparkplug.rebirth" && e.detail == "Plant/Edge1"), "{audit:?}");
 
     // The edge node vanishes: its NDEATH will, stamped with the time it is delivered, matches the birth's bdSeq.
-    let before = weir::timefmt::now_ms();
     edge.all().await;
     let death = host.expect("ndeath").await;
     assert!(death["timestamp"].as_i64().is_some_and(|t| t >= before), "{death}");
@@ -150,7 +151,8 @@ async fn pysparkplug_births_data_gaps_rebirth_deaths_certificates_and_a_restart(
     .await;
 
     // The certificates, decoded by pysparkplug, before and after a restart.
-    let before_restart = certificates(&Scenario::start(port, &["certs", "--wait", "0.7"]).all().await);
+    let before_restart =
+        certificates(&Scenario::start(port, &["certs", "--count", "2", "--wait", "10"]).all().await);
     let topics: Vec<&str> = before_restart.iter().map(|c| c.0.as_str()).collect();
     assert_eq!(
         topics,
@@ -164,7 +166,8 @@ async fn pysparkplug_births_data_gaps_rebirth_deaths_certificates_and_a_restart(
     gateway.shutdown().await;
 
     let (gateway, port) = gateway_in(&dir).await;
-    let after_restart = certificates(&Scenario::start(port, &["certs", "--wait", "0.7"]).all().await);
+    let after_restart =
+        certificates(&Scenario::start(port, &["certs", "--count", "2", "--wait", "10"]).all().await);
     assert_eq!(after_restart, before_restart);
     // The births were read back: the node is known, offline (its death came after its birth).
     assert!(!gateway.sparkplug().snapshot().groups["Plant"]["Edge1"].online);

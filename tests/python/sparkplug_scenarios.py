@@ -128,7 +128,11 @@ def certs(args):
     client.on_message = on_message
     connected(client, args.port)
     client.subscribe("$sparkplug/certificates/#", qos=1)
-    time.sleep(args.wait)
+    deadline = time.time() + args.wait
+    while time.time() < deadline and (args.count == 0 or len(got) < args.count):
+        time.sleep(0.02)
+    # Anything beyond the expected count would still show.
+    time.sleep(0.2)
     client.disconnect()
     client.loop_stop()
 
@@ -196,6 +200,7 @@ def main():
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--wait", type=float, default=1.0, help="seconds to wait for what may still come")
     parser.add_argument("--commands", type=int, default=0, help="edge: NCMDs to wait for")
+    parser.add_argument("--count", type=int, default=0, help="certs: certificates to wait for")
     parser.add_argument("--die", action="store_true", help="edge: end without DISCONNECT")
     args = parser.parse_args()
     globals()[args.scenario](args)
