@@ -14,6 +14,7 @@ pub mod ops;
 pub mod pki;
 pub mod security;
 pub mod shutdown;
+pub mod sparkplug;
 pub mod store;
 pub mod timefmt;
 pub mod web;

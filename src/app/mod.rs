@@ -16,6 +16,7 @@ use crate::mqtt::net::{self, Connections, ListenerContext};
 use crate::ops::Ops;
 use crate::security::server::{ServerTls, TlsSetupError};
 use crate::security::{CertError, Security, SecurityError};
+use crate::sparkplug::Sparkplug;
 use crate::store::{self, Durability, Journal, StoreError};
 use crate::web;
 pub use lifecycle::{Lifecycle, Stage};
@@ -39,6 +40,8 @@ pub enum AppError {
     Certificates(#[from] CertError),
     #[error("console: {0}")]
     Console(#[from] web::WebError),
+    #[error("sparkplug: {0}")]
+    Sparkplug(#[from] crate::sparkplug::SparkplugError),
 }
 
 /// A listening socket and the configuration it was bound for.
@@ -136,6 +139,7 @@ pub struct Gateway {
     /// Where each listener is bound, by name.
     addresses: Vec<(String, SocketAddr)>,
     lifecycle: Lifecycle,
+    sparkplug: Sparkplug,
 }
 
 /// The databases and what the broker restores from them.
@@ -162,6 +166,9 @@ impl Gateway {
         );
         lifecycle.adopt(Stage::Router, "router", router);
         watch::apply_presence_rules(&broker, &security).await;
+        let (sparkplug, task) =
+            Sparkplug::start(&broker, journal.clone(), lifecycle.token(Stage::Forwarders)).await?;
+        lifecycle.adopt(Stage::Forwarders, "sparkplug", task);
         let (tls, tls_configs, console_tls) =
             start_tls(&config, &listeners, console.as_ref(), security.certificates()).await?;
         let (connections, _) = Connections::new(config.max_connections);
@@ -191,7 +198,8 @@ impl Gateway {
                 &console.config,
                 &config,
                 lifecycle.token(Stage::Listeners),
-            );
+            )
+            .with_sparkplug(sparkplug.clone());
             start_console(&mut lifecycle, console, console_tls, state, &mut addresses)?;
         }
         let watcher = watch::watch_configuration(
@@ -209,11 +217,16 @@ impl Gateway {
                 journal.close().await;
             });
         }
-        Ok(Gateway { broker, journal, config_db, security, tls, addresses, lifecycle })
+        Ok(Gateway { broker, journal, config_db, security, tls, addresses, lifecycle, sparkplug })
     }
 
     pub fn broker(&self) -> &Broker {
         &self.broker
+    }
+
+    /// The Sparkplug B state and actions (rebirth).
+    pub fn sparkplug(&self) -> &Sparkplug {
+        &self.sparkplug
     }
 
     /// Renews the server certificate if it is due (or missing, or its names changed) and gives the TLS listeners

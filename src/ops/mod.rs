@@ -14,6 +14,7 @@
 //! - [`audit`]: the audit log.
 //! - [`import`]: users and rules from Mosquitto's files.
 //! - [`backup`]: one encrypted file with the configuration, the CA and optionally the journal; restore.
+//! - [`sparkplug`]: a rebirth request to a Sparkplug B edge node (inside the gateway only).
 
 pub mod audit;
 pub mod backup;
@@ -23,6 +24,7 @@ pub mod import;
 pub mod presence;
 pub mod rules;
 pub mod tokens;
+pub mod sparkplug;
 pub mod users;
 
 use std::path::{Path, PathBuf};

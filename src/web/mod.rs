@@ -28,6 +28,7 @@ mod serve;
 mod session;
 mod settings;
 mod setup;
+mod sparkplug;
 mod topics;
 mod users;
 
@@ -79,6 +80,8 @@ struct Shared {
     config_file: Option<std::path::PathBuf>,
     /// The console's stop: long-lived responses (live views) end with it.
     stop: crate::shutdown::StopToken,
+    /// The Sparkplug page's state and actions; `None` in tests that do not start the service.
+    sparkplug: Option<crate::sparkplug::Sparkplug>,
 }
 
 impl AppState {
@@ -104,8 +107,18 @@ impl AppState {
             settings: gateway.effective(),
             config_file: gateway.source.as_ref().map(|(path, _)| path.clone()),
             stop,
+            sparkplug: None,
         };
         AppState { inner: Arc::new(inner) }
+    }
+
+    /// Gives the console the Sparkplug service; called once, right after [`AppState::new`].
+    pub fn with_sparkplug(mut self, sparkplug: crate::sparkplug::Sparkplug) -> AppState {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.sparkplug = Some(sparkplug),
+            None => tracing::warn!("console state already shared: the Sparkplug page stays empty"),
+        }
+        self
     }
 
     fn ops(&self) -> &Ops {
@@ -155,6 +168,10 @@ pub fn router(state: AppState) -> Router {
         .route("/audit", get(audit::audit_get))
         .route("/settings", get(settings::settings_get))
         .route("/backup", get(backup::backup_get).post(backup::backup_post))
+        .route("/sparkplug", get(sparkplug::sparkplug_get))
+        .route("/sparkplug/metric", get(sparkplug::metric_get))
+        .route("/sparkplug/series", get(sparkplug::series_get))
+        .route("/sparkplug/rebirth", post(sparkplug::rebirth_post))
         .route("/metrics", get(metrics::metrics_get))
         .route("/static/{*file}", get(assets::asset_get))
         .fallback(error::not_found)

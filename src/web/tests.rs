@@ -800,4 +800,94 @@ async fn presence_rules_are_added_with_checks_and_the_page_renders() {
     assert!(page.contains("plant/%c/state") && page.contains("client:press-*"));
     assert_eq!(c.ops().list_presence_rules().await.unwrap().len(), 1);
     assert!(c.get("/presence?since=notatime", Some(&cookie)).await.body.contains("class=\"error\""));
+async fn the_sparkplug_page_shows_nodes_metrics_and_gaps_charts_a_metric_and_asks_for_a_confirmed_rebirth() {
+    use prost::Message as _;
+
+    use crate::sparkplug::proto::{DataType, Metric, MetricValue, Payload};
+
+    let mut c = Console::journaled().await;
+    let (service, _task) = crate::sparkplug::Sparkplug::start(
+        &c.state.inner.broker,
+        c.state.inner.journal.clone(),
+        c._stop.token(),
+    )
+    .await
+    .unwrap();
+    let state = c.state;
+    c.state = state.with_sparkplug(service);
+    let cookie = c.admin().await;
+    let csrf = c.csrf(&cookie).await;
+    let link = c.state.inner.broker.link("edge", crate::mqtt::broker::LinkOptions::default()).await.unwrap();
+    let payload = |seq: u64, value: f64, name: Option<&str>| {
+        Payload {
+            timestamp: Some(1_700_000_000_000 + seq),
+            seq: Some(seq),
+            metrics: vec![Metric {
+                name: name.map(str::to_owned),
+                alias: Some(1),
+                datatype: name.map(|_| DataType::Double.code()),
+                value: Some(MetricValue::DoubleValue(value)),
+                ..Metric::default()
+            }],
+            ..Payload::default()
+        }
+        .encode_to_vec()
+    };
+    let publish = |topic: &str, bytes: Vec<u8>| {
+        crate::mqtt::broker::Message::new(topic, bytes, crate::mqtt::codec::QoS::AtLeastOnce, false)
+    };
+    link.publish(publish("spBv1.0/Plant/NBIRTH/<b>Edge1", payload(0, 20.0, Some("Temperature"))))
+        .await
+        .unwrap();
+    link.publish(publish("spBv1.0/Plant/NDATA/<b>Edge1", payload(1, 21.0, None))).await.unwrap();
+    link.publish(publish("spBv1.0/Plant/NDATA/<b>Edge1", payload(5, 22.0, None))).await.unwrap();
+    link.publish(publish("spBv1.0/Plant/NDATA/<b>Edge1", vec![0xFF])).await.unwrap();
+    let mut body = String::new();
+    for _ in 0..200 {
+        body = c.get("/sparkplug", Some(&cookie)).await.body;
+        if body.contains("22") && body.contains("Malformed payloads: 1") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(body.contains("Plant / &#60;b&#62;Edge1") || body.contains("Plant / &lt;b&gt;Edge1"), "{body}");
+    assert!(!body.contains("<b>Edge1"), "escaped");
+    assert!(body.contains("Temperature") && body.contains("sequence gaps: 1"), "{body}");
+    assert!(body.contains("expected 2, got 5"), "{body}");
+    assert!(body.contains("Malformed payloads: 1"), "{body}");
+
+    // The chart of a metric reads its series from the history, aliases resolved.
+    let chart =
+        c.get("/sparkplug/metric?group=Plant&node=%3Cb%3EEdge1&metric=Temperature", Some(&cookie)).await;
+    assert!(chart.body.contains("data-series=\"/sparkplug/series?"), "{}", chart.body);
+    let series_url = "/sparkplug/series?group=Plant&node=%3Cb%3EEdge1&metric=Temperature";
+    let mut series = serde_json::Value::Null;
+    for _ in 0..200 {
+        series = serde_json::from_str(&c.get(series_url, Some(&cookie)).await.body).unwrap();
+        if series["v"].as_array().is_some_and(|v| v.len() == 3) {
+            break;
+        }
+        c.state.inner.journal.as_ref().unwrap().flush().await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(series["v"], serde_json::json!([20.0, 21.0, 22.0]));
+
+    // A rebirth needs the confirmation, is sent once, and the rate limit refuses a second one at once.
+    let form = |confirm: bool| {
+        let mut pairs = vec![("csrf", csrf.as_str()), ("group", "Plant"), ("node", "<b>Edge1")];
+        if confirm {
+            pairs.push(("confirm", "yes"));
+        }
+        encode(&pairs)
+    };
+    assert_eq!(
+        c.post("/sparkplug/rebirth", &form(false), Some(&cookie)).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    let sent = c.post("/sparkplug/rebirth", &form(true), Some(&cookie)).await;
+    assert_eq!(sent.status, StatusCode::SEE_OTHER, "{}", sent.body);
+    let again = c.post("/sparkplug/rebirth", &form(true), Some(&cookie)).await;
+    assert_eq!(again.status, StatusCode::BAD_REQUEST);
+    let audit = c.get("/audit?q=sparkplug.rebirth", Some(&cookie)).await.body;
+    assert!(audit.contains("console:root"), "{audit}");
 }

@@ -17,6 +17,8 @@ mod presence;
 mod raw;
 mod raw_v5;
 mod security;
+mod sparkplug;
+mod sparkplug_external;
 mod support;
 mod tls;
 mod v311;

@@ -14,6 +14,7 @@ mod metrics;
 mod presence;
 mod queue;
 mod router;
+mod sparkplug;
 mod subscriptions;
 
 use std::sync::Arc;
@@ -34,6 +35,7 @@ pub use presence::{
 pub use queue::{
     InflightState, Outgoing, Pushed, QueueLimits, QueueStats, SessionQueue, SpillHook, StoreHook,
 };
+pub use sparkplug::reserved_topic;
 
 use crate::auth::Identity;
 use crate::mqtt::codec::{ProtocolVersion, ReasonCode, SubscribeFilter};

@@ -13,6 +13,7 @@ use super::presence::{
     GATEWAY_RESTART, PresenceChange, PresenceEvent, PresenceRecord, PresenceState, presence_message,
 };
 use super::queue::{Pushed, QueueLimits, SessionQueue, SpillHook, StoreHook};
+use super::sparkplug;
 use super::subscriptions::{Matched, Subscriber, SubscriptionTree};
 use super::{
     Authorizer, BrokerStats, ClientInfo, Command, ConnectOutcome, ConnectRequest, ConnectionId, Control,
@@ -346,7 +347,10 @@ impl Router {
 
     async fn handle(&mut self, command: Command) {
         match command {
-            Command::Publish(message) => self.route(message).await,
+            Command::Publish(message) => {
+                self.route(message.clone()).await;
+                self.sparkplug_certificate(&message).await;
+            }
             Command::Connect(request, reply) => {
                 let outcome = self.connect(*request).await;
                 let _ = reply.send(outcome);
@@ -752,6 +756,7 @@ impl Router {
 
     async fn publish_will(&mut self, mut message: Message) {
         message.received = Instant::now();
+        sparkplug::stamp_death(&mut message);
         tracing::debug!(topic = %message.topic, "publishing will");
         let message = Arc::new(message);
         if let Some(durable) = &self.shared.durable {
@@ -786,6 +791,16 @@ impl Router {
         if let Some(durable) = &self.shared.durable {
             durable.presence(change);
         }
+    }
+
+    /// Sparkplug-aware server: a birth is also stored and republished retained under `$sparkplug/certificates/`
+    /// (see `sparkplug.rs`), journaled like any retained message so that it survives a restart.
+    async fn sparkplug_certificate(&mut self, message: &Arc<Message>) {
+        let Some(copy) = sparkplug::certificate_shared(message) else { return };
+        if let Some(durable) = &self.shared.durable {
+            durable.record_nowait(&copy);
+        }
+        self.route(copy).await;
     }
 
     /// Publishes a client's presence as a retained message on `$SYS/weir/clients/<id>/presence`.

@@ -110,6 +110,10 @@ async fn accept<T: Transport>(
     let client_id =
         if assigned { ClientId::new(&generate_client_id()) } else { ClientId::new(&connect.client_id) };
     let principal = Arc::new(Identity { username: username.clone(), client_id: client_id.to_string() });
+    // Sparkplug: `$sparkplug/` belongs to the broker, for wills too.
+    if connect.will.as_ref().is_some_and(|w| crate::sparkplug::topic::is_reserved(&w.topic)) {
+        return refuse.close(transport, ReasonCode::NOT_AUTHORIZED, "the will topic is reserved").await;
+    }
     if let (Some(will), Some(authorizer)) = (&connect.will, broker.authorizer())
         && !authorizer.can_publish(&principal, &will.topic)
     {
@@ -626,7 +630,7 @@ impl<T: Transport> Session<T> {
             }
         }
         Metrics::add(&self.broker.metrics().messages_received, 1);
-        let allowed = !topic.starts_with("$SYS")
+        let allowed = !crate::mqtt::broker::reserved_topic(&topic)
             && self.broker.authorizer().is_none_or(|a| a.can_publish(&self.principal, &topic));
         if !allowed {
             // 3.1.1 has no way to say no: the message is acknowledged as usual and dropped (MQTT-3.3.5-2).

@@ -1,0 +1,277 @@
+//! The Sparkplug service: a task of the forwarders stage that feeds the [`Tracker`] from an in-process link
+//! subscribed to `spBv1.0/#` (not lossless: a slow tracker loses state updates, counted, never slows a
+//! publisher), and the administrator's actions on edge nodes (rebirth).
+//!
+//! At start-up the births are read back from the journal (`store::history`, the retained copies under
+//! `$sparkplug/certificates/`, newest per topic), with the deaths recorded after them, so that the aliases of
+//! data published after a restart resolve without waiting for a rebirth.
+//!
+//! The tracker is behind a `std::sync::Mutex`, held for one message's update or one snapshot's clone, never
+//! across an `.await`: the console reads it from its handlers while this task writes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use sqlx::SqlitePool;
+use tokio::task::JoinHandle;
+
+use super::payload::{self, Aliases, Decoded};
+use super::state::Tracker;
+use super::topic::{self, MessageType, Topic};
+use crate::mqtt::broker::{Broker, Link, LinkError, LinkOptions, Message};
+use crate::mqtt::codec::QoS;
+use crate::shutdown::StopToken;
+use crate::store::history::{self, HistoryQuery, Order};
+use crate::store::{Journal, StoreError};
+
+/// A node gets at most one rebirth request from the gateway in this time.
+pub const REBIRTH_INTERVAL: Duration = Duration::from_secs(10);
+/// Births read back at start-up, at most.
+const RESTORE_LIMIT: usize = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SparkplugError {
+    #[error("{0:?} is not a valid Sparkplug identifier")]
+    InvalidId(String),
+    /// The rate limit: the node was asked less than [`REBIRTH_INTERVAL`] ago.
+    #[error("a rebirth was requested from {group}/{node} {ago} s ago; wait {wait} s")]
+    TooSoon { group: String, node: String, ago: u64, wait: u64 },
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A metric's series: which metric, of which edge node or device, over which range.
+#[derive(Debug, Clone, Default)]
+pub struct SeriesQuery {
+    pub group: String,
+    pub node: String,
+    /// `None`: a metric of the edge node itself.
+    pub device: Option<String>,
+    pub metric: String,
+    /// Unix ms, inclusive.
+    pub since: Option<i64>,
+    /// Unix ms, exclusive.
+    pub until: Option<i64>,
+    pub max_points: usize,
+}
+
+/// A handle on the running service: cheap to clone (the console has one).
+#[derive(Debug, Clone)]
+pub struct Sparkplug {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    tracker: Mutex<Tracker>,
+    link: Link,
+    journal: Option<Journal>,
+    /// When each (group, node) was last asked to rebirth.
+    rebirths: Mutex<HashMap<(String, String), Instant>>,
+}
+
+impl Sparkplug {
+    /// Opens the link, subscribes, reads the births back from the journal and starts the task that follows the
+    /// traffic until `stop` fires.
+    pub async fn start(
+        broker: &Broker,
+        journal: Option<Journal>,
+        mut stop: StopToken,
+    ) -> Result<(Sparkplug, JoinHandle<()>), SparkplugError> {
+        let link = broker.link("sparkplug", LinkOptions { capacity: 16_384, lossless: false }).await?;
+        // Subscribed before reading the journal: what arrives meanwhile waits in the link's queue.
+        link.subscribe(&format!("{}/#", topic::NAMESPACE), QoS::AtMostOnce).await?;
+        let mut tracker = Tracker::default();
+        if let Some(journal) = &journal {
+            match restore(journal.pool(), &mut tracker).await {
+                Ok(count) if count > 0 => tracing::info!(births = count, "sparkplug: births read back"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "sparkplug: births could not be read back"),
+            }
+        }
+        let inner = Arc::new(Inner {
+            tracker: Mutex::new(tracker),
+            link,
+            journal,
+            rebirths: Mutex::new(HashMap::new()),
+        });
+        let service = Sparkplug { inner: inner.clone() };
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    delivery = inner.link.recv() => match delivery {
+                        Some(d) => {
+                            let now = crate::timefmt::now_ms();
+                            let mut tracker = inner.tracker.lock().unwrap_or_else(PoisonError::into_inner);
+                            tracker.observe(&d.message.topic, &d.message.payload, now);
+                        }
+                        None => break,
+                    },
+                    _ = stop.stopped() => break,
+                }
+            }
+            tracing::info!("sparkplug: stopped");
+        });
+        Ok((service, task))
+    }
+
+    /// A copy of the current state, for the console.
+    pub fn snapshot(&self) -> Tracker {
+        self.inner.tracker.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Messages the link lost because the tracker was behind.
+    pub fn dropped(&self) -> u64 {
+        self.inner.link.dropped()
+    }
+
+    /// Sends the `Node Control/Rebirth` NCMD to an edge node, at most once per [`REBIRTH_INTERVAL`] per node,
+    /// and writes it to the audit log (`config` is the configuration database) as `actor`'s action. Never sent
+    /// by the gateway on its own.
+    pub async fn rebirth(
+        &self,
+        group: &str,
+        node: &str,
+        actor: &str,
+        config: &SqlitePool,
+    ) -> Result<(), SparkplugError> {
+        for id in [group, node] {
+            if !topic::valid_identifier(id) {
+                return Err(SparkplugError::InvalidId(id.to_owned()));
+            }
+        }
+        {
+            let now = Instant::now();
+            let mut rebirths = self.inner.rebirths.lock().unwrap_or_else(PoisonError::into_inner);
+            let key = (group.to_owned(), node.to_owned());
+            if let Some(last) = rebirths.get(&key)
+                && now.duration_since(*last) < REBIRTH_INTERVAL
+            {
+                let ago = now.duration_since(*last);
+                return Err(SparkplugError::TooSoon {
+                    group: group.to_owned(),
+                    node: node.to_owned(),
+                    ago: ago.as_secs(),
+                    wait: (REBIRTH_INTERVAL - ago).as_secs().max(1),
+                });
+            }
+            rebirths.insert(key, now);
+        }
+        let now = u64::try_from(crate::timefmt::now_ms()).unwrap_or(0);
+        let command = payload::rebirth_command(now);
+        let message = Message::new(&topic::node_command_topic(group, node), command, QoS::AtLeastOnce, false);
+        self.inner.link.publish(message).await?;
+        crate::store::audit(config, actor, "sparkplug.rebirth", &format!("{group}/{node}")).await?;
+        tracing::info!(group, node, actor, "sparkplug: rebirth requested");
+        Ok(())
+    }
+
+    /// A numeric metric of an edge node (`device: None`) or device over a time range, as chartable points
+    /// `(unix ms, value)`, oldest first, at most `max_points`: read from the journal, aliases resolved with the
+    /// births found in the range or, before the first, those known now.
+    pub async fn series(&self, q: &SeriesQuery) -> Result<Vec<(i64, f64)>, SparkplugError> {
+        let (group, node, device, metric) = (&q.group, &q.node, q.device.as_deref(), q.metric.as_str());
+        let Some(journal) = &self.inner.journal else { return Ok(Vec::new()) };
+        let mut aliases = {
+            let tracker = self.inner.tracker.lock().unwrap_or_else(PoisonError::into_inner);
+            tracker.aliases(group, node, device).cloned().unwrap_or_default()
+        };
+        let filter = match device {
+            None => format!("{}/{group}/+/{node}", topic::NAMESPACE),
+            Some(d) => format!("{}/{group}/+/{node}/{d}", topic::NAMESPACE),
+        };
+        let max_points = q.max_points;
+        let mut h = HistoryQuery::new(&filter);
+        (h.since, h.until, h.order, h.limit) = (q.since, q.until, Order::OldestFirst, 500);
+        let mut q = h;
+        let mut points = Vec::new();
+        loop {
+            let page = history::query(journal.pool(), &q).await?;
+            for m in &page.messages {
+                let Some(Ok(Decoded::Edge { topic, payload })) = payload::decode(&m.topic, &m.payload) else {
+                    continue;
+                };
+                match topic.kind {
+                    MessageType::NBirth | MessageType::DBirth => aliases = Aliases::from_birth(&payload),
+                    MessageType::NData | MessageType::DData => {}
+                    _ => continue,
+                }
+                for metric_value in &payload.metrics {
+                    let (name, datatype) = aliases.resolve(metric_value);
+                    if name != Some(metric) {
+                        continue;
+                    }
+                    if let Some(v) = payload::typed_value(metric_value, datatype).number() {
+                        let at =
+                            metric_value.timestamp.or(payload.timestamp).and_then(|t| i64::try_from(t).ok());
+                        points.push((at.unwrap_or(m.ts), v));
+                    }
+                }
+            }
+            if points.len() >= max_points {
+                points.truncate(max_points);
+                break;
+            }
+            match page.next {
+                Some(next) => q.after = Some(next),
+                None => break,
+            }
+        }
+        Ok(points)
+    }
+}
+
+/// Reads back the newest birth per topic from the journal (the retained certificates), applies them oldest
+/// first, then the deaths recorded after them. Sequence numbers start afresh: what came between is not known.
+async fn restore(pool: &SqlitePool, tracker: &mut Tracker) -> Result<usize, StoreError> {
+    let mut q = HistoryQuery::new(&format!("{}/{}/#", topic::CERTIFICATES, topic::NAMESPACE));
+    (q.order, q.limit) = (Order::NewestFirst, 500);
+    let mut births: BTreeMap<String, history::StoredMessage> = BTreeMap::new();
+    let mut read = 0;
+    loop {
+        let page = history::query(pool, &q).await?;
+        read += page.messages.len();
+        for m in page.messages {
+            births.entry(m.topic.clone()).or_insert(m);
+        }
+        match page.next {
+            Some(next) if read < RESTORE_LIMIT => q.after = Some(next),
+            _ => break,
+        }
+    }
+    let mut births: Vec<_> = births.into_values().collect();
+    births.sort_by_key(|m| m.id);
+    let count = births.len();
+    for birth in births {
+        let Some(edge_topic) =
+            birth.topic.strip_prefix(topic::CERTIFICATES).and_then(|t| t.strip_prefix('/'))
+        else {
+            continue;
+        };
+        let Some(Topic::Edge(edge)) = Topic::parse(edge_topic) else { continue };
+        tracker.observe(edge_topic, &birth.payload, birth.ts);
+        let death_type =
+            if edge.kind == MessageType::NBirth { MessageType::NDeath } else { MessageType::DDeath };
+        let mut death_topic = format!("{}/{}/{}/{}", topic::NAMESPACE, edge.group, death_type, edge.node);
+        if let Some(device) = edge.device {
+            death_topic = format!("{death_topic}/{device}");
+        }
+        let mut q = HistoryQuery::new(&death_topic);
+        (q.order, q.limit) = (Order::NewestFirst, 1);
+        if let Some(death) = history::query(pool, &q).await?.messages.first()
+            && death.id > birth.id
+        {
+            tracker.observe(&death.topic, &death.payload, death.ts);
+        }
+    }
+    for node in tracker.groups.values_mut().flat_map(|nodes| nodes.values_mut()) {
+        node.last_seq = None;
+        node.gaps = 0;
+        node.last_gap = None;
+    }
+    Ok(count)
+}

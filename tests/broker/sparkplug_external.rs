@@ -1,0 +1,185 @@
+//! Sparkplug B with an independent implementation: pysparkplug (PyPI) as edge node and host, driven through
+//! `tests/python/sparkplug_scenarios.py` in the virtual environment `.ci/setup` makes (pysparkplug pins
+//! paho-mqtt < 2, the rest of the suite uses paho-mqtt 2). The scenarios print what they saw as JSON lines; the
+//! assertions are here, together with the gateway's own view (`Gateway::sparkplug`).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+use crate::support::{WAIT, eventually};
+use weir::app::{self, Gateway};
+use weir::config::Config;
+use weir::sparkplug::{SparkplugError, Value as Metric};
+
+fn python() -> PathBuf {
+    match std::env::var_os("WEIR_SPARKPLUG_PYTHON") {
+        Some(p) => p.into(),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/venv-sparkplug/bin/python"),
+    }
+}
+
+struct Scenario {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Scenario {
+    fn start(port: u16, args: &[&str]) -> Scenario {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/sparkplug_scenarios.py");
+        let mut child = Command::new(python())
+            .arg(script)
+            .args(args)
+            .args(["--port", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start {:?}: {e}. Run .ci/setup (pysparkplug's venv).", python())
+            });
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Scenario { child, lines }
+    }
+
+    /// The next JSON line, within [`WAIT`]; `None` once the scenario has ended.
+    async fn next(&mut self) -> Option<Value> {
+        let line =
+            tokio::time::timeout(WAIT, self.lines.next_line()).await.expect("scenario silent").unwrap()?;
+        Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line}: {e}")))
+    }
+
+    async fn expect(&mut self, event: &str) -> Value {
+        loop {
+            let line = self.next().await.unwrap_or_else(|| panic!("scenario ended before {event}"));
+            if line["event"] == event {
+                return line;
+            }
+        }
+    }
+
+    /// Every line until the scenario ends (within [`WAIT`]), and its success.
+    async fn all(mut self) -> Vec<Value> {
+        let mut lines = Vec::new();
+        while let Some(line) = self.next().await {
+            lines.push(line);
+        }
+        let status = tokio::time::timeout(WAIT, self.child.wait()).await.unwrap().unwrap();
+        assert!(status.success(), "scenario failed: {status}");
+        lines
+    }
+}
+
+async fn gateway_in(dir: &TempDir) -> (Gateway, u16) {
+    let mut config = Config::for_test(dir.path());
+    config.broker.sys_interval = None;
+    let listeners = app::bind(&config).await.unwrap();
+    let gateway = Gateway::start(config, listeners).await.unwrap();
+    let port = gateway.local_addr("mqtt").unwrap().port();
+    (gateway, port)
+}
+
+fn metric(gateway: &Gateway, device: Option<&str>, name: &str) -> Option<(Metric, bool)> {
+    let t = gateway.sparkplug().snapshot();
+    let node = t.groups.get("Plant")?.get("Edge1")?;
+    let metrics = match device {
+        None => &node.metrics,
+        Some(d) => &node.devices.get(d)?.metrics,
+    };
+    metrics.get(name).map(|m| (m.value.clone(), m.stale))
+}
+
+fn certificates(lines: &[Value]) -> Vec<(String, Value)> {
+    let mut certs: Vec<(String, Value)> = lines
+        .iter()
+        .filter(|l| l["event"] == "certificate")
+        .inspect(|l| assert_eq!(l["retain"], true))
+        .map(|l| (l["topic"].as_str().unwrap().to_owned(), l["metrics"].clone()))
+        .collect();
+    certs.sort_by(|a, b| a.0.cmp(&b.0));
+    certs
+}
+
+#[tokio::test]
+async fn pysparkplug_births_data_gaps_rebirth_deaths_certificates_and_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gateway, port) = gateway_in(&dir).await;
+    let mut host = Scenario::start(port, &["deaths", "--wait", "30"]);
+    host.expect("ready").await;
+
+    // Births, data by name and by alias alone, a sequence gap.
+    let mut edge = Scenario::start(port, &["edge", "--commands", "1", "--die", "--wait", "20"]);
+    edge.expect("ready").await;
+    eventually("the edge node's data", || async {
+        metric(&gateway, None, "Temperature") == Some((Metric::Float(22.0), false))
+    })
+    .await;
+    assert_eq!(metric(&gateway, None, "Counter"), Some((Metric::Int(8), false)), "alias-only NDATA resolved");
+    assert_eq!(metric(&gateway, Some("Pump"), "Speed"), Some((Metric::UInt(1600), false)));
+    let node = gateway.sparkplug().snapshot().groups["Plant"]["Edge1"].clone();
+    assert!(node.online);
+    assert_eq!(node.gaps, 1, "{:?}", node.last_gap);
+    assert_eq!(node.last_gap.map(|g| g.got - g.expected), Some(2));
+
+    // A rebirth request reaches the edge node; a second one at once is refused by the rate limit. The edge node
+    // ends (without DISCONNECT) once it has the command: its will is delivered after this instant.
+    let before = weir::timefmt::now_ms();
+    let pool = gateway.security().pool().clone();
+    gateway.sparkplug().rebirth("Plant", "Edge1", "test:admin", &pool).await.unwrap();
+    let again = gateway.sparkplug().rebirth("Plant", "Edge1", "test:admin", &pool).await;
+    assert!(matches!(again, Err(SparkplugError::TooSoon { .. })), "{again:?}");
+    let ncmd = edge.expect("ncmd").await;
+    assert_eq!(ncmd["topic"], "spBv1.0/Plant/NCMD/Edge1");
+    assert_eq!(ncmd["metrics"], json!({"Node Control/Rebirth": true}));
+    let audit = weir::store::audit_entries(&pool, 10).await.unwrap();
+    assert!(audit.iter().any(|e| e.action == "sparkplug.rebirth" && e.detail == "Plant/Edge1"), "{audit:?}");
+
+    // The edge node vanishes: its NDEATH will, stamped with the time it is delivered, matches the birth's bdSeq.
+    edge.all().await;
+    let death = host.expect("ndeath").await;
+    assert!(death["timestamp"].as_i64().is_some_and(|t| t >= before), "{death}");
+    assert_eq!(Some(death["bdSeq"].as_u64().unwrap()), node.bd_seq);
+    eventually("the node is offline and stale", || async {
+        let t = gateway.sparkplug().snapshot();
+        let n = &t.groups["Plant"]["Edge1"];
+        !n.online && n.metrics.values().all(|m| m.stale) && n.devices["Pump"].metrics["Speed"].stale
+    })
+    .await;
+
+    // The certificates, decoded by pysparkplug, before and after a restart.
+    let before_restart =
+        certificates(&Scenario::start(port, &["certs", "--count", "2", "--wait", "10"]).all().await);
+    let topics: Vec<&str> = before_restart.iter().map(|c| c.0.as_str()).collect();
+    assert_eq!(
+        topics,
+        [
+            "$sparkplug/certificates/spBv1.0/Plant/DBIRTH/Edge1/Pump",
+            "$sparkplug/certificates/spBv1.0/Plant/NBIRTH/Edge1"
+        ]
+    );
+    assert_eq!(before_restart[1].1["Temperature"], 20.5);
+    drop(host);
+    gateway.shutdown().await;
+
+    let (gateway, port) = gateway_in(&dir).await;
+    let after_restart =
+        certificates(&Scenario::start(port, &["certs", "--count", "2", "--wait", "10"]).all().await);
+    assert_eq!(after_restart, before_restart);
+    // The births were read back: the node is known, offline (its death came after its birth).
+    assert!(!gateway.sparkplug().snapshot().groups["Plant"]["Edge1"].online);
+    // An alias-only NDATA after the restart is resolved through the birth read back from the journal.
+    Scenario::start(port, &["alias"]).all().await;
+    eventually("alias 1 resolved after the restart", || async {
+        metric(&gateway, None, "Temperature") == Some((Metric::Float(30.5), false))
+    })
+    .await;
+
+    // Publishing under $sparkplug/ is dropped; the marker after it arrives alone.
+    let forged = Scenario::start(port, &["forge"]).all().await;
+    assert_eq!(forged.last().unwrap()["topics"], json!(["forge/marker"]));
+    gateway.shutdown().await;
+}
