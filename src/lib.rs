@@ -13,5 +13,6 @@ pub mod mqtt;
 pub mod pki;
 pub mod security;
 pub mod store;
+pub mod systemd;
 pub mod timefmt;
 pub mod tls;

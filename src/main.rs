@@ -409,7 +409,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         };
     }
     let _ = writeln!(out, "weir: data directory {}", config.data_dir.display());
-    app::run(config, listeners, shutdown_signal()).await?;
+    // systemd (Type=notify): `app::run` polls this future only once the gateway has started on the bound
+    // listeners, so READY=1 means "serving"; STOPPING=1 when the signal to stop arrives.
+    let shutdown = async {
+        weir::systemd::notify_ready();
+        shutdown_signal().await;
+        weir::systemd::notify_stopping();
+    };
+    app::run(config, listeners, shutdown).await?;
     Ok(())
 }
 
