@@ -392,6 +392,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     use std::io::Write;
+    // SIGTERM is handled from before the listeners are bound: one that arrives while the gateway starts (systemd
+    // stopping the unit, a test) stops it gracefully instead of killing it by the signal's default action.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot handle SIGTERM")?;
     let listeners = app::bind(&config).await?;
     // Whoever started us may stop reading our output: that is no reason to stop serving.
     let mut out = std::io::stdout();
@@ -411,9 +415,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = writeln!(out, "weir: data directory {}", config.data_dir.display());
     // systemd (Type=notify): `app::run` polls this future only once the gateway has started on the bound
     // listeners, so READY=1 means "serving"; STOPPING=1 when the signal to stop arrives.
-    let shutdown = async {
+    let shutdown = async move {
         weir::systemd::notify_ready();
-        shutdown_signal().await;
+        tokio::select! {
+            _ = shutdown_signal() => {},
+            _ = terminate.recv() => {},
+        }
         weir::systemd::notify_stopping();
     };
     app::run(config, listeners, shutdown).await?;

@@ -14,6 +14,7 @@
 
 use std::ffi::OsStr;
 use std::io;
+#[cfg(any(target_os = "linux", target_os = "android"))]
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
@@ -88,7 +89,15 @@ impl Notifier {
     pub fn new(address: &OsStr) -> io::Result<Notifier> {
         let bytes = address.as_bytes();
         let address = match bytes.strip_prefix(b"@") {
+            #[cfg(any(target_os = "linux", target_os = "android"))]
             Some(name) => SocketAddr::from_abstract_name(name)?,
+            #[cfg(not(any(target_os = "linux", target_os = "android")))]
+            Some(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "abstract sockets exist on Linux only",
+                ));
+            }
             None if bytes.starts_with(b"/") => SocketAddr::from_pathname(address)?,
             None => {
                 return Err(io::Error::new(
@@ -156,6 +165,7 @@ mod tests {
         assert_eq!(receive(&manager), "STOPPING=1");
     }
 
+    #[cfg(any(target_os = "linux", target_os = "android"))]
     #[test]
     fn notifies_an_abstract_socket() {
         let name = format!("weir-test-notify-{}-{:?}", std::process::id(), std::time::Instant::now());
