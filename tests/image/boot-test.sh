@@ -19,7 +19,9 @@
 #      not written to its virtual disk is lost), the data partition's journal replayed on a copy, the databases
 #      checked with PRAGMA integrity_check, and every acknowledged message looked up in the history with
 #      `weir history export` (the same aarch64 binary, under qemu-user); then the next boot must bring the
-#      gateway back.
+#      gateway back;
+#   5. boots once more with weir-test.hang on the kernel command line: the agent stops weir with SIGSTOP (no
+#      more watchdog pings, like a hung router), and systemd must restart it (WatchdogSec=) within 300 s.
 # The web console's HTTPS check is missing because Weir has no console yet.
 #
 # Needs (Debian): mmdebstrap arch-test qemu-user-static binfmt-support qemu-system-arm e2fsprogs
@@ -132,7 +134,7 @@ boot_secs=""
 
 # Boots the guest and waits for its agent's report and a CONNACK on the forwarded MQTT port.
 boot() {
-    local n=$1
+    local n=$1 extra=${2:-}
     mqtt_port=$(free_port)
     mqtts_port=$(free_port)
     : >"$work/agent-$n.log"
@@ -141,7 +143,7 @@ boot() {
     start_ns=$(date +%s%N)
     qemu-system-aarch64 -M virt -cpu cortex-a72 -smp 2 -m 1024 -nographic -no-reboot \
         -kernel "$work/vmlinuz" -initrd "$work/initrd.img" \
-        -append "root=LABEL=weir-root rw console=ttyAMA0 panic=5" \
+        -append "root=LABEL=weir-root rw console=ttyAMA0 panic=5 $extra" \
         -drive "if=none,id=root,file=$work/root.img,format=raw" -device virtio-blk-pci,drive=root \
         -drive "if=none,id=data,file=$work/data.img,format=raw" -device virtio-blk-pci,drive=data \
         -netdev "user,id=net,hostfwd=tcp:127.0.0.1:$mqtt_port-:1883,hostfwd=tcp:127.0.0.1:$mqtts_port-:8883" \
@@ -282,3 +284,19 @@ record ""
 power_cut
 [ "$failures" -eq 0 ] || fail "$failures of $rounds rounds lost acknowledged messages or failed integrity_check"
 record "All $rounds rounds: every acknowledged message in the history, integrity_check ok, the gateway back after each cut."
+
+# --- 5. the watchdog -----------------------------------------------------------------------------------------
+# The agent stops the gateway with SIGSTOP (no more WATCHDOG=1, like a hung router); systemd must kill and restart
+# it on its own.
+boot hang weir-test.hang
+wait_for 400 "watchdog report" grep -q 'WEIR-TEST hang-done' "$work/agent-hang.log"
+hang() { sed -n "s/^WEIR-TEST $1 //p" "$work/agent-hang.log" | head -n 1; }
+record ""
+record "- watchdog: gateway stopped with SIGSTOP; running again after $(hang watchdog-secs) s" \
+    "(restarts, new and old pid: $(hang watchdog-restarts)); systemd said: $(hang watchdog-result)"
+read -r restarts _ new_pid _ old_pid <<<"$(hang watchdog-restarts)"
+[ "$restarts" -ge 1 ] && [ "$new_pid" != "$old_pid" ] && [ "$new_pid" != 0 ] ||
+    fail "the watchdog did not restart the stopped gateway: $(hang watchdog-restarts)"
+python3 tests/image/mqtt_tools.py connack 127.0.0.1 "$mqtt_port" 120 >/dev/null ||
+    fail "no CONNACK after the watchdog restart"
+power_cut

@@ -26,3 +26,24 @@ say "ca-begin"
 runuser -u weir -- weir ca export --config "$config" >"$out"
 say "ca-end"
 say "agent-done"
+
+# weir-test.hang on the kernel command line: stop the gateway (SIGSTOP, as if its router hung) and time how long
+# systemd's watchdog (WatchdogSec= in the unit) takes to have it running again. Bounded: 300 s.
+if grep -qw 'weir-test.hang' /proc/cmdline; then
+    restarts=$(systemctl show -P NRestarts weir)
+    kill -STOP "$pid"
+    start=$(cut -d' ' -f1 /proc/uptime)
+    i=0
+    while [ $i -lt 3000 ]; do
+        if [ "$(systemctl show -P NRestarts weir)" != "$restarts" ] && [ "$(systemctl is-active weir)" = active ]; then
+            break
+        fi
+        sleep 0.1
+        i=$((i + 1))
+    done
+    end=$(cut -d' ' -f1 /proc/uptime)
+    say "watchdog-restarts $(systemctl show -P NRestarts weir) new-pid $(systemctl show -P MainPID weir) old-pid $pid"
+    say "watchdog-secs $(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }')"
+    say "watchdog-result $(journalctl -u weir -o cat --no-pager | grep -m 1 -i 'watchdog' || echo none)"
+    say "hang-done"
+fi
