@@ -34,7 +34,7 @@ inherit cargo cargo-update-recipe-crates systemd useradd
 # (the -dbg package), so cargo must leave the symbols in.
 BUILD_MODE = "--profile appliance"
 BUILD_DIR = "appliance"
-export CARGO_PROFILE_APPLIANCE_STRIP = "false"
+export CARGO_PROFILE_APPLIANCE_STRIP = "none"
 
 # Kafka forwarding (issue: rdkafka with its cmake-build feature) compiles librdkafka in C: enable this once it
 # lands. curl.h, OpenSSL, zlib and zstd must then be in the target sysroot.
