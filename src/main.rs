@@ -738,6 +738,9 @@ async fn shutdown_signal() {
 
 /// Human-readable logs on stderr; `RUST_LOG` overrides the default `info` level.
 fn init_logging() {
+    use std::io::IsTerminal;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Colours only on a terminal: under systemd stderr is the journal, which would keep the escape codes.
+    let ansi = std::io::stderr().is_terminal();
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
 }
