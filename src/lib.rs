@@ -16,5 +16,6 @@ pub mod security;
 pub mod shutdown;
 pub mod sparkplug;
 pub mod store;
+pub mod systemd;
 pub mod timefmt;
 pub mod web;

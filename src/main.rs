@@ -509,6 +509,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    // SIGTERM is handled from before the listeners are bound: one that arrives while the gateway starts (systemd
+    // stopping the unit, a test) stops it gracefully instead of killing it by the signal's default action.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot handle SIGTERM")?;
     let listeners = app::bind(&config).await?;
     // Whoever started us may stop reading our output: that is no reason to stop serving.
     let mut out = std::io::stdout();
@@ -529,7 +533,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         let _ = writeln!(out, "weir: console on {}", console.url()?);
     }
     let _ = writeln!(out, "weir: data directory {}", config.data_dir.display());
-    app::run(config, listeners, shutdown_signal()).await?;
+    // systemd (Type=notify): `app::run` polls this future only once the gateway has started on the bound
+    // listeners, so READY=1 means "serving"; STOPPING=1 when the signal to stop arrives.
+    let shutdown = async move {
+        weir::systemd::notify_ready();
+        tokio::select! {
+            _ = shutdown_signal() => {},
+            _ = terminate.recv() => {},
+        }
+        weir::systemd::notify_stopping();
+    };
+    app::run(config, listeners, shutdown).await?;
     Ok(())
 }
 
@@ -841,6 +855,9 @@ async fn shutdown_signal() {
 
 /// Human-readable logs on stderr; `RUST_LOG` overrides the default `info` level.
 fn init_logging() {
+    use std::io::IsTerminal;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Colours only on a terminal: under systemd stderr is the journal, which would keep the escape codes.
+    let ansi = std::io::stderr().is_terminal();
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
 }

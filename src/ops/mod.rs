@@ -23,8 +23,8 @@ pub mod history;
 pub mod import;
 pub mod presence;
 pub mod rules;
-pub mod tokens;
 pub mod sparkplug;
+pub mod tokens;
 pub mod users;
 
 use std::path::{Path, PathBuf};

@@ -800,6 +800,9 @@ async fn presence_rules_are_added_with_checks_and_the_page_renders() {
     assert!(page.contains("plant/%c/state") && page.contains("client:press-*"));
     assert_eq!(c.ops().list_presence_rules().await.unwrap().len(), 1);
     assert!(c.get("/presence?since=notatime", Some(&cookie)).await.body.contains("class=\"error\""));
+}
+
+#[tokio::test]
 async fn the_sparkplug_page_shows_nodes_metrics_and_gaps_charts_a_metric_and_asks_for_a_confirmed_rebirth() {
     use prost::Message as _;
 

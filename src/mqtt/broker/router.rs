@@ -322,7 +322,12 @@ impl Router {
                     Some(command) => self.handle(command).await,
                     None => break,
                 },
-                _ = tick.tick() => self.on_tick(Instant::now()).await,
+                _ = tick.tick() => {
+                    self.on_tick(Instant::now()).await;
+                    // systemd's watchdog (WatchdogSec= in the unit): pinged from here, so that a hung router
+                    // stops the pings and gets the gateway restarted. Nothing when not under a watchdog.
+                    crate::systemd::notify_watchdog();
+                }
                 _ = stop.stopped(), if !self.shutting_down => self.shut_down(),
             }
         }
