@@ -98,6 +98,8 @@ pub struct Gateway {
     security: Arc<Security>,
     /// Watches the configuration database for changes made by other processes.
     reload: JoinHandle<()>,
+    // --- Kafka forwarding (issue 12): stopped after the listeners and the router, before the journal.
+    forwarder: crate::forward::Forwarder,
     router: JoinHandle<()>,
     listeners: Vec<(String, SocketAddr, JoinHandle<()>)>,
     stop: watch::Sender<bool>,
@@ -218,7 +220,15 @@ impl Gateway {
             tls.clone(),
             connections.clone(),
         ));
+        // --- Kafka forwarding (issue 12): reads the journal through cursors, publishes downlink via the broker.
+        let forwarder = crate::forward::Forwarder::start(
+            journal.clone(),
+            broker.clone(),
+            config_db.clone(),
+            config.data_dir.clone(),
+        );
         Ok(Gateway {
+            forwarder,
             tls,
             broker,
             journal,
@@ -279,8 +289,11 @@ impl Gateway {
             journal,
             config_db,
             reload,
+            forwarder,
             ..
         } = self;
+        // --- Kafka forwarding (issue 12): routes commit their cursors; holds a broker handle, so before the router.
+        forwarder.shutdown().await;
         reload.abort();
         // It holds a broker handle: wait until it is gone, or the router would wait for it.
         let _ = reload.await;

@@ -8,6 +8,7 @@ pub mod app;
 pub mod auth;
 pub mod certs;
 pub mod config;
+pub mod forward;
 pub mod interfaces;
 pub mod mqtt;
 pub mod pki;
