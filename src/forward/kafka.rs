@@ -191,6 +191,9 @@ fn murmur2(data: &[u8]) -> u32 {
     h
 }
 
+/// A partition that neither yields a record nor its end this long after being assigned is read from its start.
+const SILENT_PARTITION: Duration = Duration::from_secs(5);
+
 /// Records of ours at the end of a partition are looked for from here when no offset was remembered.
 const TAIL_WINDOW: i64 = 100_000;
 
@@ -234,9 +237,21 @@ pub(crate) async fn scan_highest_ids(
             }
             consumer.assign(&tpl)?;
             let mut open: std::collections::HashSet<i32> = partitions.iter().map(|(p, _)| *p).collect();
+            let assigned = Instant::now();
+            let mut restarted = false;
             while !open.is_empty() {
                 if started.elapsed() > deadline {
                     return Err(KafkaClientError::ScanTimeout(deadline));
+                }
+                if !restarted && assigned.elapsed() > SILENT_PARTITION {
+                    // A remembered offset past the end that the broker does not answer with OFFSET_OUT_OF_RANGE
+                    // (tansu after a restart) would wait for ever: read those partitions from the start instead.
+                    restarted = true;
+                    let mut again = TopicPartitionList::new();
+                    for p in &open {
+                        again.add_partition_offset(topic, *p, Offset::Beginning)?;
+                    }
+                    consumer.assign(&again)?;
                 }
                 match consumer.poll(Duration::from_millis(200)) {
                     None => {}

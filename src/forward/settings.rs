@@ -71,6 +71,9 @@ pub(crate) fn client_settings(
                 ("queue.buffering.max.messages", (MAX_IN_FLIGHT * 2).to_string()),
                 ("queue.buffering.max.kbytes", "1048576".to_owned()),
                 ("request.timeout.ms", "10000".to_owned()),
+                // A missing topic is an operator's matter: the route waits and says so, rather than a typo in a
+                // template creating topics in the cluster.
+                ("allow.auto.create.topics", "false".to_owned()),
             ]);
         }
         Role::Scanner => {

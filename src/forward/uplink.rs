@@ -35,6 +35,10 @@ const HINTS_EVERY: Duration = Duration::from_secs(1);
 /// How long metadata and the start-up scan may take before the session is retried.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 const SCAN_TIMEOUT: Duration = Duration::from_secs(60);
+/// With records in flight and no acknowledgement for this long, the producer is replaced (a new session with
+/// its start-up scan). librdkafka retries for ever by itself (`message.timeout.ms=0`), but a broker that lost
+/// its state (tansu restarted: "unknown producer id", then fenced after the epoch bump) never answers it again.
+const NO_PROGRESS_RESET: Duration = Duration::from_secs(20);
 /// On stop, how long in-flight records may take to be acknowledged.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -53,6 +57,8 @@ pub(crate) enum UplinkError {
     DeadLetter(#[from] sqlx::Error),
     #[error("{0}")]
     Config(#[from] super::config::ConfigError),
+    #[error("no acknowledgement from Kafka for {0:?}: reconnecting")]
+    NoProgress(Duration),
 }
 
 /// Everything an uplink route runs with.
@@ -119,6 +125,7 @@ impl UplinkRoute {
             last_commit: Instant::now(),
             last_hints: Instant::now(),
             last_report: Instant::now(),
+            last_progress: Instant::now(),
             forwarded_at_report: 0,
             broken: None,
             alarm: false,
@@ -162,6 +169,8 @@ struct State<'a> {
     last_commit: Instant,
     last_hints: Instant,
     last_report: Instant,
+    /// The last acknowledgement, or the session's start.
+    last_progress: Instant,
     forwarded_at_report: u64,
     /// A record failed in a way that needs a new producer (or the topic to appear): sending stops, what is in
     /// flight settles, and the session ends with this error.
@@ -171,7 +180,11 @@ struct State<'a> {
 
 impl State<'_> {
     async fn forward(&mut self, stop: &mut watch::Receiver<bool>) -> Result<(), UplinkError> {
-        self.recover().await?;
+        tokio::select! {
+            r = self.recover() => r?,
+            // The scan can take a while (a slow broker): stopping need not wait for it.
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        }
         let name = self.route.spec.name.clone();
         let mut caught_up = false;
         loop {
@@ -211,6 +224,11 @@ impl State<'_> {
                 self.settle(d).await?;
             }
             self.advance().await?;
+            if self.last_progress.elapsed() > NO_PROGRESS_RESET
+                && self.queue.iter().find(|s| !s.done).is_some_and(|s| s.sent.elapsed() > NO_PROGRESS_RESET)
+            {
+                return Err(UplinkError::NoProgress(NO_PROGRESS_RESET));
+            }
             if self.broken.is_some() && self.queue.iter().all(|s| s.done || s.sent.elapsed() > DRAIN_TIMEOUT)
             {
                 return Err(self.broken.take().unwrap_or(UplinkError::Fatal("broken".into())));
@@ -367,6 +385,7 @@ impl State<'_> {
                     }
                 }
                 self.mark_done(d.id);
+                self.last_progress = Instant::now();
                 let now = now_ms();
                 self.route.board.update(&self.route.spec.name, |s| {
                     s.forwarded += 1;

@@ -10,7 +10,11 @@ mod cli;
 mod clients;
 mod durability;
 mod external;
+#[cfg(feature = "kafka")]
+mod kafka;
 mod link;
+#[cfg(feature = "kafka")]
+mod proxy;
 mod raw;
 mod raw_v5;
 mod security;
