@@ -120,6 +120,7 @@ async fn supervise(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let sys_every = broker.config().sys_interval;
     let mut last_sys = tokio::time::Instant::now();
+    let mut reported = false;
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
@@ -232,6 +233,14 @@ async fn supervise(
             }
         }
         let report = StatusReport { written_ms: config::now_ms(), gateway: gateway.clone(), routes };
+        // Without routes there is nothing to report, and no reason to write a file every second.
+        if report.routes.is_empty() {
+            if std::mem::take(&mut reported) {
+                let _ = std::fs::remove_file(data_dir.join(status::STATUS_FILE));
+            }
+            continue;
+        }
+        reported = true;
         if let Err(e) = status::write_report(&data_dir, &report) {
             tracing::warn!("writing {}: {e}", status::STATUS_FILE);
         }

@@ -126,6 +126,8 @@ impl UplinkRoute {
             last_hints: Instant::now(),
             last_report: Instant::now(),
             last_progress: Instant::now(),
+            last_gap_check: Instant::now(),
+            read_through: 0,
             forwarded_at_report: 0,
             broken: None,
             alarm: false,
@@ -171,6 +173,9 @@ struct State<'a> {
     last_report: Instant,
     /// The last acknowledgement, or the session's start.
     last_progress: Instant,
+    last_gap_check: Instant,
+    /// The highest journal id read (matching or not, as far as known).
+    read_through: i64,
     forwarded_at_report: u64,
     /// A record failed in a way that needs a new producer (or the topic to appear): sending stops, what is in
     /// flight settles, and the session ends with this error.
@@ -194,10 +199,16 @@ impl State<'_> {
             if let Some((code, reason)) = self.producer.client().fatal_error() {
                 return Err(UplinkError::Fatal(format!("{code}: {reason}")));
             }
+            if self.last_gap_check.elapsed() >= Duration::from_secs(1) {
+                self.check_gap().await?;
+            }
             if self.broken.is_none() && self.queue.len() < MAX_IN_FLIGHT {
                 let room = (MAX_IN_FLIGHT - self.queue.len()).min(READ_BATCH);
                 let batch = self.consumer.next_batch(room).await?;
                 caught_up = batch.len() < room;
+                if let Some(m) = batch.last() {
+                    self.read_through = self.read_through.max(m.id);
+                }
                 for m in batch {
                     self.send(m).await?;
                     if self.broken.is_some() {
@@ -235,6 +246,39 @@ impl State<'_> {
             }
             self.report();
         }
+    }
+
+    /// Retention removes nothing a cursor still needs, except at the hard cap: then the oldest journal id is
+    /// beyond what this route has read, and the range in between is lost to it. Counted, logged, shown.
+    async fn check_gap(&mut self) -> Result<(), UplinkError> {
+        self.last_gap_check = Instant::now();
+        let read = self.read_through.max(self.consumer.position());
+        let oldest: Option<i64> = sqlx::query_scalar("SELECT min(id) FROM messages")
+            .fetch_one(self.route.journal.pool())
+            .await
+            .map_err(StoreError::from)?;
+        if read == 0 {
+            // Never started: `--from oldest` means what the journal still holds, however much retention removed.
+            self.read_through = oldest.map_or(0, |o| o - 1);
+            return Ok(());
+        }
+        if let Some(oldest) = oldest
+            && oldest > read + 1
+        {
+            let lost = u64::try_from(oldest - read - 1).unwrap_or(0);
+            tracing::error!(
+                route = %self.route.spec.name,
+                from = read + 1,
+                to = oldest - 1,
+                "the journal's hard cap removed {lost} journal entries before this Kafka route forwarded them (a gap)"
+            );
+            self.route.board.update(&self.route.spec.name, |s| s.gap += lost);
+            self.route
+                .board
+                .error(&self.route.spec.name, &format!("gap: {lost} journal entries lost to the hard cap"));
+            self.read_through = oldest - 1;
+        }
+        Ok(())
     }
 
     /// Before sending anything: which of the records after the cursor Kafka already has (a crash between its
