@@ -142,22 +142,23 @@ async fn main() {
     let (cpu_self, cpu_tansu) = (cpu_ms(std::process::id()) - cpu_self, cpu_ms(tansu.id()) - cpu_tansu);
     forwarder.shutdown().await;
     let per_k = |ms: u64| ms as f64 / (messages as f64 / 1000.0);
-    let (min, max) = rss.iter().fold((f64::MAX, 0.0f64), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
-    let quarter = rss.len() / 4;
+    let at = |fraction: f64| rss[((rss.len() - 1) as f64 * fraction) as usize];
     println!(
-        "| payload (B) | messages | seconds | msg/s | weir CPU ms / 1,000 | tansu CPU ms / 1,000 | RSS MiB before / min / max / last quarter max |"
+        "| payload (B) | messages | seconds | msg/s | weir CPU ms / 1,000 | tansu CPU ms / 1,000 | RSS MiB: before, then at 25 / 50 / 75 / 100 % of the catch-up (max) |"
     );
     println!("| ---: | ---: | ---: | ---: | ---: | ---: | --- |");
     println!(
-        "| {payload} | {messages} | {:.1} | {:.0} | {:.2} | {:.2} | {:.0} / {:.0} / {:.0} / {:.0} |",
+        "| {payload} | {messages} | {:.1} | {:.0} | {:.2} | {:.2} | {:.0}, then {:.0} / {:.0} / {:.0} / {:.0} (max {:.0}) |",
         elapsed.as_secs_f64(),
         messages as f64 / elapsed.as_secs_f64(),
         per_k(cpu_self),
         per_k(cpu_tansu),
         rss_before,
-        min,
-        max,
-        rss[rss.len() - quarter.max(1)..].iter().cloned().fold(0.0, f64::max),
+        at(0.25),
+        at(0.5),
+        at(0.75),
+        at(1.0),
+        rss.iter().cloned().fold(0.0, f64::max),
     );
     journal.close().await;
     let _ = tansu.kill();
