@@ -464,6 +464,7 @@ impl TopicTemplate {
     }
 
     /// The Kafka topic for an MQTT topic; an error names what is wrong (it becomes a dead letter's reason).
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))] // used by the uplink (feature `kafka`)
     pub(crate) fn expand(&self, mqtt_topic: &str) -> Result<String, String> {
         let mut out = String::new();
         for part in &self.parts {

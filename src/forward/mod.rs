@@ -12,6 +12,8 @@
 
 pub mod config;
 pub mod ops;
+// The routes that use it need librdkafka (the `kafka` feature).
+#[cfg_attr(not(feature = "kafka"), allow(dead_code))]
 pub(crate) mod settings;
 pub mod status;
 

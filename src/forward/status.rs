@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 pub const STATUS_FILE: &str = "kafka-status.json";
 
 /// With no acknowledgement for this long while records wait, a route is `stalled`.
+#[cfg_attr(not(feature = "kafka"), allow(dead_code))] // used by the routes (feature `kafka`)
 pub(crate) const STALL_AFTER_MS: i64 = 10_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -86,11 +87,13 @@ pub struct StatusReport {
 }
 
 /// Every route's status, shared by the route tasks (each writes its own) and the reporter.
+#[cfg_attr(not(feature = "kafka"), allow(dead_code))] // used by the routes (feature `kafka`)
 #[derive(Debug, Clone, Default)]
 pub(crate) struct StatusBoard {
     routes: Arc<Mutex<BTreeMap<String, RouteStatus>>>,
 }
 
+#[cfg_attr(not(feature = "kafka"), allow(dead_code))] // used by the routes (feature `kafka`)
 impl StatusBoard {
     /// Changes one route's status. Never held across an await: the closure is synchronous.
     pub(crate) fn update(&self, route: &str, change: impl FnOnce(&mut RouteStatus)) {
@@ -120,6 +123,7 @@ impl StatusBoard {
 
 /// Writes the report atomically (temporary file, then rename) so that a reader never sees half of it. Not
 /// synced: it describes a running process and is worthless after a power cut anyway.
+#[cfg_attr(not(feature = "kafka"), allow(dead_code))] // used by the routes (feature `kafka`)
 pub(crate) fn write_report(data_dir: &Path, report: &StatusReport) -> std::io::Result<()> {
     let path = data_dir.join(STATUS_FILE);
     let tmp = data_dir.join(format!("{STATUS_FILE}.tmp"));
