@@ -560,7 +560,7 @@ pub async fn set_upstream(pool: &SqlitePool, upstream: &Upstream) -> Result<(), 
     upstream.validate()?;
     let spec = serde_json::to_string(upstream)
         .map_err(|source| ConfigError::Stored { name: upstream.name.clone(), source })?;
-    let mut tx = pool.begin().await?;
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     sqlx::query(
         "INSERT INTO kafka_upstreams (name, spec, updated) VALUES (?, ?, ?) \
          ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, updated = excluded.updated",
@@ -576,7 +576,7 @@ pub async fn set_upstream(pool: &SqlitePool, upstream: &Upstream) -> Result<(), 
 }
 
 pub async fn delete_upstream(pool: &SqlitePool, name: &str) -> Result<(), ConfigError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     for row in sqlx::query("SELECT name, spec FROM kafka_routes").fetch_all(&mut *tx).await? {
         let route: String = row.try_get(0)?;
         if let Ok(spec) = serde_json::from_str::<RouteSpec>(row.try_get::<&str, _>(1)?)
@@ -600,7 +600,7 @@ pub async fn add_route(pool: &SqlitePool, spec: &RouteSpec) -> Result<(), Config
     spec.validate()?;
     let json = serde_json::to_string(spec)
         .map_err(|source| ConfigError::Stored { name: spec.name().to_owned(), source })?;
-    let mut tx = pool.begin().await?;
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let upstream: Option<String> = sqlx::query_scalar("SELECT name FROM kafka_upstreams WHERE name = ?")
         .bind(spec.upstream())
         .fetch_optional(&mut *tx)
@@ -629,7 +629,7 @@ pub async fn add_route(pool: &SqlitePool, spec: &RouteSpec) -> Result<(), Config
 }
 
 pub async fn set_paused(pool: &SqlitePool, name: &str, paused: bool) -> Result<(), ConfigError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let updated = sqlx::query("UPDATE kafka_routes SET paused = ?, updated = ? WHERE name = ?")
         .bind(paused)
         .bind(now_ms())
@@ -647,7 +647,7 @@ pub async fn set_paused(pool: &SqlitePool, name: &str, paused: bool) -> Result<(
 /// Deletes a route, its dead letters and its offset hints. Its journal cursor is removed by the running
 /// gateway (or at the next start), which releases the backlog it held.
 pub async fn delete_route(pool: &SqlitePool, name: &str) -> Result<(), ConfigError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let deleted = sqlx::query("DELETE FROM kafka_routes WHERE name = ?").bind(name).execute(&mut *tx).await?;
     if deleted.rows_affected() == 0 {
         return Err(ConfigError::NoRoute(name.to_owned()));
@@ -664,6 +664,9 @@ pub async fn gateway_id(pool: &SqlitePool) -> Result<String, ConfigError> {
     Ok(sqlx::query_scalar("SELECT gateway FROM kafka_gateway WHERE id = 1").fetch_one(pool).await?)
 }
 
+// Every change is a `BEGIN IMMEDIATE` transaction: it takes the write lock first (waiting up to the busy
+// timeout), so that a check it reads (the upstream exists, is unused) cannot be invalidated by another process
+// before it writes, and never fails with SQLITE_BUSY_SNAPSHOT on the upgrade from reading to writing.
 async fn bump(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE config_version SET version = version + 1").execute(&mut **tx).await?;
     Ok(())
