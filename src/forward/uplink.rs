@@ -59,6 +59,8 @@ pub(crate) enum UplinkError {
     Config(#[from] super::config::ConfigError),
     #[error("no acknowledgement from Kafka for {0:?}: reconnecting")]
     NoProgress(Duration),
+    #[error("{0}")]
+    Explained(String),
 }
 
 /// Everything an uplink route runs with.
@@ -135,7 +137,16 @@ impl UplinkRoute {
         let result = state.forward(stop).await;
         // Whatever happened, keep what was acknowledged.
         let saved = state.save_progress().await;
-        result.and(saved)
+        // A failure's own text is often generic ("metadata fetch error"); what librdkafka reported last says why
+        // (authentication failed, connection refused).
+        let mut said = None;
+        while let Ok(e) = state.errors.try_recv() {
+            said = Some(e);
+        }
+        result.and(saved).map_err(|e| match said {
+            Some(said) => UplinkError::Explained(format!("{e}; the Kafka client said: {said}")),
+            None => e,
+        })
     }
 }
 

@@ -717,15 +717,26 @@ async fn a_downlink_publishes_as_its_user_and_survives_a_restart() {
 async fn route_changes_apply_to_the_running_gateway() {
     let tansu = Tansu::start().await;
     tansu.create_topic("live", 1).await;
-    let gw = TestGateway::start().await;
+    let gw = TestGateway::start_with(|c| c.broker.sys_interval = Some(Duration::from_secs(1))).await;
     let data = gw.data_dir().to_owned();
     let db = config_db(&data).await;
     add_upstream(&db, "main", &tansu.bootstrap()).await;
     let keys = keys(1);
+    let options = crate::clients::v4::options("metrics", gw.port());
+    let (mut metrics, _) = crate::clients::v4::Client::connect(options).await;
+    metrics.subscribe("$SYS/weir/kafka/live/forwarded", crate::clients::v4::QoS::AtMostOnce).await;
     // Published before the route exists; --from oldest replays it.
     assert_eq!(publish_qos1(gw.tcp, "live", &keys, 0..100, 50).await, 100);
     ops::route_add(&db, uplink("live", "live/#", "live"), "test").await.unwrap();
     until_forwarded_all(&data, "live").await;
+    let deadline = Instant::now() + KAFKA_WAIT;
+    loop {
+        let p = tokio::time::timeout(KAFKA_WAIT, metrics.publish_msg()).await.unwrap();
+        if p.payload.as_ref() == b"100" {
+            break; // the metric under $SYS/weir/kafka/<route>/ says what was forwarded
+        }
+        assert!(Instant::now() < deadline, "$SYS/weir/kafka/live/forwarded never said 100");
+    }
     ops::route_pause(&db, "live", "test").await.unwrap();
     until_status(&data, "live", "paused", |s| s.state == RouteState::Paused).await;
     assert_eq!(publish_qos1(gw.tcp, "live", &keys, 100..200, 50).await, 100);
@@ -823,8 +834,12 @@ async fn bad_input_is_shown_clearly_and_loses_nothing() {
     })
     .await;
     assert_eq!(publish_qos1(gw.tcp, "bad", &keys, 60..80, 50).await, 20);
-    let s = until_status(&data, "bad", "a backlog", |s| s.lag_messages >= 20 && s.state != RouteState::Idle)
-        .await;
+    let s = until_status(&data, "bad", "a backlog and why", |s| {
+        s.lag_messages >= 20
+            && s.state != RouteState::Idle
+            && s.last_error.as_deref().is_some_and(|e| e.contains("Authentication") || e.contains("SASL"))
+    })
+    .await;
     assert_eq!(s.forwarded, before.forwarded, "nothing forwarded with wrong credentials");
     eprintln!("wrong credentials: {:?} {:?}", s.state, s.last_error);
     add_upstream(&db, "main", &tansu.bootstrap()).await;
