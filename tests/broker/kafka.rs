@@ -237,7 +237,12 @@ pub async fn publish_qos1(
             let mut pending = Vec::new();
             loop {
                 let n = match read.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
+                    Ok(0) | Err(_) => {
+                        // The gateway is gone (killed): no more acknowledgements, so the writer must not wait
+                        // for a window that will never open.
+                        permits.close();
+                        return;
+                    }
                     Ok(n) => n,
                 };
                 pending.extend_from_slice(&buf[..n]);
