@@ -8,6 +8,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod files;
+pub mod forward;
 pub mod interfaces;
 pub mod mqtt;
 pub mod ops;

@@ -124,6 +124,14 @@ enum Command {
         #[command(flatten)]
         place: Place,
     },
+    /// Forward to Apache Kafka and back: upstream clusters, routes, their status. Changes apply to the running
+    /// gateway within a second.
+    Kafka {
+        #[command(subcommand)]
+        command: KafkaCommand,
+        #[command(flatten)]
+        place: Place,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -425,6 +433,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             serve(config).await
         }
+        Command::Kafka { command, place } => kafka(command, place).await,
         Command::CheckConfig { config } => {
             let config = Config::load(&config)?;
             for l in &config.listeners {
@@ -860,4 +869,308 @@ fn init_logging() {
     // Colours only on a terminal: under systemd stderr is the journal, which would keep the escape codes.
     let ansi = std::io::stderr().is_terminal();
     tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+}
+
+// --- `weir kafka ...` (issue 12): thin adapters over `weir::forward::ops`.
+
+#[derive(Debug, Subcommand)]
+enum KafkaCommand {
+    /// Upstream Kafka clusters.
+    Upstream {
+        #[command(subcommand)]
+        command: KafkaUpstreamCommand,
+    },
+    /// Uplink routes, MQTT to Kafka (and `list`, `show`, `pause`, `resume`, `del` for downlinks too).
+    Route {
+        #[command(subcommand)]
+        command: KafkaRouteCommand,
+    },
+    /// Downlink routes, Kafka to MQTT.
+    Downlink {
+        #[command(subcommand)]
+        command: KafkaDownlinkCommand,
+    },
+    /// Per route: state, lag in messages and age, rate, last acknowledgement, last error.
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
+enum KafkaUpstreamCommand {
+    /// Add or replace an upstream. acks=all and idempotence are always on.
+    Set {
+        name: String,
+        /// HOST:PORT[,HOST:PORT...]
+        #[arg(long)]
+        bootstrap: String,
+        #[arg(long)]
+        tls: bool,
+        /// CA certificates (PEM) to verify the brokers with (implies --tls).
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
+        /// Client certificate (PEM), with --client-key.
+        #[arg(long, value_name = "FILE")]
+        client_cert: Option<PathBuf>,
+        #[arg(long, value_name = "FILE")]
+        client_key: Option<PathBuf>,
+        /// PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+        #[arg(long, value_name = "M")]
+        sasl_mechanism: Option<String>,
+        #[arg(long, value_name = "U")]
+        sasl_user: Option<String>,
+        /// Read the SASL password from the first line of standard input.
+        #[arg(long)]
+        sasl_password_stdin: bool,
+        /// none, gzip, snappy, lz4 (default) or zstd.
+        #[arg(long)]
+        compression: Option<String>,
+    },
+    /// List upstreams (never their passwords).
+    List,
+    /// Delete an upstream no route uses.
+    Del { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum KafkaRouteCommand {
+    /// Add an uplink route.
+    Add {
+        name: String,
+        #[arg(long)]
+        upstream: String,
+        /// MQTT topic filter.
+        #[arg(long)]
+        filter: String,
+        /// Kafka topic; {N} is MQTT topic level N (from 1), e.g. plant.{2}.
+        #[arg(long)]
+        topic: String,
+        /// Record key: topic, client or level:N.
+        #[arg(long, default_value = "topic")]
+        key: String,
+        /// raw (the payload) or json (an envelope with topic, payload, properties, timestamp).
+        #[arg(long, default_value = "raw")]
+        format: String,
+        /// now, oldest, or a time (2026-11-25T10:00:00Z, unix ms, 2h ...) to replay from.
+        #[arg(long, default_value = "now")]
+        from: String,
+        /// Seconds of lag after which an alarm is logged and shown.
+        #[arg(long, value_name = "SECS")]
+        lag_alarm: Option<u64>,
+    },
+    List,
+    /// A route, its status and its dead letters.
+    Show {
+        name: String,
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
+    Pause {
+        name: String,
+    },
+    Resume {
+        name: String,
+    },
+    /// Delete a route; its journal cursor is released.
+    Del {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KafkaDownlinkCommand {
+    /// Add a downlink route.
+    Add {
+        name: String,
+        #[arg(long)]
+        upstream: String,
+        /// Kafka topic to read.
+        #[arg(long)]
+        topic: String,
+        /// MQTT topic to publish to: {key} is the record key, {header:NAME} a header.
+        #[arg(long, value_name = "TEMPLATE")]
+        mqtt_topic: String,
+        #[arg(long, default_value_t = 1)]
+        qos: u8,
+        #[arg(long)]
+        retain: bool,
+        /// The user whose access rules must allow each publish.
+        #[arg(long = "as", value_name = "USER")]
+        as_user: Option<String>,
+        /// Kafka consumer group (default weir-<gateway>-<route>).
+        #[arg(long)]
+        group: Option<String>,
+    },
+}
+
+async fn kafka(command: KafkaCommand, place: Place) -> anyhow::Result<()> {
+    use std::io::Write;
+    use weir::forward::ops;
+    let data_dir = place.data_dir()?;
+    let mut out = std::io::stdout().lock();
+    if let KafkaCommand::Status = command {
+        let view = ops::status(&data_dir);
+        let Some(report) = view.report.filter(|_| view.running) else {
+            anyhow::bail!("the gateway is not running (no fresh status in {})", data_dir.display());
+        };
+        writeln!(out, "gateway {}", report.gateway)?;
+        for r in &report.routes {
+            writeln!(
+                out,
+                "{} {} {} state={} forwarded={} rate={:.1}/s lag={} msgs {:.1}s{} dead_letters={} skipped_duplicates={} last_ack={} last_error={}",
+                r.name,
+                r.kind,
+                r.upstream,
+                r.state.as_str(),
+                r.forwarded,
+                r.rate,
+                r.lag_messages,
+                r.lag_ms as f64 / 1000.0,
+                if r.lag_alarm { " ALARM" } else { "" },
+                r.dead_letters,
+                r.skipped_duplicates,
+                r.last_ack_ms.map_or("never".to_owned(), weir::timefmt::format),
+                match (&r.last_error, r.last_error_ms) {
+                    (Some(e), Some(t)) => format!("{} {e:?}", weir::timefmt::format(t)),
+                    _ => "none".to_owned(),
+                },
+            )?;
+        }
+        return Ok(());
+    }
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let (pool, _) =
+        weir::store::open(&data_dir, weir::store::Database::Config, weir::store::Synchronous::Full, None)
+            .await?;
+    let actor = Actor::cli().as_str().to_owned();
+    match command {
+        KafkaCommand::Status => {}
+        KafkaCommand::Upstream { command } => match command {
+            KafkaUpstreamCommand::Set {
+                name,
+                bootstrap,
+                tls,
+                ca,
+                client_cert,
+                client_key,
+                sasl_mechanism,
+                sasl_user,
+                sasl_password_stdin,
+                compression,
+            } => {
+                let sasl_password = if sasl_password_stdin {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line)?;
+                    Some(line.trim_end_matches(['\n', '\r']).to_owned())
+                } else {
+                    None
+                };
+                let request = ops::SetUpstream {
+                    name,
+                    bootstrap,
+                    tls,
+                    ca,
+                    client_cert,
+                    client_key,
+                    sasl_mechanism,
+                    sasl_user,
+                    sasl_password,
+                    compression,
+                };
+                let view = ops::upstream_set(&pool, request, &actor).await?;
+                eprintln!("weir: upstream {} set", view.name);
+            }
+            KafkaUpstreamCommand::List => {
+                for u in ops::upstream_list(&pool).await? {
+                    let sasl = match (&u.sasl_mechanism, &u.sasl_user) {
+                        (Some(m), Some(user)) => format!(" sasl={m} user={user}"),
+                        _ => String::new(),
+                    };
+                    let ca = u.ca.as_ref().map(|c| format!(" ca={}", c.display())).unwrap_or_default();
+                    writeln!(
+                        out,
+                        "{} {} tls={}{ca}{sasl} compression={}",
+                        u.name,
+                        u.bootstrap.join(","),
+                        u.tls,
+                        u.compression
+                    )?;
+                }
+            }
+            KafkaUpstreamCommand::Del { name } => ops::upstream_del(&pool, &name, &actor).await?,
+        },
+        KafkaCommand::Route { command } => match command {
+            KafkaRouteCommand::Add { name, upstream, filter, topic, key, format, from, lag_alarm } => {
+                let request = ops::AddRoute {
+                    name,
+                    upstream,
+                    filter,
+                    topic,
+                    key,
+                    format,
+                    from,
+                    lag_alarm_secs: lag_alarm,
+                };
+                let view = ops::route_add(&pool, request, &actor).await?;
+                eprintln!("weir: route {} added", view.name);
+            }
+            KafkaRouteCommand::List => {
+                for r in ops::route_list(&pool).await? {
+                    writeln!(
+                        out,
+                        "{} {} {} {} -> {} {}{}",
+                        r.name,
+                        r.kind,
+                        r.upstream,
+                        r.from,
+                        r.to,
+                        r.options.join(" "),
+                        if r.paused { " PAUSED" } else { "" }
+                    )?;
+                }
+            }
+            KafkaRouteCommand::Show { name, limit } => {
+                let d = ops::route_show(&pool, &data_dir, &name, limit).await?;
+                let r = &d.route;
+                writeln!(out, "route {} ({}), upstream {}", r.name, r.kind, r.upstream)?;
+                writeln!(out, "  {} -> {}", r.from, r.to)?;
+                writeln!(out, "  {}{}", r.options.join(" "), if r.paused { " PAUSED" } else { "" })?;
+                match &d.status {
+                    Some(s) => writeln!(
+                        out,
+                        "  state={} forwarded={} position={} lag={} msgs last_error={}",
+                        s.state.as_str(),
+                        s.forwarded,
+                        s.position,
+                        s.lag_messages,
+                        s.last_error.as_deref().unwrap_or("none")
+                    )?,
+                    None => writeln!(out, "  (the gateway is not running)")?,
+                }
+                writeln!(out, "dead letters: {}", d.dead_letter_count)?;
+                for l in &d.dead_letters {
+                    writeln!(
+                        out,
+                        "  {} journal_id={} {} -> {} ({} bytes): {}",
+                        weir::timefmt::format(l.ts),
+                        l.journal_id.map_or("-".to_owned(), |i| i.to_string()),
+                        l.source,
+                        l.destination,
+                        l.payload_bytes,
+                        l.reason
+                    )?;
+                }
+            }
+            KafkaRouteCommand::Pause { name } => ops::route_pause(&pool, &name, &actor).await?,
+            KafkaRouteCommand::Resume { name } => ops::route_resume(&pool, &name, &actor).await?,
+            KafkaRouteCommand::Del { name } => ops::route_del(&pool, &name, &actor).await?,
+        },
+        KafkaCommand::Downlink {
+            command:
+                KafkaDownlinkCommand::Add { name, upstream, topic, mqtt_topic, qos, retain, as_user, group },
+        } => {
+            let request = ops::AddDownlink { name, upstream, topic, mqtt_topic, qos, retain, as_user, group };
+            let view = ops::downlink_add(&pool, request, &actor).await?;
+            eprintln!("weir: downlink {} added", view.name);
+        }
+    }
+    Ok(())
 }

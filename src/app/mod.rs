@@ -169,6 +169,14 @@ impl Gateway {
         let (sparkplug, task) =
             Sparkplug::start(&broker, journal.clone(), lifecycle.token(Stage::Forwarders)).await?;
         lifecycle.adopt(Stage::Forwarders, "sparkplug", task);
+        let forwarder = crate::forward::run(
+            journal.clone(),
+            broker.clone(),
+            config_db.clone(),
+            config.data_dir.clone(),
+            lifecycle.token(Stage::Forwarders),
+        );
+        lifecycle.spawn(Stage::Forwarders, "kafka forwarder", forwarder);
         let (tls, tls_configs, console_tls) =
             start_tls(&config, &listeners, console.as_ref(), security.certificates()).await?;
         let (connections, _) = Connections::new(config.max_connections);

@@ -187,7 +187,14 @@ pub async fn query_on(conn: &mut SqliteConnection, q: &HistoryQuery) -> Result<P
                      FROM messages m WHERE m.id > "
                 }
             });
-            sql.push_bind(if *part == Part::All { 0 } else { indexed_upto });
+            // The first bound is the one SQLite seeks the rowid to: for `All`, oldest first, it must be the page's
+            // position, or every page scans from id 0 (measured: 32 ms instead of 0.1 ms per page at id 900,000).
+            let lower = match (part, q.order, position) {
+                (Part::All, Order::OldestFirst, Some(p)) => p,
+                (Part::All, _, _) => 0,
+                _ => indexed_upto,
+            };
+            sql.push_bind(lower);
             let column = if *part == Part::Indexed { "t" } else { "m" };
             if let Some((from, to)) = &topic_range {
                 match to {

@@ -350,7 +350,14 @@ impl Journal {
     /// as the journal's durability says (with `synced`, on disk) when this returns.
     pub async fn commit_cursor(&self, name: &str, position: i64) -> Result<(), StoreError> {
         let name = name.to_owned();
-        self.request(|done| Op::Cursor(CursorCommit { name, position, done })).await
+        self.request(|done| Op::Cursor(CursorCommit { name, position: Some(position), done })).await
+    }
+
+    /// Deletes a durable consumer's cursor (the consumer is gone), through the writer like every write:
+    /// retention may then prune what it held.
+    pub async fn delete_cursor(&self, name: &str) -> Result<(), StoreError> {
+        let name = name.to_owned();
+        self.request(|done| Op::Cursor(CursorCommit { name, position: None, done })).await
     }
 
     pub async fn cursor(&self, name: &str) -> Result<Option<i64>, StoreError> {

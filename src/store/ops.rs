@@ -80,8 +80,9 @@ pub(super) type Answer<T> = oneshot::Sender<Result<T, String>>;
 #[derive(Debug)]
 pub(super) struct CursorCommit {
     pub(super) name: String,
-    /// The last journal id the consumer has fully processed.
-    pub(super) position: i64,
+    /// The last journal id the consumer has fully processed; `None` deletes the cursor (its consumer is gone,
+    /// and retention may prune what it held).
+    pub(super) position: Option<i64>,
     pub(super) done: Answer<()>,
 }
 

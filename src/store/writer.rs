@@ -818,11 +818,15 @@ fn presence_statements(tx: &Transaction<'_>, c: &PresenceChange) -> rusqlite::Re
 fn cursor_statements(tx: &Transaction<'_>, cursors: &[CursorCommit]) -> rusqlite::Result<()> {
     let now = unix_millis(SystemTime::now());
     for cursor in cursors {
-        tx.prepare_cached(
-            "INSERT INTO cursors (name, position, updated) VALUES (?, ?, ?) \
-             ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated = excluded.updated",
-        )?
-        .execute(params![cursor.name, cursor.position, now])?;
+        match cursor.position {
+            Some(position) => tx
+                .prepare_cached(
+                    "INSERT INTO cursors (name, position, updated) VALUES (?, ?, ?) \
+                     ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated = excluded.updated",
+                )?
+                .execute(params![cursor.name, position, now])?,
+            None => tx.prepare_cached("DELETE FROM cursors WHERE name = ?")?.execute([&cursor.name])?,
+        };
     }
     Ok(())
 }

@@ -12,8 +12,12 @@ mod clients;
 mod console;
 mod durability;
 mod external;
+#[cfg(feature = "kafka")]
+mod kafka;
 mod link;
 mod presence;
+#[cfg(feature = "kafka")]
+mod proxy;
 mod raw;
 mod raw_v5;
 mod security;
