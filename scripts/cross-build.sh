@@ -12,7 +12,7 @@
 # Budget: the stripped aarch64 appliance binary must stay within 12 MB (12,000,000 bytes), console and Kafka
 # included, so the build fails beyond it. docs/APPLIANCE.md records the sizes.
 #
-# Kafka (later): rdkafka's cmake build compiles librdkafka with the cross compiler and needs the target's
+# Kafka: rdkafka's cmake build compiles librdkafka with the cross compiler and needs the target's
 # curl.h, openssl and zlib headers. With Debian multiarch that is
 #   dpkg --add-architecture arm64 armhf && apt-get update &&
 #   apt-get install libcurl4-openssl-dev:arm64 libssl-dev:arm64 zlib1g-dev:arm64 libzstd-dev:arm64 (and :armhf)
