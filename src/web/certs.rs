@@ -231,11 +231,5 @@ fn download(file: OutputFile) -> Response {
 }
 
 fn back(error: WebError) -> Response {
-    match error {
-        WebError::BadRequest(why) => {
-            let query = form_urlencoded::Serializer::new(String::new()).append_pair("error", &why).finish();
-            Redirect::to(&format!("/certs?{query}")).into_response()
-        }
-        other => other.into_response(),
-    }
+    super::back_to("/certs", Err(error))
 }

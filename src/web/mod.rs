@@ -209,6 +209,20 @@ impl Nav {
     }
 }
 
+/// After a form: back to `page` with a notice saying what was done, or with the reason it was refused (a bad
+/// request); other errors get the error page.
+fn back_to(page: &str, result: Result<String, WebError>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (key, text) = match result {
+        Ok(notice) => ("notice", notice),
+        Err(WebError::BadRequest(why)) => ("error", why),
+        Err(other) => return other.into_response(),
+    };
+    let query = form_urlencoded::Serializer::new(String::new()).append_pair(key, &text).finish();
+    let separator = if page.contains('?') { '&' } else { '?' };
+    axum::response::Redirect::to(&format!("{page}{separator}{query}")).into_response()
+}
+
 /// Renders a template into a page, or the error page if it cannot be rendered.
 fn render(template: &impl askama::Template) -> axum::response::Response {
     use axum::response::IntoResponse;

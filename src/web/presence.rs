@@ -2,7 +2,7 @@
 
 use axum::Form;
 use axum::extract::{Query, State};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::Response;
 
 use super::session::Signed;
 use super::{AppState, Nav, WebError, render};
@@ -169,11 +169,5 @@ pub(super) async fn rule_delete_post(
 }
 
 fn done(result: Result<String, WebError>) -> Response {
-    let (key, text) = match result {
-        Ok(notice) => ("notice", notice),
-        Err(WebError::BadRequest(why)) => ("error", why),
-        Err(other) => return other.into_response(),
-    };
-    let query = form_urlencoded::Serializer::new(String::new()).append_pair(key, &text).finish();
-    Redirect::to(&format!("/presence?{query}")).into_response()
+    super::back_to("/presence", result)
 }

@@ -3,7 +3,7 @@
 
 use axum::Form;
 use axum::extract::{Query, State};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Response};
 
 use super::session::Signed;
 use super::{AppState, Nav, WebError, render};
@@ -156,13 +156,7 @@ fn access_test(state: &AppState, query: &UsersQuery) -> AccessTest {
 
 /// Back to the users page with a notice, or with the error of what was refused.
 fn done(result: Result<String, WebError>) -> Response {
-    let (key, text) = match result {
-        Ok(notice) => ("notice", notice),
-        Err(WebError::BadRequest(why)) => ("error", why),
-        Err(other) => return other.into_response(),
-    };
-    let query = form_urlencoded::Serializer::new(String::new()).append_pair(key, &text).finish();
-    Redirect::to(&format!("/users?{query}")).into_response()
+    super::back_to("/users", result)
 }
 
 fn roles(text: &str) -> Vec<String> {
