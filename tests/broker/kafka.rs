@@ -13,7 +13,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
@@ -475,31 +475,10 @@ async fn kafka_outages_lose_nothing_and_the_status_shows_them() {
     gw.stop().await;
 }
 
-/// `weir serve` as a child process, for kill -9; returns it and its MQTT address.
+/// `weir serve` as a child process, for kill -9 (the durability tests' helper: listeners and the console on
+/// port 0); returns it and its MQTT address.
 async fn start_weir(data: &Path) -> (Child, SocketAddr) {
-    let config = data.with_extension("toml");
-    let text = format!(
-        "data_dir = {:?}\n[[listener]]\nname = \"mqtt\"\nprotocol = \"tcp\"\nbind = \"127.0.0.1:0\"\n",
-        data.display().to_string()
-    );
-    std::fs::write(&config, text).unwrap();
-    let mut child = Command::new(WEIR)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    loop {
-        let line =
-            tokio::time::timeout(KAFKA_WAIT, lines.next_line()).await.unwrap().unwrap().expect("weir exited");
-        if let Some(addr) = line.strip_prefix("weir: MQTT on mqtt://") {
-            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            return (child, addr.parse().unwrap());
-        }
-    }
+    crate::durability::start_weir(data, "").await
 }
 
 async fn weir_cli(data: &Path, args: &[&str]) {
