@@ -28,8 +28,8 @@ pub use super::settings::{Durability, JournalConfig, Retention};
 use super::writer::Writer;
 use super::{Database, StoreError, unix_millis};
 use crate::mqtt::broker::{
-    ClientId, Completion, Delivery, Durable, Message, PresenceChange, PresenceRecord, PresenceState, Refusal,
-    RestoredDelivery, SessionRecord, SpillLoad, Will,
+    ClientId, Completion, Delivery, Durable, Message, MessageProperties, PresenceChange, PresenceRecord,
+    PresenceState, Refusal, RestoredDelivery, SessionRecord, SpillLoad, Will,
 };
 use crate::mqtt::codec::{QoS, RetainHandling, SubscribeFilter, SubscriptionOptions, topic};
 
@@ -385,6 +385,22 @@ fn will_from_row(row: &sqlx::sqlite::SqliteRow, client_id: &str) -> Result<Optio
     let retain = row.try_get::<Option<bool>, _>("will_retain")?.unwrap_or(false);
     let mut message = Message::new(&topic, payload, qos.and_then(QoS::from_u8).unwrap_or_default(), retain);
     message.origin = Some(ClientId::new(client_id));
+    message.properties = MessageProperties {
+        payload_format_indicator: row
+            .try_get::<Option<i64>, _>("will_payload_format")?
+            .and_then(|p| u8::try_from(p).ok()),
+        message_expiry_interval: row
+            .try_get::<Option<i64>, _>("will_expiry")?
+            .and_then(|e| u32::try_from(e).ok()),
+        content_type: row.try_get("will_content_type")?,
+        response_topic: row.try_get("will_response_topic")?,
+        correlation_data: row.try_get::<Option<Vec<u8>>, _>("will_correlation_data")?.map(bytes::Bytes::from),
+        user_properties: row
+            .try_get::<Option<String>, _>("will_user_properties")?
+            .and_then(|j| serde_json::from_str(&j).ok())
+            .unwrap_or_default(),
+    }
+    .boxed();
     let delay = row.try_get::<Option<i64>, _>("will_delay")?.and_then(|d| u32::try_from(d).ok());
     Ok(Some(Will { message, delay: delay.unwrap_or(0) }))
 }

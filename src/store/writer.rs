@@ -21,7 +21,7 @@ use super::ops::{CursorCommit, Op, Queued, SessionOp, Shared};
 use super::row::{StoredRow, queued_delivery};
 use super::settings::{Durability, JournalConfig};
 use super::{StoreError, unix_millis};
-use crate::mqtt::broker::{ClientId, PresenceChange, Refusal, SpillLoad};
+use crate::mqtt::broker::{ClientId, PresenceChange, Refusal, SpillLoad, Will};
 
 /// Rows per INSERT statement, largest first: 14 parameters a row, well under SQLite's limit of 32,766. Powers of
 /// two, so that any batch takes few statements, each prepared once.
@@ -683,14 +683,21 @@ fn session_statements(
         match op {
             SessionOp::Save(r) => {
                 let will = r.will.as_ref();
+                let p = WillProperties::of(will);
                 tx.prepare_cached(
                     "INSERT INTO sessions (client_id, expiry, disconnected_at, will_topic, will_payload, will_qos, \
-                     will_retain, will_delay, will_due, username) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                     will_retain, will_delay, will_due, username, will_payload_format, will_expiry, \
+                     will_content_type, will_response_topic, will_correlation_data, will_user_properties) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
                      ON CONFLICT (client_id) DO UPDATE SET expiry = excluded.expiry, username = excluded.username, \
                      disconnected_at = excluded.disconnected_at, will_topic = excluded.will_topic, \
                      will_payload = excluded.will_payload, will_qos = excluded.will_qos, \
                      will_retain = excluded.will_retain, will_delay = excluded.will_delay, \
-                     will_due = excluded.will_due",
+                     will_due = excluded.will_due, will_payload_format = excluded.will_payload_format, \
+                     will_expiry = excluded.will_expiry, will_content_type = excluded.will_content_type, \
+                     will_response_topic = excluded.will_response_topic, \
+                     will_correlation_data = excluded.will_correlation_data, \
+                     will_user_properties = excluded.will_user_properties",
                 )?
                 .execute(params![
                     r.client_id.as_str(),
@@ -703,6 +710,12 @@ fn session_statements(
                     will.map(|w| i64::from(w.delay)),
                     r.will_due,
                     r.username.as_deref(),
+                    p.payload_format,
+                    p.expiry,
+                    p.content_type,
+                    p.response_topic,
+                    p.correlation_data,
+                    p.user_properties,
                 ])?;
             }
             SessionOp::Remove(client) => {
@@ -780,12 +793,18 @@ fn session_statements(
 /// Records a presence change: the client's last presence (with its will while online) and a history row.
 fn presence_statements(tx: &Transaction<'_>, c: &PresenceChange) -> rusqlite::Result<()> {
     let will = c.will.as_ref();
+    let p = WillProperties::of(will);
     tx.prepare_cached(
         "INSERT INTO presence (client_id, state, reason, ts, username, peer, will_topic, will_payload, will_qos, \
-         will_retain, will_delay) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (client_id) DO UPDATE SET \
+         will_retain, will_delay, will_payload_format, will_expiry, will_content_type, will_response_topic, \
+         will_correlation_data, will_user_properties) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (client_id) DO UPDATE SET \
          state = excluded.state, reason = excluded.reason, ts = excluded.ts, username = excluded.username, \
          peer = excluded.peer, will_topic = excluded.will_topic, will_payload = excluded.will_payload, \
-         will_qos = excluded.will_qos, will_retain = excluded.will_retain, will_delay = excluded.will_delay",
+         will_qos = excluded.will_qos, will_retain = excluded.will_retain, will_delay = excluded.will_delay, \
+         will_payload_format = excluded.will_payload_format, will_expiry = excluded.will_expiry, \
+         will_content_type = excluded.will_content_type, will_response_topic = excluded.will_response_topic, \
+         will_correlation_data = excluded.will_correlation_data, will_user_properties = excluded.will_user_properties",
     )?
     .execute(params![
         c.client_id.as_str(),
@@ -799,6 +818,12 @@ fn presence_statements(tx: &Transaction<'_>, c: &PresenceChange) -> rusqlite::Re
         will.map(|w| w.message.qos as i64),
         will.map(|w| w.message.retain),
         will.map(|w| i64::from(w.delay)),
+        p.payload_format,
+        p.expiry,
+        p.content_type,
+        p.response_topic,
+        p.correlation_data,
+        p.user_properties,
     ])?;
     tx.prepare_cached(
         "INSERT INTO presence_events (ts, client_id, username, peer, state, reason) VALUES (?, ?, ?, ?, ?, ?)",
@@ -856,6 +881,33 @@ enum Failed {
     Appends(WriteFailure),
     /// A session change or a cursor: the appends are tried again alone.
     Sessions(rusqlite::Error),
+}
+
+/// A will's MQTT 5 properties as the `will_*` columns of `sessions` and `presence` keep them (those of
+/// `messages`): without them a will published after a crash would lose what the client gave.
+struct WillProperties<'a> {
+    payload_format: Option<i64>,
+    expiry: Option<i64>,
+    content_type: Option<&'a str>,
+    response_topic: Option<&'a str>,
+    correlation_data: Option<&'a [u8]>,
+    user_properties: Option<String>,
+}
+
+impl WillProperties<'_> {
+    fn of(will: Option<&Will>) -> WillProperties<'_> {
+        let p = will.and_then(|w| w.message.properties.as_deref());
+        WillProperties {
+            payload_format: p.and_then(|p| p.payload_format_indicator).map(i64::from),
+            expiry: p.and_then(|p| p.message_expiry_interval).map(i64::from),
+            content_type: p.and_then(|p| p.content_type.as_deref()),
+            response_topic: p.and_then(|p| p.response_topic.as_deref()),
+            correlation_data: p.and_then(|p| p.correlation_data.as_deref()),
+            user_properties: p
+                .filter(|p| !p.user_properties.is_empty())
+                .and_then(|p| serde_json::to_string(&p.user_properties).ok()),
+        }
+    }
 }
 
 /// Inserts `appends` under their ids, and updates the retained table for those that are retained. Returns the

@@ -307,3 +307,78 @@ async fn birth_and_death_messages_follow_their_rules_and_the_acl() {
     drop(bob);
     gw.stop().await;
 }
+
+/// MQTT 5 will properties survive a kill -9 with the durable wills (of a clean session, kept with its presence,
+/// and of a persistent session, kept with the session) and are published with the will after the restart.
+#[tokio::test]
+async fn v5_will_properties_survive_kill_9_and_are_published_with_the_will() {
+    use crate::clients::v5::{Client, LastWill, LastWillProperties, QoS, options};
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut child, addr) = start_weir(&data, "").await;
+    // A persistent v5 session that collects wills, offline when the gateway dies.
+    let watcher_options = |port: u16| {
+        let mut o = options("props-watcher", port);
+        o.set_clean_start(false).set_session_expiry_interval(Some(3600));
+        o
+    };
+    let (mut watcher, _) = Client::connect(watcher_options(addr.port())).await;
+    watcher.subscribe("will/#", QoS::AtLeastOnce).await;
+    watcher.client.disconnect().await.unwrap();
+    watcher.closed().await;
+
+    let properties = |client: &str| LastWillProperties {
+        delay_interval: None,
+        payload_format_indicator: Some(1),
+        message_expiry_interval: Some(600),
+        content_type: Some("application/json".into()),
+        response_topic: Some(format!("reply/{client}")),
+        correlation_data: Some(bytes::Bytes::from(format!("corr-{client}"))),
+        user_properties: vec![("site".into(), "north".into()), ("client".into(), client.into())],
+    };
+    let mut held = Vec::new();
+    for (client, expiry) in [("props-clean", None), ("props-pers", Some(3600))] {
+        let mut o = options(client, addr.port());
+        o.set_session_expiry_interval(expiry);
+        let will = format!("will/{client}");
+        o.set_last_will(LastWill::new(
+            will,
+            "{\"gone\":true}",
+            QoS::AtLeastOnce,
+            false,
+            Some(properties(client)),
+        ));
+        held.push(Client::connect(o).await.0);
+    }
+    publish_acked(addr, "barrier/props").await;
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    for c in held {
+        c.kill().await;
+    }
+
+    let (_child, addr) = start_weir(&data, "").await;
+    let (mut watcher, ack) = Client::connect(watcher_options(addr.port())).await;
+    assert!(ack.session_present);
+    let mut wills = BTreeMap::new();
+    while wills.len() < 2 {
+        let p = watcher.publish_msg().await;
+        wills.insert(String::from_utf8(p.topic.to_vec()).unwrap(), p);
+    }
+    for client in ["props-clean", "props-pers"] {
+        let will = &wills[&format!("will/{client}")];
+        assert_eq!(&will.payload[..], b"{\"gone\":true}");
+        let p = will.properties.as_ref().unwrap_or_else(|| panic!("{client}: the will lost its properties"));
+        assert_eq!(p.payload_format_indicator, Some(1), "{client}");
+        assert!(p.message_expiry_interval.is_some_and(|e| (590..=600).contains(&e)), "{client}: {p:?}");
+        assert_eq!(p.content_type.as_deref(), Some("application/json"), "{client}");
+        assert_eq!(p.response_topic, Some(format!("reply/{client}")), "{client}");
+        assert_eq!(p.correlation_data.as_deref(), Some(format!("corr-{client}").as_bytes()), "{client}");
+        assert_eq!(
+            p.user_properties,
+            [("site".to_owned(), "north".to_owned()), ("client".to_owned(), client.to_owned())],
+            "{client}"
+        );
+    }
+}
