@@ -3,13 +3,14 @@
 //! publisher), and the administrator's actions on edge nodes (rebirth).
 //!
 //! At start-up the births are read back from the journal (`store::history`, the retained copies under
-//! `$sparkplug/certificates/`, newest per topic), with the deaths recorded after them, so that the aliases of
-//! data published after a restart resolve without waiting for a rebirth.
+//! `$sparkplug/certificates/`, newest per topic), with the data and the deaths recorded after them, so that the
+//! last values are known and the aliases of data published after a restart resolve without waiting for a
+//! rebirth.
 //!
 //! The tracker is behind a `std::sync::Mutex`, held for one message's update or one snapshot's clone, never
 //! across an `.await`: the console reads it from its handlers while this task writes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,7 @@ use sqlx::SqlitePool;
 use tokio::task::JoinHandle;
 
 use super::payload::{self, Aliases, Decoded};
+use super::proto;
 use super::state::Tracker;
 use super::topic::{self, MessageType, Topic};
 use crate::mqtt::broker::{Broker, Link, LinkError, LinkOptions, Message};
@@ -29,6 +31,11 @@ use crate::store::{Journal, StoreError};
 pub const REBIRTH_INTERVAL: Duration = Duration::from_secs(10);
 /// Births read back at start-up, at most.
 const RESTORE_LIMIT: usize = 10_000;
+/// Data messages read back after one birth at start-up, at most (newest first, until every metric of the birth
+/// has a value).
+const RESTORE_DATA_PER_BIRTH: usize = 1_000;
+/// Data messages read back at start-up in all, at most.
+const RESTORE_DATA_LIMIT: usize = 50_000;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -87,8 +94,17 @@ impl Sparkplug {
         link.subscribe(&format!("{}/#", topic::NAMESPACE), QoS::AtMostOnce).await?;
         let mut tracker = Tracker::default();
         if let Some(journal) = &journal {
+            // What the router published before the link subscribed (the NDEATH wills of edge nodes connected
+            // when the gateway stopped) is read back with the rest.
+            journal.flush().await;
             match restore(journal.pool(), &mut tracker).await {
-                Ok(count) if count > 0 => tracing::info!(births = count, "sparkplug: births read back"),
+                Ok(r) if r.births > 0 => {
+                    tracing::info!(
+                        births = r.births,
+                        data = r.data,
+                        "sparkplug: births and last values read back"
+                    )
+                }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "sparkplug: births could not be read back"),
             }
@@ -225,9 +241,27 @@ impl Sparkplug {
     }
 }
 
-/// Reads back the newest birth per topic from the journal (the retained certificates), applies them oldest
-/// first, then the deaths recorded after them. Sequence numbers start afresh: what came between is not known.
-async fn restore(pool: &SqlitePool, tracker: &mut Tracker) -> Result<usize, StoreError> {
+/// What [`restore`] read back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Restored {
+    births: usize,
+    data: usize,
+}
+
+/// A journaled message to apply, ordered by its journal id.
+struct Replay {
+    id: i64,
+    /// The Sparkplug topic (a birth's, not its certificate's).
+    topic: String,
+    payload: Vec<u8>,
+    ts: i64,
+}
+
+/// Reads back the newest birth per topic from the journal (the retained certificates) and, after each, the
+/// newest NDATA/DDATA (bounded: until every metric of the birth has a value, or [`RESTORE_DATA_PER_BIRTH`]
+/// messages) and the last death, and applies them all in journal order: the state after a restart has the last
+/// values, aliases resolved. Sequence numbers start afresh: what came between is not known.
+async fn restore(pool: &SqlitePool, tracker: &mut Tracker) -> Result<Restored, StoreError> {
     let mut q = HistoryQuery::new(&format!("{}/{}/#", topic::CERTIFICATES, topic::NAMESPACE));
     (q.order, q.limit) = (Order::NewestFirst, 500);
     let mut births: BTreeMap<String, history::StoredMessage> = BTreeMap::new();
@@ -245,7 +279,8 @@ async fn restore(pool: &SqlitePool, tracker: &mut Tracker) -> Result<usize, Stor
     }
     let mut births: Vec<_> = births.into_values().collect();
     births.sort_by_key(|m| m.id);
-    let count = births.len();
+    let mut restored = Restored { births: births.len(), data: 0 };
+    let mut replay = Vec::new();
     for birth in births {
         let Some(edge_topic) =
             birth.topic.strip_prefix(topic::CERTIFICATES).and_then(|t| t.strip_prefix('/'))
@@ -253,25 +288,85 @@ async fn restore(pool: &SqlitePool, tracker: &mut Tracker) -> Result<usize, Stor
             continue;
         };
         let Some(Topic::Edge(edge)) = Topic::parse(edge_topic) else { continue };
-        tracker.observe(edge_topic, &birth.payload, birth.ts);
-        let death_type =
-            if edge.kind == MessageType::NBirth { MessageType::NDeath } else { MessageType::DDeath };
-        let mut death_topic = format!("{}/{}/{}/{}", topic::NAMESPACE, edge.group, death_type, edge.node);
-        if let Some(device) = edge.device {
-            death_topic = format!("{death_topic}/{device}");
-        }
-        let mut q = HistoryQuery::new(&death_topic);
+        let Ok(payload) = payload::decode_payload(&birth.payload) else { continue };
+        // The birth itself is journaled just before its certificate, and data published right after it may
+        // come between the two: what follows the birth is what follows the original, when it is still there.
+        let mut q = HistoryQuery::new(edge_topic);
+        (q.order, q.limit, q.after) = (Order::NewestFirst, 1, Some(birth.id));
+        let start = history::query(pool, &q).await?.messages.first().map_or(birth.id, |m| m.id);
+        let (death_type, data_type) = match edge.kind {
+            MessageType::NBirth => (MessageType::NDeath, MessageType::NData),
+            _ => (MessageType::DDeath, MessageType::DData),
+        };
+        let sibling = |kind: MessageType| match edge.device {
+            None => format!("{}/{}/{kind}/{}", topic::NAMESPACE, edge.group, edge.node),
+            Some(device) => format!("{}/{}/{kind}/{}/{device}", topic::NAMESPACE, edge.group, edge.node),
+        };
+        let mut q = HistoryQuery::new(&sibling(death_type));
         (q.order, q.limit) = (Order::NewestFirst, 1);
-        if let Some(death) = history::query(pool, &q).await?.messages.first()
-            && death.id > birth.id
+        if let Some(death) = history::query(pool, &q).await?.messages.into_iter().next()
+            && death.id > start
         {
-            tracker.observe(&death.topic, &death.payload, death.ts);
+            replay.push(Replay { id: death.id, topic: death.topic, payload: death.payload, ts: death.ts });
         }
+        let budget = RESTORE_DATA_PER_BIRTH.min(RESTORE_DATA_LIMIT.saturating_sub(restored.data));
+        let data = latest_data(pool, &sibling(data_type), start, &payload, budget).await?;
+        restored.data += data.len();
+        replay.extend(data);
+        replay.push(Replay { id: start, topic: edge_topic.to_owned(), payload: birth.payload, ts: birth.ts });
+    }
+    replay.sort_by_key(|r| r.id);
+    for r in replay {
+        tracker.observe(&r.topic, &r.payload, r.ts);
     }
     for node in tracker.groups.values_mut().flat_map(|nodes| nodes.values_mut()) {
         node.last_seq = None;
         node.gaps = 0;
         node.last_gap = None;
     }
-    Ok(count)
+    Ok(restored)
+}
+
+/// The data messages on `data_topic` after journal id `after`, newest first, until each metric the birth
+/// declared has been seen in one of them or `budget` messages have been read: the last values, whatever the
+/// edge node reports by exception.
+async fn latest_data(
+    pool: &SqlitePool,
+    data_topic: &str,
+    after: i64,
+    birth: &proto::Payload,
+    budget: usize,
+) -> Result<Vec<Replay>, StoreError> {
+    let aliases = Aliases::from_birth(birth);
+    // bdSeq and the control metrics are declared by the birth and never sent as data.
+    let mut missing: HashSet<&str> = birth
+        .metrics
+        .iter()
+        .filter_map(|m| m.name.as_deref())
+        .filter(|n| *n != "bdSeq" && !n.starts_with("Node Control/") && !n.starts_with("Device Control/"))
+        .collect();
+    let mut q = HistoryQuery::new(data_topic);
+    (q.order, q.limit) = (Order::NewestFirst, 100.min(budget));
+    let mut out = Vec::new();
+    while !missing.is_empty() && out.len() < budget {
+        let page = history::query(pool, &q).await?;
+        for m in page.messages {
+            if m.id <= after || out.len() >= budget {
+                return Ok(out);
+            }
+            if let Ok(data) = payload::decode_payload(&m.payload) {
+                for metric in &data.metrics {
+                    if let (Some(name), _) = aliases.resolve(metric) {
+                        missing.remove(name);
+                    }
+                }
+            }
+            out.push(Replay { id: m.id, topic: m.topic, payload: m.payload, ts: m.ts });
+        }
+        match page.next {
+            Some(next) => q.after = Some(next),
+            None => break,
+        }
+    }
+    Ok(out)
 }

@@ -3,7 +3,7 @@
 //! paho-mqtt < 2, the rest of the suite uses paho-mqtt 2). The scenarios print what they saw as JSON lines; the
 //! assertions are here, together with the gateway's own view (`Gateway::sparkplug`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use serde_json::{Value, json};
@@ -11,6 +11,7 @@ use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
+use crate::durability::start_weir;
 use crate::support::{WAIT, eventually};
 use weir::app::{self, Gateway};
 use weir::config::Config;
@@ -75,7 +76,11 @@ impl Scenario {
 }
 
 async fn gateway_in(dir: &TempDir) -> (Gateway, u16) {
-    let mut config = Config::for_test(dir.path());
+    gateway_at(dir.path()).await
+}
+
+async fn gateway_at(data: &Path) -> (Gateway, u16) {
+    let mut config = Config::for_test(data);
     config.broker.sys_interval = None;
     let listeners = app::bind(&config).await.unwrap();
     let gateway = Gateway::start(config, listeners).await.unwrap();
@@ -181,5 +186,51 @@ async fn pysparkplug_births_data_gaps_rebirth_deaths_certificates_and_a_restart(
     // Publishing under $sparkplug/ is dropped; the marker after it arrives alone.
     let forged = Scenario::start(port, &["forge"]).all().await;
     assert_eq!(forged.last().unwrap()["topics"], json!(["forge/marker"]));
+    gateway.shutdown().await;
+}
+
+/// How many messages the journal in `data` holds on `topic`, read as another process would.
+async fn journaled(data: &Path, topic: &str) -> usize {
+    let pool = weir::store::open_for_reading(data, weir::store::Database::Journal).await.unwrap();
+    let mut q = weir::store::history::HistoryQuery::new(topic);
+    q.limit = 1000;
+    let n = weir::store::history::query(&pool, &q).await.unwrap().messages.len();
+    pool.close().await;
+    n
+}
+
+/// After a kill -9 the state is rebuilt from the journal with the last values, not only the births: names
+/// resolved (the alias-only NDATA too), node and device metrics, stale once the node's will says it is gone.
+#[tokio::test]
+async fn the_last_metric_values_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut child, addr) = start_weir(&data, "").await;
+    let mut edge = Scenario::start(addr.port(), &["edge", "--commands", "1", "--die", "--wait", "30"]);
+    edge.expect("ready").await;
+    // Everything the edge node sent is committed (three NDATA, one DDATA) before the kill.
+    eventually("the data in the journal", || async {
+        journaled(&data, "spBv1.0/Plant/NDATA/Edge1").await == 3
+            && journaled(&data, "spBv1.0/Plant/DDATA/Edge1/Pump").await == 1
+    })
+    .await;
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+
+    let (gateway, _) = gateway_at(&data).await;
+    let value = |device, name| metric(&gateway, device, name).map(|(v, _)| v);
+    assert_eq!(value(None, "Temperature"), Some(Metric::Float(22.0)), "the last NDATA, not the birth's 20.5");
+    assert_eq!(value(None, "Counter"), Some(Metric::Int(8)), "the alias-only NDATA, resolved");
+    assert_eq!(value(Some("Pump"), "Speed"), Some(Metric::UInt(1600)), "the last DDATA");
+    assert_eq!(gateway.sparkplug().snapshot().groups["Plant"]["Edge1"].unresolved, 0);
+    // The edge node was connected at the crash: its will (NDEATH) makes the values stale, and keeps them.
+    eventually("the node offline, its values stale", || async {
+        let t = gateway.sparkplug().snapshot();
+        let n = &t.groups["Plant"]["Edge1"];
+        !n.online && n.metrics.values().all(|m| m.stale) && n.devices["Pump"].metrics["Speed"].stale
+    })
+    .await;
+    assert_eq!(value(None, "Temperature"), Some(Metric::Float(22.0)));
+    drop(edge);
     gateway.shutdown().await;
 }
