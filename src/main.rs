@@ -124,6 +124,13 @@ enum Command {
         #[command(flatten)]
         place: Place,
     },
+    /// Sparkplug B: actions on the edge nodes, carried out by the running gateway.
+    Sparkplug {
+        #[command(subcommand)]
+        command: SparkplugCommand,
+        #[command(flatten)]
+        place: Place,
+    },
     /// Forward to Apache Kafka and back: upstream clusters, routes, their status. Changes apply to the running
     /// gateway within a second.
     Kafka {
@@ -131,6 +138,24 @@ enum Command {
         command: KafkaCommand,
         #[command(flatten)]
         place: Place,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SparkplugCommand {
+    /// Ask an edge node to republish its births (the `Node Control/Rebirth` NCMD). The running gateway sends it
+    /// within a second: at most once per node every 10 s, only to a node it knows, written to the audit log.
+    /// Asks for confirmation unless --yes.
+    Rebirth {
+        group: String,
+        /// The edge node id.
+        node: String,
+        /// Do not ask for confirmation (needed when standard input is not a terminal).
+        #[arg(long)]
+        yes: bool,
+        /// Seconds to wait for the gateway's answer; the request is withdrawn after them.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
     },
 }
 
@@ -514,6 +539,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Presence { command, place } => presence(command, &place.data_dir()?).await,
+        Command::Sparkplug { command, place } => sparkplug(command, &place.data_dir()?).await,
+    }
+}
+
+async fn sparkplug(command: SparkplugCommand, data_dir: &Path) -> anyhow::Result<()> {
+    match command {
+        SparkplugCommand::Rebirth { group, node, yes, timeout } => {
+            ops::sparkplug::check_ids(&group, &node)?;
+            if !yes {
+                anyhow::ensure!(
+                    std::io::stdin().is_terminal(),
+                    "not confirmed: pass --yes to send a rebirth request without a prompt"
+                );
+                eprint!(
+                    "Ask edge node {group}/{node} to rebirth (it republishes all its births and metrics)? [y/N] "
+                );
+                let mut answer = String::new();
+                std::io::stdin().read_line(&mut answer)?;
+                if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+                    anyhow::bail!("not confirmed: nothing sent");
+                }
+            }
+            let ops = Ops::open(data_dir).await?;
+            let timeout = std::time::Duration::from_secs(timeout.max(1));
+            let done = ops.request_rebirth(&group, &node, &Actor::cli(), timeout).await?;
+            eprintln!("weir: {done}");
+            Ok(())
+        }
     }
 }
 

@@ -215,6 +215,10 @@ impl Gateway {
             security.clone(),
             tls.clone(),
             connections,
+            watch::Requests {
+                ops: Ops::with(&config.data_dir, security.clone()),
+                sparkplug: sparkplug.clone(),
+            },
             lifecycle.token(Stage::Listeners),
         );
         lifecycle.spawn(Stage::Listeners, "configuration watcher", watcher);

@@ -1,7 +1,8 @@
 //! Applies configuration changes made anywhere (this process, `weir user`, `weir acl`, `weir cert`, the console)
 //! without a restart: users and rules (access rules, birth and death rules) are reloaded; a deleted user's connections are closed; after a revocation
 //! the TLS listeners get the new CRL and connections made with a revoked certificate are closed. Also renews the
-//! server certificate when due (hourly check).
+//! server certificate when due (hourly check). Executes the requests the command line leaves for the running
+//! gateway (`weir sparkplug rebirth`), each once, and answers them.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -9,15 +10,24 @@ use std::time::Duration;
 
 use crate::mqtt::broker::Broker;
 use crate::mqtt::net::Connections;
+use crate::ops::Ops;
 use crate::security::Security;
 use crate::security::server::ServerTls;
 use crate::shutdown::StopToken;
+use crate::sparkplug::Sparkplug;
+
+/// What the watcher needs to execute the command line's requests.
+pub(super) struct Requests {
+    pub(super) ops: Ops,
+    pub(super) sparkplug: Sparkplug,
+}
 
 pub(super) async fn watch_configuration(
     broker: Broker,
     security: Arc<Security>,
     tls: Option<Arc<ServerTls>>,
     connections: Arc<Connections>,
+    requests: Requests,
     mut stop: StopToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -42,6 +52,9 @@ pub(super) async fn watch_configuration(
                 false
             }
         };
+        if let Err(e) = requests.ops.serve_sparkplug_requests(&requests.sparkplug).await {
+            tracing::warn!("serving the command line's requests: {e}");
+        }
         // Whichever process deleted them (this one reloads at once, without a version change to notice).
         for user in security.take_removed_users() {
             tracing::info!(user, "user deleted: closing its connections");

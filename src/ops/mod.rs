@@ -14,7 +14,8 @@
 //! - [`audit`]: the audit log.
 //! - [`import`]: users and rules from Mosquitto's files.
 //! - [`backup`]: one encrypted file with the configuration, the CA and optionally the journal; restore.
-//! - [`sparkplug`]: a rebirth request to a Sparkplug B edge node (inside the gateway only).
+//! - [`sparkplug`]: a rebirth request to a Sparkplug B edge node (the console; the command line through a request
+//!   the running gateway takes from `config.sqlite`).
 
 pub mod audit;
 pub mod backup;
@@ -56,6 +57,10 @@ pub enum OpsError {
     NoData { what: &'static str, dir: PathBuf },
     #[error(transparent)]
     Export(#[from] store::export::ExportError),
+    /// The running gateway did not answer a request in time (or is not running); the text says what became of
+    /// the request.
+    #[error("{0}")]
+    Unanswered(String),
 }
 
 /// Who performs an operation, as the audit log names them: `cli:<login>`, `console:<user>`.

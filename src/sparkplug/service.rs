@@ -42,6 +42,9 @@ const RESTORE_DATA_LIMIT: usize = 50_000;
 pub enum SparkplugError {
     #[error("{0:?} is not a valid Sparkplug identifier")]
     InvalidId(String),
+    /// No birth or data of this edge node has been seen (since the journal's oldest birth).
+    #[error("edge node {group}/{node} is unknown to the gateway (no birth or data seen from it)")]
+    UnknownNode { group: String, node: String },
     /// The rate limit: the node was asked less than [`REBIRTH_INTERVAL`] ago.
     #[error("a rebirth was requested from {group}/{node} {ago} s ago; wait {wait} s")]
     TooSoon { group: String, node: String, ago: u64, wait: u64 },
@@ -145,8 +148,8 @@ impl Sparkplug {
         self.inner.link.dropped()
     }
 
-    /// Sends the `Node Control/Rebirth` NCMD to an edge node, at most once per [`REBIRTH_INTERVAL`] per node,
-    /// and writes it to the audit log (`config` is the configuration database) as `actor`'s action. Never sent
+    /// Sends the `Node Control/Rebirth` NCMD to an edge node the gateway knows, at most once per
+    /// [`REBIRTH_INTERVAL`] per node, and writes it to the audit log (`config` is the configuration database) as `actor`'s action. Never sent
     /// by the gateway on its own.
     pub async fn rebirth(
         &self,
@@ -159,6 +162,13 @@ impl Sparkplug {
             if !topic::valid_identifier(id) {
                 return Err(SparkplugError::InvalidId(id.to_owned()));
             }
+        }
+        let known = {
+            let tracker = self.inner.tracker.lock().unwrap_or_else(PoisonError::into_inner);
+            tracker.groups.get(group).is_some_and(|nodes| nodes.contains_key(node))
+        };
+        if !known {
+            return Err(SparkplugError::UnknownNode { group: group.to_owned(), node: node.to_owned() });
         }
         {
             let now = Instant::now();

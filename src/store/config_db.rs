@@ -1,4 +1,6 @@
-//! The SQL of `config.sqlite`: users, access rules, certificates, the configuration version and the audit log.
+//! The SQL of `config.sqlite`: users, access rules, certificates, the configuration version and the audit log;
+//! also the requests of the command line to the running gateway (`sparkplug_requests`: not configuration, so
+//! without a version bump; the gateway audits what it executes).
 //!
 //! Every change is one transaction that makes the change, writes its audit entry and bumps `config_version`, so
 //! a change is never applied without its audit entry, and every process watching the version (the running
@@ -532,4 +534,145 @@ pub async fn use_token(pool: &SqlitePool, sha256: &str) -> Result<Option<String>
         .bind(sha256)
         .fetch_optional(pool)
         .await?)
+}
+
+/// A request of the command line to the running gateway (`sparkplug_requests`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SparkplugRequestRow {
+    pub id: i64,
+    /// `rebirth`.
+    pub action: String,
+    pub group: String,
+    pub node: String,
+    pub actor: String,
+    /// `pending`, `taken`, `done`, `refused` or `expired`.
+    pub state: String,
+    /// What was done, or why not.
+    pub result: Option<String>,
+}
+
+/// How long answered and expired requests are kept.
+const REQUESTS_KEPT_MS: i64 = 24 * 3600 * 1000;
+
+/// Records a request for the running gateway, executable until `expires` (unix ms); returns its id. Requests
+/// answered more than a day ago are deleted.
+pub async fn insert_sparkplug_request(
+    pool: &SqlitePool,
+    action: &str,
+    group: &str,
+    node: &str,
+    actor: &str,
+    expires: i64,
+) -> Result<i64, StoreError> {
+    let now = now_ms();
+    let mut tx = pool.begin().await?;
+    sqlx::query("DELETE FROM sparkplug_requests WHERE state <> 'pending' AND created < ?")
+        .bind(now - REQUESTS_KEPT_MS)
+        .execute(&mut *tx)
+        .await?;
+    let id = sqlx::query(
+        "INSERT INTO sparkplug_requests (action, group_id, node_id, actor, created, expires) VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(action)
+    .bind(group)
+    .bind(node)
+    .bind(actor)
+    .bind(now)
+    .bind(expires)
+    .execute(&mut *tx)
+    .await?
+    .last_insert_rowid();
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// Takes the pending requests for execution: each is returned by one call only (pending -> taken in one
+/// statement), so it is never executed twice, even by two processes. Those past their expiry are marked expired
+/// instead. Reads only, when nothing is pending (the gateway asks every second).
+pub async fn take_sparkplug_requests(pool: &SqlitePool) -> Result<Vec<SparkplugRequestRow>, StoreError> {
+    let pending: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM sparkplug_requests WHERE state = 'pending')")
+            .fetch_one(pool)
+            .await?;
+    if !pending {
+        return Ok(Vec::new());
+    }
+    let now = now_ms();
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "UPDATE sparkplug_requests SET state = 'expired', answered = ?, \
+         result = 'not executed: the request expired' WHERE state = 'pending' AND expires <= ?",
+    )
+    .bind(now)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    let rows = sqlx::query(
+        "UPDATE sparkplug_requests SET state = 'taken' WHERE state = 'pending' \
+         RETURNING id, action, group_id, node_id, actor, state, result",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let mut taken = rows.iter().map(request_row).collect::<Result<Vec<_>, sqlx::Error>>()?;
+    taken.sort_by_key(|r| r.id);
+    Ok(taken)
+}
+
+/// Answers a taken request: `done` or `refused`, with the text the command line prints.
+pub async fn answer_sparkplug_request(
+    pool: &SqlitePool,
+    id: i64,
+    done: bool,
+    result: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE sparkplug_requests SET state = ?, answered = ?, result = ? WHERE id = ? AND state = 'taken'",
+    )
+    .bind(if done { "done" } else { "refused" })
+    .bind(now_ms())
+    .bind(result)
+    .bind(id)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Withdraws a request nobody has taken (its requester stopped waiting); false if it was taken meanwhile.
+pub async fn withdraw_sparkplug_request(pool: &SqlitePool, id: i64) -> Result<bool, StoreError> {
+    let changed = sqlx::query(
+        "UPDATE sparkplug_requests SET state = 'expired', answered = ?, \
+         result = 'not executed: withdrawn by its requester' WHERE id = ? AND state = 'pending'",
+    )
+    .bind(now_ms())
+    .bind(id)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(changed == 1)
+}
+
+pub async fn sparkplug_request(
+    pool: &SqlitePool,
+    id: i64,
+) -> Result<Option<SparkplugRequestRow>, StoreError> {
+    let row = sqlx::query(
+        "SELECT id, action, group_id, node_id, actor, state, result FROM sparkplug_requests WHERE id = ?",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.as_ref().map(request_row).transpose()?)
+}
+
+fn request_row(row: &sqlx::sqlite::SqliteRow) -> Result<SparkplugRequestRow, sqlx::Error> {
+    Ok(SparkplugRequestRow {
+        id: row.try_get("id")?,
+        action: row.try_get("action")?,
+        group: row.try_get("group_id")?,
+        node: row.try_get("node_id")?,
+        actor: row.try_get("actor")?,
+        state: row.try_get("state")?,
+        result: row.try_get("result")?,
+    })
 }

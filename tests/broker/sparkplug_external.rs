@@ -234,3 +234,61 @@ async fn the_last_metric_values_survive_kill_9() {
     drop(edge);
     gateway.shutdown().await;
 }
+
+/// `weir sparkplug rebirth ...` as another process on the gateway's data directory.
+async fn weir_sparkplug(data: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["sparkplug", "rebirth"])
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .stdin(Stdio::null())
+        .output();
+    let out = tokio::time::timeout(WAIT * 2, out).await.unwrap().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// The command line reaches the running gateway through config.sqlite: the pysparkplug edge node receives the
+/// rebirth; a second request within the rate limit, an unknown node, a bad identifier and an unconfirmed
+/// request are refused with a clear message, and only the one sent is in the audit log.
+#[tokio::test]
+async fn weir_sparkplug_rebirth_from_the_command_line_reaches_the_edge_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gateway, port) = gateway_in(&dir).await;
+    let mut edge = Scenario::start(port, &["edge", "--commands", "1", "--wait", "30"]);
+    edge.expect("ready").await;
+    eventually("the gateway knows the edge node", || async {
+        gateway.sparkplug().snapshot().groups.get("Plant").is_some_and(|g| g.contains_key("Edge1"))
+    })
+    .await;
+
+    let (ok, err) = weir_sparkplug(dir.path(), &["Plant", "Edge1"]).await;
+    assert!(!ok && err.contains("not confirmed: pass --yes"), "{err}");
+    let (ok, err) = weir_sparkplug(dir.path(), &["Plant", "Edge1", "--yes"]).await;
+    assert!(ok, "{err}");
+    assert!(err.contains("rebirth requested from Plant/Edge1"), "{err}");
+    let ncmd = edge.expect("ncmd").await;
+    assert_eq!(ncmd["topic"], "spBv1.0/Plant/NCMD/Edge1");
+    assert_eq!(ncmd["metrics"], json!({"Node Control/Rebirth": true}));
+
+    let (ok, err) = weir_sparkplug(dir.path(), &["Plant", "Edge1", "--yes"]).await;
+    assert!(!ok && err.contains("a rebirth was requested from Plant/Edge1") && err.contains("wait"), "{err}");
+    let (ok, err) = weir_sparkplug(dir.path(), &["Plant", "Nobody", "--yes"]).await;
+    assert!(!ok && err.contains("edge node Plant/Nobody is unknown to the gateway"), "{err}");
+    let (ok, err) = weir_sparkplug(dir.path(), &["Plant", "Edge/1", "--yes"]).await;
+    assert!(!ok && err.contains("not a valid Sparkplug identifier"), "{err}");
+
+    let audit = weir::store::audit_entries(gateway.security().pool(), 50).await.unwrap();
+    let rebirths: Vec<_> = audit.iter().filter(|e| e.action == "sparkplug.rebirth").collect();
+    assert_eq!(rebirths.len(), 1, "{audit:?}");
+    assert!(rebirths[0].actor.starts_with("cli:") && rebirths[0].detail == "Plant/Edge1", "{audit:?}");
+    edge.all().await;
+    gateway.shutdown().await;
+
+    // No gateway running: no answer, within the bound, and the request is withdrawn.
+    let (ok, err) = weir_sparkplug(dir.path(), &["Plant", "Edge1", "--yes", "--timeout", "1"]).await;
+    assert!(
+        !ok && err.contains("no answer from the gateway within 1 s") && err.contains("withdrawn"),
+        "{err}"
+    );
+}
