@@ -34,7 +34,7 @@ const RESTORE_LIMIT: usize = 10_000;
 /// Data messages read back after one birth at start-up, at most (newest first, until every metric of the birth
 /// has a value).
 const RESTORE_DATA_PER_BIRTH: usize = 1_000;
-/// Data messages read back at start-up in all, at most.
+/// Data messages read back at start-up in all, at most: shared between the births (at least one each).
 const RESTORE_DATA_LIMIT: usize = 50_000;
 
 #[derive(Debug, thiserror::Error)]
@@ -268,8 +268,8 @@ struct Replay {
 }
 
 /// Reads back the newest birth per topic from the journal (the retained certificates) and, after each, the
-/// newest NDATA/DDATA (bounded: until every metric of the birth has a value, or [`RESTORE_DATA_PER_BIRTH`]
-/// messages) and the last death, and applies them all in journal order: the state after a restart has the last
+/// newest NDATA/DDATA (bounded: until every metric of the birth has a value, or its share of
+/// [`RESTORE_DATA_LIMIT`], at most [`RESTORE_DATA_PER_BIRTH`] messages) and the last death, and applies them all in journal order: the state after a restart has the last
 /// values, aliases resolved. Sequence numbers start afresh: what came between is not known.
 async fn restore(pool: &SqlitePool, tracker: &mut Tracker) -> Result<Restored, StoreError> {
     let mut q = HistoryQuery::new(&format!("{}/{}/#", topic::CERTIFICATES, topic::NAMESPACE));
@@ -290,6 +290,8 @@ async fn restore(pool: &SqlitePool, tracker: &mut Tracker) -> Result<Restored, S
     let mut births: Vec<_> = births.into_values().collect();
     births.sort_by_key(|m| m.id);
     let mut restored = Restored { births: births.len(), data: 0 };
+    // Each birth gets its share of the overall bound, so that none is left without its values.
+    let per_birth = RESTORE_DATA_PER_BIRTH.min(RESTORE_DATA_LIMIT / births.len().max(1)).max(1);
     let mut replay = Vec::new();
     for birth in births {
         let Some(edge_topic) =
@@ -319,8 +321,7 @@ async fn restore(pool: &SqlitePool, tracker: &mut Tracker) -> Result<Restored, S
         {
             replay.push(Replay { id: death.id, topic: death.topic, payload: death.payload, ts: death.ts });
         }
-        let budget = RESTORE_DATA_PER_BIRTH.min(RESTORE_DATA_LIMIT.saturating_sub(restored.data));
-        let data = latest_data(pool, &sibling(data_type), start, &payload, budget).await?;
+        let data = latest_data(pool, &sibling(data_type), start, &payload, per_birth).await?;
         restored.data += data.len();
         replay.extend(data);
         replay.push(Replay { id: start, topic: edge_topic.to_owned(), payload: birth.payload, ts: birth.ts });
@@ -356,12 +357,13 @@ async fn latest_data(
         .filter(|n| *n != "bdSeq" && !n.starts_with("Node Control/") && !n.starts_with("Device Control/"))
         .collect();
     let mut q = HistoryQuery::new(data_topic);
-    (q.order, q.limit) = (Order::NewestFirst, 100.min(budget));
+    // A small first page: a node that reports every metric each time needs one message.
+    (q.order, q.limit) = (Order::NewestFirst, 8.min(budget));
     let mut out = Vec::new();
     while !missing.is_empty() && out.len() < budget {
         let page = history::query(pool, &q).await?;
         for m in page.messages {
-            if m.id <= after || out.len() >= budget {
+            if m.id <= after || out.len() >= budget || missing.is_empty() {
                 return Ok(out);
             }
             if let Ok(data) = payload::decode_payload(&m.payload) {
@@ -374,9 +376,94 @@ async fn latest_data(
             out.push(Replay { id: m.id, topic: m.topic, payload: m.payload, ts: m.ts });
         }
         match page.next {
-            Some(next) => q.after = Some(next),
+            Some(next) => (q.after, q.limit) = (Some(next), 100.min(budget.saturating_sub(out.len()))),
             None => break,
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::*;
+    use crate::sparkplug::Value;
+    use crate::sparkplug::payload::tests::spec_nbirth;
+    use crate::sparkplug::proto::{Metric, MetricValue, Payload};
+    use crate::store::JournalConfig;
+
+    fn data(seq: u64, metrics: Vec<Metric>) -> Vec<u8> {
+        Payload { timestamp: Some(10), seq: Some(seq), metrics, ..Payload::default() }.encode_to_vec()
+    }
+
+    fn by_alias(alias: u64, value: MetricValue) -> Metric {
+        Metric { alias: Some(alias), value: Some(value), ..Metric::default() }
+    }
+
+    /// The births, the data after them (the newest, as far as needed), and the deaths after them, in journal
+    /// order; nothing from before a birth.
+    #[tokio::test]
+    async fn restore_reads_the_last_values_after_each_birth_as_far_as_needed() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path(), JournalConfig::default()).await.unwrap();
+        let append = |topic: &str, bytes: Vec<u8>| {
+            let message = Arc::new(Message::new(topic, bytes, QoS::AtLeastOnce, false));
+            journal.append_nowait(&message);
+        };
+        let cert = |topic: &str| format!("{}/{topic}", topic::CERTIFICATES);
+        let birth = spec_nbirth().encode_to_vec();
+        // Node B: data from before its birth (never applied), then only Supply Voltage, then its death.
+        append("spBv1.0/G/NDATA/B", data(9, vec![by_alias(1, MetricValue::FloatValue(99.0))]));
+        append("spBv1.0/G/NBIRTH/B", birth.clone());
+        append(&cert("spBv1.0/G/NBIRTH/B"), birth.clone());
+        append("spBv1.0/G/NDATA/B", data(1, vec![by_alias(1, MetricValue::FloatValue(1.0))]));
+        append("spBv1.0/G/NDEATH/B", Payload::default().encode_to_vec());
+        // Node A: data between its birth and the birth's certificate, then every metric, newest last; a device.
+        append("spBv1.0/G/NBIRTH/A", birth.clone());
+        append("spBv1.0/G/NDATA/A", data(1, vec![by_alias(1, MetricValue::FloatValue(13.0))]));
+        append(&cert("spBv1.0/G/NBIRTH/A"), birth.clone());
+        append("spBv1.0/G/NDATA/A", data(2, vec![by_alias(2, MetricValue::IntValue(5))]));
+        append("spBv1.0/G/NDATA/A", data(3, vec![by_alias(1, MetricValue::FloatValue(14.5))]));
+        append("spBv1.0/G/NDATA/A", data(4, vec![by_alias(3, MetricValue::StringValue("x".into()))]));
+        let dbirth = spec_nbirth().encode_to_vec();
+        append("spBv1.0/G/DBIRTH/A/Pump", dbirth.clone());
+        append(&cert("spBv1.0/G/DBIRTH/A/Pump"), dbirth);
+        append("spBv1.0/G/DDATA/A/Pump", data(6, vec![by_alias(1, MetricValue::FloatValue(3.0))]));
+        append("spBv1.0/G/DDEATH/A/Pump", data(7, vec![]));
+        journal.flush().await;
+
+        let mut tracker = Tracker::default();
+        let restored = restore(journal.pool(), &mut tracker).await.unwrap();
+        // A: the three newest messages name every metric (the one before them is not read); B: one; Pump: one.
+        assert_eq!(restored, Restored { births: 3, data: 5 });
+        let value = |node: &str, device: Option<&str>, name: &str| {
+            let n = &tracker.groups["G"][node];
+            let metrics = match device {
+                None => &n.metrics,
+                Some(d) => &n.devices[d].metrics,
+            };
+            (metrics[name].value.clone(), metrics[name].stale)
+        };
+        assert_eq!(value("A", None, "Supply Voltage"), (Value::Float(14.5), false));
+        assert_eq!(value("A", None, "Temperature"), (Value::Int(5), false));
+        assert_eq!(value("A", None, "Label"), (Value::String("x".into()), false));
+        assert_eq!(value("A", Some("Pump"), "Supply Voltage"), (Value::Float(3.0), true), "stale: DDEATH");
+        assert!(tracker.groups["G"]["A"].online && !tracker.groups["G"]["A"].devices["Pump"].online);
+        assert_eq!(
+            value("B", None, "Supply Voltage"),
+            (Value::Float(1.0), true),
+            "not the 99 before the birth"
+        );
+        assert_eq!(value("B", None, "Temperature"), (Value::Int(-10), true), "the birth's");
+        assert!(!tracker.groups["G"]["B"].online);
+        assert!(
+            tracker.groups["G"].values().all(|n| n.last_seq.is_none() && n.gaps == 0 && n.unresolved == 0)
+        );
+
+        // The bound holds whatever is missing.
+        let all = latest_data(journal.pool(), "spBv1.0/G/NDATA/A", 0, &spec_nbirth(), 2).await.unwrap();
+        assert_eq!(all.len(), 2);
+        journal.close().await;
+    }
 }
