@@ -147,6 +147,7 @@ enum SparkplugCommand {
     /// within a second: at most once per node every 10 s, only to a node it knows, written to the audit log.
     /// Asks for confirmation unless --yes.
     Rebirth {
+        /// The Sparkplug group id.
         group: String,
         /// The edge node id.
         node: String,
@@ -154,7 +155,7 @@ enum SparkplugCommand {
         #[arg(long)]
         yes: bool,
         /// Seconds to wait for the gateway's answer; the request is withdrawn after them.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, value_name = "SECS", default_value_t = 10)]
         timeout: u64,
     },
 }

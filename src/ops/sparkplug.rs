@@ -61,25 +61,21 @@ impl Ops {
             tokio::time::sleep(ANSWER_POLL).await;
         }
         let withdrawn = config_db::withdraw_sparkplug_request(pool, id).await?;
-        // Answered between the last look and the withdrawal?
-        if let Some(r) = config_db::sparkplug_request(pool, id).await? {
-            match r.state.as_str() {
-                "done" => return Ok(r.result.unwrap_or_default()),
-                "refused" => return Err(OpsError::Invalid(r.result.unwrap_or_default())),
-                _ => {}
-            }
-        }
+        let state = config_db::sparkplug_request(pool, id).await?;
         let secs = timeout.as_secs_f64();
-        Err(OpsError::Unanswered(if withdrawn {
-            format!(
+        Err(OpsError::Unanswered(match state.as_ref().map(|r| (r.state.as_str(), r.result.clone())) {
+            // Answered between the last look and the withdrawal.
+            Some(("done", result)) => return Ok(result.unwrap_or_default()),
+            Some(("refused", result)) => return Err(OpsError::Invalid(result.unwrap_or_default())),
+            Some(("taken", _)) => format!(
+                "the gateway took the request but did not answer within {secs} s; see `weir audit` and its log"
+            ),
+            _ if withdrawn => format!(
                 "no answer from the gateway within {secs} s (is it running on {}?); the request is withdrawn \
                  and will not be sent",
                 self.data_dir().display()
-            )
-        } else {
-            format!(
-                "the gateway took the request but did not answer within {secs} s; see `weir audit` and its log"
-            )
+            ),
+            _ => "the request expired before the gateway took it; nothing was sent".to_owned(),
         }))
     }
 

@@ -149,8 +149,8 @@ impl Sparkplug {
     }
 
     /// Sends the `Node Control/Rebirth` NCMD to an edge node the gateway knows, at most once per
-    /// [`REBIRTH_INTERVAL`] per node, and writes it to the audit log (`config` is the configuration database) as `actor`'s action. Never sent
-    /// by the gateway on its own.
+    /// [`REBIRTH_INTERVAL`] per node, and writes it to the audit log (`config` is the configuration database) as
+    /// `actor`'s action. Never sent by the gateway on its own.
     pub async fn rebirth(
         &self,
         group: &str,
@@ -269,8 +269,9 @@ struct Replay {
 
 /// Reads back the newest birth per topic from the journal (the retained certificates) and, after each, the
 /// newest NDATA/DDATA (bounded: until every metric of the birth has a value, or its share of
-/// [`RESTORE_DATA_LIMIT`], at most [`RESTORE_DATA_PER_BIRTH`] messages) and the last death, and applies them all in journal order: the state after a restart has the last
-/// values, aliases resolved. Sequence numbers start afresh: what came between is not known.
+/// [`RESTORE_DATA_LIMIT`], at most [`RESTORE_DATA_PER_BIRTH`] messages) and the last death, and applies them all
+/// in journal order: the state after a restart has the last values, aliases resolved. Sequence numbers start
+/// afresh: what came between is not known.
 async fn restore(pool: &SqlitePool, tracker: &mut Tracker) -> Result<Restored, StoreError> {
     let mut q = HistoryQuery::new(&format!("{}/{}/#", topic::CERTIFICATES, topic::NAMESPACE));
     (q.order, q.limit) = (Order::NewestFirst, 500);
