@@ -282,7 +282,13 @@ enum CertCommand {
     /// Show one certificate (by name or serial), with its PEM.
     Show { name: String },
     /// Revoke a certificate (by name or serial): refused at the next handshake, live connections closed.
-    Revoke { name: String },
+    Revoke {
+        name: String,
+        /// Why, as the CRL will say: unspecified, key-compromise, affiliation-changed, superseded,
+        /// cessation-of-operation or privilege-withdrawn.
+        #[arg(long, default_value = "unspecified")]
+        reason: String,
+    },
     /// Write a certificate (by name or serial) with the CA chain as a PEM bundle (Weir never keeps keys).
     Export {
         name: String,
@@ -676,7 +682,11 @@ async fn cert(command: CertCommand, ops: &Ops) -> anyhow::Result<()> {
         }
         CertCommand::List => {
             for c in ops.list_certs().await? {
-                let state = if c.revoked_at.is_some() { "revoked" } else { "valid" };
+                let state = match (&c.revoked_at, &c.revocation_reason) {
+                    (Some(_), Some(reason)) => format!("revoked ({reason})"),
+                    (Some(_), None) => "revoked".to_owned(),
+                    (None, _) => "valid".to_owned(),
+                };
                 println!("{}\t{}\t{}\t{}", c.serial, c.common_name, timefmt::format(c.not_after), state);
             }
         }
@@ -689,9 +699,10 @@ async fn cert(command: CertCommand, ops: &Ops) -> anyhow::Result<()> {
             let bundle = ops.export_cert(&name).await?;
             write_or_print(out.as_deref(), &bundle)?;
         }
-        CertCommand::Revoke { name } => {
-            let c = ops.revoke_cert(&name, &actor).await?;
-            eprintln!("weir: revoked {} (serial {})", c.common_name, c.serial);
+        CertCommand::Revoke { name, reason } => {
+            let reason = ops::certs::parse_reason(&reason)?;
+            let c = ops.revoke_cert(&name, reason, &actor).await?;
+            eprintln!("weir: revoked {} (serial {}): {}", c.common_name, c.serial, reason.as_str());
         }
     }
     Ok(())

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use super::{Actor, Ops, OpsError};
 use crate::files::{self, PRIVATE_FILE};
-use crate::pki::{self, CertificateAuthority, KeyType, OnExisting};
+use crate::pki::{self, CertificateAuthority, KeyType, OnExisting, RevocationReason};
 use crate::security::CertRecord;
 use crate::security::server::SERVER_CERT_FILE;
 use crate::store;
@@ -48,6 +48,11 @@ pub fn parse_key_type(text: &str) -> Result<KeyType, OpsError> {
         "ed25519" => Ok(KeyType::Ed25519),
         other => Err(OpsError::Invalid(format!("key type {other:?}: use p256, p384 or ed25519"))),
     }
+}
+
+/// The revocation reason named `text` (`key-compromise`, `superseded`, ...).
+pub fn parse_reason(text: &str) -> Result<RevocationReason, OpsError> {
+    RevocationReason::parse(text).map_err(|e| OpsError::Invalid(e.to_string()))
 }
 
 /// Writes `files` into `dir`, creating it (mode 0700) if it does not exist; each file is written atomically,
@@ -122,8 +127,13 @@ impl Ops {
     }
 
     /// Revokes a certificate: refused at the next handshake, live connections closed by a running gateway.
-    pub async fn revoke_cert(&self, name_or_serial: &str, actor: &Actor) -> Result<CertRecord, OpsError> {
-        Ok(self.security.certificates().revoke(name_or_serial, actor.as_str()).await?)
+    pub async fn revoke_cert(
+        &self,
+        name_or_serial: &str,
+        reason: RevocationReason,
+        actor: &Actor,
+    ) -> Result<CertRecord, OpsError> {
+        Ok(self.security.certificates().revoke(name_or_serial, reason, actor.as_str()).await?)
     }
 
     /// The CA certificate (PEM), for devices' trust stores; created if there is none yet.

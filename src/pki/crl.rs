@@ -36,6 +36,37 @@ pub enum RevocationReason {
 }
 
 impl RevocationReason {
+    /// Every reason, in the order a form offers them.
+    pub const ALL: [RevocationReason; 6] = [
+        Self::Unspecified,
+        Self::KeyCompromise,
+        Self::AffiliationChanged,
+        Self::Superseded,
+        Self::CessationOfOperation,
+        Self::PrivilegeWithdrawn,
+    ];
+
+    /// The name used on the command line, in the console and in config.sqlite (RFC 5280's, in kebab case).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unspecified => "unspecified",
+            Self::KeyCompromise => "key-compromise",
+            Self::AffiliationChanged => "affiliation-changed",
+            Self::Superseded => "superseded",
+            Self::CessationOfOperation => "cessation-of-operation",
+            Self::PrivilegeWithdrawn => "privilege-withdrawn",
+        }
+    }
+
+    /// The reason named `name` (see [`RevocationReason::as_str`]).
+    pub fn parse(name: &str) -> Result<RevocationReason, PkiError> {
+        Self::ALL.into_iter().find(|r| r.as_str() == name).ok_or_else(|| PkiError::InvalidName {
+            kind: "revocation reason",
+            value: name.to_owned(),
+            reason: "use unspecified, key-compromise, affiliation-changed, superseded, cessation-of-operation or privilege-withdrawn",
+        })
+    }
+
     fn to_rcgen(self) -> rcgen::RevocationReason {
         match self {
             Self::Unspecified => rcgen::RevocationReason::Unspecified,

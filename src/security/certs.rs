@@ -128,11 +128,17 @@ impl Certificates {
 
     /// Revokes a certificate: the CRL changes, TLS listeners refuse it from their next handshake on, and the
     /// running gateway drops connections made with it (see `app`). Revoking twice is an error.
-    pub async fn revoke(&self, name_or_serial: &str, actor: &str) -> Result<CertRecord, CertError> {
+    pub async fn revoke(
+        &self,
+        name_or_serial: &str,
+        reason: RevocationReason,
+        actor: &str,
+    ) -> Result<CertRecord, CertError> {
         let record = self.find(name_or_serial).await?;
-        let detail = format!("{} serial {}", record.common_name, record.serial);
+        let detail = format!("{} serial {} reason {}", record.common_name, record.serial, reason.as_str());
         let audited = Audited { actor, action: "cert.revoke", detail: &detail };
-        if record.revoked_at.is_some() || !config_db::revoke_cert(&self.pool, &record.serial, audited).await?
+        if record.revoked_at.is_some()
+            || !config_db::revoke_cert(&self.pool, &record.serial, reason.as_str(), audited).await?
         {
             return Err(CertError::AlreadyRevoked(record.serial));
         }
@@ -141,17 +147,22 @@ impl Certificates {
 
     /// Serials of revoked certificates.
     pub async fn revoked(&self) -> Result<Vec<String>, CertError> {
-        Ok(config_db::revocations(&self.pool).await?.into_iter().map(|(serial, _)| serial).collect())
+        Ok(config_db::revocations(&self.pool).await?.into_iter().map(|r| r.serial).collect())
     }
 
     /// A freshly signed CRL listing every revoked certificate.
     pub async fn crl_pem(&self) -> Result<String, CertError> {
         let mut entries = Vec::new();
-        for (serial, at) in config_db::revocations(&self.pool).await? {
+        for revocation in config_db::revocations(&self.pool).await? {
             entries.push(RevokedCert {
-                serial: Serial::from_hex(&serial)?,
-                revoked_at: UNIX_EPOCH + Duration::from_millis(u64::try_from(at).unwrap_or(0)),
-                reason: RevocationReason::Unspecified,
+                serial: Serial::from_hex(&revocation.serial)?,
+                revoked_at: UNIX_EPOCH + Duration::from_millis(u64::try_from(revocation.at).unwrap_or(0)),
+                // Revocations recorded before reasons were kept have none.
+                reason: revocation
+                    .reason
+                    .as_deref()
+                    .and_then(|name| RevocationReason::parse(name).ok())
+                    .unwrap_or_default(),
             });
         }
         let list = RevocationList::from_entries(entries)?;

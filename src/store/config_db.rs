@@ -52,6 +52,8 @@ pub struct CertRecord {
     #[serde(skip)]
     pub cert_pem: String,
     pub revoked_at: Option<i64>,
+    /// Why it was revoked (`pki::RevocationReason` by name); `None` while valid or when no reason was kept.
+    pub revocation_reason: Option<String>,
 }
 
 /// A certificate to record.
@@ -410,22 +412,46 @@ pub async fn certs_named(pool: &SqlitePool, canonical_name: &str) -> Result<Vec<
 }
 
 /// Marks a certificate revoked; false if it was already.
-pub async fn revoke_cert(pool: &SqlitePool, serial: &str, audited: Audited<'_>) -> Result<bool, StoreError> {
-    let statement =
-        sqlx::query("UPDATE certificates SET revoked_at = ? WHERE serial = ? AND revoked_at IS NULL")
-            .bind(now_ms())
-            .bind(serial);
+pub async fn revoke_cert(
+    pool: &SqlitePool,
+    serial: &str,
+    reason: &str,
+    audited: Audited<'_>,
+) -> Result<bool, StoreError> {
+    let statement = sqlx::query(
+        "UPDATE certificates SET revoked_at = ?, revocation_reason = ? WHERE serial = ? AND revoked_at IS NULL",
+    )
+    .bind(now_ms())
+    .bind(reason)
+    .bind(serial);
     change_one(pool, statement, audited).await
 }
 
-/// Revoked certificates: serial and when (unix ms).
-pub async fn revocations(pool: &SqlitePool) -> Result<Vec<(String, i64)>, StoreError> {
-    let rows = sqlx::query("SELECT serial, revoked_at FROM certificates WHERE revoked_at IS NOT NULL")
-        .fetch_all(pool)
-        .await?;
+/// A revoked certificate as the CRL lists it.
+#[derive(Debug, Clone)]
+pub struct Revocation {
+    pub serial: String,
+    /// Unix ms.
+    pub at: i64,
+    pub reason: Option<String>,
+}
+
+/// Revoked certificates.
+pub async fn revocations(pool: &SqlitePool) -> Result<Vec<Revocation>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT serial, revoked_at, revocation_reason FROM certificates WHERE revoked_at IS NOT NULL",
+    )
+    .fetch_all(pool)
+    .await?;
     Ok(rows
         .iter()
-        .map(|row| Ok((row.try_get("serial")?, row.try_get("revoked_at")?)))
+        .map(|row| {
+            Ok(Revocation {
+                serial: row.try_get("serial")?,
+                at: row.try_get("revoked_at")?,
+                reason: row.try_get("revocation_reason")?,
+            })
+        })
         .collect::<Result<_, sqlx::Error>>()?)
 }
 
@@ -440,6 +466,7 @@ fn cert_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<CertRecord, sqlx::Erro
         fingerprint: row.try_get("fingerprint")?,
         cert_pem: row.try_get("cert_pem")?,
         revoked_at: row.try_get("revoked_at")?,
+        revocation_reason: row.try_get("revocation_reason")?,
     })
 }
 

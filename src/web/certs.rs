@@ -9,8 +9,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 
 use super::session::Signed;
 use super::{AppState, Nav, WebError, render};
-use crate::ops::certs::{IssueRequest, OutputFile, parse_key_type};
-use crate::pki::CertInfo;
+use crate::ops::certs::{IssueRequest, OutputFile, parse_key_type, parse_reason};
+use crate::pki::{CertInfo, RevocationReason};
 use crate::security::server::SERVER_CERT_FILE;
 use crate::timefmt;
 
@@ -23,6 +23,8 @@ struct CertsPage {
     ca: CertSummary,
     server: Option<ServerSummary>,
     certs: Vec<CertRow>,
+    /// Revocation reasons, by name, for the revoke forms.
+    reasons: Vec<&'static str>,
 }
 
 struct CertSummary {
@@ -40,7 +42,7 @@ struct CertRow {
     name: String,
     serial: String,
     not_after: String,
-    status: &'static str,
+    status: String,
     live: bool,
 }
 
@@ -76,10 +78,11 @@ pub(super) async fn certs_get(
         .into_iter()
         .rev()
         .map(|c| {
-            let (status, live) = match c.revoked_at {
-                Some(_) => ("revoked", false),
-                None if c.not_after < now => ("expired", false),
-                None => ("valid", true),
+            let (status, live) = match (c.revoked_at, c.revocation_reason) {
+                (Some(_), Some(reason)) => (format!("revoked: {reason}"), false),
+                (Some(_), None) => ("revoked".to_owned(), false),
+                (None, _) if c.not_after < now => ("expired".to_owned(), false),
+                (None, _) => ("valid".to_owned(), true),
             };
             CertRow {
                 name: c.common_name,
@@ -97,6 +100,7 @@ pub(super) async fn certs_get(
         ca,
         server,
         certs,
+        reasons: RevocationReason::ALL.iter().map(|r| r.as_str()).collect(),
     };
     Ok(render(&page))
 }
@@ -172,6 +176,7 @@ pub(super) async fn sign_post(
 #[derive(Debug, serde::Deserialize)]
 pub(super) struct Revoke {
     serial: String,
+    reason: String,
 }
 
 pub(super) async fn revoke_post(
@@ -181,7 +186,8 @@ pub(super) async fn revoke_post(
 ) -> Response {
     let result = async {
         signed.require_admin()?;
-        let record = state.ops().revoke_cert(&form.serial, &signed.actor()).await?;
+        let reason = parse_reason(&form.reason)?;
+        let record = state.ops().revoke_cert(&form.serial, reason, &signed.actor()).await?;
         Ok::<_, WebError>(record)
     }
     .await;

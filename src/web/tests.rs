@@ -419,12 +419,28 @@ async fn certificates_are_issued_as_downloads_listed_and_revoked() {
     let page = c.get("/certs", Some(&cookie)).await;
     assert!(page.body.contains("press-7") && page.body.contains("press-8"));
     let serial = c.ops().find_cert("press-7").await.unwrap().serial;
-    let revoked =
-        c.post("/certs/revoke", &encode(&[("csrf", &csrf), ("serial", &serial)]), Some(&cookie)).await;
+    assert!(page.body.contains(r#"<option value="key-compromise">"#), "the revoke form offers the reasons");
+    let unknown = encode(&[("csrf", &csrf), ("serial", &serial), ("reason", "because")]);
+    let refused = c.post("/certs/revoke", &unknown, Some(&cookie)).await;
+    assert!(refused.location().starts_with("/certs?error="), "an unknown reason is refused");
+    assert!(c.ops().find_cert("press-7").await.unwrap().revoked_at.is_none(), "and nothing is revoked");
+    let revoke = encode(&[("csrf", &csrf), ("serial", &serial), ("reason", "key-compromise")]);
+    let revoked = c.post("/certs/revoke", &revoke, Some(&cookie)).await;
     assert!(revoked.location().starts_with("/certs?notice="));
-    assert!(c.ops().find_cert("press-7").await.unwrap().revoked_at.is_some());
+    let record = c.ops().find_cert("press-7").await.unwrap();
+    assert!(record.revoked_at.is_some());
+    assert_eq!(record.revocation_reason.as_deref(), Some("key-compromise"));
+    assert!(c.get("/certs", Some(&cookie)).await.body.contains("revoked: key-compromise"));
     let crl = c.get("/certs/crl.pem", Some(&cookie)).await;
     assert!(crl.body.contains("BEGIN X509 CRL"));
+    // The CRL gives the reason (RFC 5280 reasonCode 1, keyCompromise) for that serial.
+    let (_, pem) = x509_parser::pem::parse_x509_pem(crl.body.as_bytes()).unwrap();
+    let (_, list) = x509_parser::parse_x509_crl(&pem.contents).unwrap();
+    let entry = list
+        .iter_revoked_certificates()
+        .find(|e| e.raw_serial_as_string().replace(':', "").eq_ignore_ascii_case(&serial))
+        .expect("the revoked serial is listed");
+    assert_eq!(entry.reason_code().map(|(_, code)| code.0), Some(1));
     let ca = c.get("/ca.crt", None).await;
     assert_eq!(ca.status, StatusCode::OK, "the CA certificate is public (offered on the sign-in page)");
     assert!(ca.body.contains("BEGIN CERTIFICATE"));

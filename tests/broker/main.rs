@@ -15,6 +15,7 @@ mod external;
 #[cfg(feature = "kafka")]
 mod kafka;
 mod link;
+mod ordering;
 mod presence;
 #[cfg(feature = "kafka")]
 mod proxy;

@@ -294,7 +294,11 @@ async fn weir_cert_issues_exports_and_revokes_and_revocation_closes_live_connect
     };
     assert_eq!(state(&tokio::time::timeout(WAIT, link.recv()).await.unwrap().unwrap()), "online");
     // ... is disconnected as soon as the certificate is revoked (by another process), and cannot come back.
-    let revoked = weir(&gw, &["cert", "revoke", "press-9"], "").await;
+    let unknown = weir(&gw, &["cert", "revoke", "press-9", "--reason", "lost"], "").await;
+    assert!(
+        !unknown.status.success() && String::from_utf8_lossy(&unknown.stderr).contains("revocation reason")
+    );
+    let revoked = weir(&gw, &["cert", "revoke", "press-9", "--reason", "cessation-of-operation"], "").await;
     assert!(revoked.status.success(), "{}", String::from_utf8_lossy(&revoked.stderr));
     let lost = tokio::time::timeout(WAIT, link.recv()).await.expect("the live connection is closed").unwrap();
     let lost: serde_json::Value = serde_json::from_slice(&lost.message.payload).unwrap();
@@ -307,7 +311,7 @@ async fn weir_cert_issues_exports_and_revokes_and_revocation_closes_live_connect
     let twice = weir(&gw, &["cert", "revoke", "press-9"], "").await;
     assert!(String::from_utf8_lossy(&twice.stderr).contains("already revoked"));
     let list = String::from_utf8(weir(&gw, &["cert", "list"], "").await.stdout).unwrap();
-    assert!(list.contains("press-9") && list.contains("revoked"), "{list}");
+    assert!(list.contains("press-9") && list.contains("revoked (cessation-of-operation)"), "{list}");
     gw.stop().await;
 }
 
