@@ -15,7 +15,6 @@ mod external;
 #[cfg(feature = "kafka")]
 mod kafka;
 mod link;
-mod ordering;
 mod presence;
 #[cfg(feature = "kafka")]
 mod proxy;

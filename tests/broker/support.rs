@@ -86,10 +86,6 @@ impl Raw {
         Raw { stream: Box::new(TcpStream::connect(addr).await.unwrap()) }
     }
 
-    pub fn from_stream(stream: TcpStream) -> Raw {
-        Raw { stream: Box::new(stream) }
-    }
-
     /// Over TLS (rustls as a client) to `localhost` at `addr`, trusting only `ca_pem` and presenting the
     /// client certificate and key given as PEM, if any.
     pub async fn connect_tls(addr: SocketAddr, ca_pem: &str, client: Option<(&str, &str)>) -> Raw {

@@ -7,7 +7,6 @@
 //! several of them. One task makes each of those decisions atomic without lock ordering rules, and the bounded
 //! channel in front of it gives publishers backpressure for free.
 
-mod arrival;
 mod control;
 mod link;
 mod message;
@@ -25,7 +24,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-pub use arrival::{Arrivals, ReadTicket};
 pub use control::{ControlReceiver, ControlSender, control_channel};
 pub use link::{Link, LinkError, LinkOptions};
 pub use message::{ClientId, Delivery, Message, MessageProperties};
@@ -111,7 +109,6 @@ struct Shared {
     metrics: Metrics,
     started: Instant,
     next_connection: AtomicU64,
-    arrivals: Arc<Arrivals>,
     /// The configured birth and death messages, replaced whole when the configuration changes; the router clones
     /// the `Arc` (never held across `.await`).
     presence_rules: std::sync::RwLock<Arc<Vec<PresenceRule>>>,
@@ -427,7 +424,6 @@ impl Broker {
             metrics: Metrics::default(),
             started: Instant::now(),
             next_connection: AtomicU64::new(1),
-            arrivals: Arc::new(Arrivals::default()),
             presence_rules: std::sync::RwLock::new(Arc::new(Vec::new())),
         });
         let task = tokio::spawn(router::Router::new(receiver, shared.clone(), restored).run(stop));
@@ -448,11 +444,6 @@ impl Broker {
 
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
-    }
-
-    /// The order in which connections' reads arrive (see [`arrival`]).
-    pub fn arrivals(&self) -> &Arc<Arrivals> {
-        &self.shared.arrivals
     }
 
     pub fn next_connection_id(&self) -> ConnectionId {
@@ -488,18 +479,7 @@ impl Broker {
     }
 
     pub async fn subscribe(&self, request: SubscribeRequest) -> Result<Vec<ReasonCode>, BrokerGone> {
-        self.send_subscribe(request).await?.await.map_err(|_| BrokerGone)
-    }
-
-    /// Queues a subscription for the router; what is returned receives its reason codes. Anything sent to the
-    /// router after this returns is handled after the subscription.
-    pub async fn send_subscribe(
-        &self,
-        request: SubscribeRequest,
-    ) -> Result<oneshot::Receiver<Vec<ReasonCode>>, BrokerGone> {
-        let (tx, rx) = oneshot::channel();
-        self.send(Command::Subscribe(request, tx)).await?;
-        Ok(rx)
+        self.request(|tx| Command::Subscribe(request, tx)).await
     }
 
     pub async fn unsubscribe(

@@ -70,11 +70,6 @@ const PINGRESP: u8 = 13;
 const DISCONNECT: u8 = 14;
 const AUTH: u8 = 15;
 
-/// Whether a buffer of encoded packets starts with a PUBLISH (by its first byte alone).
-pub fn starts_with_publish(buf: &[u8]) -> bool {
-    buf.first().is_some_and(|first| first >> 4 == PUBLISH)
-}
-
 /// Checks the packet type and its flags from the first byte alone, so that garbage is rejected before we wait
 /// for (or size-check) a body.
 fn check_fixed_header(first: u8, version: ProtocolVersion) -> Result<(), DecodeError> {

@@ -17,7 +17,7 @@ mod samples;
 pub mod topic;
 mod wire;
 
-pub use decode::{MAX_REMAINING_LENGTH, decode, starts_with_publish};
+pub use decode::{MAX_REMAINING_LENGTH, decode};
 pub use encode::encode;
 pub use error::{DecodeError, EncodeError};
 pub use packet::*;

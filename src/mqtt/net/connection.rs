@@ -20,7 +20,7 @@ use crate::auth::Identity;
 use crate::mqtt::broker::{
     AuthDecision, AuthRequest, Broker, BrokerConfig, ClientId, Completion, ConnectRequest, ConnectionId,
     Control, ControlReceiver, DisconnectNotice, DisconnectReason, InflightState, Message, MessageProperties,
-    Metrics, Outgoing, ReadTicket, Refusal, SessionQueue, SubscribeRequest, Will, control_channel,
+    Metrics, Outgoing, Refusal, SessionQueue, SubscribeRequest, Will, control_channel,
 };
 use crate::mqtt::codec::{
     self, AckProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect, DisconnectProperties,
@@ -410,8 +410,6 @@ struct Session<T> {
     /// The client's maximum packet size: larger messages are not sent to it.
     client_max_packet: usize,
     max_packet: usize,
-    /// This connection's place in the order in which reads arrive across connections.
-    arrival: ReadTicket,
     /// Topic aliases the client set up, on what it sends.
     aliases: HashMap<u16, Arc<str>>,
     /// Topic aliases we assign on what we send (v5 clients that allow them); boxed, as most clients have none.
@@ -465,7 +463,6 @@ impl<T: Transport> Session<T> {
             config.server_topic_aliases,
         )
         .map(Box::new);
-        let arrival = ReadTicket::new(broker.arrivals().clone());
         Session {
             transport,
             peer,
@@ -486,7 +483,6 @@ impl<T: Transport> Session<T> {
             problem_information: connect.properties.request_problem_information != Some(false),
             session_expiry,
             outgoing: Vec::new(),
-            arrival,
             username: attached.username.as_deref().map(Arc::from),
             pending: VecDeque::new(),
             held_qos1: 0,
@@ -520,7 +516,7 @@ impl<T: Transport> Session<T> {
                         return (reason, expiry);
                     }
                 }
-                read = self.arrival.read(self.transport.read(&mut self.inbuf)), if can_read => {
+                read = self.transport.read(&mut self.inbuf), if can_read => {
                     match read {
                         Ok(0) => return (DisconnectReason::Lost("connection closed by the client".into()), None),
                         Ok(n) => {
@@ -529,22 +525,10 @@ impl<T: Transport> Session<T> {
                         }
                         Err(e) => return (DisconnectReason::Lost(format!("read failed: {e}")), None),
                     }
-                    if codec::starts_with_publish(&self.inbuf) {
-                        // A SUBSCRIBE that arrived on another connection before this PUBLISH is applied first.
-                        // Publishes themselves hold no one up: the ticket goes back before they are handled.
-                        self.arrival.wait_for_earlier().await;
-                        self.arrival.done();
-                    } else {
-                        // A SUBSCRIBE read without waiting: later publishes wait for it all the same.
-                        self.arrival.place();
-                    }
                     // Boxed: handling a read's packets is the largest state of the connection's future (TCP: 2,176
                     // bytes with it inline, 1,144 boxed) and lives only while they are handled; inline, every idle
                     // connection would carry room for it (docs/BENCHMARKS.md, "Memory per connection").
-                    let flow = Box::pin(self.handle_input()).await;
-                    // What was read is with the router: later arrivals need not wait for this connection.
-                    self.arrival.done();
-                    if let Flow::End(reason, expiry) = flow {
+                    if let Flow::End(reason, expiry) = Box::pin(self.handle_input()).await {
                         // Write what is buffered (acknowledgements, a DISCONNECT) before closing.
                         let _ = self.flush().await;
                         return (reason, expiry);
@@ -851,17 +835,12 @@ impl<T: Transport> Session<T> {
         let granted = if request.filters.is_empty() {
             Vec::new()
         } else {
-            let answer = self.broker.send_subscribe(request).await;
-            // With the router: a PUBLISH that arrived after this SUBSCRIBE need not wait for its answer.
-            self.arrival.done();
-            let reasons = match answer {
-                Ok(answer) => answer.await.ok(),
-                Err(_) => None,
-            };
-            let Some(reasons) = reasons else {
-                return Flow::End(DisconnectReason::Lost("the broker is shutting down".into()), None);
-            };
-            reasons
+            match self.broker.subscribe(request).await {
+                Ok(reasons) => reasons,
+                Err(_) => {
+                    return Flow::End(DisconnectReason::Lost("the broker is shutting down".into()), None);
+                }
+            }
         };
         let mut reasons = vec![ReasonCode::NOT_AUTHORIZED; positions.len() + denied.len()];
         for (position, reason) in positions.into_iter().zip(granted) {

@@ -78,9 +78,7 @@ impl Transport for Tcp {
         loop {
             // Payloads decoded from the buffer share it: this frees it once they are gone too.
             *buf = BytesMut::new();
-            // Not `readable()`: its registration ends with the future, where this one stays with the socket while
-            // the connection does other work, so that the wake marks when data arrived (broker/arrival.rs).
-            std::future::poll_fn(|cx| self.0.poll_read_ready(cx)).await?;
+            self.0.readable().await?;
             reserve_for_read(buf);
             match self.0.try_read_buf(buf) {
                 Ok(n) => return Ok(n),
