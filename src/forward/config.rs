@@ -359,9 +359,16 @@ fn check_private_key(pem: &str) -> Result<(), ConfigError> {
             "the client key is encrypted; decrypt it with `openssl pkey -in key.pem -out plain.pem`",
         ));
     }
-    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map(drop).map_err(|_| {
+    let key = PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|_| {
         ConfigError::invalid(field, "the client key has no private key (-----BEGIN PRIVATE KEY-----) in it")
-    })
+    })?;
+    // Every key form librdkafka reads (PKCS#8, PKCS#1, SEC1) is one DER sequence.
+    match x509_parser::der_parser::parse_der(key.secret_der()) {
+        Ok((rest, object)) if rest.is_empty() && object.as_sequence().is_ok() => Ok(()),
+        _ => {
+            Err(ConfigError::invalid(field, "the client key is not a private key: its PEM holds no DER key"))
+        }
+    }
 }
 
 /// What a PEM text's first certificate is, to show instead of the text: its subject and expiry.

@@ -894,3 +894,5 @@ async fn the_sparkplug_page_shows_nodes_metrics_and_gaps_charts_a_metric_and_ask
     let audit = c.get("/audit?q=sparkplug.rebirth", Some(&cookie)).await.body;
     assert!(audit.contains("console:root"), "{audit}");
 }
+
+mod kafka;
