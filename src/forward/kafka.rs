@@ -334,14 +334,30 @@ impl ProbeEvents {
     fn said(&self) -> Vec<(Option<RDKafkaErrorCode>, String)> {
         self.said.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
+
+    fn note(&self, code: Option<RDKafkaErrorCode>, reason: &str) {
+        let mut said = self.said.lock().unwrap_or_else(PoisonError::into_inner);
+        if said.len() < 32 {
+            said.push((code, reason.to_owned()));
+        }
+    }
 }
 
 impl ClientContext for ProbeEvents {
-    fn error(&self, error: KafkaError, reason: &str) {
-        let mut said = self.said.lock().unwrap_or_else(PoisonError::into_inner);
-        if said.len() < 32 {
-            said.push((error.rdkafka_error_code(), reason.to_owned()));
+    /// What a test's client logs is what the test reports: the log keeps it at debug level. A failed
+    /// connection is logged, and only some are errors as well (a handshake that timed out is a warning).
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        tracing::debug!(?level, "librdkafka (connection test): {fac} {message}");
+        if fac == "FAIL" {
+            // "[thrd:ssl://k1:9093/bootstrap]: ssl://k1:9093/bootstrap: ...": the thread says it twice.
+            let message =
+                message.strip_prefix("[thrd:").and_then(|m| m.split_once("]: ")).map_or(message, |(_, m)| m);
+            self.note(None, message);
         }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.note(error.rdkafka_error_code(), reason);
     }
 }
 

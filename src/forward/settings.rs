@@ -111,7 +111,12 @@ pub(crate) fn client_settings(
                 ("session.timeout.ms", "10000".to_owned()),
             ]);
         }
-        Role::Probe => {}
+        Role::Probe => {
+            // A handshake that hangs (TLS to a listener that waits for something else) is reported as such
+            // a second before the test gives up, rather than as a bare timeout.
+            let setup = super::ops::TEST_TIMEOUT.saturating_sub(std::time::Duration::from_secs(1));
+            s.push(("socket.connection.setup.timeout.ms", setup.as_millis().max(1000).to_string()));
+        }
     }
     s
 }
