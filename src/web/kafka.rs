@@ -118,9 +118,12 @@ struct StatusRow {
     rate: String,
     lag_messages: String,
     lag_age: String,
+    /// The time (UTC), and how long ago it was.
     last_ack: String,
+    last_ack_ago: String,
     last_error: String,
     last_error_at: String,
+    last_error_ago: String,
     gap: String,
     dead_letters: String,
     skipped: String,
@@ -140,8 +143,10 @@ impl StatusRow {
                 lag_messages: dash(),
                 lag_age: dash(),
                 last_ack: dash(),
+                last_ack_ago: dash(),
                 last_error: String::new(),
                 last_error_at: String::new(),
+                last_error_ago: String::new(),
                 gap: dash(),
                 dead_letters: dash(),
                 skipped: dash(),
@@ -157,9 +162,11 @@ impl StatusRow {
             // Downlinks read Kafka, not the journal: their backlog is Kafka's consumer lag, not ours to count.
             lag_messages: if s.kind == "uplink" { s.lag_messages.to_string() } else { dash() },
             lag_age: duration(s.lag_ms),
-            last_ack: s.last_ack_ms.map_or_else(|| "never".to_owned(), |t| when(t, now)),
+            last_ack: s.last_ack_ms.map_or_else(|| "never".to_owned(), timefmt::format),
+            last_ack_ago: s.last_ack_ms.map_or_else(|| "never".to_owned(), |t| ago(t, now)),
             last_error: s.last_error.clone().unwrap_or_default(),
-            last_error_at: s.last_error_ms.map(|t| when(t, now)).unwrap_or_default(),
+            last_error_at: s.last_error_ms.map(timefmt::format).unwrap_or_default(),
+            last_error_ago: s.last_error_ms.map(|t| ago(t, now)).unwrap_or_default(),
             gap: s.gap.to_string(),
             dead_letters: s.dead_letters.to_string(),
             skipped: s.skipped_duplicates.to_string(),
@@ -191,9 +198,8 @@ impl From<DeadLetter> for DeadLetterRow {
     }
 }
 
-/// A time with how long ago it was.
-fn when(ms: i64, now: i64) -> String {
-    format!("{} ({} ago)", timefmt::format(ms), duration(now.saturating_sub(ms)))
+fn ago(ms: i64, now: i64) -> String {
+    format!("{} ago", duration(now.saturating_sub(ms)))
 }
 
 fn duration(ms: i64) -> String {
