@@ -272,6 +272,10 @@ def kafka(c, args):
     c.submit("/kafka/upstreams/test")
     c.wait_text("Connection test: upstream main reached")
     c.wait_text("1 broker")
+    c.open("/kafka/upstreams/edit?name=main")
+    c.wait_for("the upstream's form", EC.title_contains("Upstream main"))
+    c.shot("kafka-upstream")
+    c.open("/kafka")
     c.driver.find_element(By.LINK_TEXT, "Add an uplink route (MQTT → Kafka)").click()
     c.wait_for("the route form", EC.title_contains("Add an uplink route"))
     # A bad filter comes back with the reason beside its field, and what was typed.

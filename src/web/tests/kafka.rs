@@ -535,6 +535,15 @@ async fn the_status_shows_state_lag_rate_acknowledgements_errors_gaps_and_dead_l
     let named = c.post("/kafka/uplinks/add", &uplink_form(&csrf, &[("name", xss)]), Some(&cookie)).await;
     assert!(!named.body.contains("<img") && named.body.contains("id=\"name-error\""));
 
+    // The overview counts the routes by state and raises their alarms.
+    let overview = c.get("/", Some(&cookie)).await.body;
+    assert!(overview.contains("1 stalled"), "{overview}");
+    assert!(
+        overview.contains("Kafka route plant: lag alarm")
+            && overview.contains("Kafka route plant is stalled")
+    );
+    assert!(!overview.contains("<img") && overview.contains("&#60;img"), "escaped: {overview}");
+
     // A report the forwarder stopped rewriting is shown as old.
     let old = StatusReport { written_ms: now - 60_000, ..report };
     crate::forward::status::write_report(&c.dir, &old).unwrap();
