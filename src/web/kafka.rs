@@ -318,28 +318,57 @@ impl Errors {
     fn field(field: &'static str, reason: impl Into<String>) -> Errors {
         Errors { fields: vec![FieldError { field, reason: reason.into() }], top: None }
     }
+}
 
-    /// Sorts a refusal's reasons between the form's fields and the top; a failure that is no refusal (the
+/// Why a form was not saved: refused (the form comes back with the reasons), or failed (the error page).
+enum NotSaved {
+    Refused(Errors),
+    Failed(WebError),
+}
+
+impl From<Errors> for NotSaved {
+    fn from(errors: Errors) -> NotSaved {
+        NotSaved::Refused(errors)
+    }
+}
+
+impl NotSaved {
+    /// Sorts a refusal's reasons between the form's `fields` and the top; a failure that is no refusal (the
     /// database) is the error page's.
-    fn of_refusal(error: OpsError, form: &[&str]) -> Result<Errors, WebError> {
-        let fields = error.fields();
+    fn of(error: OpsError, fields: &[&str]) -> NotSaved {
+        let by_field = error.fields();
         let why = match WebError::from(error) {
             WebError::BadRequest(why) => why,
-            other => return Err(other),
+            other => return NotSaved::Failed(other),
         };
-        let (beside, elsewhere): (Vec<_>, Vec<_>) = fields.into_iter().partition(|f| form.contains(&f.field));
+        let (beside, elsewhere): (Vec<_>, Vec<_>) =
+            by_field.into_iter().partition(|f| fields.contains(&f.field));
         let top = match (beside.is_empty(), elsewhere.is_empty()) {
             (true, _) => Some(why),
             (false, true) => None,
             (false, false) => Some(elsewhere.into_iter().map(|f| f.reason).collect::<Vec<_>>().join("; ")),
         };
-        Ok(Errors { fields: beside, top })
+        NotSaved::Refused(Errors { fields: beside, top })
     }
 }
 
-/// A refused form, again, with the reasons (400).
-fn refused(page: &impl askama::Template) -> Response {
-    (StatusCode::BAD_REQUEST, render(page)).into_response()
+/// After a form: back to the Kafka page saying that `what` (`Route plant`) was added or changed, or the form
+/// again (400), made by `form`, with the reasons beside its fields.
+async fn answer<P: askama::Template>(
+    saved: Result<String, NotSaved>,
+    edit: bool,
+    form: impl AsyncFnOnce(Errors) -> P,
+) -> Response {
+    match saved {
+        Ok(what) => {
+            let did = if edit { "changed" } else { "added" };
+            done(Ok(format!("{what} {did}; the forwarder applies it within a second.")))
+        }
+        Err(NotSaved::Failed(e)) => e.into_response(),
+        Err(NotSaved::Refused(errors)) => {
+            (StatusCode::BAD_REQUEST, render(&form(errors).await)).into_response()
+        }
+    }
 }
 
 /// After a change: back to the Kafka page with a notice, or with the reason it was refused.
@@ -507,39 +536,27 @@ async fn upstream_post(signed: Signed, state: AppState, form: UpstreamForm, edit
     if let Err(e) = may_change(&signed) {
         return done(Err(e));
     }
-    let actor = signed.actor();
-    let written = if edit {
-        ops::upstream_edit(pool(&state), form.request(), actor.as_str()).await
-    } else {
-        ops::upstream_add(pool(&state), form.request(), actor.as_str()).await
+    let (pool, actor) = (pool(&state), signed.actor());
+    let written = match edit {
+        true => ops::upstream_edit(pool, form.request(), actor.as_str()).await,
+        false => ops::upstream_add(pool, form.request(), actor.as_str()).await,
     };
-    let error = match written {
-        Ok(view) => {
-            let did = if edit { "changed" } else { "added" };
-            return done(Ok(format!(
-                "Upstream {} {did}; the forwarder applies it within a second.",
-                view.name
-            )));
+    let saved =
+        written.map(|view| format!("Upstream {}", view.name)).map_err(|e| NotSaved::of(e, UPSTREAM_FIELDS));
+    answer(saved, edit, async |errors| {
+        let stored = match edit {
+            true => ops::upstream_get(pool, form.name.trim()).await.ok().map(UpstreamRow::from),
+            false => None,
+        };
+        UpstreamFormPage {
+            nav: Nav::of(&signed, "kafka"),
+            edit,
+            form: form.without_secrets(),
+            stored,
+            errors,
         }
-        Err(e) => e,
-    };
-    let errors = match Errors::of_refusal(error, UPSTREAM_FIELDS) {
-        Ok(errors) => errors,
-        Err(other) => return other.into_response(),
-    };
-    let stored = if edit {
-        ops::upstream_get(pool(&state), form.name.trim()).await.ok().map(UpstreamRow::from)
-    } else {
-        None
-    };
-    let page = UpstreamFormPage {
-        nav: Nav::of(&signed, "kafka"),
-        edit,
-        form: form.without_secrets(),
-        stored,
-        errors,
-    };
-    refused(&page)
+    })
+    .await
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -716,32 +733,21 @@ async fn uplink_post(signed: Signed, state: AppState, form: UplinkForm, edit: bo
     if let Err(e) = may_change(&signed) {
         return done(Err(e));
     }
-    let errors = match form.request() {
-        Err(errors) => errors,
-        Ok(request) => {
-            let actor = signed.actor();
-            let written = if edit {
-                ops::route_edit(pool(&state), request, actor.as_str()).await
-            } else {
-                ops::route_add(pool(&state), request, actor.as_str()).await
-            };
-            match written {
-                Ok(view) => {
-                    let did = if edit { "changed" } else { "added" };
-                    return done(Ok(format!(
-                        "Route {} {did}; the forwarder applies it within a second.",
-                        view.name
-                    )));
-                }
-                Err(e) => match Errors::of_refusal(e, UPLINK_FIELDS) {
-                    Ok(errors) => errors,
-                    Err(other) => return other.into_response(),
-                },
-            }
-        }
-    };
-    let upstreams = upstream_names(&state).await.unwrap_or_default();
-    refused(&UplinkFormPage { nav: Nav::of(&signed, "kafka"), edit, form, upstreams, errors })
+    let saved = async {
+        let (request, actor) = (form.request()?, signed.actor());
+        let written = match edit {
+            true => ops::route_edit(pool(&state), request, actor.as_str()).await,
+            false => ops::route_add(pool(&state), request, actor.as_str()).await,
+        };
+        let view = written.map_err(|e| NotSaved::of(e, UPLINK_FIELDS))?;
+        Ok(format!("Route {}", view.name))
+    }
+    .await;
+    answer(saved, edit, async |errors| {
+        let upstreams = upstream_names(&state).await.unwrap_or_default();
+        UplinkFormPage { nav: Nav::of(&signed, "kafka"), edit, form, upstreams, errors }
+    })
+    .await
 }
 
 // --- Downlink routes.
@@ -866,32 +872,21 @@ async fn downlink_post(signed: Signed, state: AppState, form: DownlinkForm, edit
     if let Err(e) = may_change(&signed) {
         return done(Err(e));
     }
-    let errors = match form.request() {
-        Err(errors) => errors,
-        Ok(request) => {
-            let actor = signed.actor();
-            let written = if edit {
-                ops::downlink_edit(pool(&state), request, actor.as_str()).await
-            } else {
-                ops::downlink_add(pool(&state), request, actor.as_str()).await
-            };
-            match written {
-                Ok(view) => {
-                    let did = if edit { "changed" } else { "added" };
-                    return done(Ok(format!(
-                        "Downlink {} {did}; the forwarder applies it within a second.",
-                        view.name
-                    )));
-                }
-                Err(e) => match Errors::of_refusal(e, DOWNLINK_FIELDS) {
-                    Ok(errors) => errors,
-                    Err(other) => return other.into_response(),
-                },
-            }
-        }
-    };
-    let upstreams = upstream_names(&state).await.unwrap_or_default();
-    refused(&DownlinkFormPage { nav: Nav::of(&signed, "kafka"), edit, form, upstreams, errors })
+    let saved = async {
+        let (request, actor) = (form.request()?, signed.actor());
+        let written = match edit {
+            true => ops::downlink_edit(pool(&state), request, actor.as_str()).await,
+            false => ops::downlink_add(pool(&state), request, actor.as_str()).await,
+        };
+        let view = written.map_err(|e| NotSaved::of(e, DOWNLINK_FIELDS))?;
+        Ok(format!("Downlink {}", view.name))
+    }
+    .await;
+    answer(saved, edit, async |errors| {
+        let upstreams = upstream_names(&state).await.unwrap_or_default();
+        DownlinkFormPage { nav: Nav::of(&signed, "kafka"), edit, form, upstreams, errors }
+    })
+    .await
 }
 
 // --- Pause, resume, delete (uplinks and downlinks alike).
