@@ -41,8 +41,6 @@ struct KafkaPage {
 impl KafkaPage {
     /// The page of a binary without Kafka: it says so, and the rest of the console works as ever.
     fn not_built(nav: Nav, query: KafkaQuery) -> KafkaPage {
-        let status =
-            StatusSection { stale: None, rows: Vec::new(), dead_letter_count: 0, dead_letters: Vec::new() };
         KafkaPage {
             nav,
             notice: query.notice,
@@ -50,7 +48,7 @@ impl KafkaPage {
             built: false,
             upstreams: Vec::new(),
             routes: Vec::new(),
-            status,
+            status: StatusSection::default(),
         }
     }
 }
@@ -95,6 +93,7 @@ impl From<UpstreamView> for UpstreamRow {
 
 /// The status of every route and the newest dead letters: part of the page, and served alone at
 /// `/kafka/status`, which the page's script fetches every two seconds.
+#[derive(Default)]
 struct StatusSection {
     /// How old the forwarder's report is, when it is not fresh (it rewrites it every second).
     stale: Option<String>,
