@@ -993,6 +993,9 @@ enum KafkaUpstreamCommand {
     List,
     /// Delete an upstream no route uses.
     Del { name: String },
+    /// Test the connection: a metadata request, answered (brokers, topics) or failed (unreachable,
+    /// authentication, TLS) within seconds.
+    Test { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -1139,6 +1142,7 @@ async fn kafka(command: KafkaCommand, place: Place) -> anyhow::Result<()> {
                     sasl_user,
                     sasl_password,
                     compression,
+                    ..ops::SetUpstream::default()
                 };
                 let view = ops::upstream_set(&pool, request, &actor).await?;
                 eprintln!("weir: upstream {} set", view.name);
@@ -1149,10 +1153,15 @@ async fn kafka(command: KafkaCommand, place: Place) -> anyhow::Result<()> {
                         (Some(m), Some(user)) => format!(" sasl={m} user={user}"),
                         _ => String::new(),
                     };
-                    let ca = u.ca.as_ref().map(|c| format!(" ca={}", c.display())).unwrap_or_default();
+                    let ca = match (&u.ca, &u.ca_pem) {
+                        (Some(file), _) => format!(" ca={}", file.display()),
+                        (None, Some(pem)) => format!(" ca={pem:?}"),
+                        (None, None) => String::new(),
+                    };
+                    let client = if u.client_key { " client_cert=set" } else { "" };
                     writeln!(
                         out,
-                        "{} {} tls={}{ca}{sasl} compression={}",
+                        "{} {} tls={}{ca}{client}{sasl} compression={}",
                         u.name,
                         u.bootstrap.join(","),
                         u.tls,
@@ -1161,6 +1170,10 @@ async fn kafka(command: KafkaCommand, place: Place) -> anyhow::Result<()> {
                 }
             }
             KafkaUpstreamCommand::Del { name } => ops::upstream_del(&pool, &name, &actor).await?,
+            KafkaUpstreamCommand::Test { name } => {
+                let reached = ops::upstream_test(&pool, &name, &actor).await?;
+                writeln!(out, "{reached}")?;
+            }
         },
         KafkaCommand::Route { command } => match command {
             KafkaRouteCommand::Add { name, upstream, filter, topic, key, format, from, lag_alarm } => {

@@ -54,6 +54,21 @@ document.addEventListener("change", (event) => {
   setInterval(refresh, 2000);
 })();
 
+// A section that names a partial (the Kafka status) is fetched again every two seconds while the page is seen.
+// The server renders it escaped, as it rendered the page.
+(function partials() {
+  const section = document.querySelector("[data-partial]");
+  if (!section) return;
+  setInterval(() => {
+    if (document.hidden) return;
+    fetch(section.getAttribute("data-partial"), { headers: { Accept: "text/html" } })
+      // Redirected: signed out meanwhile; the login page is not a status.
+      .then((r) => (r.ok && !r.redirected ? r.text() : Promise.reject(r.status)))
+      .then((html) => { section.innerHTML = html; section.setAttribute("data-refreshed", String(Date.now())); })
+      .catch(() => {});
+  }, 2000);
+})();
+
 // Payload bytes (base64) as the operator chose to see them. Always set with textContent, never as markup.
 function showPayload(base64, view) {
   const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));

@@ -2,30 +2,41 @@
 //!
 //! Specs are stored as JSON (`kafka_upstreams.spec`, `kafka_routes.spec`) so that a field added later needs no
 //! migration; what is read back is validated again, so a hand-edited row cannot start a broken route. Every
-//! change bumps `config_version`, which the running gateway polls once a second (see [`super::Forwarder`]).
+//! change bumps `config_version`, which the running gateway polls once a second (see [`super::run`]), and is
+//! written to the audit log in the same transaction.
+//!
+//! Validation names the field of each refused value ([`FieldError`]) and reports them all at once, so that the
+//! console shows each reason beside its field; the CLI prints them joined.
 
 use std::fmt;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 use sqlx::{Row, SqlitePool};
 
 use crate::mqtt::codec::topic;
+use crate::store::config_db::Audited;
 
 /// Why a spec was refused or could not be stored.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// A value given by the user is not acceptable; the text says which and why.
-    #[error("{0}")]
-    Invalid(String),
+    /// Values given by the user are not acceptable: each names its field and says why.
+    #[error("{}", FieldError::join(.0))]
+    Invalid(Vec<FieldError>),
     #[error("no upstream named {0:?}")]
     NoUpstream(String),
+    #[error("an upstream named {0:?} already exists")]
+    UpstreamExists(String),
     #[error("no route named {0:?}")]
     NoRoute(String),
     #[error("a route named {0:?} already exists")]
     RouteExists(String),
+    #[error("route {name:?} is {kind}, not {wanted}")]
+    WrongKind { name: String, kind: &'static str, wanted: &'static str },
     #[error("upstream {name:?} is used by route {route:?}; delete the route first")]
     UpstreamInUse { name: String, route: String },
     #[error("configuration database: {0}")]
@@ -34,8 +45,79 @@ pub enum ConfigError {
     Stored { name: String, source: serde_json::Error },
 }
 
+impl ConfigError {
+    fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid(vec![FieldError { field, reason: reason.into() }])
+    }
+
+    /// The refused values by field, for a form that shows each reason beside its field: what validation refused,
+    /// and a name that is taken or missing. Empty for errors that belong to no field.
+    pub fn fields(&self) -> Vec<FieldError> {
+        let one = |field, reason: String| vec![FieldError { field, reason }];
+        match self {
+            ConfigError::Invalid(fields) => fields.clone(),
+            ConfigError::NoUpstream(_) => one("upstream", self.to_string()),
+            ConfigError::UpstreamExists(_) | ConfigError::RouteExists(_) => one("name", self.to_string()),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// One refused value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    /// The field: the CLI's option without its dashes (`bootstrap`, `sasl_user`, `mqtt_topic`), the name of the
+    /// console form's field.
+    pub field: &'static str,
+    /// Why, for the operator.
+    pub reason: String,
+}
+
+impl FieldError {
+    fn join(fields: &[FieldError]) -> String {
+        fields.iter().map(|f| f.reason.as_str()).collect::<Vec<_>>().join("; ")
+    }
+}
+
+/// Collects every refused value, one reason per field (the first), so that all are reported at once.
+#[derive(Debug, Default)]
+pub(crate) struct Problems(Vec<FieldError>);
+
+impl Problems {
+    pub(crate) fn push(&mut self, field: &'static str, reason: impl Into<String>) {
+        if !self.0.iter().any(|f| f.field == field) {
+            self.0.push(FieldError { field, reason: reason.into() });
+        }
+    }
+
+    /// The value, or `None` with the error's fields noted.
+    pub(crate) fn check<T>(&mut self, result: Result<T, ConfigError>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(e) => {
+                let fields = e.fields();
+                if fields.is_empty() {
+                    self.push("", e.to_string());
+                }
+                for f in fields {
+                    self.push(f.field, f.reason);
+                }
+                None
+            }
+        }
+    }
+
+    pub(crate) fn done(self) -> Result<(), ConfigError> {
+        if self.0.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(self.0)) }
+    }
+}
+
 /// A named upstream Kafka cluster. `acks=all` and idempotence are always on and not configurable.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Certificates and the client key are files (the CLI's `--ca FILE`) or PEM text kept here (pasted into the
+/// console), never both: text needs no file beside the database, so a change is one transaction, and a backup of
+/// `config.sqlite` holds it.
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
     pub name: String,
@@ -52,6 +134,14 @@ pub struct Upstream {
     pub client_cert: Option<PathBuf>,
     #[serde(default)]
     pub client_key: Option<PathBuf>,
+    /// The same as text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_pem: Option<String>,
+    /// A secret: never shown, never logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_pem: Option<String>,
     #[serde(default)]
     pub sasl: Option<Sasl>,
     #[serde(default)]
@@ -68,6 +158,9 @@ impl fmt::Debug for Upstream {
             .field("ca", &self.ca)
             .field("client_cert", &self.client_cert)
             .field("client_key", &self.client_key)
+            .field("ca_pem", &self.ca_pem.as_ref().map(|p| format!("<{} bytes>", p.len())))
+            .field("client_cert_pem", &self.client_cert_pem.as_ref().map(|p| format!("<{} bytes>", p.len())))
+            .field("client_key_pem", &self.client_key_pem.as_ref().map(|_| "<secret>"))
             .field("sasl", &self.sasl)
             .field("compression", &self.compression)
             .finish()
@@ -117,9 +210,10 @@ impl SaslMechanism {
             "PLAIN" => Ok(SaslMechanism::Plain),
             "SCRAM-SHA-256" => Ok(SaslMechanism::ScramSha256),
             "SCRAM-SHA-512" => Ok(SaslMechanism::ScramSha512),
-            _ => Err(ConfigError::Invalid(format!(
-                "SASL mechanism {s:?}: use PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
-            ))),
+            _ => Err(ConfigError::invalid(
+                "sasl_mechanism",
+                format!("SASL mechanism {s:?}: use PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
+            )),
         }
     }
 }
@@ -153,41 +247,139 @@ impl Compression {
             "snappy" => Ok(Compression::Snappy),
             "lz4" => Ok(Compression::Lz4),
             "zstd" => Ok(Compression::Zstd),
-            _ => Err(ConfigError::Invalid(format!("compression {s:?}: use none, gzip, snappy, lz4 or zstd"))),
+            _ => Err(ConfigError::invalid(
+                "compression",
+                format!("compression {s:?}: use none, gzip, snappy, lz4 or zstd"),
+            )),
         }
     }
 }
 
+/// The largest PEM text accepted for a certificate chain or a key.
+const MAX_PEM: usize = 64 * 1024;
+
 impl Upstream {
+    /// Every refused value, by field.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        valid_name("upstream", &self.name)?;
+        let mut problems = Problems::default();
+        problems.check(valid_name("name", "upstream", &self.name));
         if self.bootstrap.is_empty() {
-            return Err(ConfigError::Invalid("--bootstrap needs at least one HOST:PORT".into()));
+            problems.push("bootstrap", "bootstrap servers: at least one HOST:PORT is needed");
         }
         for server in &self.bootstrap {
             let port = server.rsplit_once(':').and_then(|(host, port)| {
-                (!host.is_empty() && !host.contains(',')).then(|| port.parse::<u16>().ok()).flatten()
+                let plain = !host.is_empty() && !host.contains([',', ' ', '/']);
+                plain.then(|| port.parse::<u16>().ok()).flatten()
             });
             if port.is_none_or(|p| p == 0) {
-                return Err(ConfigError::Invalid(format!("bootstrap server {server:?} is not HOST:PORT")));
+                problems.push("bootstrap", format!("bootstrap server {server:?} is not HOST:PORT"));
             }
         }
-        if self.client_cert.is_some() != self.client_key.is_some() {
-            return Err(ConfigError::Invalid(
-                "a client certificate needs its key, and a key its certificate".into(),
-            ));
+        if self.ca.is_some() && self.ca_pem.is_some() {
+            problems.push("ca", "the CA is a file or PEM text, not both");
         }
-        if let Some(sasl) = &self.sasl
-            && (sasl.username.is_empty() || sasl.password.is_empty())
-        {
-            return Err(ConfigError::Invalid("SASL needs a user name and a password".into()));
+        if self.client_cert.is_some() && self.client_cert_pem.is_some() {
+            problems.push("client_cert", "the client certificate is a file or PEM text, not both");
         }
-        Ok(())
+        if self.client_key.is_some() && self.client_key_pem.is_some() {
+            problems.push("client_key", "the client key is a file or PEM text, not both");
+        }
+        if let Some(pem) = &self.ca_pem {
+            problems.check(check_certificates("ca", "CA", pem));
+        }
+        if let Some(pem) = &self.client_cert_pem {
+            problems.check(check_certificates("client_cert", "client certificate", pem));
+        }
+        if let Some(pem) = &self.client_key_pem {
+            problems.check(check_private_key(pem));
+        }
+        let has_cert = self.client_cert.is_some() || self.client_cert_pem.is_some();
+        let has_key = self.client_key.is_some() || self.client_key_pem.is_some();
+        if has_cert && !has_key {
+            problems.push("client_key", "a client certificate needs its key");
+        }
+        if has_key && !has_cert {
+            problems.push("client_cert", "a client key needs its certificate");
+        }
+        if let Some(sasl) = &self.sasl {
+            if sasl.username.is_empty() {
+                problems.push("sasl_user", "SASL needs a user name");
+            }
+            if sasl.password.is_empty() {
+                problems.push("sasl_password", "SASL needs a password");
+            }
+        }
+        problems.done()
     }
 
     /// TLS is on when asked for, or implied by a CA or a client certificate.
     pub fn uses_tls(&self) -> bool {
-        self.tls || self.ca.is_some() || self.client_cert.is_some()
+        self.tls
+            || self.ca.is_some()
+            || self.ca_pem.is_some()
+            || self.client_cert.is_some()
+            || self.client_cert_pem.is_some()
+    }
+}
+
+/// One or more certificates, each one X.509 can read.
+fn check_certificates(field: &'static str, what: &str, pem: &str) -> Result<(), ConfigError> {
+    if pem.len() > MAX_PEM {
+        return Err(ConfigError::invalid(field, format!("the {what} is larger than {} KiB", MAX_PEM / 1024)));
+    }
+    let mut count = 0;
+    for der in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        let der =
+            der.map_err(|e| ConfigError::invalid(field, format!("the {what} is not valid PEM: {e}")))?;
+        crate::pki::CertInfo::from_der(&der)
+            .map_err(|e| ConfigError::invalid(field, format!("the {what} is not a certificate: {e}")))?;
+        count += 1;
+    }
+    if count == 0 {
+        return Err(ConfigError::invalid(
+            field,
+            format!("the {what} has no certificate (-----BEGIN CERTIFICATE-----) in it"),
+        ));
+    }
+    Ok(())
+}
+
+/// An unencrypted private key (PKCS#8, PKCS#1 or SEC1), as librdkafka reads it without a key password.
+fn check_private_key(pem: &str) -> Result<(), ConfigError> {
+    let field = "client_key";
+    if pem.len() > MAX_PEM {
+        return Err(ConfigError::invalid(
+            field,
+            format!("the client key is larger than {} KiB", MAX_PEM / 1024),
+        ));
+    }
+    if pem.contains("ENCRYPTED") {
+        return Err(ConfigError::invalid(
+            field,
+            "the client key is encrypted; decrypt it with `openssl pkey -in key.pem -out plain.pem`",
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|_| {
+        ConfigError::invalid(field, "the client key has no private key (-----BEGIN PRIVATE KEY-----) in it")
+    })?;
+    // Every key form librdkafka reads (PKCS#8, PKCS#1, SEC1) is one DER sequence.
+    match x509_parser::der_parser::parse_der(key.secret_der()) {
+        Ok((rest, object)) if rest.is_empty() && object.as_sequence().is_ok() => Ok(()),
+        _ => {
+            Err(ConfigError::invalid(field, "the client key is not a private key: its PEM holds no DER key"))
+        }
+    }
+}
+
+/// What a PEM text's first certificate is, to show instead of the text: its subject and expiry.
+pub fn describe_certificate(pem: &str) -> String {
+    match crate::pki::CertInfo::from_pem(pem) {
+        Ok(info) => format!(
+            "{}, expires {}",
+            info.subject,
+            crate::timefmt::format(crate::timefmt::unix_millis(info.not_after))
+        ),
+        Err(_) => "unreadable".to_owned(),
     }
 }
 
@@ -214,7 +406,7 @@ impl RouteSpec {
         }
     }
 
-    fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> &'static str {
         match self {
             RouteSpec::Uplink(_) => "uplink",
             RouteSpec::Downlink(_) => "downlink",
@@ -278,9 +470,10 @@ impl KeySpec {
             "client" => Ok(KeySpec::Client),
             _ => match s.strip_prefix("level:").and_then(|n| n.parse::<usize>().ok()) {
                 Some(n) if n >= 1 => Ok(KeySpec::Level(n)),
-                _ => Err(ConfigError::Invalid(format!(
-                    "--key {s:?}: use topic, client or level:N (N counted from 1)"
-                ))),
+                _ => Err(ConfigError::invalid(
+                    "key",
+                    format!("key {s:?}: use topic, client or level:N (N counted from 1)"),
+                )),
             },
         }
     }
@@ -311,7 +504,7 @@ impl ValueFormat {
         match s {
             "raw" => Ok(ValueFormat::Raw),
             "json" => Ok(ValueFormat::Json),
-            _ => Err(ConfigError::Invalid(format!("--format {s:?}: use raw or json"))),
+            _ => Err(ConfigError::invalid("format", format!("format {s:?}: use raw or json"))),
         }
     }
 
@@ -324,21 +517,21 @@ impl ValueFormat {
 }
 
 impl Uplink {
+    /// Every refused value, by field.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        valid_name("route", &self.name)?;
-        valid_name("upstream", &self.upstream)?;
+        let mut problems = Problems::default();
+        problems.check(valid_name("name", "route", &self.name));
+        problems.check(valid_name("upstream", "upstream", &self.upstream));
         if !topic::valid_topic_filter(&self.filter) {
-            return Err(ConfigError::Invalid(format!(
-                "--filter {:?} is not a valid MQTT topic filter",
-                self.filter
-            )));
+            problems.push("filter", format!("{:?} is not a valid MQTT topic filter", self.filter));
         }
-        let template = TopicTemplate::parse(&self.topic)?;
         // A fixed topic can be checked now; a templated one is checked per message (dead letter if invalid).
-        if template.is_fixed() {
-            valid_kafka_topic(&self.topic)?;
+        if let Some(template) = problems.check(TopicTemplate::parse(&self.topic))
+            && template.is_fixed()
+        {
+            problems.check(valid_kafka_topic("topic", &self.topic));
         }
-        Ok(())
+        problems.done()
     }
 }
 
@@ -366,22 +559,28 @@ pub struct Downlink {
 }
 
 impl Downlink {
+    /// Every refused value, by field.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        valid_name("route", &self.name)?;
-        valid_name("upstream", &self.upstream)?;
-        valid_kafka_topic(&self.topic)?;
+        let mut problems = Problems::default();
+        problems.check(valid_name("name", "route", &self.name));
+        problems.check(valid_name("upstream", "upstream", &self.upstream));
+        problems.check(valid_kafka_topic("topic", &self.topic));
         if self.qos > 2 {
-            return Err(ConfigError::Invalid(format!("--qos {}: use 0, 1 or 2", self.qos)));
+            problems.push("qos", format!("QoS {}: use 0, 1 or 2", self.qos));
         }
-        let probe = expand_downlink_topic(&self.mqtt_topic, Some(b"k"), &|_| Some(b"h".to_vec()))
-            .map_err(ConfigError::Invalid)?;
-        if !topic::valid_topic_name(&probe) {
-            return Err(ConfigError::Invalid(format!(
-                "--mqtt-topic {:?} does not make a valid MQTT topic name",
-                self.mqtt_topic
-            )));
+        match expand_downlink_topic(&self.mqtt_topic, Some(b"k"), &|_| Some(b"h".to_vec())) {
+            Ok(probe) if topic::valid_topic_name(&probe) => {}
+            Ok(_) => problems
+                .push("mqtt_topic", format!("{:?} does not make a valid MQTT topic name", self.mqtt_topic)),
+            Err(e) => problems.push("mqtt_topic", e),
         }
-        Ok(())
+        if self.as_user.as_ref().is_some_and(|u| u.is_empty() || u.len() > 256) {
+            problems.push("as_user", "the user name must be 1 to 256 characters");
+        }
+        if self.group.as_ref().is_some_and(|g| g.is_empty() || g.len() > 255) {
+            problems.push("group", "the consumer group must be 1 to 255 characters");
+        }
+        problems.done()
     }
 }
 
@@ -438,14 +637,17 @@ impl TopicTemplate {
             if !before.is_empty() {
                 parts.push(TemplatePart::Text(before.to_owned()));
             }
-            let end = after
-                .find('}')
-                .ok_or_else(|| ConfigError::Invalid(format!("--topic {template:?}: unclosed {{")))?;
+            let end = after.find('}').ok_or_else(|| {
+                ConfigError::invalid("topic", format!("Kafka topic {template:?}: unclosed {{"))
+            })?;
             let level = after.get(1..end).and_then(|n| n.parse::<usize>().ok()).filter(|&n| n >= 1);
             let Some(level) = level else {
-                return Err(ConfigError::Invalid(format!(
-                    "--topic {template:?}: placeholders are {{N}}, MQTT topic level N counted from 1"
-                )));
+                return Err(ConfigError::invalid(
+                    "topic",
+                    format!(
+                        "Kafka topic {template:?}: placeholders are {{N}}, MQTT topic level N counted from 1"
+                    ),
+                ));
             };
             parts.push(TemplatePart::Level(level));
             rest = after.get(end + 1..).unwrap_or("");
@@ -454,7 +656,7 @@ impl TopicTemplate {
             parts.push(TemplatePart::Text(rest.to_owned()));
         }
         if parts.is_empty() {
-            return Err(ConfigError::Invalid("--topic must not be empty".into()));
+            return Err(ConfigError::invalid("topic", "the Kafka topic must not be empty"));
         }
         Ok(TopicTemplate { parts })
     }
@@ -476,13 +678,13 @@ impl TopicTemplate {
                 },
             }
         }
-        valid_kafka_topic(&out).map_err(|e| e.to_string())?;
+        valid_kafka_topic("topic", &out).map_err(|e| e.to_string())?;
         Ok(out)
     }
 }
 
 /// Kafka's own rule: 1 to 249 characters of `[a-zA-Z0-9._-]`, and not `.` or `..`.
-pub(crate) fn valid_kafka_topic(name: &str) -> Result<(), ConfigError> {
+pub(crate) fn valid_kafka_topic(field: &'static str, name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()
         && name.len() <= 249
         && name != "."
@@ -491,21 +693,22 @@ pub(crate) fn valid_kafka_topic(name: &str) -> Result<(), ConfigError> {
     if ok {
         Ok(())
     } else {
-        Err(ConfigError::Invalid(format!(
-            "{name:?} is not a valid Kafka topic (1 to 249 of a-z A-Z 0-9 . _ -)"
-        )))
+        Err(ConfigError::invalid(
+            field,
+            format!("{name:?} is not a valid Kafka topic (1 to 249 of a-z A-Z 0-9 . _ -)"),
+        ))
     }
 }
 
 /// Names appear in cursor names (`kafka:<route>`), `$SYS` topics and group ids: keep them plain.
-fn valid_name(what: &str, name: &str) -> Result<(), ConfigError> {
+fn valid_name(field: &'static str, what: &str, name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     if ok {
         Ok(())
     } else {
-        Err(ConfigError::Invalid(format!("{what} name {name:?}: 1 to 64 of a-z A-Z 0-9 . _ -")))
+        Err(ConfigError::invalid(field, format!("{what} name {name:?}: 1 to 64 of a-z A-Z 0-9 . _ -")))
     }
 }
 
@@ -555,12 +758,31 @@ pub async fn load(pool: &SqlitePool) -> Result<ForwardConfig, ConfigError> {
     Ok(config)
 }
 
-/// Adds or replaces an upstream.
-pub async fn set_upstream(pool: &SqlitePool, upstream: &Upstream) -> Result<(), ConfigError> {
-    upstream.validate()?;
-    let spec = serde_json::to_string(upstream)
-        .map_err(|source| ConfigError::Stored { name: upstream.name.clone(), source })?;
+/// Writes the upstream that `build` makes of the one stored under `name` (`None` if there is none), in one
+/// transaction with its audit entry: read, build, validate, write. `build` refuses what the caller does not
+/// want (adding over an existing name, changing a missing one) with its own error; nothing is written then.
+pub async fn write_upstream(
+    pool: &SqlitePool,
+    name: &str,
+    build: impl FnOnce(Option<Upstream>) -> Result<Upstream, ConfigError>,
+    audited: Audited<'_>,
+) -> Result<Upstream, ConfigError> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let stored: Option<String> = sqlx::query_scalar("SELECT spec FROM kafka_upstreams WHERE name = ?")
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let stored = stored
+        .map(|json| serde_json::from_str::<Upstream>(&json))
+        .transpose()
+        .map_err(|source| ConfigError::Stored { name: name.to_owned(), source })?;
+    let upstream = build(stored)?;
+    if upstream.name != name {
+        return Err(ConfigError::invalid("name", "an upstream cannot be renamed"));
+    }
+    upstream.validate()?;
+    let spec = serde_json::to_string(&upstream)
+        .map_err(|source| ConfigError::Stored { name: upstream.name.clone(), source })?;
     sqlx::query(
         "INSERT INTO kafka_upstreams (name, spec, updated) VALUES (?, ?, ?) \
          ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, updated = excluded.updated",
@@ -570,12 +792,20 @@ pub async fn set_upstream(pool: &SqlitePool, upstream: &Upstream) -> Result<(), 
     .bind(now_ms())
     .execute(&mut *tx)
     .await?;
-    bump(&mut tx).await?;
-    tx.commit().await?;
-    Ok(())
+    finish(tx, audited).await?;
+    Ok(upstream)
 }
 
-pub async fn delete_upstream(pool: &SqlitePool, name: &str) -> Result<(), ConfigError> {
+/// Adds or replaces an upstream.
+pub async fn set_upstream(
+    pool: &SqlitePool,
+    upstream: &Upstream,
+    audited: Audited<'_>,
+) -> Result<(), ConfigError> {
+    write_upstream(pool, &upstream.name, |_| Ok(upstream.clone()), audited).await.map(drop)
+}
+
+pub async fn delete_upstream(pool: &SqlitePool, name: &str, audited: Audited<'_>) -> Result<(), ConfigError> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     for row in sqlx::query("SELECT name, spec FROM kafka_routes").fetch_all(&mut *tx).await? {
         let route: String = row.try_get(0)?;
@@ -590,17 +820,40 @@ pub async fn delete_upstream(pool: &SqlitePool, name: &str) -> Result<(), Config
     if deleted.rows_affected() == 0 {
         return Err(ConfigError::NoUpstream(name.to_owned()));
     }
-    bump(&mut tx).await?;
-    tx.commit().await?;
+    finish(tx, audited).await?;
     Ok(())
 }
 
-/// Adds a route; its upstream must exist.
-pub async fn add_route(pool: &SqlitePool, spec: &RouteSpec) -> Result<(), ConfigError> {
-    spec.validate()?;
-    let json = serde_json::to_string(spec)
-        .map_err(|source| ConfigError::Stored { name: spec.name().to_owned(), source })?;
+/// Writes the route that `build` makes of the one stored under `name` (`None` if there is none), in one
+/// transaction with its audit entry; its upstream must exist. A changed route keeps its paused state (and its
+/// journal cursor: the running gateway restarts it where it was).
+pub async fn write_route(
+    pool: &SqlitePool,
+    name: &str,
+    build: impl FnOnce(Option<StoredRoute>) -> Result<RouteSpec, ConfigError>,
+    audited: Audited<'_>,
+) -> Result<StoredRoute, ConfigError> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let row = sqlx::query("SELECT spec, paused FROM kafka_routes WHERE name = ?")
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let stored = match row {
+        Some(row) => Some(StoredRoute {
+            spec: serde_json::from_str(row.try_get::<&str, _>(0)?)
+                .map_err(|source| ConfigError::Stored { name: name.to_owned(), source })?,
+            paused: row.try_get(1)?,
+        }),
+        None => None,
+    };
+    let paused = stored.as_ref().is_some_and(|r| r.paused);
+    let spec = build(stored)?;
+    if spec.name() != name {
+        return Err(ConfigError::invalid("name", "a route cannot be renamed"));
+    }
+    spec.validate()?;
+    let json = serde_json::to_string(&spec)
+        .map_err(|source| ConfigError::Stored { name: spec.name().to_owned(), source })?;
     let upstream: Option<String> = sqlx::query_scalar("SELECT name FROM kafka_upstreams WHERE name = ?")
         .bind(spec.upstream())
         .fetch_optional(&mut *tx)
@@ -609,9 +862,9 @@ pub async fn add_route(pool: &SqlitePool, spec: &RouteSpec) -> Result<(), Config
         return Err(ConfigError::NoUpstream(spec.upstream().to_owned()));
     }
     let now = now_ms();
-    let inserted = sqlx::query(
+    sqlx::query(
         "INSERT INTO kafka_routes (name, kind, spec, paused, created, updated) VALUES (?, ?, ?, 0, ?, ?) \
-         ON CONFLICT (name) DO NOTHING",
+         ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, spec = excluded.spec, updated = excluded.updated",
     )
     .bind(spec.name())
     .bind(spec.kind())
@@ -620,15 +873,25 @@ pub async fn add_route(pool: &SqlitePool, spec: &RouteSpec) -> Result<(), Config
     .bind(now)
     .execute(&mut *tx)
     .await?;
-    if inserted.rows_affected() == 0 {
-        return Err(ConfigError::RouteExists(spec.name().to_owned()));
-    }
-    bump(&mut tx).await?;
-    tx.commit().await?;
-    Ok(())
+    finish(tx, audited).await?;
+    Ok(StoredRoute { spec, paused })
 }
 
-pub async fn set_paused(pool: &SqlitePool, name: &str, paused: bool) -> Result<(), ConfigError> {
+/// Adds a route; its upstream must exist.
+pub async fn add_route(pool: &SqlitePool, spec: &RouteSpec, audited: Audited<'_>) -> Result<(), ConfigError> {
+    let build = |stored: Option<StoredRoute>| match stored {
+        Some(_) => Err(ConfigError::RouteExists(spec.name().to_owned())),
+        None => Ok(spec.clone()),
+    };
+    write_route(pool, spec.name(), build, audited).await.map(drop)
+}
+
+pub async fn set_paused(
+    pool: &SqlitePool,
+    name: &str,
+    paused: bool,
+    audited: Audited<'_>,
+) -> Result<(), ConfigError> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let updated = sqlx::query("UPDATE kafka_routes SET paused = ?, updated = ? WHERE name = ?")
         .bind(paused)
@@ -639,14 +902,13 @@ pub async fn set_paused(pool: &SqlitePool, name: &str, paused: bool) -> Result<(
     if updated.rows_affected() == 0 {
         return Err(ConfigError::NoRoute(name.to_owned()));
     }
-    bump(&mut tx).await?;
-    tx.commit().await?;
+    finish(tx, audited).await?;
     Ok(())
 }
 
 /// Deletes a route, its dead letters and its offset hints. Its journal cursor is removed by the running
 /// gateway (or at the next start), which releases the backlog it held.
-pub async fn delete_route(pool: &SqlitePool, name: &str) -> Result<(), ConfigError> {
+pub async fn delete_route(pool: &SqlitePool, name: &str, audited: Audited<'_>) -> Result<(), ConfigError> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let deleted = sqlx::query("DELETE FROM kafka_routes WHERE name = ?").bind(name).execute(&mut *tx).await?;
     if deleted.rows_affected() == 0 {
@@ -654,8 +916,7 @@ pub async fn delete_route(pool: &SqlitePool, name: &str) -> Result<(), ConfigErr
     }
     sqlx::query("DELETE FROM kafka_dead_letters WHERE route = ?").bind(name).execute(&mut *tx).await?;
     sqlx::query("DELETE FROM kafka_route_offsets WHERE route = ?").bind(name).execute(&mut *tx).await?;
-    bump(&mut tx).await?;
-    tx.commit().await?;
+    finish(tx, audited).await?;
     Ok(())
 }
 
@@ -666,10 +927,21 @@ pub async fn gateway_id(pool: &SqlitePool) -> Result<String, ConfigError> {
 
 // Every change is a `BEGIN IMMEDIATE` transaction: it takes the write lock first (waiting up to the busy
 // timeout), so that a check it reads (the upstream exists, is unused) cannot be invalidated by another process
-// before it writes, and never fails with SQLITE_BUSY_SNAPSHOT on the upgrade from reading to writing.
-async fn bump(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE config_version SET version = version + 1").execute(&mut **tx).await?;
-    Ok(())
+// before it writes, and never fails with SQLITE_BUSY_SNAPSHOT on the upgrade from reading to writing. It ends
+// here: its audit entry, the version bump the running gateway polls, the commit.
+async fn finish(
+    mut tx: sqlx::Transaction<'_, sqlx::Sqlite>,
+    audited: Audited<'_>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO audit_log (ts, actor, action, detail) VALUES (?, ?, ?, ?)")
+        .bind(now_ms())
+        .bind(audited.actor)
+        .bind(audited.action)
+        .bind(audited.detail)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE config_version SET version = version + 1").execute(&mut *tx).await?;
+    tx.commit().await
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -720,16 +992,13 @@ mod tests {
         let up = Upstream {
             name: "main".into(),
             bootstrap: vec!["k1:9092".into()],
-            tls: false,
-            ca: None,
-            client_cert: None,
-            client_key: None,
             sasl: Some(Sasl {
                 mechanism: SaslMechanism::ScramSha512,
                 username: "u".into(),
                 password: "hunter2".into(),
             }),
             compression: Compression::Zstd,
+            ..Upstream::default()
         };
         assert!(up.validate().is_ok());
         assert!(!format!("{up:?}").contains("hunter2"), "Debug never shows the password");

@@ -1,13 +1,14 @@
-//! librdkafka, wrapped: the uplink's producer and what it reports, the partitioner, topic metadata, and the
-//! start-up scan of records already in Kafka. librdkafka's calls that block run on the blocking pool.
+//! librdkafka, wrapped: the uplink's producer and what it reports, the partitioner, topic metadata, the
+//! start-up scan of records already in Kafka, and the connection test. librdkafka's calls that block run on the
+//! blocking pool.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer as _, DefaultConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, DefaultConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message as _};
 use rdkafka::producer::{DeliveryResult, Producer as _, ProducerContext, ThreadedProducer};
@@ -15,6 +16,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
 use super::config::Upstream;
+use super::ops::{ConnectionFailure, FailureKind};
 use super::settings::{Role, client_settings};
 
 /// Headers every uplink record carries, besides the MQTT ones; the start-up scan reads them back.
@@ -274,6 +276,125 @@ pub(crate) async fn scan_highest_ids(
     .map_err(|e| KafkaClientError::Task(e.to_string()))?
 }
 
+/// A connection test: one metadata request (all topics) to `upstream`, retried until it is answered, the client
+/// reports a failure that waiting will not mend (authentication, TLS), or `timeout` has passed. Answers the
+/// brokers (`id host:port`), the number of topics, and how long it took.
+pub(crate) async fn probe(
+    upstream: &Upstream,
+    client_id: &str,
+    timeout: Duration,
+) -> Result<(Vec<String>, usize, Duration), ConnectionFailure> {
+    let config = config(upstream, Role::Probe, client_id);
+    tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let consumer: BaseConsumer<ProbeEvents> = config
+            .create_with_context(ProbeEvents::default())
+            .map_err(|e| ConnectionFailure { kind: FailureKind::Settings, detail: e.to_string() })?;
+        loop {
+            let left = timeout.saturating_sub(started.elapsed());
+            let answer = consumer.fetch_metadata(None, left.min(Duration::from_millis(500)));
+            // Polling hands what the client reported meanwhile (refused, authentication, TLS) to the context. A
+            // poll also ends early (`None`) on a log line, so it is given a little time, not none.
+            for _ in 0..64 {
+                if consumer.poll(Duration::from_millis(100)).is_none() {
+                    break;
+                }
+            }
+            let said = consumer.context().said();
+            match answer {
+                Ok(metadata) => {
+                    let brokers = metadata
+                        .brokers()
+                        .iter()
+                        .map(|b| format!("{} {}:{}", b.id(), b.host(), b.port()))
+                        .collect();
+                    return Ok((brokers, metadata.topics().len(), started.elapsed()));
+                }
+                Err(e) => {
+                    let failure = classify(&e, &said);
+                    let hopeless = matches!(failure.kind, FailureKind::Authentication | FailureKind::Tls);
+                    if hopeless || started.elapsed() >= timeout {
+                        return Err(failure);
+                    }
+                }
+            }
+        }
+    })
+    .await
+    .map_err(|e| ConnectionFailure { kind: FailureKind::Other, detail: e.to_string() })?
+}
+
+/// What librdkafka reported while a connection test ran.
+#[derive(Debug, Default)]
+struct ProbeEvents {
+    said: Mutex<Vec<(Option<RDKafkaErrorCode>, String)>>,
+}
+
+impl ProbeEvents {
+    fn said(&self) -> Vec<(Option<RDKafkaErrorCode>, String)> {
+        self.said.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn note(&self, code: Option<RDKafkaErrorCode>, reason: &str) {
+        let mut said = self.said.lock().unwrap_or_else(PoisonError::into_inner);
+        if said.len() < 32 {
+            said.push((code, reason.to_owned()));
+        }
+    }
+}
+
+impl ClientContext for ProbeEvents {
+    /// What a test's client logs is what the test reports: the log keeps it at debug level. A failed
+    /// connection is logged, and only some are errors as well (a handshake that timed out is a warning).
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        tracing::debug!(?level, "librdkafka (connection test): {fac} {message}");
+        if fac == "FAIL" {
+            // "[thrd:ssl://k1:9093/bootstrap]: ssl://k1:9093/bootstrap: ...": the thread says it twice.
+            let message =
+                message.strip_prefix("[thrd:").and_then(|m| m.split_once("]: ")).map_or(message, |(_, m)| m);
+            self.note(None, message);
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.note(error.rdkafka_error_code(), reason);
+    }
+}
+
+impl ConsumerContext for ProbeEvents {}
+
+/// The most telling reason a metadata request failed: authentication and TLS before being unreachable, which
+/// the client also reports (all brokers down) once a handshake fails.
+fn classify(error: &KafkaError, said: &[(Option<RDKafkaErrorCode>, String)]) -> ConnectionFailure {
+    let kind_of = |code: Option<RDKafkaErrorCode>, reason: &str| match code {
+        Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed) => {
+            FailureKind::Authentication
+        }
+        Some(RDKafkaErrorCode::SSL) => FailureKind::Tls,
+        _ if reason.contains("SASL") || reason.contains("uthenticat") => FailureKind::Authentication,
+        _ if reason.contains("SSL") || reason.contains("TLS") || reason.contains("certificate") => {
+            FailureKind::Tls
+        }
+        _ => FailureKind::Unreachable,
+    };
+    let reports = said.iter().map(|(code, reason)| (kind_of(*code, reason), reason));
+    let telling = reports
+        .clone()
+        .find(|(kind, _)| *kind != FailureKind::Unreachable)
+        .or_else(|| reports.clone().find(|(_, reason)| !reason.contains("brokers are down")))
+        .or_else(|| reports.clone().next());
+    match telling {
+        Some((kind, reason)) => ConnectionFailure { kind, detail: reason.clone() },
+        None => ConnectionFailure {
+            kind: FailureKind::Unreachable,
+            detail: match error.rdkafka_error_code() {
+                Some(RDKafkaErrorCode::OperationTimedOut) => "no broker answered in time".to_owned(),
+                _ => error.to_string(),
+            },
+        },
+    }
+}
+
 /// The journal id of a record this gateway's route wrote.
 fn our_id(m: &rdkafka::message::BorrowedMessage<'_>, gateway: &str, route: &str) -> Option<i64> {
     let headers = m.headers()?;
@@ -326,14 +447,56 @@ mod tests {
                 bootstrap: vec!["127.0.0.1:1".into()],
                 tls: true,
                 ca: Some(ca.clone()),
-                client_cert: None,
-                client_key: None,
                 sasl: Some(Sasl { mechanism, username: "u".into(), password: "p".into() }),
                 compression: Compression::Lz4,
+                ..Upstream::default()
             };
             let (p, _, _) = producer(&up, "test").unwrap();
             drop(p);
             let _: BaseConsumer = config(&up, Role::Consumer { group: "g" }, "test").create().unwrap();
         }
+    }
+
+    #[tokio::test]
+    async fn a_connection_test_names_what_failed_within_its_time() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let up = Upstream { name: "t".into(), bootstrap: vec![closed.to_string()], ..Upstream::default() };
+        let started = Instant::now();
+        let failure = probe(&up, "test", Duration::from_secs(2)).await.unwrap_err();
+        assert_eq!(failure.kind, FailureKind::Unreachable, "{failure}");
+        assert!(started.elapsed() < Duration::from_secs(6), "{:?}", started.elapsed());
+        eprintln!("closed port: {failure} after {:?}", started.elapsed());
+
+        // TLS to something that does not speak it.
+        let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = plain.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = plain.accept().await.unwrap();
+                let _ = tokio::io::AsyncWriteExt::write_all(&mut socket, b"HTTP/1.1 400 Bad Request\r\n\r\n")
+                    .await;
+            }
+        });
+        let tls = Upstream { bootstrap: vec![addr.to_string()], tls: true, ..up.clone() };
+        let failure = probe(&tls, "test", Duration::from_secs(3)).await.unwrap_err();
+        assert_eq!(failure.kind, FailureKind::Tls, "{failure}");
+        eprintln!("TLS to plain TCP: {failure}");
+        server.abort();
+
+        // A client key that is not the certificate's: librdkafka refuses the settings.
+        let cert = rcgen::generate_simple_self_signed(vec!["gw".into()]).unwrap();
+        let other = rcgen::generate_simple_self_signed(vec!["other".into()]).unwrap();
+        let mismatched = Upstream {
+            tls: true,
+            client_cert_pem: Some(cert.cert.pem()),
+            client_key_pem: Some(other.signing_key.serialize_pem()),
+            ..up.clone()
+        };
+        let failure = probe(&mismatched, "test", Duration::from_secs(2)).await.unwrap_err();
+        assert_eq!(failure.kind, FailureKind::Settings, "{failure}");
+        eprintln!("mismatched key: {failure}");
+        let matched = Upstream { client_key_pem: Some(cert.signing_key.serialize_pem()), ..mismatched };
+        let failure = probe(&matched, "test", Duration::from_secs(1)).await.unwrap_err();
+        assert_eq!(failure.kind, FailureKind::Unreachable, "a matching pair is accepted: {failure}");
     }
 }

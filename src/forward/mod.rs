@@ -1,7 +1,7 @@
 //! Forwarding to Apache Kafka through the journal (uplink, MQTT → Kafka) and back (downlink, Kafka → MQTT).
 //!
 //! - [`config`]: upstreams and routes, validated and stored in `config.sqlite`.
-//! - [`ops`]: the management operations the CLI (and later the console) call.
+//! - [`ops`]: the management operations the CLI and the console call, the connection test among them.
 //! - [`status`]: each route's health, judged by acknowledgements; `weir kafka status` reads it.
 //! - `uplink`, `downlink`, `kafka` (behind the default-on cargo feature `kafka`): the routes themselves, on
 //!   librdkafka.
@@ -33,6 +33,10 @@ use tokio::sync::watch;
 use crate::mqtt::broker::Broker;
 use crate::shutdown::StopToken;
 use crate::store::Journal;
+
+/// Whether this binary forwards to Kafka (the cargo feature `kafka`, on by default). Without it the
+/// configuration can still be read and written, but no route runs and a connection cannot be tested.
+pub const BUILT: bool = cfg!(feature = "kafka");
 
 /// How long stopping waits for the route tasks (each commits its cursor first).
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);

@@ -12,6 +12,8 @@ pub(crate) enum Role<'a> {
     Scanner,
     /// A downlink's group member.
     Consumer { group: &'a str },
+    /// A connection test: a metadata request, nothing else.
+    Probe,
 }
 
 /// In-flight records per uplink route, the bound on what librdkafka holds in memory. The journal holds the rest.
@@ -45,9 +47,21 @@ pub(crate) fn client_settings(
         if let Some(ca) = &upstream.ca {
             s.push(("ssl.ca.location", ca.display().to_string()));
         }
-        if let (Some(cert), Some(key)) = (&upstream.client_cert, &upstream.client_key) {
+        if let Some(ca) = &upstream.ca_pem {
+            s.push(("ssl.ca.pem", ca.clone()));
+        }
+        // Validation pairs a certificate with its key; each is a file or text.
+        if let Some(cert) = &upstream.client_cert {
             s.push(("ssl.certificate.location", cert.display().to_string()));
+        }
+        if let Some(cert) = &upstream.client_cert_pem {
+            s.push(("ssl.certificate.pem", cert.clone()));
+        }
+        if let Some(key) = &upstream.client_key {
             s.push(("ssl.key.location", key.display().to_string()));
+        }
+        if let Some(key) = &upstream.client_key_pem {
+            s.push(("ssl.key.pem", key.clone()));
         }
     }
     if let Some(sasl) = &upstream.sasl {
@@ -97,15 +111,28 @@ pub(crate) fn client_settings(
                 ("session.timeout.ms", "10000".to_owned()),
             ]);
         }
+        Role::Probe => {
+            // A handshake that hangs (TLS to a listener that waits for something else) is reported as such
+            // a second before the test gives up, rather than as a bare timeout.
+            let setup = super::ops::TEST_TIMEOUT.saturating_sub(std::time::Duration::from_secs(1));
+            s.push(("socket.connection.setup.timeout.ms", setup.as_millis().max(1000).to_string()));
+        }
     }
     s
 }
 
-/// The settings as they may be shown or logged: secrets replaced.
+/// The settings as they may be shown or logged: secrets replaced, certificates left out (long, and not secret).
 pub(crate) fn redacted(settings: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
     settings
         .iter()
-        .map(|(k, v)| (*k, if k.contains("password") { "<secret>".to_owned() } else { v.clone() }))
+        .map(|(k, v)| {
+            let shown = match *k {
+                k if k.contains("password") || k == "ssl.key.pem" => "<secret>".to_owned(),
+                "ssl.ca.pem" | "ssl.certificate.pem" => format!("<{} bytes of PEM>", v.len()),
+                _ => v.clone(),
+            };
+            (*k, shown)
+        })
         .collect()
 }
 
@@ -122,12 +149,8 @@ mod tests {
         Upstream {
             name: "main".into(),
             bootstrap: vec!["k1:9092".into(), "k2:9093".into()],
-            tls: false,
-            ca: None,
-            client_cert: None,
-            client_key: None,
-            sasl: None,
             compression: Compression::Zstd,
+            ..Upstream::default()
         }
     }
 
@@ -168,6 +191,20 @@ mod tests {
         assert!(!shown.contains("hunter2") && shown.contains("<secret>"), "{shown}");
         let tls_only = Upstream { tls: true, ..plain() };
         assert_eq!(get(&client_settings(&tls_only, Role::Producer, "w"), "security.protocol"), Some("ssl"));
+        let pem = Upstream {
+            ca_pem: Some("-----BEGIN CERTIFICATE-----".into()),
+            client_cert_pem: Some("cert".into()),
+            client_key_pem: Some("-----BEGIN PRIVATE KEY----- hunter3".into()),
+            ..plain()
+        };
+        let s = client_settings(&pem, Role::Probe, "weir");
+        assert_eq!(get(&s, "security.protocol"), Some("ssl"));
+        assert_eq!(get(&s, "ssl.ca.pem"), Some("-----BEGIN CERTIFICATE-----"));
+        assert_eq!(get(&s, "ssl.certificate.pem"), Some("cert"));
+        assert!(get(&s, "ssl.key.pem").is_some_and(|k| k.contains("hunter3")));
+        assert_eq!(get(&s, "group.id"), None, "a probe joins no group");
+        let shown = format!("{:?}", redacted(&s));
+        assert!(!shown.contains("hunter3") && !shown.contains("BEGIN"), "{shown}");
         let sasl_only = Upstream {
             sasl: Some(Sasl { mechanism: SaslMechanism::Plain, username: "u".into(), password: "p".into() }),
             ..plain()

@@ -30,6 +30,20 @@ impl From<OpsError> for WebError {
     }
 }
 
+impl From<crate::forward::ops::OpsError> for WebError {
+    fn from(e: crate::forward::ops::OpsError) -> WebError {
+        use crate::forward::config::ConfigError;
+        use crate::forward::ops::OpsError;
+        match e {
+            OpsError::Database(_)
+            | OpsError::Config(ConfigError::Database(_) | ConfigError::Stored { .. }) => {
+                WebError::Internal(e.to_string())
+            }
+            other => WebError::BadRequest(other.to_string()),
+        }
+    }
+}
+
 impl IntoResponse for WebError {
     fn into_response(self) -> Response {
         let (status, title, message) = match &self {

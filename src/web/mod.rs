@@ -20,6 +20,7 @@ mod clients;
 mod error;
 mod headers;
 mod history;
+mod kafka;
 mod login;
 mod metrics;
 mod overview;
@@ -172,6 +173,20 @@ pub fn router(state: AppState) -> Router {
         .route("/sparkplug/metric", get(sparkplug::metric_get))
         .route("/sparkplug/series", get(sparkplug::series_get))
         .route("/sparkplug/rebirth", post(sparkplug::rebirth_post))
+        .route("/kafka", get(kafka::kafka_get))
+        .route("/kafka/status", get(kafka::status_get))
+        .route("/kafka/upstreams/add", get(kafka::upstream_add_get).post(kafka::upstream_add_post))
+        .route("/kafka/upstreams/edit", get(kafka::upstream_edit_get).post(kafka::upstream_edit_post))
+        .route("/kafka/upstreams/delete", post(kafka::upstream_delete_post))
+        .route("/kafka/upstreams/test", post(kafka::upstream_test_post))
+        .route("/kafka/uplinks/add", get(kafka::uplink_add_get).post(kafka::uplink_add_post))
+        .route("/kafka/uplinks/edit", get(kafka::uplink_edit_get).post(kafka::uplink_edit_post))
+        .route("/kafka/downlinks/add", get(kafka::downlink_add_get).post(kafka::downlink_add_post))
+        .route("/kafka/downlinks/edit", get(kafka::downlink_edit_get).post(kafka::downlink_edit_post))
+        .route("/kafka/routes/show", get(kafka::route_get))
+        .route("/kafka/routes/pause", post(kafka::route_pause_post))
+        .route("/kafka/routes/resume", post(kafka::route_resume_post))
+        .route("/kafka/routes/delete", post(kafka::route_delete_post))
         .route("/metrics", get(metrics::metrics_get))
         .route("/static/{*file}", get(assets::asset_get))
         .fallback(error::not_found)

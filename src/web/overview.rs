@@ -64,6 +64,8 @@ pub(super) struct Overview {
     out_rate: u64,
     journal: String,
     free_disk: String,
+    /// Kafka routes by state: `2 forwarding, 1 paused`.
+    kafka: String,
     alarms: Vec<String>,
 }
 
@@ -121,6 +123,7 @@ async fn overview(state: &AppState) -> Result<Overview, WebError> {
     if free.is_some_and(|f| f < 100 * 1024 * 1024) {
         alarms.push("less than 100 MB of disk left".to_owned());
     }
+    let kafka = kafka_routes(crate::forward::ops::status(data_dir), &mut alarms);
     let soon = crate::timefmt::now_ms() + 30 * 86_400_000;
     for cert in state.ops().list_certs().await? {
         if cert.revoked_at.is_none() && cert.not_after < soon {
@@ -144,8 +147,35 @@ async fn overview(state: &AppState) -> Result<Overview, WebError> {
         out_rate: out_rate.round() as u64,
         journal,
         free_disk: free.map_or_else(|| "unknown".to_owned(), bytes),
+        kafka,
         alarms,
     })
+}
+
+/// The Kafka routes by state, as the forwarder last reported them; a lag alarm, a stalled route and a route in
+/// error are alarms.
+fn kafka_routes(view: crate::forward::ops::StatusView, alarms: &mut Vec<String>) -> String {
+    use crate::forward::status::RouteState;
+    if !crate::forward::BUILT {
+        return "not in this build".to_owned();
+    }
+    let Some(report) = view.report.filter(|_| view.running) else { return "none running".to_owned() };
+    let mut states: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for r in &report.routes {
+        *states.entry(r.state.as_str()).or_default() += 1;
+        if r.lag_alarm {
+            alarms.push(format!(
+                "Kafka route {}: lag alarm, the oldest unforwarded message is {} s old",
+                r.name,
+                r.lag_ms / 1000
+            ));
+        }
+        if matches!(r.state, RouteState::Stalled | RouteState::Error) {
+            let why = r.last_error.as_deref().unwrap_or("no acknowledgement");
+            alarms.push(format!("Kafka route {} is {}: {why}", r.name, r.state.as_str()));
+        }
+    }
+    states.iter().map(|(state, n)| format!("{n} {state}")).collect::<Vec<_>>().join(", ")
 }
 
 /// `1.2 GB`, `340 MB`, `12 kB`.

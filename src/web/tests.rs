@@ -910,3 +910,28 @@ async fn the_sparkplug_page_shows_nodes_metrics_and_gaps_charts_a_metric_and_ask
     let audit = c.get("/audit?q=sparkplug.rebirth", Some(&cookie)).await.body;
     assert!(audit.contains("console:root"), "{audit}");
 }
+
+/// The Kafka page (built with the `kafka` feature, the default).
+#[cfg(feature = "kafka")]
+mod kafka;
+
+/// Without the `kafka` feature the Kafka page says so, changes are refused, and the navigation stays.
+#[cfg(not(feature = "kafka"))]
+#[tokio::test]
+async fn without_kafka_the_kafka_page_says_so_and_refuses_changes() {
+    let c = Console::new().await;
+    let cookie = c.admin().await;
+    let page = c.get("/kafka", Some(&cookie)).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        page.body.contains("not in this build") && page.body.contains("href=\"/topics\""),
+        "{}",
+        page.body
+    );
+    let csrf = c.csrf(&cookie).await;
+    let form = encode(&[("csrf", &csrf), ("name", "main"), ("bootstrap", "127.0.0.1:9")]);
+    let refused = c.post("/kafka/upstreams/add", &form, Some(&cookie)).await;
+    assert!(refused.location().starts_with("/kafka?error="), "{}", refused.location());
+    assert_eq!(c.get("/kafka/upstreams/add", Some(&cookie)).await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(c.get("/", Some(&cookie)).await.status, StatusCode::OK);
+}

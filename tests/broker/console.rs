@@ -12,6 +12,12 @@ const JOURNEY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120)
 
 async fn journey(name: &str, with_admin: bool) {
     let gw = TestGateway::start().await;
+    run_journey(&gw, name, with_admin, &[]).await;
+    gw.stop().await;
+}
+
+/// Runs one journey against `gw`, with `extra` arguments for the script.
+async fn run_journey(gw: &TestGateway, name: &str, with_admin: bool, extra: &[&str]) {
     if with_admin {
         gw.gateway()
             .security()
@@ -25,7 +31,7 @@ async fn journey(name: &str, with_admin: bool) {
     let shots = std::env::var("WEIR_SCREENSHOTS").ok();
     let mut command = Command::new(&python);
     command.arg(&script).arg(name).arg("--url").arg(&url).arg("--data-dir").arg(gw.data_dir());
-    command.arg("--mqtt-port").arg(gw.port().to_string());
+    command.arg("--mqtt-port").arg(gw.port().to_string()).args(extra);
     if let Some(dir) = &shots {
         command.arg("--shots").arg(dir);
     }
@@ -40,7 +46,6 @@ async fn journey(name: &str, with_admin: bool) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    gw.stop().await;
 }
 
 /// First run with the setup code, then sign in and out, and throttling after wrong passwords.
@@ -84,4 +89,21 @@ async fn browser_the_history_chart_draws_and_the_export_downloads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_clients_are_listed_and_disconnected() {
     journey("clients", true).await;
+}
+
+/// Kafka: add an upstream against a real broker (tansu) and test the connection, be refused a bad route with the
+/// reason beside its field, add the route, see what mosquitto_pub sends move the route's status, pause it; an
+/// independent reader (confluent-kafka) then finds in Kafka exactly what was sent before the pause.
+#[cfg(feature = "kafka")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_kafka_upstream_connection_test_route_status_and_pause() {
+    let tansu = crate::kafka::Tansu::start().await;
+    tansu.create_topic("plant", 1).await;
+    let gw = TestGateway::start().await;
+    run_journey(&gw, "kafka", true, &["--kafka-bootstrap", &tansu.bootstrap()]).await;
+    let records = crate::kafka::read_all(&tansu.bootstrap(), "plant").await;
+    let values: Vec<&str> = records.iter().map(|r| r.value.as_str()).collect();
+    assert_eq!(values, ["t=20", "t=21", "t=22", "t=23", "t=24"], "before the pause, and nothing after it");
+    assert!(records.iter().all(|r| r.key.as_deref() == Some("plant/press-1/temp")));
+    gw.stop().await;
 }

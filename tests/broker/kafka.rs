@@ -841,3 +841,70 @@ async fn bad_input_is_shown_clearly_and_loses_nothing() {
     drop(mqtt);
     gw.stop().await;
 }
+
+/// `weir kafka upstream test`: the cluster answers within seconds with its brokers and topics, and each way of
+/// failing is named: unreachable, TLS (to tansu's plaintext listener), authentication (tansu 0.6's SASL refuses
+/// any credentials).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_test_reaches_the_broker_and_names_each_failure() {
+    let tansu = Tansu::start().await;
+    tansu.create_topic("probe-a", 1).await;
+    tansu.create_topic("probe-b", 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let test = |name: &'static str| {
+        let data = data.clone();
+        async move {
+            let started = Instant::now();
+            let out = Command::new(WEIR)
+                .args(["kafka", "--data-dir"])
+                .arg(&data)
+                .args(["upstream", "test", name])
+                .output()
+                .await
+                .unwrap();
+            let elapsed = started.elapsed();
+            let text =
+                format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            eprintln!("weir kafka upstream test {name} ({elapsed:?}): {}", text.trim());
+            assert!(elapsed < Duration::from_secs(20), "{name}: the test took {elapsed:?}");
+            (out.status.success(), text)
+        }
+    };
+    weir_cli(&data, &["upstream", "set", "main", "--bootstrap", &tansu.bootstrap()]).await;
+    let (ok, text) = test("main").await;
+    assert!(ok, "{text}");
+    assert!(text.contains("upstream main reached") && text.contains("1 broker ("), "{text}");
+    let topics: usize = text.split(", ").last().unwrap().trim().trim_end_matches(" topics").parse().unwrap();
+    assert!(topics >= 2, "{text}");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    weir_cli(&data, &["upstream", "set", "nowhere", "--bootstrap", &closed.to_string()]).await;
+    let (ok, text) = test("nowhere").await;
+    assert!(!ok && text.contains("upstream nowhere: unreachable"), "{text}");
+
+    weir_cli(&data, &["upstream", "set", "tls", "--bootstrap", &tansu.bootstrap(), "--tls"]).await;
+    let (ok, text) = test("tls").await;
+    assert!(!ok && text.contains("upstream tls: TLS failed"), "{text}");
+
+    let db = config_db(&data).await;
+    let sasl = ops::SetUpstream {
+        name: "sasl".into(),
+        bootstrap: tansu.bootstrap(),
+        sasl_mechanism: Some("PLAIN".into()),
+        sasl_user: Some("gw".into()),
+        sasl_password: Some("wrong".into()),
+        ..ops::SetUpstream::default()
+    };
+    ops::upstream_set(&db, sasl, "test").await.unwrap();
+    let (ok, text) = test("sasl").await;
+    assert!(!ok && text.contains("upstream sasl: authentication failed"), "{text}");
+    assert!(!text.contains("wrong"), "the password is never printed: {text}");
+
+    let audited: Vec<String> =
+        sqlx::query_scalar("SELECT detail FROM audit_log WHERE action = 'kafka.upstream.test'")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    assert_eq!(audited.len(), 4, "{audited:?}");
+}

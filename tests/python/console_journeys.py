@@ -261,7 +261,54 @@ def clients(c, args):
         watcher.kill()
 
 
-JOURNEYS = {"live_topic": live_topic, "history_chart": history_chart, "clients": clients, "first_run": first_run, "certificates": certificates, "access": access, "xss": xss}
+def kafka(c, args):
+    c.sign_in()
+    c.open("/kafka")
+    c.wait_text("No upstream yet")
+    c.driver.find_element(By.LINK_TEXT, "Add an upstream").click()
+    c.wait_for("the upstream form", EC.title_contains("Add an upstream"))
+    c.submit("/kafka/upstreams/add", name="main", bootstrap=args.kafka_bootstrap)
+    c.wait_text("Upstream main added")
+    c.submit("/kafka/upstreams/test")
+    c.wait_text("Connection test: upstream main reached")
+    c.wait_text("1 broker")
+    c.open("/kafka/upstreams/edit?name=main")
+    c.wait_for("the upstream's form", EC.title_contains("Upstream main"))
+    c.shot("kafka-upstream")
+    c.open("/kafka")
+    c.driver.find_element(By.LINK_TEXT, "Add an uplink route (MQTT → Kafka)").click()
+    c.wait_for("the route form", EC.title_contains("Add an uplink route"))
+    # A bad filter comes back with the reason beside its field, and what was typed.
+    c.submit("/kafka/uplinks/add", name="plant", filter="plant/#/temp", topic="plant", key="topic", **{"from": "oldest"})
+    c.wait_for("the reason beside the filter", lambda d: "not a valid MQTT topic filter" in d.find_element(By.ID, "filter-error").text)
+    assert c.driver.find_element(By.NAME, "filter").get_attribute("aria-invalid") == "true"
+    assert c.driver.find_element(By.NAME, "name").get_attribute("value") == "plant", "what was typed is kept"
+    c.shot("kafka-refused")
+    c.submit("/kafka/uplinks/add", filter="plant/#")
+    c.wait_text("Route plant added")
+    for i in range(5):
+        sent = mqtt(args, "mosquitto_pub", "-t", "plant/press-1/temp", "-m", f"t={20 + i}", "-q", "1")
+        assert sent.returncode == 0, sent.stderr
+    # The status refreshes itself: no reload.
+    forwarded = "#route-status tr[data-route='plant'] [data-key='forwarded']"
+    c.wait_for("the route to forward all five", lambda d: d.find_element(By.CSS_SELECTOR, forwarded).text == "5")
+    c.wait_for("the route to be idle", lambda d: d.find_element(
+        By.CSS_SELECTOR, "#route-status tr[data-route='plant'] td.state").get_attribute("data-state") == "idle")
+    assert "never" not in c.driver.find_element(By.CSS_SELECTOR, "#route-status tr[data-route='plant']").text, \
+        "an acknowledgement time is shown"
+    c.shot("kafka")
+    c.driver.find_element(By.CSS_SELECTOR, "#routes form[action='/kafka/routes/pause'] button").click()
+    c.wait_text("Route plant paused")
+    c.wait_for("the route to stop", lambda d: d.find_element(
+        By.CSS_SELECTOR, "#route-status tr[data-route='plant'] td.state").get_attribute("data-state") == "paused")
+    # Stopped: what is published now waits in the journal (tests/broker/console.rs reads Kafka afterwards).
+    sent = mqtt(args, "mosquitto_pub", "-t", "plant/press-1/temp", "-m", "while paused", "-q", "1")
+    assert sent.returncode == 0, sent.stderr
+    assert c.driver.find_elements(By.CSS_SELECTOR, "#routes form[action='/kafka/routes/resume']"), "Resume is offered"
+
+
+JOURNEYS = {"live_topic": live_topic, "history_chart": history_chart, "clients": clients, "first_run": first_run, "certificates": certificates, "access": access, "xss": xss,
+            "kafka": kafka}
 
 
 def main():
@@ -271,6 +318,7 @@ def main():
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--mqtt-port", type=int, required=True)
     parser.add_argument("--shots")
+    parser.add_argument("--kafka-bootstrap", help="HOST:PORT of the test Kafka broker (journey kafka)")
     args = parser.parse_args()
     downloads = tempfile.mkdtemp(prefix="weir-downloads-")
     c = Console(args, downloads)
