@@ -553,6 +553,7 @@ fn journal(j: FileJournal) -> Result<JournalConfig, ConfigError> {
         max_pages: j.max_pages,
         index_interval: defaults.index_interval,
         commit_interval: j.commit_interval_ms.map(Duration::from_millis).unwrap_or(defaults.commit_interval),
+        ..defaults
     })
 }
 

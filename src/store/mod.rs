@@ -19,7 +19,8 @@ pub mod journal;
 pub mod presence;
 pub mod topics;
 // The journal's parts below its handle (`journal`): dependencies point one way, journal -> writer -> ops, row,
-// settings.
+// settings, checkpoint.
+mod checkpoint;
 mod ops;
 mod row;
 mod settings;

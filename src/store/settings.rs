@@ -62,6 +62,15 @@ pub struct JournalConfig {
     /// publisher waiting for each acknowledgement is never held back). Fewer, larger commits cost less CPU; the
     /// price is at most this much on an acknowledgement, never on a delivery.
     pub commit_interval: Duration,
+    /// How large the write-ahead log may grow before the writer waits for the checkpointer to catch up (see
+    /// `store/checkpoint.rs`). Larger means fewer such waits and more disk held by the log.
+    pub max_wal_bytes: u64,
+    /// How much the writer may hold dirty in a transaction before SQLite writes pages to the log early
+    /// (`cache_spill`): with SQLite's default (its 2 MB cache), a batch of 4 KiB payloads (1,000 of them is
+    /// 4.7 MB) was written out in pieces in the middle of its transaction. Memory only while a batch is written:
+    /// after the commit the cache shrinks back to its 2 MB. The queue's places bound a batch's payloads to
+    /// 16 MiB, so 32 MiB is never reached in practice.
+    pub max_dirty_bytes: u64,
 }
 
 impl Default for JournalConfig {
@@ -76,6 +85,8 @@ impl Default for JournalConfig {
             max_pages: None,
             index_interval: Duration::from_millis(250),
             commit_interval: Duration::from_millis(2),
+            max_wal_bytes: 64 * 1024 * 1024,
+            max_dirty_bytes: 32 * 1024 * 1024,
         }
     }
 }

@@ -7,7 +7,8 @@
 //! takes everything waiting, and runs it with cached prepared statements; appenders wait on their own oneshot.
 //! It is the only writer of `journal.sqlite`: cursor commits and the start-up cleanup are operations on the same
 //! channel, and the sqlx pool is opened read-only (`query_only`). Reads (history, exports, consumers, start-up)
-//! stay on that pool: in WAL mode they never block this writer.
+//! stay on that pool: in WAL mode they never block this writer. Nor does copying the log into the database file:
+//! that is the checkpointer's thread (`store/checkpoint.rs`), which the writer wakes after its commits.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tokio::sync::mpsc;
 
+use super::checkpoint::Checkpointer;
 use super::ops::{CursorCommit, Op, Queued, SessionOp, Shared};
 use super::row::{StoredRow, queued_delivery};
 use super::settings::{Durability, JournalConfig};
@@ -83,6 +85,10 @@ pub(super) struct Writer {
     /// The file's size when last measured for the hard cap, and an upper bound of what was appended since.
     measured: Option<(Instant, u64)>,
     unmeasured: u64,
+    /// Copies the log into the database file beside this thread; `None` once closed.
+    checkpointer: Option<Checkpointer>,
+    /// Something was committed since the checkpointer was last woken.
+    wrote: bool,
 }
 
 impl Writer {
@@ -94,21 +100,26 @@ impl Writer {
         inner: std::sync::Weak<Shared>,
         ops: mpsc::UnboundedReceiver<Op>,
     ) -> Result<i64, StoreError> {
+        let synchronous = match config.durability {
+            Durability::Synced => "FULL",
+            Durability::Batched { .. } | Durability::Off => "NORMAL",
+        };
         let open = || -> rusqlite::Result<Connection> {
             let conn = Connection::open(path)?;
             conn.busy_timeout(Duration::from_secs(10))?;
             // WAL is a property of the file, set when it was created; these are per connection. Why they are
             // safe on power loss: see `store::connect_options`.
-            let synchronous = match config.durability {
-                Durability::Synced => "FULL",
-                Durability::Batched { .. } | Durability::Off => "NORMAL",
-            };
             conn.pragma_update(None, "synchronous", synchronous)?;
             conn.pragma_update(None, "foreign_keys", "ON")?;
             if let Some(pages) = config.max_pages {
                 conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
             }
             conn.set_prepared_statement_cache_capacity(64);
+            // Commits never checkpoint: the checkpointer does, on its own thread.
+            conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+            let page_size: u64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+            let spill = config.max_dirty_bytes / page_size.max(512);
+            conn.pragma_update(None, "cache_spill", i64::try_from(spill).unwrap_or(i64::MAX).max(1))?;
             Ok(conn)
         };
         let conn = open().map_err(|e| StoreError::Writer(e.to_string()))?;
@@ -132,7 +143,10 @@ impl Writer {
                 |r| r.get(0),
             )
             .map_err(|e| StoreError::Writer(e.to_string()))?;
+        let checkpointer = Checkpointer::start(path, synchronous, config.max_wal_bytes)?;
         let writer = Writer {
+            checkpointer: Some(checkpointer),
+            wrote: false,
             conn,
             inner,
             config,
@@ -184,7 +198,19 @@ impl Writer {
                 }
             }
             last_appends = appends;
-            if self.process(&mut batch) == Next::Stop {
+            // Before a transaction that may start the log over (see `Checkpointer::bound_log`).
+            if appends > 0
+                && let Some(checkpointer) = &self.checkpointer
+            {
+                checkpointer.bound_log();
+            }
+            let next = self.process(&mut batch);
+            if std::mem::take(&mut self.wrote)
+                && let Some(checkpointer) = &self.checkpointer
+            {
+                checkpointer.committed();
+            }
+            if next == Next::Stop {
                 break;
             }
         }
@@ -218,6 +244,8 @@ impl Writer {
                 }
                 Op::Close(done) => {
                     self.index_all();
+                    // Its last pass ends before the journal counts as closed.
+                    self.checkpointer = None;
                     let _ = done.send(());
                     next = Next::Stop;
                 }
@@ -230,11 +258,8 @@ impl Writer {
                         let _ = done.send(n);
                     }
                 }
-                Op::Checkpoint => {
-                    if let Err(e) = self.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                        tracing::warn!("journal checkpoint failed: {e}");
-                    }
-                }
+                // `batched`: the checkpointer's pass syncs the log.
+                Op::Checkpoint => self.wrote = true,
                 Op::Index(done) => match done {
                     Some(done) => {
                         self.index_all();
@@ -247,6 +272,7 @@ impl Writer {
                     }
                 },
                 Op::Restore { window, done } => {
+                    self.wrote = true;
                     let _ = done.send(self.restore(window).map_err(|e| e.to_string()));
                 }
                 Op::Append(_) | Op::Session(_) | Op::Cursor(_) => {}
@@ -311,6 +337,7 @@ impl Writer {
         let loads = session_statements(&tx, &mut self.generations, sessions).map_err(Failed::Sessions)?;
         cursor_statements(&tx, cursors).map_err(Failed::Sessions)?;
         tx.commit().map_err(|e| Failed::Appends(classify(e)))?;
+        self.wrote = true;
         self.last_id = self.last_id.max(newest);
         Ok(loads)
     }
@@ -319,6 +346,7 @@ impl Writer {
         let tx = self.conn.transaction().map_err(classify)?;
         let newest = insert_rows(&tx, &self.insert_sql, appends)?;
         tx.commit().map_err(classify)?;
+        self.wrote = true;
         self.last_id = self.last_id.max(newest);
         Ok(())
     }
@@ -338,6 +366,7 @@ impl Writer {
         })();
         match result {
             Ok(loads) => {
+                self.wrote = true;
                 answer_loads(ops, loads);
                 answer_cursors(cursors, &Ok(()));
             }
@@ -450,7 +479,10 @@ impl Writer {
             tx.commit()
         })();
         match result {
-            Ok(()) => self.indexed_upto = end,
+            Ok(()) => {
+                self.indexed_upto = end;
+                self.wrote = true;
+            }
             Err(e) => {
                 tracing::warn!("indexing the journal's topics failed (history queries scan instead): {e}")
             }
@@ -511,6 +543,7 @@ impl Writer {
             Ok(n) => {
                 if n > 0 {
                     tracing::debug!(rows = n, "journal pruned");
+                    self.wrote = true;
                 }
                 n
             }
