@@ -75,6 +75,10 @@ pub(crate) fn client_settings(
                 // template creating topics in the cluster.
                 ("allow.auto.create.topics", "false".to_owned()),
             ]);
+            // Producers only: a consumer's fetch.max.bytes (50 MB) must not be below it.
+            if let Some(n) = upstream.max_message_bytes {
+                s.push(("message.max.bytes", n.to_string()));
+            }
         }
         Role::Scanner => {
             s.extend([
@@ -128,6 +132,7 @@ mod tests {
             client_key: None,
             sasl: None,
             compression: Compression::Zstd,
+            max_message_bytes: None,
         }
     }
 
