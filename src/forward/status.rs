@@ -184,6 +184,7 @@ fn key(data_dir: &Path) -> PathBuf {
 }
 
 /// Where the live report goes.
+#[cfg_attr(not(feature = "kafka"), allow(dead_code))] // used by the supervisor (feature `kafka`)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Place {
     /// A tmpfs: rewritten every second.
@@ -194,6 +195,7 @@ pub(crate) enum Place {
 
 /// `$RUNTIME_DIRECTORY` (systemd's `RuntimeDirectory=`, the first if several), else `$XDG_RUNTIME_DIR/weir/`
 /// (named after the data directory, since one user may run several gateways), else the data directory.
+#[cfg_attr(not(feature = "kafka"), allow(dead_code))] // used by the supervisor (feature `kafka`)
 pub(crate) fn place(data_dir: &Path, env: impl Fn(&str) -> Option<OsString>) -> Place {
     let set = |name: &str| env(name).filter(|v| !v.is_empty());
     if let Some(dirs) = set("RUNTIME_DIRECTORY") {

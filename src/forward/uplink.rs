@@ -9,6 +9,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::error::KafkaError;
@@ -87,22 +88,72 @@ impl UplinkRoute {
         let mut backoff = Duration::from_millis(500);
         // Gaps already reported, across sessions: a retried session must not count the same gap again.
         let mut gap_through = 0;
+        let health = Health::default();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            self.board.update(&name, |s| s.state = RouteState::Starting);
-            match self.session(&mut stop, &mut gap_through).await {
+            self.board.update(&name, |s| {
+                if s.state != RouteState::Stalled {
+                    s.state = RouteState::Starting;
+                }
+            });
+            let result = {
+                let session = self.session(&mut stop, &mut gap_through, &health);
+                tokio::pin!(session);
+                loop {
+                    tokio::select! {
+                        r = &mut session => break r,
+                        _ = tick.tick() => self.between_reports(&health),
+                    }
+                }
+            };
+            match result {
                 Ok(()) => return,
                 Err(e) => {
                     tracing::warn!(route = %name, "Kafka uplink: {e}; retrying in {backoff:?}");
                     self.board.error(&name, &e.to_string());
-                    self.board.update(&name, |s| s.state = RouteState::Error);
+                    let pending = health.oldest_pending.load(Ordering::Relaxed) > 0;
+                    let now = now_ms();
+                    self.board.update(&name, |s| {
+                        s.state = if pending && s.last_ack_ms.is_none_or(|t| now - t > STALL_AFTER_MS) {
+                            RouteState::Stalled
+                        } else {
+                            RouteState::Error
+                        };
+                    });
                 }
             }
-            tokio::select! {
-                _ = stop.wait_for(|s| *s) => return,
-                () = tokio::time::sleep(backoff) => {}
+            let retry = tokio::time::Instant::now() + backoff;
+            loop {
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    () = tokio::time::sleep_until(retry) => break,
+                    _ = tick.tick() => self.between_reports(&health),
+                }
             }
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
+    }
+
+    /// While no session reports (one is starting, or waiting to retry after a failure: an outage), the status
+    /// still tells the truth: the oldest unacknowledged record keeps ageing, the lag alarm is raised when due,
+    /// and a route with records waiting and no acknowledgement for a while is stalled.
+    fn between_reports(&self, health: &Health) {
+        let now = now_ms();
+        let oldest = health.oldest_pending.load(Ordering::Relaxed);
+        if oldest == 0 || now - health.reported.load(Ordering::Relaxed) < 1_500 {
+            return;
+        }
+        let lag_ms = (now - oldest).max(0);
+        let alarm = health.lag(&self.spec, lag_ms);
+        self.board.update(&self.spec.name, |s| {
+            s.lag_ms = lag_ms;
+            s.lag_alarm = alarm;
+            s.rate = 0.0;
+            if s.last_ack_ms.is_none_or(|t| now - t > STALL_AFTER_MS) {
+                s.state = RouteState::Stalled;
+            }
+        });
     }
 
     /// One producer's life: start-up scan, then forwarding until stopped (`Ok`) or broken (`Err`).
@@ -110,6 +161,7 @@ impl UplinkRoute {
         &self,
         stop: &mut watch::Receiver<bool>,
         gap_through: &mut i64,
+        health: &Health,
     ) -> Result<(), UplinkError> {
         let spec = &self.spec;
         let start = if spec.from_now { StartAt::Now } else { StartAt::Beginning };
@@ -140,7 +192,7 @@ impl UplinkRoute {
             aliases: AliasBook::default(),
             forwarded_at_report: 0,
             broken: None,
-            alarm: false,
+            health,
         };
         // Before anything can fail for want of Kafka: a gap is shown while the outage lasts.
         let result = match state.check_gap().await {
@@ -206,7 +258,38 @@ struct State<'a> {
     /// A record failed in a way that needs a new producer (or the topic to appear): sending stops, what is in
     /// flight settles, and the session ends with this error.
     broken: Option<UplinkError>,
-    alarm: bool,
+    health: &'a Health,
+}
+
+/// What a route knows of its health across sessions, so that the status stays true while a new session starts
+/// (through an outage): the oldest record not acknowledged, when a session last reported, the lag alarm.
+#[derive(Debug, Default)]
+struct Health {
+    /// Journal time (unix ms) of the oldest record read and not yet acknowledged; 0 when none.
+    oldest_pending: AtomicI64,
+    /// When a session last reported (unix ms).
+    reported: AtomicI64,
+    alarm: AtomicBool,
+}
+
+impl Health {
+    /// Raises the lag alarm past the route's threshold and clears it below half of it, logging each once per
+    /// episode (not once per session). Returns whether it is raised.
+    fn lag(&self, spec: &Uplink, lag_ms: i64) -> bool {
+        let alarm_ms = i64::try_from(spec.lag_alarm_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let raised = self.alarm.load(Ordering::Relaxed);
+        if lag_ms > alarm_ms && !raised {
+            self.alarm.store(true, Ordering::Relaxed);
+            tracing::warn!(route = %spec.name, lag_ms, "Kafka uplink lag alarm: the oldest unforwarded message is older than {}s", spec.lag_alarm_secs);
+            true
+        } else if raised && lag_ms <= alarm_ms / 2 {
+            self.alarm.store(false, Ordering::Relaxed);
+            tracing::info!(route = %spec.name, lag_ms, "Kafka uplink lag alarm cleared");
+            false
+        } else {
+            raised
+        }
+    }
 }
 
 impl State<'_> {
@@ -595,15 +678,9 @@ impl State<'_> {
         let oldest = self.queue.iter().find(|s| !s.done);
         let lag_ms = oldest.map_or(0, |s| (now - s.ts).max(0));
         let waiting_since = oldest.map(|s| s.sent.elapsed());
-        let alarm_ms = i64::try_from(spec.lag_alarm_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
-        if lag_ms > alarm_ms && !self.alarm {
-            self.alarm = true;
-            tracing::warn!(route = %spec.name, lag_ms, "Kafka uplink lag alarm: the oldest unforwarded message is older than {}s", spec.lag_alarm_secs);
-        } else if self.alarm && lag_ms <= alarm_ms / 2 {
-            self.alarm = false;
-            tracing::info!(route = %spec.name, lag_ms, "Kafka uplink lag alarm cleared");
-        }
-        let alarm = self.alarm;
+        self.health.oldest_pending.store(oldest.map_or(0, |s| s.ts.max(1)), Ordering::Relaxed);
+        self.health.reported.store(now, Ordering::Relaxed);
+        let alarm = self.health.lag(spec, lag_ms);
         let broken = self.broken.as_ref().map(ToString::to_string);
         let forwarded_at_report = &mut self.forwarded_at_report;
         self.route.board.update(&spec.name, |s| {
