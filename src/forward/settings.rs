@@ -1,5 +1,6 @@
 //! The librdkafka settings an upstream turns into: a pure function, so that the TLS and SASL plumbing is tested
-//! without a broker (the test broker, tansu 0.6, has no working TLS or SASL: those handshakes are not tested).
+//! without a broker. The TLS handshake is tested through a TLS terminator in front of tansu
+//! (tests/broker/kafka_tls.rs); SASL's is not (tansu 0.6's SASL fails for any credentials).
 
 use super::config::Upstream;
 

@@ -400,6 +400,15 @@ impl State<'_> {
         let spec = &self.route.spec;
         let pending = self.consumer.next_batch(MAX_IN_FLIGHT).await?;
         self.consumer.rewind();
+        // Records wait: if Kafka cannot be reached to scan it, the status ages them (`between_reports`).
+        if let Some(first) = pending.iter().find(|m| m.ts >= spec.from_ms) {
+            let _ = self.health.oldest_pending.compare_exchange(
+                0,
+                first.ts.max(1),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
         let hints = self.load_hints().await?;
         let mut wanted: HashMap<(String, i32), Option<i64>> = HashMap::new();
         for m in &pending {

@@ -85,8 +85,12 @@ impl Consumer {
             return Ok(Vec::new());
         }
         let mut snapshot = self.journal.pool().begin().await?;
+        // Two subqueries: SQLite answers a lone min() or max() from the rowid's ends, but scans the whole table
+        // for both in one SELECT (measured: 2.5 s per batch with 280,000 rows, in a debug build).
         let (oldest, newest): (Option<i64>, Option<i64>) =
-            sqlx::query_as("SELECT min(id), max(id) FROM messages").fetch_one(&mut *snapshot).await?;
+            sqlx::query_as("SELECT (SELECT min(id) FROM messages), (SELECT max(id) FROM messages)")
+                .fetch_one(&mut *snapshot)
+                .await?;
         if let Some(oldest) = oldest
             && oldest > self.read + 1
         {

@@ -3,8 +3,8 @@
 //! fault-injecting proxy in `proxy.rs`, through which the broker advertises itself.
 //!
 //! tansu 0.6 keeps its data in memory: killing it loses what it held, so the kill-the-broker case checks what was
-//! published after the kill. Its TLS is never wired and its SASL fails, so TLS and SASL are tested as
-//! configuration (src/forward/settings.rs, kafka.rs) and the handshakes are not tested here.
+//! published after the kill. Its TLS is never wired (kafka_tls.rs puts a TLS terminator in front of it) and its
+//! SASL fails, so SASL is tested as configuration (src/forward/settings.rs, kafka.rs) and with a wrong password.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

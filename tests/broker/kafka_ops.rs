@@ -358,7 +358,8 @@ async fn a_kafka_outage_of_minutes_under_load_loses_nothing_and_shows_while_it_l
     assert_eq!(publish_qos1(gw.tcp, "long", &keys, 0..1000, 100).await, 1000);
     until_forwarded_all(&data, "long").await;
 
-    // A blackhole: sockets stay open, nothing flows. Load goes on all the while (500 messages every 250 ms).
+    // A blackhole: sockets stay open, nothing flows. Load goes on all the while: 500 messages a second (a
+    // backlog of 90,000 at 180 s; see docs/BENCHMARKS.md for why not more).
     let outage = outage();
     tansu.proxy.set(Fault::Blackhole);
     let started = Instant::now();
@@ -378,10 +379,11 @@ async fn a_kafka_outage_of_minutes_under_load_loses_nothing_and_shows_while_it_l
         if elapsed > 15_000 {
             assert_eq!(s.state, RouteState::Stalled, "at {elapsed} ms into the outage: {s:?}");
             assert!(s.lag_alarm, "{s:?}");
-            assert!(s.lag_ms > elapsed - 3_000 && s.lag_ms < elapsed + 3_000, "lag at {elapsed} ms: {s:?}");
+            // (Reported each second by the route and again by the supervisor: up to a few seconds behind.)
+            assert!(s.lag_ms > elapsed - 5_000 && s.lag_ms < elapsed + 1_000, "lag at {elapsed} ms: {s:?}");
         }
         *states.entry(s.state.as_str().to_owned()).or_default() += 1;
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_secs(1).saturating_sub(t.elapsed())).await;
     }
     let during = ops::status(&data).report.unwrap().routes.into_iter().find(|r| r.name == "long").unwrap();
     eprintln!(
@@ -395,7 +397,23 @@ async fn a_kafka_outage_of_minutes_under_load_loses_nothing_and_shows_while_it_l
     assert!(during.lag_alarm, "the lag alarm is raised");
     tansu.proxy.set(Fault::Pass);
     let recovered = Instant::now();
+    let watcher = {
+        let data = data.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let view = ops::status(&data);
+                if let Some(s) = view.report.and_then(|r| r.routes.into_iter().find(|r| r.name == "long")) {
+                    eprintln!(
+                        "catching up: {:?} forwarded {} position {} rate {:.0}/s skipped {} error {:?}",
+                        s.state, s.forwarded, s.position, s.rate, s.skipped_duplicates, s.last_error
+                    );
+                }
+            }
+        })
+    };
     until_forwarded_all(&data, "long").await;
+    watcher.abort();
     eprintln!("caught up {} messages in {:?} after the outage", next - 1000, recovered.elapsed());
     let mut want: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for seq in 0..next {
