@@ -173,6 +173,12 @@ pub fn read(data_dir: &Path) -> StatusView {
     StatusView { running, report: Some(report) }
 }
 
+/// The last report the gateway wrote for `data_dir`, wherever it is (kept for callers of the earlier API; prefer
+/// [`read`], which also says whether the gateway runs).
+pub fn read_report(data_dir: &Path) -> std::io::Result<StatusReport> {
+    read(data_dir).report.ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
+}
+
 /// The reports of the gateways running in this process, by data directory.
 fn registry() -> &'static Mutex<HashMap<PathBuf, StatusReport>> {
     static REPORTS: OnceLock<Mutex<HashMap<PathBuf, StatusReport>>> = OnceLock::new();
