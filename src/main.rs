@@ -988,6 +988,10 @@ enum KafkaUpstreamCommand {
         /// none, gzip, snappy, lz4 (default) or zstd.
         #[arg(long)]
         compression: Option<String>,
+        /// The largest record sent (librdkafka's message.max.bytes, default 1000000); larger ones are dead
+        /// letters.
+        #[arg(long, value_name = "BYTES")]
+        max_message_bytes: Option<u32>,
     },
     /// List upstreams (never their passwords).
     List,
@@ -1014,7 +1018,8 @@ enum KafkaRouteCommand {
         /// Record key: topic, client or level:N.
         #[arg(long, default_value = "topic")]
         key: String,
-        /// raw (the payload) or json (an envelope with topic, payload, properties, timestamp).
+        /// raw (the payload), json (an envelope with topic, payload, properties, timestamp) or sparkplug
+        /// (Sparkplug B decoded to JSON, aliases resolved; other messages are dead letters).
         #[arg(long, default_value = "raw")]
         format: String,
         /// now, oldest, or a time (2026-11-25T10:00:00Z, unix ms, 2h ...) to replay from.
@@ -1040,6 +1045,17 @@ enum KafkaRouteCommand {
     /// Delete a route; its journal cursor is released.
     Del {
         name: String,
+    },
+    /// Send a route's dead letters again (after raising a size limit, say): those acknowledged leave the list,
+    /// those refused stay with the new reason.
+    Replay {
+        name: String,
+        /// Every dead letter of the route.
+        #[arg(long, conflicts_with = "id", required_unless_present = "id")]
+        all: bool,
+        /// One dead letter, by the id `route show` gives.
+        #[arg(long, value_name = "N")]
+        id: Option<i64>,
     },
 }
 
@@ -1080,10 +1096,23 @@ async fn kafka(command: KafkaCommand, place: Place) -> anyhow::Result<()> {
             anyhow::bail!("the gateway is not running (no fresh status in {})", data_dir.display());
         };
         writeln!(out, "gateway {}", report.gateway)?;
-        for r in &report.routes {
+        if !report.live {
             writeln!(
                 out,
-                "{} {} {} state={} forwarded={} rate={:.1}/s lag={} msgs {:.1}s{} dead_letters={} skipped_duplicates={} last_ack={} last_error={}",
+                "(no runtime directory: counters as of {}, when something else last changed)",
+                weir::timefmt::format(report.written_ms)
+            )?;
+        }
+        for r in &report.routes {
+            let gap = match r.last_gap {
+                Some((from, to, at)) => {
+                    format!(" gap={} (last: journal ids {from}-{to} at {})", r.gap, weir::timefmt::format(at))
+                }
+                None => String::new(),
+            };
+            writeln!(
+                out,
+                "{} {} {} state={} forwarded={} rate={:.1}/s lag={} msgs {:.1}s{}{gap} dead_letters={} skipped_duplicates={} last_ack={} last_error={}",
                 r.name,
                 r.kind,
                 r.upstream,
@@ -1123,6 +1152,7 @@ async fn kafka(command: KafkaCommand, place: Place) -> anyhow::Result<()> {
                 sasl_user,
                 sasl_password_stdin,
                 compression,
+                max_message_bytes,
             } => {
                 let sasl_password = if sasl_password_stdin {
                     let mut line = String::new();
@@ -1142,6 +1172,7 @@ async fn kafka(command: KafkaCommand, place: Place) -> anyhow::Result<()> {
                     sasl_user,
                     sasl_password,
                     compression,
+                    max_message_bytes,
                     ..ops::SetUpstream::default()
                 };
                 let view = ops::upstream_set(&pool, request, &actor).await?;
@@ -1227,7 +1258,8 @@ async fn kafka(command: KafkaCommand, place: Place) -> anyhow::Result<()> {
                 for l in &d.dead_letters {
                     writeln!(
                         out,
-                        "  {} journal_id={} {} -> {} ({} bytes): {}",
+                        "  id={} {} journal_id={} {} -> {} ({} bytes): {}",
+                        l.id,
                         weir::timefmt::format(l.ts),
                         l.journal_id.map_or("-".to_owned(), |i| i.to_string()),
                         l.source,
@@ -1240,6 +1272,14 @@ async fn kafka(command: KafkaCommand, place: Place) -> anyhow::Result<()> {
             KafkaRouteCommand::Pause { name } => ops::route_pause(&pool, &name, &actor).await?,
             KafkaRouteCommand::Resume { name } => ops::route_resume(&pool, &name, &actor).await?,
             KafkaRouteCommand::Del { name } => ops::route_del(&pool, &name, &actor).await?,
+            KafkaRouteCommand::Replay { name, all: _, id } => {
+                let which = id.map_or(ops::ReplayWhich::All, ops::ReplayWhich::Id);
+                let report = ops::route_replay(&pool, &data_dir, &name, which, &actor).await?;
+                writeln!(out, "sent {}, kept {}", report.sent, report.kept.len())?;
+                for (id, reason) in &report.kept {
+                    writeln!(out, "  kept {id}: {reason}")?;
+                }
+            }
         },
         KafkaCommand::Downlink {
             command:

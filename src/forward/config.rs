@@ -146,6 +146,10 @@ pub struct Upstream {
     pub sasl: Option<Sasl>,
     #[serde(default)]
     pub compression: Compression,
+    /// The largest record sent (librdkafka's `message.max.bytes`); larger ones are dead letters. librdkafka's
+    /// 1,000,000 when absent. Raise it with the topic's `max.message.bytes`, then replay the dead letters.
+    #[serde(default)]
+    pub max_message_bytes: Option<u32>,
 }
 
 /// Hand-written so that the SASL password can never reach a log line through `{:?}`.
@@ -163,6 +167,7 @@ impl fmt::Debug for Upstream {
             .field("client_key_pem", &self.client_key_pem.as_ref().map(|_| "<secret>"))
             .field("sasl", &self.sasl)
             .field("compression", &self.compression)
+            .field("max_message_bytes", &self.max_message_bytes)
             .finish()
     }
 }
@@ -308,6 +313,12 @@ impl Upstream {
             if sasl.password.is_empty() {
                 problems.push("sasl_password", "SASL needs a password");
             }
+        }
+        // Within librdkafka's bounds, and not above a consumer's default fetch.max.bytes.
+        if let Some(n) = self.max_message_bytes
+            && !(1000..=50_000_000).contains(&n)
+        {
+            problems.push("max_message_bytes", format!("max message bytes {n}: use 1000 to 50000000"));
         }
         problems.done()
     }
@@ -497,6 +508,10 @@ pub enum ValueFormat {
     Raw,
     /// A JSON envelope: topic, payload (text, or base64), properties, timestamp.
     Json,
+    /// Sparkplug B decoded to JSON, metric aliases resolved and `is_historical` kept
+    /// (`sparkplug::payload_json`). A message that is not Sparkplug B (another topic, a payload that does not
+    /// decode) is a dead letter: the Kafka topic keeps one schema, and nothing is lost silently.
+    Sparkplug,
 }
 
 impl ValueFormat {
@@ -504,7 +519,8 @@ impl ValueFormat {
         match s {
             "raw" => Ok(ValueFormat::Raw),
             "json" => Ok(ValueFormat::Json),
-            _ => Err(ConfigError::invalid("format", format!("format {s:?}: use raw or json"))),
+            "sparkplug" => Ok(ValueFormat::Sparkplug),
+            _ => Err(ConfigError::invalid("format", format!("format {s:?}: use raw, json or sparkplug"))),
         }
     }
 
@@ -512,6 +528,7 @@ impl ValueFormat {
         match self {
             ValueFormat::Raw => "raw",
             ValueFormat::Json => "json",
+            ValueFormat::Sparkplug => "sparkplug",
         }
     }
 }
@@ -1001,6 +1018,8 @@ mod tests {
             ..Upstream::default()
         };
         assert!(up.validate().is_ok());
+        assert!(Upstream { max_message_bytes: Some(10), ..up.clone() }.validate().is_err());
+        assert_eq!(ValueFormat::parse("sparkplug").unwrap().as_str(), "sparkplug");
         assert!(!format!("{up:?}").contains("hunter2"), "Debug never shows the password");
         assert!(Upstream { bootstrap: vec!["k1".into()], ..up.clone() }.validate().is_err());
         assert!(Upstream { bootstrap: vec![], ..up.clone() }.validate().is_err());

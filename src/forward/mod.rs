@@ -20,6 +20,8 @@ pub mod status;
 #[cfg(feature = "kafka")]
 mod downlink;
 #[cfg(feature = "kafka")]
+mod format;
+#[cfg(feature = "kafka")]
 mod kafka;
 #[cfg(feature = "kafka")]
 mod uplink;
@@ -103,6 +105,8 @@ async fn supervise(
         }
     };
     let board = StatusBoard::default();
+    let mut status_file =
+        status::StatusWriter::new(&data_dir, status::place(&data_dir, |v| std::env::var_os(v)));
     struct Running {
         spec: RouteSpec,
         upstream: Upstream,
@@ -227,17 +231,22 @@ async fn supervise(
                 r.lag_messages = u64::try_from(newest.unwrap_or(0) - r.position).unwrap_or(0);
             }
         }
-        let report = StatusReport { written_ms: config::now_ms(), gateway: gateway.clone(), routes };
+        let mut report = StatusReport {
+            written_ms: config::now_ms(),
+            gateway: gateway.clone(),
+            routes,
+            ..StatusReport::default()
+        };
         // Without routes there is nothing to report, and no reason to write a file every second.
         if report.routes.is_empty() {
             if std::mem::take(&mut reported) {
-                let _ = std::fs::remove_file(data_dir.join(status::STATUS_FILE));
+                status_file.clear();
             }
             continue;
         }
         reported = true;
-        if let Err(e) = status::write_report(&data_dir, &report) {
-            tracing::warn!("writing {}: {e}", status::STATUS_FILE);
+        if let Err(e) = status_file.write(&mut report) {
+            tracing::warn!("writing the Kafka status: {e}");
         }
         if let Some(every) = sys_every
             && last_sys.elapsed() >= every
@@ -254,7 +263,7 @@ async fn supervise(
             tracing::warn!(route = %name, "a Kafka route did not stop within its timeout");
         }
     }
-    let _ = std::fs::remove_file(data_dir.join(status::STATUS_FILE));
+    status_file.clear();
 }
 
 /// Deletes the cursors of uplink routes that no longer exist, so that retention may prune what they held.

@@ -13,7 +13,7 @@ use super::config::{
     self, Compression, ConfigError, Downlink, FieldError, KeySpec, Problems, RouteSpec, Sasl, SaslMechanism,
     StoredRoute, Uplink, Upstream, ValueFormat, now_ms,
 };
-use super::status::{self, StatusReport};
+use super::status;
 use crate::store::config_db::Audited;
 
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +29,9 @@ pub enum OpsError {
     /// This binary has no Kafka client (built without the cargo feature `kafka`).
     #[error("this weir is built without Kafka (the cargo feature `kafka`)")]
     NotBuilt,
+    /// A request that cannot be carried out as asked (a dead letter that does not exist, a replay that failed).
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl OpsError {
@@ -66,6 +69,8 @@ pub struct SetUpstream {
     /// Read from standard input by the CLI, never from the command line.
     pub sasl_password: Option<String>,
     pub compression: Option<String>,
+    /// The largest record sent (librdkafka's `message.max.bytes`); librdkafka's default when `None`.
+    pub max_message_bytes: Option<u32>,
 }
 
 /// Hand-written: the password and the client key never reach a log line through `{:?}`.
@@ -108,6 +113,7 @@ pub struct UpstreamView {
     pub sasl_mechanism: Option<String>,
     pub sasl_user: Option<String>,
     pub compression: String,
+    pub max_message_bytes: Option<u32>,
 }
 
 impl From<&Upstream> for UpstreamView {
@@ -124,6 +130,7 @@ impl From<&Upstream> for UpstreamView {
             sasl_mechanism: u.sasl.as_ref().map(|s| s.mechanism.as_str().to_owned()),
             sasl_user: u.sasl.as_ref().map(|s| s.username.clone()),
             compression: u.compression.as_str().to_owned(),
+            max_message_bytes: u.max_message_bytes,
         }
     }
 }
@@ -269,6 +276,8 @@ fn build_upstream(
         client_key_pem,
         sasl,
         compression,
+        // An edit that gives none keeps the stored limit.
+        max_message_bytes: r.max_message_bytes.or(kept.max_message_bytes.filter(|_| keep)),
     };
     // The CLI's --ca implies --tls; a form with a TLS switch says what it means.
     if mode != Mode::Replace && !r.tls && upstream.uses_tls() {
@@ -398,7 +407,7 @@ pub struct AddRoute {
     pub topic: String,
     /// `topic`, `client` or `level:N`.
     pub key: String,
-    /// `raw` or `json`.
+    /// `raw`, `json` or `sparkplug`.
     pub format: String,
     /// `now`, `oldest`, or a time as `weir history --since` takes it; editing, also `keep` (or empty).
     pub from: String,
@@ -716,24 +725,163 @@ pub async fn route_del(pool: &SqlitePool, name: &str, actor: &str) -> Result<(),
     Ok(())
 }
 
-/// `weir kafka status`: what the running gateway last reported.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StatusView {
-    /// The report is fresh (written in the last few seconds): the gateway runs.
-    pub running: bool,
-    pub report: Option<StatusReport>,
+/// Which dead letters `weir kafka route replay` sends again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayWhich {
+    All,
+    /// One, by its id in `route show`.
+    Id(i64),
 }
 
-/// A report older than this means the gateway is not running (it rewrites it every second).
-const STALE_AFTER_MS: i64 = 5_000;
+/// What a replay did: how many were sent (and left the list), and those refused again, with the new reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReplayReport {
+    pub sent: usize,
+    /// `(dead letter id, reason)`: still in the list, with this reason and the time of this attempt.
+    pub kept: Vec<(i64, String)>,
+}
 
-pub fn status(data_dir: &Path) -> StatusView {
-    match status::read_report(data_dir) {
-        Ok(report) => {
-            StatusView { running: now_ms() - report.written_ms < STALE_AFTER_MS, report: Some(report) }
-        }
-        Err(_) => StatusView { running: false, report: None },
+/// How long each replayed record may take to be acknowledged.
+#[cfg(feature = "kafka")]
+const REPLAY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `weir kafka route replay`: sends an uplink route's dead letters again through the route (after the operator
+/// raised a size limit, say), as the message the journal still holds (else the payload and topic the dead
+/// letter kept), with its original journal id. Each acknowledged one leaves the list; each refused one stays,
+/// with the new reason. Audited. Replayed records come after what the route sent meanwhile: order per key is
+/// not kept for them.
+pub async fn route_replay(
+    pool: &SqlitePool,
+    data_dir: &Path,
+    name: &str,
+    which: ReplayWhich,
+    actor: &str,
+) -> Result<ReplayReport, OpsError> {
+    let config = config::load(pool).await?;
+    let Some(route) = config.routes.iter().find(|r| r.spec.name() == name) else {
+        return Err(ConfigError::NoRoute(name.to_owned()).into());
+    };
+    let RouteSpec::Uplink(spec) = &route.spec else {
+        return Err(OpsError::Refused(format!(
+            "{name} is a downlink: only uplink dead letters are replayed"
+        )));
+    };
+    let Some(upstream) = config.upstream(&spec.upstream) else {
+        return Err(ConfigError::NoUpstream(spec.upstream.clone()).into());
+    };
+    let only = match which {
+        ReplayWhich::All => None,
+        ReplayWhich::Id(id) => Some(id),
+    };
+    // id, ts, journal id, MQTT topic, payload.
+    type Row = (i64, i64, Option<i64>, String, Vec<u8>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT id, ts, journal_id, source, payload FROM kafka_dead_letters \
+         WHERE route = ? AND (? IS NULL OR id = ?) ORDER BY id",
+    )
+    .bind(name)
+    .bind(only)
+    .bind(only)
+    .fetch_all(pool)
+    .await?;
+    if let Some(id) = only
+        && rows.is_empty()
+    {
+        return Err(OpsError::Refused(format!("route {name} has no dead letter {id}")));
     }
+    if rows.is_empty() {
+        return Ok(ReplayReport { sent: 0, kept: Vec::new() });
+    }
+    let journal = crate::store::open_for_reading(data_dir, crate::store::Database::Journal)
+        .await
+        .map_err(|e| OpsError::Refused(format!("the journal: {e}")))?;
+    let mut letters = Vec::with_capacity(rows.len());
+    for (id, ts, journal_id, source, payload) in rows {
+        let kept = match journal_id {
+            Some(jid) => {
+                let q = crate::store::history::HistoryQuery {
+                    order: crate::store::history::Order::OldestFirst,
+                    after: Some(jid - 1),
+                    limit: 1,
+                    ..crate::store::history::HistoryQuery::new(&source)
+                };
+                crate::store::history::query(&journal, &q)
+                    .await
+                    .ok()
+                    .and_then(|p| p.messages.into_iter().find(|m| m.id == jid))
+            }
+            None => None,
+        };
+        // Gone from the journal (retention): what the dead letter kept, without the MQTT properties.
+        let message = kept.unwrap_or_else(|| crate::store::history::StoredMessage {
+            id: journal_id.unwrap_or(0),
+            ts,
+            topic: source,
+            payload,
+            qos: 1,
+            retain: false,
+            client_id: None,
+            username: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: Vec::new(),
+        });
+        letters.push((id, message));
+    }
+    let (sent, refused) = send_again(pool, spec, upstream, &journal, letters).await?;
+    journal.close().await;
+    let now = now_ms();
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    for id in &sent {
+        sqlx::query("DELETE FROM kafka_dead_letters WHERE id = ?").bind(id).execute(&mut *tx).await?;
+    }
+    for (id, reason) in &refused {
+        sqlx::query("UPDATE kafka_dead_letters SET reason = ?, ts = ? WHERE id = ?")
+            .bind(reason)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    let detail = format!("{name}: {} sent, {} kept", sent.len(), refused.len());
+    let _ = crate::store::audit(pool, actor, "kafka.route.replay", &detail).await;
+    Ok(ReplayReport { sent: sent.len(), kept: refused })
+}
+
+#[cfg(feature = "kafka")]
+async fn send_again(
+    pool: &SqlitePool,
+    spec: &Uplink,
+    upstream: &Upstream,
+    journal: &SqlitePool,
+    letters: Vec<(i64, crate::store::history::StoredMessage)>,
+) -> Result<(Vec<i64>, Vec<(i64, String)>), OpsError> {
+    let gateway = config::gateway_id(pool).await?;
+    let letters = letters.into_iter().map(|(id, message)| super::uplink::Letter { id, message }).collect();
+    let done = super::uplink::replay(spec, upstream, &gateway, journal, letters, REPLAY_TIMEOUT)
+        .await
+        .map_err(|e| OpsError::Refused(format!("replay: {e}")))?;
+    Ok((done.sent, done.refused))
+}
+
+#[cfg(not(feature = "kafka"))]
+async fn send_again(
+    _pool: &SqlitePool,
+    _spec: &Uplink,
+    _upstream: &Upstream,
+    _journal: &SqlitePool,
+    _letters: Vec<(i64, crate::store::history::StoredMessage)>,
+) -> Result<(Vec<i64>, Vec<(i64, String)>), OpsError> {
+    Err(OpsError::NotBuilt)
+}
+
+pub use super::status::StatusView;
+
+/// `weir kafka status`: what the running gateway last reported ([`status::read`]).
+pub fn status(data_dir: &Path) -> StatusView {
+    status::read(data_dir)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The librdkafka settings an upstream turns into: a pure function, so that the TLS and SASL plumbing is tested
-//! without a broker (the test broker, tansu 0.6, has no working TLS or SASL: those handshakes are not tested).
+//! without a broker. The TLS handshake is tested through a TLS terminator in front of tansu
+//! (tests/broker/kafka_tls.rs); SASL's is not (tansu 0.6's SASL fails for any credentials).
 
 use super::config::Upstream;
 
@@ -89,6 +90,10 @@ pub(crate) fn client_settings(
                 // template creating topics in the cluster.
                 ("allow.auto.create.topics", "false".to_owned()),
             ]);
+            // Producers only: a consumer's fetch.max.bytes (50 MB) must not be below it.
+            if let Some(n) = upstream.max_message_bytes {
+                s.push(("message.max.bytes", n.to_string()));
+            }
         }
         Role::Scanner => {
             s.extend([

@@ -9,6 +9,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::error::KafkaError;
@@ -18,7 +19,8 @@ use rdkafka::types::RDKafkaErrorCode;
 use sqlx::SqlitePool;
 use tokio::sync::{mpsc, watch};
 
-use super::config::{KeySpec, TopicTemplate, Uplink, Upstream, ValueFormat, now_ms};
+use super::config::{KeySpec, TopicTemplate, Uplink, Upstream, now_ms};
+use super::format::{self, AliasBook};
 use super::kafka::{self, Delivered, HEADER_GATEWAY, HEADER_ID, HEADER_ROUTE, KafkaClientError, Producer};
 use super::settings::MAX_IN_FLIGHT;
 use super::status::{RouteState, STALL_AFTER_MS, StatusBoard};
@@ -84,26 +86,83 @@ impl UplinkRoute {
     pub(crate) async fn run(self, mut stop: watch::Receiver<bool>) {
         let name = self.spec.name.clone();
         let mut backoff = Duration::from_millis(500);
+        // Gaps already reported, across sessions: a retried session must not count the same gap again.
+        let mut gap_through = 0;
+        let health = Health::default();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            self.board.update(&name, |s| s.state = RouteState::Starting);
-            match self.session(&mut stop).await {
+            self.board.update(&name, |s| {
+                if s.state != RouteState::Stalled {
+                    s.state = RouteState::Starting;
+                }
+            });
+            let result = {
+                let session = self.session(&mut stop, &mut gap_through, &health);
+                tokio::pin!(session);
+                loop {
+                    tokio::select! {
+                        r = &mut session => break r,
+                        _ = tick.tick() => self.between_reports(&health),
+                    }
+                }
+            };
+            match result {
                 Ok(()) => return,
                 Err(e) => {
                     tracing::warn!(route = %name, "Kafka uplink: {e}; retrying in {backoff:?}");
                     self.board.error(&name, &e.to_string());
-                    self.board.update(&name, |s| s.state = RouteState::Error);
+                    let pending = health.oldest_pending.load(Ordering::Relaxed) > 0;
+                    let now = now_ms();
+                    self.board.update(&name, |s| {
+                        s.state = if pending && s.last_ack_ms.is_none_or(|t| now - t > STALL_AFTER_MS) {
+                            RouteState::Stalled
+                        } else {
+                            RouteState::Error
+                        };
+                    });
                 }
             }
-            tokio::select! {
-                _ = stop.wait_for(|s| *s) => return,
-                () = tokio::time::sleep(backoff) => {}
+            let retry = tokio::time::Instant::now() + backoff;
+            loop {
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    () = tokio::time::sleep_until(retry) => break,
+                    _ = tick.tick() => self.between_reports(&health),
+                }
             }
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 
+    /// While no session reports (one is starting, or waiting to retry after a failure: an outage), the status
+    /// still tells the truth: the oldest unacknowledged record keeps ageing, the lag alarm is raised when due,
+    /// and a route with records waiting and no acknowledgement for a while is stalled.
+    fn between_reports(&self, health: &Health) {
+        let now = now_ms();
+        let oldest = health.oldest_pending.load(Ordering::Relaxed);
+        if oldest == 0 || now - health.reported.load(Ordering::Relaxed) < 1_500 {
+            return;
+        }
+        let lag_ms = (now - oldest).max(0);
+        let alarm = health.lag(&self.spec, lag_ms);
+        self.board.update(&self.spec.name, |s| {
+            s.lag_ms = lag_ms;
+            s.lag_alarm = alarm;
+            s.rate = 0.0;
+            if s.last_ack_ms.is_none_or(|t| now - t > STALL_AFTER_MS) {
+                s.state = RouteState::Stalled;
+            }
+        });
+    }
+
     /// One producer's life: start-up scan, then forwarding until stopped (`Ok`) or broken (`Err`).
-    async fn session(&self, stop: &mut watch::Receiver<bool>) -> Result<(), UplinkError> {
+    async fn session(
+        &self,
+        stop: &mut watch::Receiver<bool>,
+        gap_through: &mut i64,
+        health: &Health,
+    ) -> Result<(), UplinkError> {
         let spec = &self.spec;
         let start = if spec.from_now { StartAt::Now } else { StartAt::Beginning };
         let consumer =
@@ -129,12 +188,18 @@ impl UplinkRoute {
             last_report: Instant::now(),
             last_progress: Instant::now(),
             last_gap_check: Instant::now(),
-            read_through: 0,
+            gap_through: *gap_through,
+            aliases: AliasBook::default(),
             forwarded_at_report: 0,
             broken: None,
-            alarm: false,
+            health,
         };
-        let result = state.forward(stop).await;
+        // Before anything can fail for want of Kafka: a gap is shown while the outage lasts.
+        let result = match state.check_gap().await {
+            Ok(()) => state.forward(stop).await,
+            Err(e) => Err(e),
+        };
+        *gap_through = state.gap_through;
         // Whatever happened, keep what was acknowledged.
         let saved = state.save_progress().await;
         // A failure's own text is often generic ("metadata fetch error"); what librdkafka reported last says why
@@ -185,13 +250,46 @@ struct State<'a> {
     /// The last acknowledgement, or the session's start.
     last_progress: Instant,
     last_gap_check: Instant,
-    /// The highest journal id read (matching or not, as far as known).
-    read_through: i64,
+    /// Gaps are reported up to here.
+    gap_through: i64,
+    /// Sparkplug B aliases, for `--format sparkplug`.
+    aliases: AliasBook,
     forwarded_at_report: u64,
     /// A record failed in a way that needs a new producer (or the topic to appear): sending stops, what is in
     /// flight settles, and the session ends with this error.
     broken: Option<UplinkError>,
-    alarm: bool,
+    health: &'a Health,
+}
+
+/// What a route knows of its health across sessions, so that the status stays true while a new session starts
+/// (through an outage): the oldest record not acknowledged, when a session last reported, the lag alarm.
+#[derive(Debug, Default)]
+struct Health {
+    /// Journal time (unix ms) of the oldest record read and not yet acknowledged; 0 when none.
+    oldest_pending: AtomicI64,
+    /// When a session last reported (unix ms).
+    reported: AtomicI64,
+    alarm: AtomicBool,
+}
+
+impl Health {
+    /// Raises the lag alarm past the route's threshold and clears it below half of it, logging each once per
+    /// episode (not once per session). Returns whether it is raised.
+    fn lag(&self, spec: &Uplink, lag_ms: i64) -> bool {
+        let alarm_ms = i64::try_from(spec.lag_alarm_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let raised = self.alarm.load(Ordering::Relaxed);
+        if lag_ms > alarm_ms && !raised {
+            self.alarm.store(true, Ordering::Relaxed);
+            tracing::warn!(route = %spec.name, lag_ms, "Kafka uplink lag alarm: the oldest unforwarded message is older than {}s", spec.lag_alarm_secs);
+            true
+        } else if raised && lag_ms <= alarm_ms / 2 {
+            self.alarm.store(false, Ordering::Relaxed);
+            tracing::info!(route = %spec.name, lag_ms, "Kafka uplink lag alarm cleared");
+            false
+        } else {
+            raised
+        }
+    }
 }
 
 impl State<'_> {
@@ -217,8 +315,8 @@ impl State<'_> {
                 let room = (MAX_IN_FLIGHT - self.queue.len()).min(READ_BATCH);
                 let batch = self.consumer.next_batch(room).await?;
                 caught_up = batch.len() < room;
-                if let Some(m) = batch.last() {
-                    self.read_through = self.read_through.max(m.id);
+                for (from, to) in self.consumer.take_gaps() {
+                    self.gap(from, to);
                 }
                 for m in batch {
                     self.send(m).await?;
@@ -259,37 +357,41 @@ impl State<'_> {
         }
     }
 
-    /// Retention removes nothing a cursor still needs, except at the hard cap: then the oldest journal id is
-    /// beyond what this route has read, and the range in between is lost to it. Counted, logged, shown.
+    /// Retention removes nothing a cursor still needs, except at the hard cap: then journal entries after what
+    /// this route has read are gone before it forwarded them. Found here (every second, and at the start of each
+    /// session, so that it shows during an outage) and by the consumer as it reads.
     async fn check_gap(&mut self) -> Result<(), UplinkError> {
         self.last_gap_check = Instant::now();
-        let read = self.read_through.max(self.consumer.position());
-        let oldest: Option<i64> = sqlx::query_scalar("SELECT min(id) FROM messages")
-            .fetch_one(self.route.journal.pool())
-            .await
-            .map_err(StoreError::from)?;
-        if read == 0 {
-            // Never started: `--from oldest` means what the journal still holds, however much retention removed.
-            self.read_through = oldest.map_or(0, |o| o - 1);
-            return Ok(());
-        }
-        if let Some(oldest) = oldest
-            && oldest > read + 1
-        {
-            let lost = u64::try_from(oldest - read - 1).unwrap_or(0);
-            tracing::error!(
-                route = %self.route.spec.name,
-                from = read + 1,
-                to = oldest - 1,
-                "the journal's hard cap removed {lost} journal entries before this Kafka route forwarded them (a gap)"
-            );
-            self.route.board.update(&self.route.spec.name, |s| s.gap += lost);
-            self.route
-                .board
-                .error(&self.route.spec.name, &format!("gap: {lost} journal entries lost to the hard cap"));
-            self.read_through = oldest - 1;
+        if let Some((from, to)) = self.consumer.gap().await? {
+            self.gap(from, to);
         }
         Ok(())
+    }
+
+    /// A gap of journal ids `from..=to`: counted, logged, shown; each id once, across sessions.
+    fn gap(&mut self, from: i64, to: i64) {
+        let from = from.max(self.gap_through + 1);
+        if to < from {
+            return;
+        }
+        self.gap_through = to;
+        let lost = u64::try_from(to - from + 1).unwrap_or(0);
+        let name = &self.route.spec.name;
+        tracing::error!(
+            route = %name,
+            from,
+            to,
+            "the journal's hard cap removed {lost} journal entries before this Kafka route forwarded them (a gap)"
+        );
+        let now = now_ms();
+        self.route.board.update(name, |s| {
+            s.gap += lost;
+            s.last_gap = Some((from, to, now));
+        });
+        self.route.board.error(
+            name,
+            &format!("gap: journal ids {from} to {to} ({lost} entries) lost to the journal's hard cap"),
+        );
     }
 
     /// Before sending anything: which of the records after the cursor Kafka already has (a crash between its
@@ -298,6 +400,15 @@ impl State<'_> {
         let spec = &self.route.spec;
         let pending = self.consumer.next_batch(MAX_IN_FLIGHT).await?;
         self.consumer.rewind();
+        // Records wait: if Kafka cannot be reached to scan it, the status ages them (`between_reports`).
+        if let Some(first) = pending.iter().find(|m| m.ts >= spec.from_ms) {
+            let _ = self.health.oldest_pending.compare_exchange(
+                0,
+                first.ts.max(1),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
         let hints = self.load_hints().await?;
         let mut wanted: HashMap<(String, i32), Option<i64>> = HashMap::new();
         for m in &pending {
@@ -367,34 +478,16 @@ impl State<'_> {
             self.queue.push_back(slot);
             return Ok(());
         }
-        let value = match spec.format {
-            ValueFormat::Raw => m.payload.clone(),
-            ValueFormat::Json => envelope(&m),
+        let value = match format::value(spec.format, &mut self.aliases, self.route.journal.pool(), &m).await?
+        {
+            Ok(v) => v,
+            Err(reason) => {
+                self.dead_letter(&m, &topic, &reason).await?;
+                self.queue.push_back(slot);
+                return Ok(());
+            }
         };
-        let id = m.id.to_string();
-        let qos = m.qos.to_string();
-        let mut headers = OwnedHeaders::new_with_capacity(9 + m.user_properties.len())
-            .insert(Header { key: HEADER_GATEWAY, value: Some(self.route.gateway.as_bytes()) })
-            .insert(Header { key: HEADER_ROUTE, value: Some(spec.name.as_bytes()) })
-            .insert(Header { key: HEADER_ID, value: Some(id.as_bytes()) })
-            .insert(Header { key: "mqtt.topic", value: Some(m.topic.as_bytes()) })
-            .insert(Header { key: "mqtt.qos", value: Some(qos.as_bytes()) })
-            .insert(Header {
-                key: "mqtt.retain",
-                value: Some(if m.retain { "true" } else { "false" }.as_bytes()),
-            });
-        if let Some(c) = &m.client_id {
-            headers = headers.insert(Header { key: "mqtt.client_id", value: Some(c.as_bytes()) });
-        }
-        if let Some(u) = &m.username {
-            headers = headers.insert(Header { key: "mqtt.username", value: Some(u.as_bytes()) });
-        }
-        if let Some(ct) = &m.content_type {
-            headers = headers.insert(Header { key: "mqtt.content_type", value: Some(ct.as_bytes()) });
-        }
-        for (k, v) in &m.user_properties {
-            headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
-        }
+        let headers = headers(&self.route.gateway, &spec.name, &m);
         let mut record = BaseRecord::with_opaque_to(&topic, Box::new(m.id))
             .partition(partition)
             .payload(&value)
@@ -594,15 +687,9 @@ impl State<'_> {
         let oldest = self.queue.iter().find(|s| !s.done);
         let lag_ms = oldest.map_or(0, |s| (now - s.ts).max(0));
         let waiting_since = oldest.map(|s| s.sent.elapsed());
-        let alarm_ms = i64::try_from(spec.lag_alarm_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
-        if lag_ms > alarm_ms && !self.alarm {
-            self.alarm = true;
-            tracing::warn!(route = %spec.name, lag_ms, "Kafka uplink lag alarm: the oldest unforwarded message is older than {}s", spec.lag_alarm_secs);
-        } else if self.alarm && lag_ms <= alarm_ms / 2 {
-            self.alarm = false;
-            tracing::info!(route = %spec.name, lag_ms, "Kafka uplink lag alarm cleared");
-        }
-        let alarm = self.alarm;
+        self.health.oldest_pending.store(oldest.map_or(0, |s| s.ts.max(1)), Ordering::Relaxed);
+        self.health.reported.store(now, Ordering::Relaxed);
+        let alarm = self.health.lag(spec, lag_ms);
         let broken = self.broken.as_ref().map(ToString::to_string);
         let forwarded_at_report = &mut self.forwarded_at_report;
         self.route.board.update(&spec.name, |s| {
@@ -629,6 +716,99 @@ impl State<'_> {
     }
 }
 
+/// A dead letter to send again: its id in `kafka_dead_letters` and the message it holds.
+#[derive(Debug)]
+pub(crate) struct Letter {
+    pub(crate) id: i64,
+    pub(crate) message: StoredMessage,
+}
+
+/// What a replay did, by dead letter id.
+#[derive(Debug, Default)]
+pub(crate) struct Replayed {
+    pub(crate) sent: Vec<i64>,
+    pub(crate) refused: Vec<(i64, String)>,
+}
+
+/// Sends dead letters again through the route (its topic template, key, format and headers, the original
+/// journal id in `weir.id`), each to a definite end within `timeout`: acknowledged, or refused with the reason.
+pub(crate) async fn replay(
+    spec: &Uplink,
+    upstream: &Upstream,
+    gateway: &str,
+    journal: &SqlitePool,
+    letters: Vec<Letter>,
+    timeout: Duration,
+) -> Result<Replayed, UplinkError> {
+    let template = TopicTemplate::parse(&spec.topic)?;
+    let client_id = format!("weir-{gateway}-{}-replay", spec.name);
+    let (producer, mut delivered, _errors) = kafka::bounded_producer(upstream, &client_id, timeout)?;
+    let producer = Arc::new(producer);
+    let mut book = AliasBook::default();
+    let mut partitions: HashMap<String, i32> = HashMap::new();
+    let mut done = Replayed::default();
+    let mut waiting = std::collections::BTreeSet::new();
+    for Letter { id, message: m } in letters {
+        let topic = match template.expand(&m.topic) {
+            Ok(t) => t,
+            Err(reason) => {
+                done.refused.push((id, reason));
+                continue;
+            }
+        };
+        let count = match partitions.get(&topic) {
+            Some(&n) => n,
+            None => match kafka::partitions(&producer, &topic, METADATA_TIMEOUT).await {
+                Ok(n) => *partitions.entry(topic.clone()).or_insert(n),
+                Err(e) => {
+                    done.refused.push((id, e.to_string()));
+                    continue;
+                }
+            },
+        };
+        let value = match format::value(spec.format, &mut book, journal, &m).await? {
+            Ok(v) => v,
+            Err(reason) => {
+                done.refused.push((id, reason));
+                continue;
+            }
+        };
+        let record_key = key(spec.key, &m);
+        let mut record = BaseRecord::with_opaque_to(&topic, Box::new(id))
+            .partition(kafka::partition_for(record_key.unwrap_or_default(), count))
+            .payload(&value)
+            .timestamp(m.ts)
+            .headers(headers(gateway, &spec.name, &m));
+        if let Some(k) = record_key {
+            record = record.key(k);
+        }
+        match producer.send(record) {
+            Ok(()) => {
+                waiting.insert(id);
+            }
+            Err((e, _)) => done.refused.push((id, e.to_string())),
+        }
+    }
+    let deadline = tokio::time::Instant::now() + timeout + Duration::from_secs(5);
+    while !waiting.is_empty() {
+        match tokio::time::timeout_at(deadline, delivered.recv()).await {
+            Ok(Some(d)) => {
+                waiting.remove(&d.id);
+                match d.result {
+                    Ok(_) => done.sent.push(d.id),
+                    Err(e) => done.refused.push((d.id, e.to_string())),
+                }
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    // librdkafka ends each within `timeout`; this is the bound on the bound.
+    for id in waiting {
+        done.refused.push((id, "no answer from Kafka in time (it may have the record)".to_owned()));
+    }
+    Ok(done)
+}
+
 /// The record key a message gets.
 fn key(spec: KeySpec, m: &StoredMessage) -> Option<&[u8]> {
     match spec {
@@ -638,27 +818,34 @@ fn key(spec: KeySpec, m: &StoredMessage) -> Option<&[u8]> {
     }
 }
 
-/// The JSON envelope: the payload as text when it is UTF-8, else base64.
-fn envelope(m: &StoredMessage) -> Vec<u8> {
-    use base64ct::Encoding as _;
-    let (payload, encoding) = match std::str::from_utf8(&m.payload) {
-        Ok(text) => (text.to_owned(), "utf8"),
-        Err(_) => (base64ct::Base64::encode_string(&m.payload), "base64"),
-    };
-    let value = serde_json::json!({
-        "topic": m.topic,
-        "payload": payload,
-        "payload_encoding": encoding,
-        "qos": m.qos,
-        "retain": m.retain,
-        "client_id": m.client_id,
-        "username": m.username,
-        "content_type": m.content_type,
-        "user_properties": m.user_properties,
-        "timestamp": m.ts,
-        "journal_id": m.id,
-    });
-    serde_json::to_vec(&value).unwrap_or_default()
+/// The headers every record carries: where it comes from (gateway, route, journal id, which the start-up scan
+/// reads back) and the MQTT message's properties.
+fn headers(gateway: &str, route: &str, m: &StoredMessage) -> OwnedHeaders {
+    let id = m.id.to_string();
+    let qos = m.qos.to_string();
+    let mut headers = OwnedHeaders::new_with_capacity(9 + m.user_properties.len())
+        .insert(Header { key: HEADER_GATEWAY, value: Some(gateway.as_bytes()) })
+        .insert(Header { key: HEADER_ROUTE, value: Some(route.as_bytes()) })
+        .insert(Header { key: HEADER_ID, value: Some(id.as_bytes()) })
+        .insert(Header { key: "mqtt.topic", value: Some(m.topic.as_bytes()) })
+        .insert(Header { key: "mqtt.qos", value: Some(qos.as_bytes()) })
+        .insert(Header {
+            key: "mqtt.retain",
+            value: Some(if m.retain { "true" } else { "false" }.as_bytes()),
+        });
+    if let Some(c) = &m.client_id {
+        headers = headers.insert(Header { key: "mqtt.client_id", value: Some(c.as_bytes()) });
+    }
+    if let Some(u) = &m.username {
+        headers = headers.insert(Header { key: "mqtt.username", value: Some(u.as_bytes()) });
+    }
+    if let Some(ct) = &m.content_type {
+        headers = headers.insert(Header { key: "mqtt.content_type", value: Some(ct.as_bytes()) });
+    }
+    for (k, v) in &m.user_properties {
+        headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
+    }
+    headers
 }
 
 #[cfg(test)]
@@ -689,12 +876,13 @@ mod tests {
         assert_eq!(key(KeySpec::Client, &m), Some(&b"dev1"[..]));
         assert_eq!(key(KeySpec::Level(2), &m), Some(&b"line1"[..]));
         assert_eq!(key(KeySpec::Level(9), &m), None);
-        let v: serde_json::Value = serde_json::from_slice(&envelope(&m)).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&format::envelope(&m)).unwrap();
         assert_eq!(v["payload"], "21.5");
         assert_eq!(v["payload_encoding"], "utf8");
         assert_eq!(v["journal_id"], 7);
         assert_eq!(v["user_properties"][0][1], "C");
-        let v: serde_json::Value = serde_json::from_slice(&envelope(&message(&[0xff, 0x00]))).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&format::envelope(&message(&[0xff, 0x00]))).unwrap();
         assert_eq!(v["payload"], "/wA=");
         assert_eq!(v["payload_encoding"], "base64");
     }

@@ -28,6 +28,8 @@ pub struct Consumer {
     committed: i64,
     /// Rows read from the journal so far, matching or not ([`history::Page::rows_read`]).
     rows_read: u64,
+    /// Ranges of journal ids after what was read that were gone when the next batch was read (the hard cap).
+    gaps: Vec<(i64, i64)>,
 }
 
 impl Consumer {
@@ -45,7 +47,13 @@ impl Consumer {
             Some(position) => position,
             None => {
                 let position = match start {
-                    StartAt::Beginning => 0,
+                    // Just before the oldest row: anything that goes after this is a gap, not "before it began".
+                    StartAt::Beginning => {
+                        sqlx::query_scalar::<_, Option<i64>>("SELECT min(id) - 1 FROM messages")
+                            .fetch_one(journal.pool())
+                            .await?
+                            .unwrap_or(0)
+                    }
                     StartAt::Now => sqlx::query_scalar::<_, Option<i64>>("SELECT max(id) FROM messages")
                         .fetch_one(journal.pool())
                         .await?
@@ -62,6 +70,7 @@ impl Consumer {
             read: committed,
             committed,
             rows_read: 0,
+            gaps: Vec::new(),
         })
     }
 
@@ -76,8 +85,17 @@ impl Consumer {
             return Ok(Vec::new());
         }
         let mut snapshot = self.journal.pool().begin().await?;
-        let newest: Option<i64> =
-            sqlx::query_scalar("SELECT max(id) FROM messages").fetch_one(&mut *snapshot).await?;
+        // Two subqueries: SQLite answers a lone min() or max() from the rowid's ends, but scans the whole table
+        // for both in one SELECT (measured: 2.5 s per batch with 280,000 rows, in a debug build).
+        let (oldest, newest): (Option<i64>, Option<i64>) =
+            sqlx::query_as("SELECT (SELECT min(id) FROM messages), (SELECT max(id) FROM messages)")
+                .fetch_one(&mut *snapshot)
+                .await?;
+        if let Some(oldest) = oldest
+            && oldest > self.read + 1
+        {
+            self.gaps.push((self.read + 1, oldest - 1));
+        }
         let mut merged = Vec::new();
         // A filter whose page is full may have more after it: the batch ends at the first such page's end, so
         // that nothing of that filter's before the batch's last id is skipped.
@@ -107,6 +125,26 @@ impl Consumer {
             _ => self.read.max(newest.unwrap_or(0)),
         };
         Ok(merged)
+    }
+
+    /// Journal ids after what was read that are gone (only the hard cap removes what a cursor needs): the range,
+    /// once; reading goes on after it.
+    pub async fn gap(&mut self) -> Result<Option<(i64, i64)>, StoreError> {
+        let oldest: Option<i64> =
+            sqlx::query_scalar("SELECT min(id) FROM messages").fetch_one(self.journal.pool()).await?;
+        Ok(match oldest {
+            Some(oldest) if oldest > self.read + 1 => {
+                let gap = (self.read + 1, oldest - 1);
+                self.read = oldest - 1;
+                Some(gap)
+            }
+            _ => None,
+        })
+    }
+
+    /// The gaps [`Consumer::next_batch`] found since this was last called.
+    pub fn take_gaps(&mut self) -> Vec<(i64, i64)> {
+        std::mem::take(&mut self.gaps)
     }
 
     /// Records that everything up to and including journal id `through` is done with. Going back is refused.

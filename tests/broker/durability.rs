@@ -17,6 +17,16 @@ const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 
 /// Starts `weir serve` on port 0 with `data` as its data directory; returns the child and its MQTT address.
 pub async fn start_weir(data: &Path, extra: &str) -> (Child, std::net::SocketAddr) {
+    start_weir_env(data, extra, &[]).await
+}
+
+/// [`start_weir`] with these environment variables, and without the runtime directories of the test's own
+/// environment (`RUNTIME_DIRECTORY`, `XDG_RUNTIME_DIR`) unless given here.
+pub async fn start_weir_env(
+    data: &Path,
+    extra: &str,
+    env: &[(&str, &Path)],
+) -> (Child, std::net::SocketAddr) {
     let config = data.with_extension("toml");
     let text = format!(
         "data_dir = {:?}\n[[listener]]\nname = \"t\"\nprotocol = \"tcp\"\nbind = \"127.0.0.1:0\"\n{extra}\n[console]\nbind = \"127.0.0.1:0\"\n",
@@ -26,6 +36,9 @@ pub async fn start_weir(data: &Path, extra: &str) -> (Child, std::net::SocketAdd
     let mut child = Command::new(WEIR)
         .args(["serve", "--config"])
         .arg(&config)
+        .env_remove("RUNTIME_DIRECTORY")
+        .env_remove("XDG_RUNTIME_DIR")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)

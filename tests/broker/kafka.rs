@@ -3,8 +3,8 @@
 //! fault-injecting proxy in `proxy.rs`, through which the broker advertises itself.
 //!
 //! tansu 0.6 keeps its data in memory: killing it loses what it held, so the kill-the-broker case checks what was
-//! published after the kill. Its TLS is never wired and its SASL fails, so TLS and SASL are tested as
-//! configuration (src/forward/settings.rs, kafka.rs) and the handshakes are not tested here.
+//! published after the kill. Its TLS is never wired (kafka_tls.rs puts a TLS terminator in front of it) and its
+//! SASL fails, so SASL is tested as configuration (src/forward/settings.rs, kafka.rs) and with a wrong password.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -25,7 +25,7 @@ use crate::support::{TestGateway, connect_v311, packet};
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 /// Upper bound for Kafka-side waits (start-up scans, outages, catch-up); passing tests stay far below.
-const KAFKA_WAIT: Duration = Duration::from_secs(120);
+pub const KAFKA_WAIT: Duration = Duration::from_secs(120);
 
 fn venv() -> PathBuf {
     match std::env::var_os("WEIR_KAFKA_VENV") {
@@ -51,6 +51,14 @@ impl Tansu {
     pub async fn start() -> Tansu {
         let proxy = Proxy::start().await;
         let (child, port) = spawn_broker(proxy.addr).await;
+        proxy.retarget(SocketAddr::from(([127, 0, 0, 1], port)));
+        Tansu { child, port, proxy }
+    }
+
+    /// A tansu that advertises `advertised` (a TLS terminator in front of [`Tansu::proxy`]) instead of its proxy.
+    pub async fn start_advertising(advertised: SocketAddr) -> Tansu {
+        let proxy = Proxy::start().await;
+        let (child, port) = spawn_broker(advertised).await;
         proxy.retarget(SocketAddr::from(([127, 0, 0, 1], port)));
         Tansu { child, port, proxy }
     }
@@ -138,8 +146,9 @@ const READER: &str = r#"
 import json, sys, time
 from confluent_kafka import Consumer, TopicPartition
 bootstrap, topic = sys.argv[1], sys.argv[2]
+extra = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
 c = Consumer({"bootstrap.servers": bootstrap, "group.id": "reader", "enable.auto.commit": False,
-              "enable.partition.eof": True})
+              "enable.partition.eof": True, **extra})
 parts = list(c.list_topics(topic, timeout=30).topics[topic].partitions)
 c.assign([TopicPartition(topic, p, 0) for p in parts])
 eof, out, deadline = set(), [], time.time() + 120
@@ -163,8 +172,15 @@ sys.stdout.write("\n".join(out) + ("\n" if out else ""))
 
 /// Every record of `topic`, read to the end of each partition by confluent-kafka.
 pub async fn read_all(bootstrap: &str, topic: &str) -> Vec<Record> {
+    read_all_with(bootstrap, topic, &[]).await
+}
+
+/// [`read_all`] with more confluent-kafka settings (TLS).
+pub async fn read_all_with(bootstrap: &str, topic: &str, settings: &[(&str, &str)]) -> Vec<Record> {
+    let extra: serde_json::Map<String, serde_json::Value> =
+        settings.iter().map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v))).collect();
     let out = Command::new(venv().join("bin/python"))
-        .args(["-c", READER, bootstrap, topic])
+        .args(["-c", READER, bootstrap, topic, &serde_json::Value::Object(extra).to_string()])
         .output()
         .await
         .unwrap();
@@ -196,13 +212,14 @@ pub async fn produce(bootstrap: &str, topic: &str, records: &[(&str, &str)]) {
     assert!(child.wait().await.unwrap().success());
 }
 
-/// What the values `key:seq` say: per key, the sequence numbers in Kafka order.
-fn sequences(records: &[Record]) -> BTreeMap<String, Vec<u64>> {
+/// What the values `key:seq[:padding]` say: per key, the sequence numbers in Kafka order.
+pub fn sequences(records: &[Record]) -> BTreeMap<String, Vec<u64>> {
     let mut ordered = records.to_vec();
     ordered.sort_by_key(|r| (r.p, r.o));
     let mut per_key: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for r in &ordered {
-        let (key, seq) = r.value.split_once(':').unwrap();
+        let mut fields = r.value.split(':');
+        let (key, seq) = (fields.next().unwrap(), fields.next().unwrap());
         per_key.entry(key.to_owned()).or_default().push(seq.parse().unwrap());
     }
     per_key
@@ -217,6 +234,19 @@ pub async fn publish_qos1(
     seqs: std::ops::Range<u64>,
     window: usize,
 ) -> u64 {
+    publish_qos1_padded(addr, prefix, keys, seqs, window, 0).await
+}
+
+/// [`publish_qos1`] with `:` and `pad` bytes after each `key:seq`.
+pub async fn publish_qos1_padded(
+    addr: SocketAddr,
+    prefix: &str,
+    keys: &[String],
+    seqs: std::ops::Range<u64>,
+    window: usize,
+    pad: usize,
+) -> u64 {
+    let padding = if pad > 0 { format!(":{}", "x".repeat(pad)) } else { String::new() };
     let Ok(stream) = TcpStream::connect(addr).await else { return 0 };
     let (mut read, mut write) = stream.into_split();
     let client = format!("pub-{prefix}-{}", seqs.start);
@@ -263,7 +293,7 @@ pub async fn publish_qos1(
         permit.forget();
         let key = &keys[i % keys.len()];
         let topic = format!("{prefix}/{key}");
-        let payload = format!("{key}:{seq}");
+        let payload = format!("{key}:{seq}{padding}");
         let packet_id = (i % 65_535 + 1) as u16;
         let mut body = (topic.len() as u16).to_be_bytes().to_vec();
         body.extend(topic.as_bytes());
@@ -333,20 +363,20 @@ pub async fn until_forwarded_all(data: &Path, route: &str) {
     pool.close().await;
 }
 
-async fn config_db(data: &Path) -> sqlx::SqlitePool {
+pub async fn config_db(data: &Path) -> sqlx::SqlitePool {
     weir::store::open(data, weir::store::Database::Config, weir::store::Synchronous::Full, None)
         .await
         .unwrap()
         .0
 }
 
-async fn add_upstream(db: &sqlx::SqlitePool, name: &str, bootstrap: &str) {
+pub async fn add_upstream(db: &sqlx::SqlitePool, name: &str, bootstrap: &str) {
     let request =
         ops::SetUpstream { name: name.into(), bootstrap: bootstrap.into(), ..ops::SetUpstream::default() };
     ops::upstream_set(db, request, "test").await.unwrap();
 }
 
-fn uplink(name: &str, filter: &str, topic: &str) -> ops::AddRoute {
+pub fn uplink(name: &str, filter: &str, topic: &str) -> ops::AddRoute {
     ops::AddRoute {
         name: name.into(),
         upstream: "main".into(),
@@ -359,7 +389,7 @@ fn uplink(name: &str, filter: &str, topic: &str) -> ops::AddRoute {
     }
 }
 
-fn keys(n: usize) -> Vec<String> {
+pub fn keys(n: usize) -> Vec<String> {
     (0..n).map(|k| format!("k{k}")).collect()
 }
 
@@ -397,7 +427,7 @@ async fn a_hundred_thousand_qos1_messages_arrive_once_each_in_order_per_key() {
 }
 
 /// Per key, exactly these sequence numbers in this order: nothing missing, nothing twice, nothing reordered.
-fn check_exact(records: &[Record], want: &BTreeMap<String, Vec<u64>>) {
+pub fn check_exact(records: &[Record], want: &BTreeMap<String, Vec<u64>>) {
     let got = sequences(records);
     for (key, seqs) in want {
         let have = got.get(key).cloned().unwrap_or_default();
@@ -476,12 +506,15 @@ async fn kafka_outages_lose_nothing_and_the_status_shows_them() {
 }
 
 /// `weir serve` as a child process, for kill -9 (the durability tests' helper: listeners and the console on
-/// port 0); returns it and its MQTT address.
-async fn start_weir(data: &Path) -> (Child, SocketAddr) {
-    crate::durability::start_weir(data, "").await
+/// port 0), its runtime directory beside the data directory; returns it and its MQTT address.
+pub async fn start_weir(data: &Path) -> (Child, SocketAddr) {
+    // As under systemd: the live status in a runtime directory (the appliance's /run/weir).
+    let run = data.with_extension("run");
+    std::fs::create_dir_all(&run).unwrap();
+    crate::durability::start_weir_env(data, "", &[("RUNTIME_DIRECTORY", &run)]).await
 }
 
-async fn weir_cli(data: &Path, args: &[&str]) {
+pub async fn weir_cli(data: &Path, args: &[&str]) {
     let out = Command::new(WEIR).arg("kafka").arg("--data-dir").arg(data).args(args).output().await.unwrap();
     assert!(out.status.success(), "weir kafka {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
@@ -565,7 +598,7 @@ async fn kill_9_of_the_gateway_mid_forward_loses_nothing_and_duplicates_nothing(
         let report = ops::status(&data).report.unwrap();
         let s = report.routes.iter().find(|r| r.name == "crash").unwrap();
         skipped += s.skipped_duplicates;
-        let _ = std::fs::remove_file(data.join(weir::forward::status::STATUS_FILE));
+        let _ = std::fs::remove_file(data.with_extension("run").join(weir::forward::status::STATUS_FILE));
         last_position = position;
         let acked = publisher.await.unwrap();
         acked_total += acked;

@@ -14,6 +14,10 @@ mod durability;
 mod external;
 #[cfg(feature = "kafka")]
 mod kafka;
+#[cfg(feature = "kafka")]
+mod kafka_ops;
+#[cfg(feature = "kafka")]
+mod kafka_tls;
 mod link;
 mod presence;
 #[cfg(feature = "kafka")]

@@ -499,6 +499,7 @@ async fn the_status_shows_state_lag_rate_acknowledgements_errors_gaps_and_dead_l
             lag_alarm: true,
             ..RouteStatus::default()
         }],
+        ..StatusReport::default()
     };
     crate::forward::status::write_report(&c.dir, &report).unwrap();
     sqlx::query(
