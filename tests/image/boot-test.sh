@@ -229,7 +229,8 @@ host=weir-test.local
 https() { curl -sS --max-time 60 --connect-to "$host:443:127.0.0.1:$https_port" "$@"; }
 status=$(https --cacert "$work/ca.pem" -o "$work/console-root.html" -w '%{http_code} %{redirect_url}' \
     "https://$host/") || fail "the console did not answer on HTTPS 443 with a certificate from the gateway's CA"
-[ "$status" = "303 https://$host/setup" ] || fail "HTTPS / answered '$status', expected 303 to the first-run page"
+# The agent has made an administrator (tester), so first-run setup is over and / leads to the sign-in page.
+[ "$status" = "303 https://$host/login" ] || fail "HTTPS / answered '$status', expected 303 to the sign-in page"
 if https --cacert /etc/ssl/certs/ca-certificates.crt -o /dev/null "https://$host/" 2>/dev/null; then
     fail "the console's certificate verified against a CA that is not the gateway's"
 fi
@@ -238,12 +239,12 @@ redirect=$(curl -sS --max-time 60 -o /dev/null -w '%{http_code} %{redirect_url}'
     fail "nothing answered on HTTP 80"
 [ "$redirect" = "308 https://$host/history?filter=a%2F%23" ] ||
     fail "HTTP 80 answered '$redirect', expected 308 to the same path on HTTPS"
-followed=$(https --connect-to "$host:80:127.0.0.1:$http_port" --cacert "$work/ca.pem" -L -o "$work/console-setup.html" \
+followed=$(https --connect-to "$host:80:127.0.0.1:$http_port" --cacert "$work/ca.pem" -L -o "$work/console-login.html" \
     -w '%{http_code} %{url_effective}' "http://$host/") || fail "following HTTP 80 to the console failed"
-[ "$followed" = "200 https://$host/setup" ] && grep -q '<title>First run' "$work/console-setup.html" ||
-    fail "HTTP 80, followed, ended at '$followed' (expected the first-run page)"
+[ "$followed" = "200 https://$host/login" ] && grep -q '<title>Sign in' "$work/console-login.html" ||
+    fail "HTTP 80, followed, ended at '$followed' (expected the sign-in page)"
 record "- console: HTTPS on 443 answered as $host with the gateway's certificate (verified with its CA; other CAs" \
-    "refused), / leads to first-run setup; HTTP on 80: 308 to the same path on HTTPS, followed to the setup page"
+    "refused), / leads to sign-in; HTTP on 80: 308 to the same path on HTTPS, followed to the sign-in page"
 record ""
 
 # --- 4. power cuts -------------------------------------------------------------------------------------------
