@@ -7,36 +7,53 @@
 #   3. it answers MQTT: mosquitto_pub publishes a retained QoS 1 message (CONNECT/CONNACK, PUBLISH/PUBACK) and
 #      mosquitto_sub receives it back;
 #   4. the message is in the journal (`weir history query`, also the aarch64 binary);
-#   5. SIGTERM sends STOPPING=1 and ends the process with status 0.
+#   5. with Kafka (the default features): a route added with `weir kafka` while it runs forwards that message,
+#      zstd-compressed, to a Kafka-protocol broker on the host (tansu, from .ci/setup's Kafka venv), where an
+#      independent reader (confluent-kafka) finds it: librdkafka on the target's instruction set;
+#   6. SIGTERM sends STOPPING=1 and ends the process with status 0.
 #
 #   tests/cross/smoke.sh                    # aarch64, dev profile (fast enough for CI)
 #   PROFILE=appliance tests/cross/smoke.sh  # the release binary of scripts/cross-build.sh
 #   TARGET=armv7 tests/cross/smoke.sh
+#   FEATURES=none tests/cross/smoke.sh      # without the default features (no Kafka, no librdkafka)
 #
 # Every wait is bounded (WAIT seconds, default 120: a dev build starts slowly under emulation).
 #
-# Built without the `kafka` feature unless FEATURES=default: librdkafka's TLS links the target's OpenSSL, which
-# a cross build finds only with Debian's multiarch libssl-dev for that architecture (see scripts/cross-build.sh);
-# the rest of the gateway, the console included, is the same code on every target.
+# Built with the default features, Kafka included: librdkafka is compiled in C by the cross compiler and links
+# the target's OpenSSL and zlib from Debian multiarch (.ci/setup, .cargo/config.toml). The binary must then
+# need no shared library beyond those a Yocto image has for it (checked below with readelf).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 profile=${PROFILE:-dev}
 wait_secs=${WAIT:-120}
 case ${TARGET:-aarch64} in
-    aarch64) triple=aarch64-unknown-linux-gnu qemu=(qemu-aarch64 -L /usr/aarch64-linux-gnu) expect_machine=183 ;;
-    armv7) triple=armv7-unknown-linux-gnueabihf qemu=(qemu-arm -L /usr/arm-linux-gnueabihf) expect_machine=40 ;;
+    aarch64) triple=aarch64-unknown-linux-gnu qemu=(qemu-aarch64 -L /) expect_machine=183 ;;
+    armv7) triple=armv7-unknown-linux-gnueabihf qemu=(qemu-arm -L /) expect_machine=40 ;;
     *) echo "smoke: TARGET is aarch64 or armv7" >&2; exit 2 ;;
 esac
 [ "$profile" = dev ] && dir=debug || dir=$profile
 
-features=(--no-default-features)
-[ "${FEATURES:-}" = default ] && features=()
+features=()
+case ${FEATURES:-default} in
+    default) ;;
+    none) features=(--no-default-features) ;;
+    *) echo "smoke: FEATURES is default or none" >&2; exit 2 ;;
+esac
 nice -n "${NICE:-10}" cargo build --locked --profile "$profile" --target "$triple" --bin weir "${features[@]}"
 bin=target/$triple/$dir/weir
 # The ELF header's e_machine: 183 is AArch64, 40 is ARM (so qemu really emulates, no host binary slipped in).
 machine=$(od -An -j18 -N2 -tu2 "$bin" | tr -d ' ')
 [ "$machine" = "$expect_machine" ] || { echo "smoke: $bin has ELF machine $machine, not $expect_machine" >&2; exit 1; }
+# Its shared libraries: glibc's, libgcc_s, and for Kafka OpenSSL 3 and zlib (recipe weir: DEPENDS openssl zlib;
+# Yocto adds the runtime packages from these very names). Anything else would be missing on the image.
+needed=$(readelf -d "$bin" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | sort | paste -sd ' ')
+for lib in $needed; do
+    case $lib in
+        libc.so.6 | libm.so.6 | libgcc_s.so.1 | ld-linux-*.so.* | libssl.so.3 | libcrypto.so.3 | libz.so.1) ;;
+        *) echo "smoke: $bin needs $lib, which the image does not provide (needs: $needed)" >&2; exit 1 ;;
+    esac
+done
 weir() { "${qemu[@]}" "$bin" "$@"; }
 
 tmp=$(mktemp -d)
@@ -68,7 +85,7 @@ wait_for() {
 version=$(weir --version) || fail "weir --version exited with $?"
 [ "$version" = "weir $(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)" ] ||
     fail "weir --version printed '$version'"
-echo "smoke: $triple $profile: $version"
+echo "smoke: $triple $profile: $version; needs $needed"
 
 # 2. serve, under a notification socket like systemd's
 cat >"$tmp/weir.toml" <<TOML
@@ -122,7 +139,42 @@ weir history query --data-dir "$tmp/data" --filter 'smoke/#' --limit 5 >"$tmp/hi
     fail "weir history query failed"
 grep -qF "$payload" "$tmp/history.log" || fail "the message is not in the history"
 
-# 5. SIGTERM: STOPPING=1 and a clean exit
+# 5. Kafka: the journal's message goes to a broker on the host through a route added while the gateway runs
+kafka=no
+if [ "${FEATURES:-default}" = default ]; then
+    venv=${WEIR_KAFKA_VENV:-$HOME/.cache/weir/kafka-venv}
+    [ -x "$venv/bin/tansu" ] || fail "$venv/bin/tansu is missing: run .ci/setup"
+    kport=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    "$venv/bin/tansu" broker --listener-url "tcp://127.0.0.1:$kport" --advertised-listener-url "tcp://127.0.0.1:$kport" \
+        --storage-engine memory://tansu/ >"$tmp/tansu.log" 2>&1 &
+    pids+=($!)
+    tansu_listens() { python3 -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1)' \
+        "$kport" 2>/dev/null; }
+    wait_for "tansu listening on $kport" tansu_listens
+    "$venv/bin/tansu" topic create --broker "tcp://127.0.0.1:$kport" --partitions 1 smoke >>"$tmp/tansu.log" 2>&1 ||
+        fail "tansu topic create failed"
+    weir kafka --data-dir "$tmp/data" upstream set host --bootstrap "127.0.0.1:$kport" --compression zstd \
+        >"$tmp/kafka-cli.log" 2>&1 || fail "weir kafka upstream set failed"
+    weir kafka --data-dir "$tmp/data" route add smoke --upstream host --filter 'smoke/#' --topic smoke \
+        --from oldest >>"$tmp/kafka-cli.log" 2>&1 || fail "weir kafka route add failed"
+    "$venv/bin/python" -c '
+import sys, time
+from confluent_kafka import Consumer, TopicPartition
+bootstrap, payload, deadline = sys.argv[1], sys.argv[2].encode(), time.time() + float(sys.argv[3])
+c = Consumer({"bootstrap.servers": bootstrap, "group.id": "smoke", "enable.auto.commit": False})
+c.assign([TopicPartition("smoke", 0, 0)])
+while time.time() < deadline:
+    m = c.poll(0.5)
+    if m is not None and not m.error() and m.value() == payload:
+        print(dict(m.headers() or [])["mqtt.topic"].decode())
+        sys.exit(0)
+sys.exit("not in Kafka")
+' "127.0.0.1:$kport" "$payload" "$wait_secs" >"$tmp/kafka-reader.log" 2>&1 || fail "the message did not reach Kafka"
+    grep -qx 'smoke/cross' "$tmp/kafka-reader.log" || fail "the Kafka record has no header mqtt.topic=smoke/cross"
+    kafka=yes
+fi
+
+# 6. SIGTERM: STOPPING=1 and a clean exit
 kill -TERM "$server"
 deadline=$((SECONDS + wait_secs))
 while kill -0 "$server" 2>/dev/null; do
@@ -133,4 +185,6 @@ status=0
 wait "$server" || status=$?
 [ $status -eq 0 ] || fail "weir exited with status $status after SIGTERM"
 wait_for "STOPPING=1" grep -qx 'STOPPING=1' "$tmp/notify.log"
-echo "smoke: $triple $profile: --version, serve, READY/WATCHDOG/STOPPING, MQTT QoS 1 round trip, history: ok"
+kafka_done=
+[ $kafka = yes ] && kafka_done=", Kafka (zstd) to the host's broker"
+echo "smoke: $triple $profile: --version, serve, READY/WATCHDOG/STOPPING, MQTT QoS 1 round trip, history$kafka_done: ok"

@@ -14,7 +14,10 @@
 #   3. boots it with qemu-system-aarch64 -M virt and Debian's kernel, and checks: systemd reports weir.service
 #      active (Type=notify: READY=1 came), anonymous MQTT on 1883 is refused, a user created with the CLI is
 #      admitted, MQTT over TLS on 8883 works with the gateway's CA (and fails without it), the journal lives on
-#      the data partition; records the boot time to a CONNACK and the memory after boot;
+#      the data partition, the console answers on HTTPS 443 with the gateway's certificate for
+#      weir-test.local (verified against the CA the gateway serves, and refused with any other CA) and plain
+#      HTTP on 80 redirects there (followed to the first-run page); records the boot time to a CONNACK and the
+#      memory after boot;
 #   4. ROUNDS times: a QoS 1 load from the host, QEMU killed with SIGKILL (a power cut: whatever the guest had
 #      not written to its virtual disk is lost), the data partition's journal replayed on a copy, the databases
 #      checked with PRAGMA integrity_check, and every acknowledged message looked up in the history with
@@ -22,9 +25,8 @@
 #      gateway back;
 #   5. boots once more with weir-test.hang on the kernel command line: the agent stops weir with SIGSTOP (no
 #      more watchdog pings, like a hung router), and systemd must restart it (WatchdogSec=) within 300 s.
-# The web console's HTTPS check is missing because Weir has no console yet.
 #
-# Needs (Debian): mmdebstrap arch-test qemu-user-static binfmt-support qemu-system-arm e2fsprogs
+# Needs (Debian): mmdebstrap arch-test qemu-user-static binfmt-support qemu-system-arm e2fsprogs curl
 # mosquitto-clients python3 with paho-mqtt (.ci/setup installs the last two). Runs as root (mmdebstrap's root
 # mode, binfmt_misc).
 set -euo pipefail
@@ -70,7 +72,7 @@ free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1
 # --- 1. the binary -------------------------------------------------------------------------------------------
 scripts/cross-build.sh aarch64 >&2
 bin=$repo/target/aarch64-unknown-linux-gnu/appliance/weir
-weir_host() { qemu-aarch64 -L /usr/aarch64-linux-gnu "$bin" "$@"; }
+weir_host() { qemu-aarch64 -L / "$bin" "$@"; } # the multiarch libraries, as .cargo/config.toml says
 
 # --- 2. the root file system ---------------------------------------------------------------------------------
 if [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
@@ -130,6 +132,8 @@ mkfs.ext4 -q -L weir-data "$work/data.img" 512M
 # --- 3. boot -------------------------------------------------------------------------------------------------
 mqtt_port=""
 mqtts_port=""
+https_port=""
+http_port=""
 boot_secs=""
 
 # Boots the guest and waits for its agent's report and a CONNACK on the forwarded MQTT port.
@@ -137,6 +141,8 @@ boot() {
     local n=$1 extra=${2:-}
     mqtt_port=$(free_port)
     mqtts_port=$(free_port)
+    https_port=$(free_port)
+    http_port=$(free_port)
     : >"$work/agent-$n.log"
     local start=$SECONDS
     local start_ns
@@ -146,7 +152,7 @@ boot() {
         -append "root=LABEL=weir-root rw console=ttyAMA0 panic=5 $extra" \
         -drive "if=none,id=root,file=$work/root.img,format=raw" -device virtio-blk-pci,drive=root \
         -drive "if=none,id=data,file=$work/data.img,format=raw" -device virtio-blk-pci,drive=data \
-        -netdev "user,id=net,hostfwd=tcp:127.0.0.1:$mqtt_port-:1883,hostfwd=tcp:127.0.0.1:$mqtts_port-:8883" \
+        -netdev "user,id=net,hostfwd=tcp:127.0.0.1:$mqtt_port-:1883,hostfwd=tcp:127.0.0.1:$mqtts_port-:8883,hostfwd=tcp:127.0.0.1:$https_port-:443,hostfwd=tcp:127.0.0.1:$http_port-:80" \
         -device virtio-net-pci,netdev=net \
         -device virtio-serial-pci -chardev "file,id=agent,path=$work/agent-$n.log" \
         -device virtserialport,chardev=agent,name=weir.agent \
@@ -216,7 +222,29 @@ if timeout 60 mosquitto_pub -h 127.0.0.1 -p "$mqtts_port" --cafile /etc/ssl/cert
     fail "MQTT over TLS succeeded with a CA that is not the gateway's"
 fi
 record "- 1883: anonymous refused (CONNACK 5), user admitted; 8883: TLS with the gateway's CA admitted, other CAs refused"
-record "- console HTTPS: not checked (Weir has no web console yet)"
+# The console, as a browser on the plant network reaches it: by the name Avahi announces (weir-test.local, here
+# mapped onto the forwarded ports), on HTTPS with the gateway's certificate, which must verify against the CA
+# that `weir ca export` printed; plain HTTP on 80 answers only with a permanent redirect to the same path there.
+host=weir-test.local
+https() { curl -sS --max-time 60 --connect-to "$host:443:127.0.0.1:$https_port" "$@"; }
+status=$(https --cacert "$work/ca.pem" -o "$work/console-root.html" -w '%{http_code} %{redirect_url}' \
+    "https://$host/") || fail "the console did not answer on HTTPS 443 with a certificate from the gateway's CA"
+# The agent has made an administrator (tester), so first-run setup is over and / leads to the sign-in page.
+[ "$status" = "303 https://$host/login" ] || fail "HTTPS / answered '$status', expected 303 to the sign-in page"
+if https --cacert /etc/ssl/certs/ca-certificates.crt -o /dev/null "https://$host/" 2>/dev/null; then
+    fail "the console's certificate verified against a CA that is not the gateway's"
+fi
+redirect=$(curl -sS --max-time 60 -o /dev/null -w '%{http_code} %{redirect_url}' \
+    --connect-to "$host:80:127.0.0.1:$http_port" "http://$host/history?filter=a%2F%23") ||
+    fail "nothing answered on HTTP 80"
+[ "$redirect" = "308 https://$host/history?filter=a%2F%23" ] ||
+    fail "HTTP 80 answered '$redirect', expected 308 to the same path on HTTPS"
+followed=$(https --connect-to "$host:80:127.0.0.1:$http_port" --cacert "$work/ca.pem" -L -o "$work/console-login.html" \
+    -w '%{http_code} %{url_effective}' "http://$host/") || fail "following HTTP 80 to the console failed"
+[ "$followed" = "200 https://$host/login" ] && grep -q '<title>Sign in' "$work/console-login.html" ||
+    fail "HTTP 80, followed, ended at '$followed' (expected the sign-in page)"
+record "- console: HTTPS on 443 answered as $host with the gateway's certificate (verified with its CA; other CAs" \
+    "refused), / leads to sign-in; HTTP on 80: 308 to the same path on HTTPS, followed to the sign-in page"
 record ""
 
 # --- 4. power cuts -------------------------------------------------------------------------------------------

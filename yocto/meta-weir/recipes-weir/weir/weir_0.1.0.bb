@@ -28,7 +28,9 @@ SRCREV ??= "${AUTOREV}"
 # The crates of Cargo.lock, with their checksums: regenerate with scripts/gen-crates-inc.py.
 require ${BPN}-crates.inc
 
-inherit cargo cargo-update-recipe-crates systemd useradd
+# cmake first, so that cargo's do_configure, do_compile and do_install win: from cmake only the toolchain file
+# (do_generate_toolchain_file) is used, for librdkafka's C build below.
+inherit cmake cargo cargo-update-recipe-crates pkgconfig systemd useradd
 
 # The appliance profile of Cargo.toml (LTO, one codegen unit). Yocto strips and splits debug information itself
 # (the -dbg package), so cargo must leave the symbols in.
@@ -36,10 +38,21 @@ BUILD_MODE = "--profile appliance"
 BUILD_DIR = "appliance"
 export CARGO_PROFILE_APPLIANCE_STRIP = "none"
 
-# Kafka forwarding (issue: rdkafka with its cmake-build feature) compiles librdkafka in C: enable this once it
-# lands. curl.h, OpenSSL, zlib and zstd must then be in the target sysroot.
-PACKAGECONFIG ??= ""
-PACKAGECONFIG[kafka] = ",,cmake-native curl openssl zlib zstd"
+# Kafka forwarding, the cargo feature `kafka` (on by default): rdkafka-sys compiles librdkafka in C and C++ with
+# cmake (cmake-native), links OpenSSL for TLS and SASL (openssl: libssl.so.3 and libcrypto.so.3 on the target)
+# and zlib (libz.so.1; found by pkg-config, pkgconfig above). librdkafka includes curl.h even without its curl
+# support, so curl is needed for that header only: nothing links libcurl. zstd and lz4 are compiled in from the
+# crates' own sources. The binary's other shared libraries are glibc's and libgcc_s; the packages providing
+# all of them become RDEPENDS of weir by Yocto's shared library scan, as tests/cross/smoke.sh checks against
+# the same list (readelf) for the Debian cross build. Without kafka in PACKAGECONFIG, cargo builds without the
+# default features and needs none of this.
+PACKAGECONFIG ??= "kafka"
+PACKAGECONFIG[kafka] = ",,cmake-native curl openssl zlib"
+CARGO_BUILD_FLAGS:append = " ${@bb.utils.contains('PACKAGECONFIG', 'kafka', '', '--no-default-features', d)}"
+# cmake runs inside rdkafka-sys's build script (the cmake crate), which takes the toolchain file that the cmake
+# class writes for this recipe: the target's compilers and flags, and headers and libraries searched in the
+# recipe's sysroot only, never on the build host.
+export TARGET_CMAKE_TOOLCHAIN_FILE = "${WORKDIR}/toolchain.cmake"
 
 SYSTEMD_SERVICE:${PN} = "weir.service"
 SYSTEMD_AUTO_ENABLE:${PN} = "enable"
