@@ -164,6 +164,13 @@ pub async fn query_on(conn: &mut SqliteConnection, q: &HistoryQuery) -> Result<P
         }
         None => 0,
     };
+    // A wildcard over a few topics is read per topic: each seeks its own next ids (the index is by topic, then
+    // id), so a page costs about `fetch` index entries per topic, wherever the position is in the backlog. A range
+    // over one index scan would read every entry of the range and sort those after the position, per page.
+    let seek_topics = match &topic_range {
+        Some((from, Some(to))) => topics_in_range(&mut *conn, from, to, parent).await?,
+        _ => None,
+    };
     loop {
         let mut rows = Vec::new();
         let mut more = false;
@@ -174,8 +181,17 @@ pub async fn query_on(conn: &mut SqliteConnection, q: &HistoryQuery) -> Result<P
             Some(_) => &[Part::Indexed, Part::Tail],
             None => &[Part::All],
         };
+        // Without a time range, the index part picks the page's ids from the index alone and reads only their
+        // rows: joined, SQLite read the row of every indexed message in the range before sorting them by id, so a
+        // consumer's batch over a large backlog read all of it (a catch-up quadratic in the backlog).
+        let ids_first = q.since.is_none() && q.until.is_none();
         for part in parts {
             let mut sql = QueryBuilder::<Sqlite>::new(match part {
+                Part::Indexed if ids_first => {
+                    "SELECT m.id, m.ts, m.topic, m.payload, m.qos, m.retain, m.client_id, m.username, \
+                     m.content_type, m.response_topic, m.correlation_data, m.user_properties \
+                     FROM messages m WHERE m.id IN (SELECT t.id FROM topic_index t WHERE t.id <= "
+                }
                 Part::Indexed => {
                     "SELECT m.id, m.ts, m.topic, m.payload, m.qos, m.retain, m.client_id, m.username, \
                      m.content_type, m.response_topic, m.correlation_data, m.user_properties \
@@ -196,6 +212,23 @@ pub async fn query_on(conn: &mut SqliteConnection, q: &HistoryQuery) -> Result<P
             };
             sql.push_bind(lower);
             let column = if *part == Part::Indexed { "t" } else { "m" };
+            if *part == Part::Indexed
+                && ids_first
+                && let Some(topics) = &seek_topics
+            {
+                if topics.is_empty() {
+                    continue;
+                }
+                // `lower` is `indexed_upto` here; the ids come from one seek per topic, merged.
+                let mut sql = seek_query(topics, lower, q.order, position, fetch);
+                let part_rows = sql.build().fetch_all(&mut *conn).await?;
+                more |= part_rows.len() == fetch;
+                rows_read += part_rows.len() as u64;
+                for row in part_rows {
+                    rows.push(stored(&row)?);
+                }
+                continue;
+            }
             if let Some((from, to)) = &topic_range {
                 match to {
                     None => {
@@ -228,11 +261,18 @@ pub async fn query_on(conn: &mut SqliteConnection, q: &HistoryQuery) -> Result<P
                 }
                 (_, None) => {}
             }
-            sql.push(match q.order {
-                Order::NewestFirst => format!(" ORDER BY {column}.id DESC"),
-                Order::OldestFirst => format!(" ORDER BY {column}.id ASC"),
-            });
-            sql.push(" LIMIT ").push_bind(i64::try_from(fetch).unwrap_or(i64::MAX));
+            let order_limit = |sql: &mut QueryBuilder<Sqlite>, column: &str| {
+                sql.push(match q.order {
+                    Order::NewestFirst => format!(" ORDER BY {column}.id DESC"),
+                    Order::OldestFirst => format!(" ORDER BY {column}.id ASC"),
+                });
+                sql.push(" LIMIT ").push_bind(i64::try_from(fetch).unwrap_or(i64::MAX));
+            };
+            order_limit(&mut sql, column);
+            if *part == Part::Indexed && ids_first {
+                sql.push(")");
+                order_limit(&mut sql, "m");
+            }
             let part_rows = sql.build().fetch_all(&mut *conn).await?;
             more |= part_rows.len() == fetch;
             rows_read += part_rows.len() as u64;
@@ -262,6 +302,65 @@ pub async fn query_on(conn: &mut SqliteConnection, q: &HistoryQuery) -> Result<P
             return Ok(Page { messages, next: None, rows_read });
         }
     }
+}
+
+/// Topics read one by one (see `seek_topics` in [`query_on`]); beyond this many, one range scan.
+const MAX_SEEK_TOPICS: i64 = 64;
+
+/// The journal's topics in `[from, to)` (and `parent`), from the topic catalogue, which the writer keeps in the
+/// same transaction as the topic index; `None` when there are more than [`MAX_SEEK_TOPICS`].
+async fn topics_in_range(
+    conn: &mut SqliteConnection,
+    from: &str,
+    to: &str,
+    parent: Option<&str>,
+) -> Result<Option<Vec<String>>, StoreError> {
+    let topics: Vec<String> = sqlx::query_scalar(
+        "SELECT topic FROM topics WHERE (topic >= ? AND topic < ?) OR topic = ? ORDER BY topic LIMIT ?",
+    )
+    .bind(from)
+    .bind(to)
+    .bind(parent)
+    .bind(MAX_SEEK_TOPICS + 1)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok((topics.len() as i64 <= MAX_SEEK_TOPICS).then_some(topics))
+}
+
+/// A page of rows whose ids are each topic's own next `fetch` ids in the index (up to `upto`), merged: the first
+/// `fetch` of them in `order`. Each topic's part is a seek on the index (topic, id).
+fn seek_query(
+    topics: &[String],
+    upto: i64,
+    order: Order,
+    position: Option<i64>,
+    fetch: usize,
+) -> QueryBuilder<Sqlite> {
+    let (direction, after) = match order {
+        Order::NewestFirst => ("DESC", " AND id < "),
+        Order::OldestFirst => ("ASC", " AND id > "),
+    };
+    let limit = i64::try_from(fetch).unwrap_or(i64::MAX);
+    let mut sql = QueryBuilder::<Sqlite>::new(
+        "SELECT m.id, m.ts, m.topic, m.payload, m.qos, m.retain, m.client_id, m.username, \
+         m.content_type, m.response_topic, m.correlation_data, m.user_properties \
+         FROM messages m WHERE m.id IN (",
+    );
+    for (i, topic) in topics.iter().enumerate() {
+        if i > 0 {
+            sql.push(" UNION ALL ");
+        }
+        sql.push("SELECT id FROM (SELECT id FROM topic_index WHERE topic = ").push_bind(topic.clone());
+        sql.push(" AND id <= ").push_bind(upto);
+        if let Some(p) = position {
+            sql.push(after).push_bind(p);
+        }
+        sql.push(format_args!(" ORDER BY id {direction} LIMIT ")).push_bind(limit);
+        sql.push(")");
+    }
+    sql.push(format_args!(" ORDER BY 1 {direction} LIMIT ")).push_bind(limit);
+    sql.push(format_args!(") ORDER BY m.id {direction} LIMIT ")).push_bind(limit);
+    sql
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

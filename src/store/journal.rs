@@ -741,6 +741,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_wildcard_over_few_or_many_topics_pages_through_every_match_in_order() {
+        // Up to 64 topics under the prefix are read topic by topic from the index, more in one range scan.
+        for topic_count in [3usize, 100] {
+            let dir = tempfile::tempdir().unwrap();
+            let j = journal(dir.path(), |c| c.index_interval = Duration::from_secs(3600)).await;
+            let mut all = Vec::new();
+            for i in 0..1500 {
+                if i == 1000 {
+                    j.flush().await;
+                    j.index_now().await;
+                }
+                let topic = if i % 7 == 0 { "other".to_owned() } else { format!("p/{}", i % topic_count) };
+                j.append_nowait(&message(&topic, i.to_string(), QoS::AtMostOnce));
+                all.push((topic, i.to_string()));
+            }
+            j.flush().await;
+            for filter in ["p/#", "p/+"] {
+                for order in [Order::NewestFirst, Order::OldestFirst] {
+                    let mut q = HistoryQuery::new(filter);
+                    q.order = order;
+                    q.limit = 97;
+                    let seen = every_page(&j, q).await;
+                    let mut expected: Vec<String> =
+                        all.iter().filter(|(t, _)| t.starts_with("p/")).map(|(_, p)| p.clone()).collect();
+                    if order == Order::NewestFirst {
+                        expected.reverse();
+                    }
+                    assert_eq!(seen, expected, "{topic_count} topics, {filter} {order:?}");
+                }
+            }
+            j.close().await;
+        }
+    }
+
+    #[tokio::test]
     async fn numeric_series_for_charts() {
         let dir = tempfile::tempdir().unwrap();
         let j = journal(dir.path(), |_| {}).await;
