@@ -3,9 +3,10 @@
 //!
 //! Also the free space of the file system holding the data directory, for the console ([`free_bytes`]).
 //!
-//! The one place in Weir with `unsafe`: `getifaddrs(3)` and `statvfs(3)` from the C library (through `libc`,
-//! which the tree already has through tokio and others), wrapped so that the list is walked only while it is
-//! alive and always freed. Nothing from the list outlives [`addresses`].
+//! One of the two places in Weir with `unsafe` (the other is `mqtt/net/stamped.rs`): `getifaddrs(3)` and
+//! `statvfs(3)` from the C library (through `libc`, which the tree already has through tokio and others), wrapped
+//! so that the list is walked only while it is alive and always freed. Nothing from the list outlives
+//! [`addresses`].
 
 #![allow(unsafe_code)]
 

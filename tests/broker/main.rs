@@ -19,6 +19,7 @@ mod kafka_ops;
 #[cfg(feature = "kafka")]
 mod kafka_tls;
 mod link;
+mod ordering;
 mod presence;
 #[cfg(feature = "kafka")]
 mod proxy;

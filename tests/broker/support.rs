@@ -86,6 +86,10 @@ impl Raw {
         Raw { stream: Box::new(TcpStream::connect(addr).await.unwrap()) }
     }
 
+    pub fn from_stream(stream: TcpStream) -> Raw {
+        Raw { stream: Box::new(stream) }
+    }
+
     /// Over TLS (rustls as a client) to `localhost` at `addr`, trusting only `ca_pem` and presenting the
     /// client certificate and key given as PEM, if any.
     pub async fn connect_tls(addr: SocketAddr, ca_pem: &str, client: Option<(&str, &str)>) -> Raw {
@@ -108,6 +112,7 @@ impl Raw {
             }
         };
         let tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let tls =
             tokio::time::timeout(WAIT, connector.connect(ServerName::try_from("localhost").unwrap(), tcp))

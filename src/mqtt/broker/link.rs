@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use super::message::{ClientId, Delivery, Message};
 use super::queue::{QueueLimits, SessionQueue};
-use super::{Broker, BrokerGone, Command, SubscribeRequest};
+use super::{Arrival, Broker, BrokerGone, Command, SubscribeRequest};
 use crate::mqtt::codec::{QoS, ReasonCode, SubscribeFilter, SubscriptionOptions};
 
 #[derive(Debug, Clone, Copy)]
@@ -84,6 +84,7 @@ impl Link {
             }],
             subscription_id: None,
             principal: None,
+            arrival: Arrival::UNKNOWN,
         };
         let reasons = self.broker.subscribe(request).await?;
         match reasons.first() {

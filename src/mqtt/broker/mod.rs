@@ -7,6 +7,7 @@
 //! several of them. One task makes each of those decisions atomic without lock ordering rules, and the bounded
 //! channel in front of it gives publishers backpressure for free.
 
+mod arrival;
 mod control;
 mod link;
 mod message;
@@ -24,6 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+pub use arrival::Arrival;
 pub use control::{ControlReceiver, ControlSender, control_channel};
 pub use link::{Link, LinkError, LinkOptions};
 pub use message::{ClientId, Delivery, Message, MessageProperties};
@@ -353,6 +355,9 @@ pub struct SubscribeRequest {
     pub subscription_id: Option<u32>,
     /// Whose access rules apply to deliveries on these subscriptions; `None` for in-process links.
     pub principal: Option<Arc<Identity>>,
+    /// When the SUBSCRIBE arrived: the publishes routed before it that arrived after it are delivered on the new
+    /// subscriptions too (see [`arrival`]).
+    pub arrival: Arrival,
 }
 
 /// One session as the console lists it.
@@ -389,7 +394,7 @@ pub struct BrokerStats {
 #[derive(Debug)]
 pub(crate) enum Command {
     Connect(Box<ConnectRequest>, oneshot::Sender<Result<ConnectOutcome, ReasonCode>>),
-    Publish(Arc<Message>),
+    Publish(Arc<Message>, Arrival),
     Subscribe(SubscribeRequest, oneshot::Sender<Vec<ReasonCode>>),
     Unsubscribe(ClientId, Vec<String>, oneshot::Sender<Vec<ReasonCode>>),
     Disconnected(Box<DisconnectNotice>),
@@ -475,7 +480,12 @@ impl Broker {
 
     /// [`Broker::publish`] for a message already shared (for example with the store).
     pub async fn publish_shared(&self, message: Arc<Message>) -> Result<(), BrokerGone> {
-        self.send(Command::Publish(message)).await
+        self.send(Command::Publish(message, Arrival::UNKNOWN)).await
+    }
+
+    /// [`Broker::publish_shared`] for a message read off the network, with when it arrived there.
+    pub async fn publish_arrived(&self, message: Arc<Message>, arrival: Arrival) -> Result<(), BrokerGone> {
+        self.send(Command::Publish(message, arrival)).await
     }
 
     pub async fn subscribe(&self, request: SubscribeRequest) -> Result<Vec<ReasonCode>, BrokerGone> {

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use super::arrival::{Arrival, RecentPublishes};
 use super::control::ControlSender;
 use super::message::{ClientId, Delivery, Message};
 use super::metrics::Metrics;
@@ -49,6 +50,8 @@ pub(super) struct Router {
     last_retained_purge: Instant,
     /// Reused for every publish, to spare an allocation per message.
     matched: Vec<Matched>,
+    /// What was routed lately, with when it arrived, for the SUBSCRIBEs that arrived before it.
+    recent: RecentPublishes,
     shutting_down: bool,
     last_sys: Instant,
     /// Rate limit for the "queue full" warning: once per interval, with the count since the last one.
@@ -116,6 +119,7 @@ impl Router {
             subscriptions: SubscriptionTree::default(),
             retained: restored.retained.into_iter().map(|m| (m.topic.clone(), Arc::new(m))).collect(),
             matched: Vec::new(),
+            recent: RecentPublishes::default(),
             shutting_down: false,
             last_sys: Instant::now(),
             last_retained_purge: Instant::now(),
@@ -352,8 +356,9 @@ impl Router {
 
     async fn handle(&mut self, command: Command) {
         match command {
-            Command::Publish(message) => {
+            Command::Publish(message, arrival) => {
                 self.route(message.clone()).await;
+                self.recent.remember(arrival, &message);
                 self.sparkplug_certificate(&message).await;
             }
             Command::Connect(request, reply) => {
@@ -569,6 +574,7 @@ impl Router {
         };
         let mut reasons = Vec::with_capacity(request.filters.len());
         let mut retained_for = Vec::new();
+        let mut fresh = Vec::new();
         for f in request.filters {
             let (group, filter) = match topic::parse_shared(&f.filter) {
                 Some(Ok(SharedFilter { group, filter })) => (Some(group), filter),
@@ -604,6 +610,13 @@ impl Router {
                     RetainHandling::SendAtNewSubscribe => !existed,
                     RetainHandling::DoNotSend => false,
                 };
+            if group.is_none() && !existed {
+                fresh.push(Fresh {
+                    filter: filter.to_owned(),
+                    subscriber: subscriber.clone(),
+                    send_retained,
+                });
+            }
             if send_retained {
                 retained_for.push((filter.to_owned(), subscriber));
             }
@@ -612,7 +625,46 @@ impl Router {
         for (filter, subscriber) in retained_for {
             self.send_retained(&queue, &filter, &subscriber);
         }
+        if !fresh.is_empty() {
+            self.deliver_raced(&id, &queue, &fresh, request.arrival);
+        }
         reasons
+    }
+
+    /// Delivers on new subscriptions the publishes that arrived after their SUBSCRIBE but were routed before it
+    /// (another worker thread read them first; see [`super::arrival`]), as if the SUBSCRIBE had been applied in
+    /// the order the two arrived. Left out: what the session's other subscriptions matched (it had it, or was
+    /// meant not to), and retained messages a new subscription has just been sent as retained.
+    fn deliver_raced(&mut self, id: &ClientId, queue: &SessionQueue, fresh: &[Fresh], arrival: Arrival) {
+        let Some(session) = self.sessions.get(id) else { return };
+        let now = Instant::now();
+        let authorizer = self.shared.authorizer.as_deref();
+        let had_before = |topic_name: &str| {
+            session.subscriptions.iter().any(|s| {
+                !fresh.iter().any(|f| &f.filter == s) && topic::matches(split_shared(s).1, topic_name)
+            })
+        };
+        let mut deliveries = Vec::new();
+        for message in self.recent.arrived_after(arrival) {
+            let matched: Vec<Matched> = fresh
+                .iter()
+                .filter(|f| !(message.retain && f.send_retained) && topic::matches(&f.filter, &message.topic))
+                .map(|f| Matched { subscriber: f.subscriber.clone(), shared: false })
+                .collect();
+            if matched.is_empty() || message.is_expired(now) || had_before(&message.topic) {
+                continue;
+            }
+            deliveries.extend(delivery_for(message, &matched, authorizer));
+        }
+        if !deliveries.is_empty() {
+            tracing::debug!(client = %id, n = deliveries.len(), "publishes that raced a SUBSCRIBE delivered on it");
+        }
+        for delivery in deliveries {
+            let qos = delivery.qos;
+            if matches!(queue.push(delivery), Pushed::Dropped | Pushed::Full) {
+                self.count_drop(id, qos);
+            }
+        }
     }
 
     /// Queues the retained messages matching a new subscription. These bypass a lossless queue's bound: the
@@ -1013,6 +1065,14 @@ impl Router {
             retained: self.retained.len(),
         }
     }
+}
+
+/// A subscription that one SUBSCRIBE made (not replaced; not shared).
+struct Fresh {
+    filter: String,
+    subscriber: Subscriber,
+    /// The retained messages matching it were sent as it was made.
+    send_retained: bool,
 }
 
 /// Builds one client's delivery from the subscriptions of it that matched, or `None` if "no local" excludes it.

@@ -18,9 +18,9 @@ use super::transport::Transport;
 use super::{CertificateRegistration, ConnectionGuard, ListenerContext};
 use crate::auth::Identity;
 use crate::mqtt::broker::{
-    AuthDecision, AuthRequest, Broker, BrokerConfig, ClientId, Completion, ConnectRequest, ConnectionId,
-    Control, ControlReceiver, DisconnectNotice, DisconnectReason, InflightState, Message, MessageProperties,
-    Metrics, Outgoing, Refusal, SessionQueue, SubscribeRequest, Will, control_channel,
+    Arrival, AuthDecision, AuthRequest, Broker, BrokerConfig, ClientId, Completion, ConnectRequest,
+    ConnectionId, Control, ControlReceiver, DisconnectNotice, DisconnectReason, InflightState, Message,
+    MessageProperties, Metrics, Outgoing, Refusal, SessionQueue, SubscribeRequest, Will, control_channel,
 };
 use crate::mqtt::codec::{
     self, AckProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect, DisconnectProperties,
@@ -437,6 +437,7 @@ struct PendingPublish {
     completion: Completion,
     /// Already routed (QoS 1): the commit only acknowledges it.
     routed: bool,
+    arrival: Arrival,
 }
 
 impl<T: Transport> Session<T> {
@@ -662,14 +663,15 @@ impl<T: Transport> Session<T> {
             journal_id: std::sync::OnceLock::new(),
         });
         let durable = self.broker.durable().cloned();
+        let arrival = self.transport.arrival();
         match (publish.qos, durable) {
             (QoS::AtMostOnce, durable) => {
                 if let Some(durable) = durable {
                     durable.record_nowait(&message);
                 }
-                self.route(message).await
+                self.route(message, arrival).await
             }
-            (qos, None) => self.route_and_ack(message, packet_id, qos).await,
+            (qos, None) => self.route_and_ack(message, arrival, packet_id, qos).await,
             (qos, Some(durable)) => {
                 // Acknowledged only once the store has it: see `on_durable`. QoS 1 is routed at once, in the
                 // order received: subscribers do not wait for the disk. If the gateway dies before the commit the
@@ -679,27 +681,40 @@ impl<T: Transport> Session<T> {
                 let completion = durable.record(&message).await;
                 // A QoS 1 message held back (the store was refusing) keeps those after it back too: in order.
                 let routed = qos == QoS::AtLeastOnce && !durable.refusing() && self.held_qos1 == 0;
-                if routed && let Flow::End(reason, expiry) = self.route(message.clone()).await {
+                if routed && let Flow::End(reason, expiry) = self.route(message.clone(), arrival).await {
                     return Flow::End(reason, expiry);
                 }
                 if qos == QoS::AtLeastOnce && !routed {
                     self.held_qos1 += 1;
                 }
-                self.pending.push_back(PendingPublish { message, packet_id, qos, completion, routed });
+                self.pending.push_back(PendingPublish {
+                    message,
+                    packet_id,
+                    qos,
+                    completion,
+                    routed,
+                    arrival,
+                });
                 Flow::Continue
             }
         }
     }
 
-    async fn route(&mut self, message: Arc<Message>) -> Flow {
-        match self.broker.publish_shared(message).await {
+    async fn route(&mut self, message: Arc<Message>, arrival: Arrival) -> Flow {
+        match self.broker.publish_arrived(message, arrival).await {
             Ok(()) => Flow::Continue,
             Err(_) => Flow::End(DisconnectReason::Lost("the broker is shutting down".into()), None),
         }
     }
 
-    async fn route_and_ack(&mut self, message: Arc<Message>, packet_id: u16, qos: QoS) -> Flow {
-        if let Flow::End(reason, expiry) = self.route(message).await {
+    async fn route_and_ack(
+        &mut self,
+        message: Arc<Message>,
+        arrival: Arrival,
+        packet_id: u16,
+        qos: QoS,
+    ) -> Flow {
+        if let Flow::End(reason, expiry) = self.route(message, arrival).await {
             return Flow::End(reason, expiry);
         }
         self.ack(packet_id, qos);
@@ -729,7 +744,8 @@ impl<T: Transport> Session<T> {
             match result {
                 Ok(()) if p.routed => self.ack(p.packet_id, p.qos),
                 Ok(()) => {
-                    if let Flow::End(reason, expiry) = self.route_and_ack(p.message, p.packet_id, p.qos).await
+                    if let Flow::End(reason, expiry) =
+                        self.route_and_ack(p.message, p.arrival, p.packet_id, p.qos).await
                     {
                         return Flow::End(reason, expiry);
                     }
@@ -831,6 +847,7 @@ impl<T: Transport> Session<T> {
             filters,
             subscription_id: subscribe.properties.subscription_identifier,
             principal: Some(self.principal.clone()),
+            arrival: self.transport.arrival(),
         };
         let granted = if request.filters.is_empty() {
             Vec::new()

@@ -2,6 +2,7 @@
 
 mod aliases;
 mod connection;
+mod stamped;
 mod transport;
 
 use std::net::SocketAddr;
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -20,6 +21,7 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use crate::mqtt::broker::{Authenticator, Broker, Control, ControlSender, Metrics};
 use crate::pki::{IdentitySource, PeerIdentity, ReloadableServerConfig, peer_identity};
 use crate::shutdown::StopToken;
+use stamped::StampedTcp;
 use transport::{OverTcp, Stream, Tcp, WebSocket};
 
 /// The WebSocket subprotocols we accept, in order of preference.
@@ -172,6 +174,8 @@ impl Drop for ConnectionGuard {
 
 /// Accepts connections until `stop` fires.
 pub async fn serve(listener: TcpListener, context: Arc<ListenerContext>, mut stop: StopToken) {
+    stamped::enable_stamps(&listener);
+    stamped::wait_until_stamping().await;
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -188,6 +192,7 @@ pub async fn serve(listener: TcpListener, context: Arc<ListenerContext>, mut sto
         };
         let guard = context.connections.enter();
         let _ = stream.set_nodelay(true);
+        let stream = StampedTcp::new(stream);
         let context = context.clone();
         // One spawn per protocol, not one `async` block matching on it: a task is allocated at the size of its
         // future, and a block covering every protocol would make each plain TCP connection as large as a TLS one
@@ -245,7 +250,7 @@ async fn serve_websocket<S: AsyncRead + AsyncWrite + Unpin + Send + OverTcp + 's
 
 /// TLS handshake (bounded by the connect timeout), then MQTT.
 async fn serve_tls(
-    stream: TcpStream,
+    stream: StampedTcp,
     peer: SocketAddr,
     context: Arc<ListenerContext>,
     guard: ConnectionGuard,
@@ -269,10 +274,10 @@ async fn serve_tls(
 /// A verified client certificate's common name becomes the client's identity; rustls has already refused
 /// expired, revoked and foreign-CA certificates.
 async fn tls_handshake(
-    stream: TcpStream,
+    stream: StampedTcp,
     peer: SocketAddr,
     context: &ListenerContext,
-) -> Option<(TlsStream<TcpStream>, Option<PeerIdentity>)> {
+) -> Option<(TlsStream<StampedTcp>, Option<PeerIdentity>)> {
     let Some(tls) = &context.tls else {
         tracing::error!(listener = %context.name, "TLS listener without a TLS configuration");
         return None;

@@ -10,6 +10,9 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 
+use super::stamped::StampedTcp;
+use crate::mqtt::broker::Arrival;
+
 /// What the connection task needs from its transport. `read` must be cancel-safe: it is raced against the
 /// session queue and the keep-alive timer.
 pub(crate) trait Transport: Send + 'static {
@@ -20,21 +23,23 @@ pub(crate) trait Transport: Send + 'static {
     fn close(&mut self) -> impl Future<Output = ()> + Send;
     /// Acknowledges what was read at the TCP level now, rather than with the next reply: see [`quick_ack`].
     fn ack_read(&self);
+    /// When the bytes of the last read arrived (at least as late as every packet it completed).
+    fn arrival(&self) -> Arrival;
 }
 
-/// The TCP socket under a byte stream, for its socket options.
+/// The TCP socket under a byte stream, for its socket options and arrival stamps.
 pub(crate) trait OverTcp {
-    fn tcp(&self) -> &TcpStream;
+    fn socket(&self) -> &StampedTcp;
 }
 
-impl OverTcp for TcpStream {
-    fn tcp(&self) -> &TcpStream {
+impl OverTcp for StampedTcp {
+    fn socket(&self) -> &StampedTcp {
         self
     }
 }
 
-impl OverTcp for tokio_rustls::server::TlsStream<TcpStream> {
-    fn tcp(&self) -> &TcpStream {
+impl OverTcp for tokio_rustls::server::TlsStream<StampedTcp> {
+    fn socket(&self) -> &StampedTcp {
         self.get_ref().0
     }
 }
@@ -58,7 +63,7 @@ fn quick_ack(tcp: &TcpStream) {
 /// Plain TCP. Like [`Stream`], except that a connection with nothing half-received waits for its next bytes
 /// without a read buffer: quiet connections are most of a gateway's connections, and each would hold 2 KB.
 #[derive(Debug)]
-pub(crate) struct Tcp(pub(crate) TcpStream);
+pub(crate) struct Tcp(pub(crate) StampedTcp);
 
 /// A byte stream that can only be waited on by reading it: TLS over TCP (rustls decrypts inside the read, and may
 /// hold plaintext that the socket's readiness says nothing about).
@@ -78,7 +83,7 @@ impl Transport for Tcp {
         loop {
             // Payloads decoded from the buffer share it: this frees it once they are gone too.
             *buf = BytesMut::new();
-            self.0.readable().await?;
+            self.0.tcp().readable().await?;
             reserve_for_read(buf);
             match self.0.try_read_buf(buf) {
                 Ok(n) => return Ok(n),
@@ -98,7 +103,11 @@ impl Transport for Tcp {
     }
 
     fn ack_read(&self) {
-        quick_ack(&self.0);
+        quick_ack(self.0.tcp());
+    }
+
+    fn arrival(&self) -> Arrival {
+        self.0.arrival()
     }
 }
 
@@ -116,7 +125,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + OverTcp + 'static> Transport for
     }
 
     fn ack_read(&self) {
-        quick_ack(self.0.tcp());
+        quick_ack(self.0.socket().tcp());
+    }
+
+    fn arrival(&self) -> Arrival {
+        self.0.socket().arrival()
     }
 }
 
@@ -200,7 +213,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + OverTcp + 'static> Transport for
     }
 
     fn ack_read(&self) {
-        quick_ack(self.0.get_ref().tcp());
+        quick_ack(self.0.get_ref().socket().tcp());
+    }
+
+    fn arrival(&self) -> Arrival {
+        self.0.get_ref().socket().arrival()
     }
 }
 
@@ -222,7 +239,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (client, accepted) =
             tokio::join!(TcpStream::connect(listener.local_addr().unwrap()), listener.accept());
-        (client.unwrap(), Tcp(accepted.unwrap().0))
+        (client.unwrap(), Tcp(StampedTcp::new(accepted.unwrap().0)))
     }
 
     #[tokio::test]
