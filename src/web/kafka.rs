@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use super::session::Signed;
-use super::{AppState, Nav, WebError, render};
+use super::{AppState, Nav, WebError, act_then_back, render};
 use crate::forward::config::{FieldError, RouteSpec};
 use crate::forward::ops::{
     self, AddDownlink, AddRoute, DeadLetter, OpsError, RouteView, SetUpstream, UpstreamView,
@@ -372,8 +372,11 @@ async fn answer<P: askama::Template>(
 
 /// After a change: back to the Kafka page with a notice, or with the reason it was refused.
 fn done(result: Result<String, WebError>) -> Response {
-    super::back_to("/kafka", result)
+    super::back_to(PAGE, result)
 }
+
+/// Where a change goes back to.
+const PAGE: &str = "/kafka";
 
 /// Changes need an administrator, and a binary that forwards to Kafka.
 fn may_change(signed: &Signed) -> Result<(), WebError> {
@@ -568,14 +571,11 @@ pub(super) async fn upstream_delete_post(
     State(state): State<AppState>,
     Form(form): Form<NameForm>,
 ) -> Response {
-    done(
-        async {
-            may_change(&signed)?;
-            ops::upstream_del(pool(&state), &form.name, signed.actor().as_str()).await?;
-            Ok(format!("Upstream {} deleted.", form.name))
-        }
-        .await,
-    )
+    act_then_back(PAGE, may_change(&signed), async || {
+        ops::upstream_del(pool(&state), &form.name, signed.actor().as_str()).await?;
+        Ok(format!("Upstream {} deleted.", form.name))
+    })
+    .await
 }
 
 /// A metadata request to the upstream, answered or failed within seconds; the result comes back as the notice
@@ -946,17 +946,11 @@ pub(super) async fn route_pause_post(
     State(state): State<AppState>,
     Form(form): Form<NameForm>,
 ) -> Response {
-    done(
-        async {
-            may_change(&signed)?;
-            ops::route_pause(pool(&state), &form.name, signed.actor().as_str()).await?;
-            Ok(format!(
-                "Route {} paused: it sends nothing more; its backlog waits in the journal.",
-                form.name
-            ))
-        }
-        .await,
-    )
+    act_then_back(PAGE, may_change(&signed), async || {
+        ops::route_pause(pool(&state), &form.name, signed.actor().as_str()).await?;
+        Ok(format!("Route {} paused: it sends nothing more; its backlog waits in the journal.", form.name))
+    })
+    .await
 }
 
 pub(super) async fn route_resume_post(
@@ -964,14 +958,11 @@ pub(super) async fn route_resume_post(
     State(state): State<AppState>,
     Form(form): Form<NameForm>,
 ) -> Response {
-    done(
-        async {
-            may_change(&signed)?;
-            ops::route_resume(pool(&state), &form.name, signed.actor().as_str()).await?;
-            Ok(format!("Route {} resumed.", form.name))
-        }
-        .await,
-    )
+    act_then_back(PAGE, may_change(&signed), async || {
+        ops::route_resume(pool(&state), &form.name, signed.actor().as_str()).await?;
+        Ok(format!("Route {} resumed.", form.name))
+    })
+    .await
 }
 
 pub(super) async fn route_delete_post(
@@ -979,14 +970,11 @@ pub(super) async fn route_delete_post(
     State(state): State<AppState>,
     Form(form): Form<NameForm>,
 ) -> Response {
-    done(
-        async {
-            may_change(&signed)?;
-            ops::route_del(pool(&state), &form.name, signed.actor().as_str()).await?;
-            Ok(format!("Route {} deleted; its journal cursor is released.", form.name))
-        }
-        .await,
-    )
+    act_then_back(PAGE, may_change(&signed), async || {
+        ops::route_del(pool(&state), &form.name, signed.actor().as_str()).await?;
+        Ok(format!("Route {} deleted; its journal cursor is released.", form.name))
+    })
+    .await
 }
 
 #[cfg(test)]

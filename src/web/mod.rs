@@ -251,6 +251,20 @@ fn back_to(page: &str, result: Result<String, WebError>) -> axum::response::Resp
     axum::response::Redirect::to(&format!("{page}{separator}{query}")).into_response()
 }
 
+/// A change from a form: `act` if `allowed` (the user's right to it, checked first), then back to `page` with the
+/// notice `act` answers, or with the reason it was refused ([`back_to`]).
+async fn act_then_back(
+    page: &str,
+    allowed: Result<(), WebError>,
+    act: impl AsyncFnOnce() -> Result<String, WebError>,
+) -> axum::response::Response {
+    let result = match allowed {
+        Ok(()) => act().await,
+        Err(refused) => Err(refused),
+    };
+    back_to(page, result)
+}
+
 /// Renders a template into a page, or the error page if it cannot be rendered.
 fn render(template: &impl askama::Template) -> axum::response::Response {
     use axum::response::IntoResponse;
