@@ -152,7 +152,7 @@ pub struct Upstream {
     pub max_message_bytes: Option<u32>,
 }
 
-/// Hand-written so that the SASL password can never reach a log line through `{:?}`.
+/// Hand-written so that the SASL password and the client key can never reach a log line through `{:?}`.
 impl fmt::Debug for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Upstream")
@@ -162,9 +162,9 @@ impl fmt::Debug for Upstream {
             .field("ca", &self.ca)
             .field("client_cert", &self.client_cert)
             .field("client_key", &self.client_key)
-            .field("ca_pem", &self.ca_pem.as_ref().map(|p| format!("<{} bytes>", p.len())))
-            .field("client_cert_pem", &self.client_cert_pem.as_ref().map(|p| format!("<{} bytes>", p.len())))
-            .field("client_key_pem", &self.client_key_pem.as_ref().map(|_| "<secret>"))
+            .field("ca_pem", &Redacted::pem(&self.ca_pem))
+            .field("client_cert_pem", &Redacted::pem(&self.client_cert_pem))
+            .field("client_key_pem", &Redacted::secret(&self.client_key_pem))
             .field("sasl", &self.sasl)
             .field("compression", &self.compression)
             .field("max_message_bytes", &self.max_message_bytes)
@@ -186,8 +186,37 @@ impl fmt::Debug for Sasl {
         f.debug_struct("Sasl")
             .field("mechanism", &self.mechanism)
             .field("username", &self.username)
-            .field("password", &"<secret>")
+            .field("password", &Redacted::Secret)
             .finish()
+    }
+}
+
+/// What a hand-written `Debug` shows in place of text that must not reach a log line: [`Upstream`]'s, [`Sasl`]'s
+/// and `ops::SetUpstream`'s, so that each says the same and none has a way of its own to get it wrong.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Redacted {
+    /// A password or a private key: only that it is set.
+    Secret,
+    /// PEM text that is no secret (a certificate): its size, enough to tell one from another.
+    Pem(usize),
+}
+
+impl Redacted {
+    pub(crate) fn secret(text: &Option<String>) -> Option<Redacted> {
+        text.as_ref().map(|_| Redacted::Secret)
+    }
+
+    pub(crate) fn pem(text: &Option<String>) -> Option<Redacted> {
+        text.as_ref().map(|pem| Redacted::Pem(pem.len()))
+    }
+}
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Redacted::Secret => f.write_str("<secret>"),
+            Redacted::Pem(bytes) => write!(f, "<{bytes} bytes>"),
+        }
     }
 }
 

@@ -10,8 +10,8 @@ use serde::Serialize;
 use sqlx::{Row, SqlitePool};
 
 use super::config::{
-    self, Compression, ConfigError, Downlink, FieldError, KeySpec, Problems, RouteSpec, Sasl, SaslMechanism,
-    StoredRoute, Uplink, Upstream, ValueFormat, now_ms,
+    self, Compression, ConfigError, Downlink, FieldError, KeySpec, Problems, Redacted, RouteSpec, Sasl,
+    SaslMechanism, StoredRoute, Uplink, Upstream, ValueFormat, now_ms,
 };
 use super::status;
 use crate::store::config_db::Audited;
@@ -83,15 +83,16 @@ impl fmt::Debug for SetUpstream {
             .field("ca", &self.ca)
             .field("client_cert", &self.client_cert)
             .field("client_key", &self.client_key)
-            .field("ca_pem", &self.ca_pem.is_some())
-            .field("client_cert_pem", &self.client_cert_pem.is_some())
-            .field("client_key_pem", &self.client_key_pem.as_ref().map(|_| "<secret>"))
+            .field("ca_pem", &Redacted::pem(&self.ca_pem))
+            .field("client_cert_pem", &Redacted::pem(&self.client_cert_pem))
+            .field("client_key_pem", &Redacted::secret(&self.client_key_pem))
             .field("remove_ca", &self.remove_ca)
             .field("remove_client_cert", &self.remove_client_cert)
             .field("sasl_mechanism", &self.sasl_mechanism)
             .field("sasl_user", &self.sasl_user)
-            .field("sasl_password", &self.sasl_password.as_ref().map(|_| "<secret>"))
+            .field("sasl_password", &Redacted::secret(&self.sasl_password))
             .field("compression", &self.compression)
+            .field("max_message_bytes", &self.max_message_bytes)
             .finish()
     }
 }
@@ -976,6 +977,49 @@ mod tests {
         assert!(route_del(&pool, "plant", "test").await.is_err());
         upstream_del(&pool, "main", "test").await.unwrap();
         assert!(upstream_list(&pool).await.unwrap().is_empty());
+    }
+
+    /// An upstream and a request to set one, as stored and as asked for: `Debug` says which secrets are set and
+    /// how large the certificates are, never their text.
+    #[test]
+    fn debug_never_shows_a_secret_or_a_certificate() {
+        let (ca, cert, key) = ("ca-text", "cert-text", "key-text");
+        let up = Upstream {
+            name: "main".into(),
+            bootstrap: vec!["k1:9092".into()],
+            ca_pem: Some(ca.into()),
+            client_cert_pem: Some(cert.into()),
+            client_key_pem: Some(key.into()),
+            sasl: Some(Sasl {
+                mechanism: SaslMechanism::Plain,
+                username: "gw".into(),
+                password: "hunter2".into(),
+            }),
+            ..Upstream::default()
+        };
+        let request = SetUpstream {
+            name: "main".into(),
+            ca_pem: Some(ca.into()),
+            client_cert_pem: Some(cert.into()),
+            client_key_pem: Some(key.into()),
+            sasl_user: Some("gw".into()),
+            sasl_password: Some("hunter2".into()),
+            ..SetUpstream::default()
+        };
+        for shown in [format!("{up:?}"), format!("{up:#?}"), format!("{request:?}"), format!("{request:#?}")]
+        {
+            for hidden in [ca, cert, key, "hunter2"] {
+                assert!(!shown.contains(hidden), "{hidden} in {shown}");
+            }
+        }
+        for shown in [format!("{up:?}"), format!("{request:?}")] {
+            assert!(shown.contains("\"gw\"") && shown.contains("client_key_pem: Some(<secret>)"), "{shown}");
+            assert!(shown.contains("ca_pem: Some(<7 bytes>)"), "{shown}");
+        }
+        assert!(format!("{up:?}").contains("password: <secret>"));
+        assert!(format!("{request:?}").contains("sasl_password: Some(<secret>)"));
+        let unset = format!("{:?}", SetUpstream::default());
+        assert!(unset.contains("client_key_pem: None") && unset.contains("sasl_password: None"), "{unset}");
     }
 
     fn self_signed(name: &str) -> (String, String) {

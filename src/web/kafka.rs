@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use super::session::Signed;
-use super::{AppState, Nav, WebError, render};
+use super::{AppState, Nav, WebError, act_then_back, render};
 use crate::forward::config::{FieldError, RouteSpec};
 use crate::forward::ops::{
     self, AddDownlink, AddRoute, DeadLetter, OpsError, RouteView, SetUpstream, UpstreamView,
@@ -303,7 +303,7 @@ pub(super) async fn route_get(
 
 /// The reasons of a refused form: each beside its field, and what belongs to no field of the form at the top.
 #[derive(Debug, Default)]
-struct Errors {
+pub(super) struct Errors {
     fields: Vec<FieldError>,
     top: Option<String>,
 }
@@ -372,8 +372,11 @@ async fn answer<P: askama::Template>(
 
 /// After a change: back to the Kafka page with a notice, or with the reason it was refused.
 fn done(result: Result<String, WebError>) -> Response {
-    super::back_to("/kafka", result)
+    super::back_to(PAGE, result)
 }
+
+/// Where a change goes back to.
+const PAGE: &str = "/kafka";
 
 /// Changes need an administrator, and a binary that forwards to Kafka.
 fn may_change(signed: &Signed) -> Result<(), WebError> {
@@ -568,14 +571,11 @@ pub(super) async fn upstream_delete_post(
     State(state): State<AppState>,
     Form(form): Form<NameForm>,
 ) -> Response {
-    done(
-        async {
-            may_change(&signed)?;
-            ops::upstream_del(pool(&state), &form.name, signed.actor().as_str()).await?;
-            Ok(format!("Upstream {} deleted.", form.name))
-        }
-        .await,
-    )
+    act_then_back(PAGE, may_change(&signed), async || {
+        ops::upstream_del(pool(&state), &form.name, signed.actor().as_str()).await?;
+        Ok(format!("Upstream {} deleted.", form.name))
+    })
+    .await
 }
 
 /// A metadata request to the upstream, answered or failed within seconds; the result comes back as the notice
@@ -599,19 +599,162 @@ pub(super) async fn upstream_test_post(
     )
 }
 
-// --- Uplink routes.
+// --- Uplink and downlink routes: one page and one set of handlers over the form of each kind ([`RouteForm`]).
 
-const UPLINK_FIELDS: &[&str] = &["name", "upstream", "filter", "topic", "key", "format", "from", "lag_alarm"];
+/// What a route form's page says of its kind.
+pub(super) struct RouteKind {
+    /// `uplink`: the form is posted to `/kafka/uplinks/...`, and is `#uplink-form`.
+    name: &'static str,
+    /// What the notice and the edit page's title call a route of this kind.
+    noun: &'static str,
+    heading: &'static str,
+    add: &'static str,
+    /// What the route does with its upstream.
+    upstream_use: &'static str,
+    name_placeholder: &'static str,
+}
+
+/// The form of an uplink or a downlink route: the handlers below serve both, chosen by the router.
+pub(super) trait RouteForm:
+    serde::de::DeserializeOwned + Into<RouteFields> + Send + Sync + 'static
+{
+    const KIND: RouteKind;
+    /// The fields of the form, beside which a refusal's reasons are shown.
+    const FIELDS: &'static [&'static str];
+    /// What `ops` adds or changes.
+    type Request: Send;
+
+    /// The form of a new route, with the defaults it starts from.
+    fn new(upstream: String) -> Self;
+    /// The form of a stored route; `None` for a route of the other kind.
+    fn stored(spec: RouteSpec) -> Option<Self>;
+    /// The request, or the reasons a field cannot make one (before `ops` sees it).
+    fn request(&self) -> Result<Self::Request, Errors>;
+    /// Adds the route, or changes the stored one (`edit`).
+    fn write(
+        pool: &sqlx::SqlitePool,
+        request: Self::Request,
+        edit: bool,
+        actor: &str,
+    ) -> impl Future<Output = Result<RouteView, OpsError>> + Send;
+}
 
 #[derive(askama::Template)]
-#[template(path = "kafka_uplink_form.html")]
-struct UplinkFormPage {
+#[template(path = "kafka_route_form.html")]
+struct RouteFormPage {
     nav: Nav,
     edit: bool,
-    form: UplinkForm,
+    kind: &'static RouteKind,
+    form: RouteFields,
     upstreams: Vec<String>,
     errors: Errors,
 }
+
+impl RouteFormPage {
+    fn new<F: RouteForm>(
+        signed: &Signed,
+        edit: bool,
+        form: F,
+        upstreams: Vec<String>,
+        errors: Errors,
+    ) -> Self {
+        RouteFormPage {
+            nav: Nav::of(signed, "kafka"),
+            edit,
+            kind: &F::KIND,
+            form: form.into(),
+            upstreams,
+            errors,
+        }
+    }
+}
+
+/// The fields of the route's kind, each kind's in a template of its own.
+pub(super) enum RouteFields {
+    Uplink(UplinkForm),
+    Downlink(DownlinkForm),
+}
+
+impl RouteFields {
+    fn name(&self) -> &str {
+        match self {
+            RouteFields::Uplink(form) => &form.name,
+            RouteFields::Downlink(form) => &form.name,
+        }
+    }
+
+    fn upstream(&self) -> &str {
+        match self {
+            RouteFields::Uplink(form) => &form.upstream,
+            RouteFields::Downlink(form) => &form.upstream,
+        }
+    }
+}
+
+async fn upstream_names(state: &AppState) -> Result<Vec<String>, WebError> {
+    Ok(ops::upstream_list(pool(state)).await?.into_iter().map(|u| u.name).collect())
+}
+
+pub(super) async fn route_add_get<F: RouteForm>(
+    signed: Signed,
+    State(state): State<AppState>,
+) -> Result<Response, WebError> {
+    may_change(&signed)?;
+    let upstreams = upstream_names(&state).await?;
+    let form = F::new(upstreams.first().cloned().unwrap_or_default());
+    Ok(render(&RouteFormPage::new(&signed, false, form, upstreams, Errors::default())))
+}
+
+/// A stored route's form; a route of the other kind is not found here.
+pub(super) async fn route_edit_get<F: RouteForm>(
+    signed: Signed,
+    State(state): State<AppState>,
+    Query(query): Query<NameQuery>,
+) -> Result<Response, WebError> {
+    may_change(&signed)?;
+    let Some(form) = ops::route_get(pool(&state), &query.name).await.ok().and_then(|r| F::stored(r.spec))
+    else {
+        return Err(WebError::NotFound);
+    };
+    let upstreams = upstream_names(&state).await?;
+    Ok(render(&RouteFormPage::new(&signed, true, form, upstreams, Errors::default())))
+}
+
+pub(super) async fn route_add_post<F: RouteForm>(
+    signed: Signed,
+    State(state): State<AppState>,
+    Form(form): Form<F>,
+) -> Response {
+    route_post(signed, state, form, false).await
+}
+
+pub(super) async fn route_edit_post<F: RouteForm>(
+    signed: Signed,
+    State(state): State<AppState>,
+    Form(form): Form<F>,
+) -> Response {
+    route_post(signed, state, form, true).await
+}
+
+async fn route_post<F: RouteForm>(signed: Signed, state: AppState, form: F, edit: bool) -> Response {
+    if let Err(e) = may_change(&signed) {
+        return done(Err(e));
+    }
+    let saved = async {
+        let (request, actor) = (form.request()?, signed.actor());
+        let written = F::write(pool(&state), request, edit, actor.as_str()).await;
+        let view = written.map_err(|e| NotSaved::of(e, F::FIELDS))?;
+        Ok(format!("{} {}", F::KIND.noun, view.name))
+    }
+    .await;
+    answer(saved, edit, async |errors| {
+        let upstreams = upstream_names(&state).await.unwrap_or_default();
+        RouteFormPage::new(&signed, edit, form, upstreams, errors)
+    })
+    .await
+}
+
+// --- Uplink routes.
 
 #[derive(Debug, Default, serde::Deserialize)]
 pub(super) struct UplinkForm {
@@ -633,7 +776,44 @@ pub(super) struct UplinkForm {
     lag_alarm: String,
 }
 
-impl UplinkForm {
+impl RouteForm for UplinkForm {
+    const KIND: RouteKind = RouteKind {
+        name: "uplink",
+        noun: "Route",
+        heading: "Uplink route",
+        add: "Add an uplink route",
+        upstream_use: "forward to",
+        name_placeholder: "plant",
+    };
+    const FIELDS: &'static [&'static str] =
+        &["name", "upstream", "filter", "topic", "key", "format", "from", "lag_alarm"];
+    type Request = AddRoute;
+
+    fn new(upstream: String) -> UplinkForm {
+        UplinkForm {
+            upstream,
+            key: "topic".into(),
+            format: "raw".into(),
+            from: "now".into(),
+            lag_alarm: "60".into(),
+            ..UplinkForm::default()
+        }
+    }
+
+    fn stored(spec: RouteSpec) -> Option<UplinkForm> {
+        let RouteSpec::Uplink(u) = spec else { return None };
+        Some(UplinkForm {
+            name: u.name,
+            upstream: u.upstream,
+            filter: u.filter,
+            topic: u.topic,
+            key: u.key.to_string(),
+            format: u.format.as_str().to_owned(),
+            from: "keep".into(),
+            lag_alarm: u.lag_alarm_secs.to_string(),
+        })
+    }
+
     fn request(&self) -> Result<AddRoute, Errors> {
         let lag_alarm_secs = match self.lag_alarm.trim() {
             "" => None,
@@ -652,116 +832,27 @@ impl UplinkForm {
             lag_alarm_secs,
         })
     }
-}
 
-async fn upstream_names(state: &AppState) -> Result<Vec<String>, WebError> {
-    Ok(ops::upstream_list(pool(state)).await?.into_iter().map(|u| u.name).collect())
-}
-
-pub(super) async fn uplink_add_get(
-    signed: Signed,
-    State(state): State<AppState>,
-) -> Result<Response, WebError> {
-    may_change(&signed)?;
-    let upstreams = upstream_names(&state).await?;
-    let form = UplinkForm {
-        upstream: upstreams.first().cloned().unwrap_or_default(),
-        key: "topic".into(),
-        format: "raw".into(),
-        from: "now".into(),
-        lag_alarm: "60".into(),
-        ..UplinkForm::default()
-    };
-    let page = UplinkFormPage {
-        nav: Nav::of(&signed, "kafka"),
-        edit: false,
-        form,
-        upstreams,
-        errors: Errors::default(),
-    };
-    Ok(render(&page))
-}
-
-pub(super) async fn uplink_edit_get(
-    signed: Signed,
-    State(state): State<AppState>,
-    Query(query): Query<NameQuery>,
-) -> Result<Response, WebError> {
-    may_change(&signed)?;
-    let Ok(RouteSpec::Uplink(u)) = ops::route_get(pool(&state), &query.name).await.map(|r| r.spec) else {
-        return Err(WebError::NotFound);
-    };
-    let form = UplinkForm {
-        name: u.name,
-        upstream: u.upstream,
-        filter: u.filter,
-        topic: u.topic,
-        key: u.key.to_string(),
-        format: u.format.as_str().to_owned(),
-        from: "keep".into(),
-        lag_alarm: u.lag_alarm_secs.to_string(),
-    };
-    let upstreams = upstream_names(&state).await?;
-    let page = UplinkFormPage {
-        nav: Nav::of(&signed, "kafka"),
-        edit: true,
-        form,
-        upstreams,
-        errors: Errors::default(),
-    };
-    Ok(render(&page))
-}
-
-pub(super) async fn uplink_add_post(
-    signed: Signed,
-    State(state): State<AppState>,
-    Form(form): Form<UplinkForm>,
-) -> Response {
-    uplink_post(signed, state, form, false).await
-}
-
-pub(super) async fn uplink_edit_post(
-    signed: Signed,
-    State(state): State<AppState>,
-    Form(form): Form<UplinkForm>,
-) -> Response {
-    uplink_post(signed, state, form, true).await
-}
-
-async fn uplink_post(signed: Signed, state: AppState, form: UplinkForm, edit: bool) -> Response {
-    if let Err(e) = may_change(&signed) {
-        return done(Err(e));
+    async fn write(
+        pool: &sqlx::SqlitePool,
+        request: AddRoute,
+        edit: bool,
+        actor: &str,
+    ) -> Result<RouteView, OpsError> {
+        match edit {
+            true => ops::route_edit(pool, request, actor).await,
+            false => ops::route_add(pool, request, actor).await,
+        }
     }
-    let saved = async {
-        let (request, actor) = (form.request()?, signed.actor());
-        let written = match edit {
-            true => ops::route_edit(pool(&state), request, actor.as_str()).await,
-            false => ops::route_add(pool(&state), request, actor.as_str()).await,
-        };
-        let view = written.map_err(|e| NotSaved::of(e, UPLINK_FIELDS))?;
-        Ok(format!("Route {}", view.name))
+}
+
+impl From<UplinkForm> for RouteFields {
+    fn from(form: UplinkForm) -> RouteFields {
+        RouteFields::Uplink(form)
     }
-    .await;
-    answer(saved, edit, async |errors| {
-        let upstreams = upstream_names(&state).await.unwrap_or_default();
-        UplinkFormPage { nav: Nav::of(&signed, "kafka"), edit, form, upstreams, errors }
-    })
-    .await
 }
 
 // --- Downlink routes.
-
-const DOWNLINK_FIELDS: &[&str] = &["name", "upstream", "topic", "mqtt_topic", "qos", "as_user", "group"];
-
-#[derive(askama::Template)]
-#[template(path = "kafka_downlink_form.html")]
-struct DownlinkFormPage {
-    nav: Nav,
-    edit: bool,
-    form: DownlinkForm,
-    upstreams: Vec<String>,
-    errors: Errors,
-}
 
 #[derive(Debug, Default, serde::Deserialize)]
 pub(super) struct DownlinkForm {
@@ -783,7 +874,37 @@ pub(super) struct DownlinkForm {
     group: String,
 }
 
-impl DownlinkForm {
+impl RouteForm for DownlinkForm {
+    const KIND: RouteKind = RouteKind {
+        name: "downlink",
+        noun: "Downlink",
+        heading: "Downlink route",
+        add: "Add a downlink route",
+        upstream_use: "read from",
+        name_placeholder: "commands",
+    };
+    const FIELDS: &'static [&'static str] =
+        &["name", "upstream", "topic", "mqtt_topic", "qos", "as_user", "group"];
+    type Request = AddDownlink;
+
+    fn new(upstream: String) -> DownlinkForm {
+        DownlinkForm { upstream, qos: "1".into(), ..DownlinkForm::default() }
+    }
+
+    fn stored(spec: RouteSpec) -> Option<DownlinkForm> {
+        let RouteSpec::Downlink(d) = spec else { return None };
+        Some(DownlinkForm {
+            name: d.name,
+            upstream: d.upstream,
+            topic: d.topic,
+            mqtt_topic: d.mqtt_topic,
+            qos: d.qos.to_string(),
+            retain: d.retain,
+            as_user: d.as_user.unwrap_or_default(),
+            group: d.group.unwrap_or_default(),
+        })
+    }
+
     fn request(&self) -> Result<AddDownlink, Errors> {
         let qos = self.qos.trim().parse::<u8>().map_err(|_| Errors::field("qos", "QoS: use 0, 1 or 2"))?;
         let text = |t: &str| Some(t.trim().to_owned()).filter(|t| !t.is_empty());
@@ -798,94 +919,24 @@ impl DownlinkForm {
             group: text(&self.group),
         })
     }
-}
 
-pub(super) async fn downlink_add_get(
-    signed: Signed,
-    State(state): State<AppState>,
-) -> Result<Response, WebError> {
-    may_change(&signed)?;
-    let upstreams = upstream_names(&state).await?;
-    let form = DownlinkForm {
-        upstream: upstreams.first().cloned().unwrap_or_default(),
-        qos: "1".into(),
-        ..DownlinkForm::default()
-    };
-    let page = DownlinkFormPage {
-        nav: Nav::of(&signed, "kafka"),
-        edit: false,
-        form,
-        upstreams,
-        errors: Errors::default(),
-    };
-    Ok(render(&page))
-}
-
-pub(super) async fn downlink_edit_get(
-    signed: Signed,
-    State(state): State<AppState>,
-    Query(query): Query<NameQuery>,
-) -> Result<Response, WebError> {
-    may_change(&signed)?;
-    let Ok(RouteSpec::Downlink(d)) = ops::route_get(pool(&state), &query.name).await.map(|r| r.spec) else {
-        return Err(WebError::NotFound);
-    };
-    let form = DownlinkForm {
-        name: d.name,
-        upstream: d.upstream,
-        topic: d.topic,
-        mqtt_topic: d.mqtt_topic,
-        qos: d.qos.to_string(),
-        retain: d.retain,
-        as_user: d.as_user.unwrap_or_default(),
-        group: d.group.unwrap_or_default(),
-    };
-    let upstreams = upstream_names(&state).await?;
-    let page = DownlinkFormPage {
-        nav: Nav::of(&signed, "kafka"),
-        edit: true,
-        form,
-        upstreams,
-        errors: Errors::default(),
-    };
-    Ok(render(&page))
-}
-
-pub(super) async fn downlink_add_post(
-    signed: Signed,
-    State(state): State<AppState>,
-    Form(form): Form<DownlinkForm>,
-) -> Response {
-    downlink_post(signed, state, form, false).await
-}
-
-pub(super) async fn downlink_edit_post(
-    signed: Signed,
-    State(state): State<AppState>,
-    Form(form): Form<DownlinkForm>,
-) -> Response {
-    downlink_post(signed, state, form, true).await
-}
-
-async fn downlink_post(signed: Signed, state: AppState, form: DownlinkForm, edit: bool) -> Response {
-    if let Err(e) = may_change(&signed) {
-        return done(Err(e));
+    async fn write(
+        pool: &sqlx::SqlitePool,
+        request: AddDownlink,
+        edit: bool,
+        actor: &str,
+    ) -> Result<RouteView, OpsError> {
+        match edit {
+            true => ops::downlink_edit(pool, request, actor).await,
+            false => ops::downlink_add(pool, request, actor).await,
+        }
     }
-    let saved = async {
-        let (request, actor) = (form.request()?, signed.actor());
-        let written = match edit {
-            true => ops::downlink_edit(pool(&state), request, actor.as_str()).await,
-            false => ops::downlink_add(pool(&state), request, actor.as_str()).await,
-        };
-        let view = written.map_err(|e| NotSaved::of(e, DOWNLINK_FIELDS))?;
-        Ok(format!("Downlink {}", view.name))
+}
+
+impl From<DownlinkForm> for RouteFields {
+    fn from(form: DownlinkForm) -> RouteFields {
+        RouteFields::Downlink(form)
     }
-    .await;
-    answer(saved, edit, async |errors| {
-        let upstreams = upstream_names(&state).await.unwrap_or_default();
-        DownlinkFormPage { nav: Nav::of(&signed, "kafka"), edit, form, upstreams, errors }
-    })
-    .await
 }
 
 // --- Pause, resume, delete (uplinks and downlinks alike).
@@ -895,17 +946,11 @@ pub(super) async fn route_pause_post(
     State(state): State<AppState>,
     Form(form): Form<NameForm>,
 ) -> Response {
-    done(
-        async {
-            may_change(&signed)?;
-            ops::route_pause(pool(&state), &form.name, signed.actor().as_str()).await?;
-            Ok(format!(
-                "Route {} paused: it sends nothing more; its backlog waits in the journal.",
-                form.name
-            ))
-        }
-        .await,
-    )
+    act_then_back(PAGE, may_change(&signed), async || {
+        ops::route_pause(pool(&state), &form.name, signed.actor().as_str()).await?;
+        Ok(format!("Route {} paused: it sends nothing more; its backlog waits in the journal.", form.name))
+    })
+    .await
 }
 
 pub(super) async fn route_resume_post(
@@ -913,14 +958,11 @@ pub(super) async fn route_resume_post(
     State(state): State<AppState>,
     Form(form): Form<NameForm>,
 ) -> Response {
-    done(
-        async {
-            may_change(&signed)?;
-            ops::route_resume(pool(&state), &form.name, signed.actor().as_str()).await?;
-            Ok(format!("Route {} resumed.", form.name))
-        }
-        .await,
-    )
+    act_then_back(PAGE, may_change(&signed), async || {
+        ops::route_resume(pool(&state), &form.name, signed.actor().as_str()).await?;
+        Ok(format!("Route {} resumed.", form.name))
+    })
+    .await
 }
 
 pub(super) async fn route_delete_post(
@@ -928,14 +970,11 @@ pub(super) async fn route_delete_post(
     State(state): State<AppState>,
     Form(form): Form<NameForm>,
 ) -> Response {
-    done(
-        async {
-            may_change(&signed)?;
-            ops::route_del(pool(&state), &form.name, signed.actor().as_str()).await?;
-            Ok(format!("Route {} deleted; its journal cursor is released.", form.name))
-        }
-        .await,
-    )
+    act_then_back(PAGE, may_change(&signed), async || {
+        ops::route_del(pool(&state), &form.name, signed.actor().as_str()).await?;
+        Ok(format!("Route {} deleted; its journal cursor is released.", form.name))
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! page), or a signed-in session.
 
 use std::fmt::Write;
+use std::sync::atomic::AtomicU64;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
@@ -31,74 +32,56 @@ pub(super) async fn metrics_get(
     let broker = &state.inner.broker;
     let stats = broker.stats().await.map_err(|e| WebError::Internal(e.to_string()))?;
     let m = broker.metrics();
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-        let _ = writeln!(out, "# HELP weir_{name} {help}\n# TYPE weir_{name} {kind}\nweir_{name} {value}");
-    };
-    metric(
-        "messages_received_total",
-        "counter",
-        "PUBLISH messages received from clients.",
-        Metrics::get(&m.messages_received),
-    );
-    metric(
-        "messages_sent_total",
-        "counter",
-        "PUBLISH messages sent to clients.",
-        Metrics::get(&m.messages_sent),
-    );
-    metric("bytes_received_total", "counter", "Bytes read from clients.", Metrics::get(&m.bytes_received));
-    metric("bytes_sent_total", "counter", "Bytes written to clients.", Metrics::get(&m.bytes_sent));
-    metric(
-        "messages_dropped_total",
-        "counter",
-        "Deliveries dropped: a full queue or QoS 0 for an offline client.",
-        Metrics::get(&m.messages_dropped),
-    );
-    metric(
-        "messages_spilled_total",
-        "counter",
-        "QoS 1/2 deliveries left in the journal beyond a session's window.",
-        Metrics::get(&m.messages_spilled),
-    );
-    metric(
-        "connections_refused_total",
-        "counter",
-        "Connections refused at CONNECT or at the TLS handshake.",
-        Metrics::get(&m.connections_refused),
-    );
-    metric(
-        "protocol_errors_total",
-        "counter",
-        "Connections closed for a protocol error.",
-        Metrics::get(&m.protocol_errors),
-    );
-    metric("clients_connected", "gauge", "Clients connected now.", stats.clients_connected as u64);
-    metric("sessions", "gauge", "Sessions, online and offline.", stats.sessions as u64);
-    metric("subscriptions", "gauge", "Subscriptions.", stats.subscriptions as u64);
-    metric("retained_messages", "gauge", "Retained messages.", stats.retained as u64);
-    metric("uptime_seconds", "gauge", "Seconds since the broker started.", broker.uptime().as_secs());
+    let counter = |counter: &AtomicU64| ("counter", Metrics::get(counter));
+    let gauge = |value: u64| ("gauge", value);
+    // Each family: its name after `weir_`, its help, and its type and value.
+    let mut families = vec![
+        ("messages_received_total", "PUBLISH messages received from clients.", counter(&m.messages_received)),
+        ("messages_sent_total", "PUBLISH messages sent to clients.", counter(&m.messages_sent)),
+        ("bytes_received_total", "Bytes read from clients.", counter(&m.bytes_received)),
+        ("bytes_sent_total", "Bytes written to clients.", counter(&m.bytes_sent)),
+        (
+            "messages_dropped_total",
+            "Deliveries dropped: a full queue or QoS 0 for an offline client.",
+            counter(&m.messages_dropped),
+        ),
+        (
+            "messages_spilled_total",
+            "QoS 1/2 deliveries left in the journal beyond a session's window.",
+            counter(&m.messages_spilled),
+        ),
+        (
+            "connections_refused_total",
+            "Connections refused at CONNECT or at the TLS handshake.",
+            counter(&m.connections_refused),
+        ),
+        ("protocol_errors_total", "Connections closed for a protocol error.", counter(&m.protocol_errors)),
+        ("clients_connected", "Clients connected now.", gauge(stats.clients_connected as u64)),
+        ("sessions", "Sessions, online and offline.", gauge(stats.sessions as u64)),
+        ("subscriptions", "Subscriptions.", gauge(stats.subscriptions as u64)),
+        ("retained_messages", "Retained messages.", gauge(stats.retained as u64)),
+        ("uptime_seconds", "Seconds since the broker started.", gauge(broker.uptime().as_secs())),
+    ];
     if let Some(journal) = &state.inner.journal {
         let j = journal.stats();
-        metric(
-            "journal_appended_total",
-            "counter",
-            "Messages written to the journal.",
-            Metrics::get(&j.appended),
-        );
-        metric(
-            "journal_refused_total",
-            "counter",
-            "QoS 1/2 messages the journal refused (disk full, hard cap).",
-            Metrics::get(&j.refused),
-        );
-        metric(
-            "journal_dropped_qos0_total",
-            "counter",
-            "QoS 0 messages not journaled because the writer was behind.",
-            Metrics::get(&j.dropped_qos0),
-        );
-        metric("journal_pruned_total", "counter", "Messages removed by retention.", Metrics::get(&j.pruned));
+        families.extend([
+            ("journal_appended_total", "Messages written to the journal.", counter(&j.appended)),
+            (
+                "journal_refused_total",
+                "QoS 1/2 messages the journal refused (disk full, hard cap).",
+                counter(&j.refused),
+            ),
+            (
+                "journal_dropped_qos0_total",
+                "QoS 0 messages not journaled because the writer was behind.",
+                counter(&j.dropped_qos0),
+            ),
+            ("journal_pruned_total", "Messages removed by retention.", counter(&j.pruned)),
+        ]);
+    }
+    let mut out = String::new();
+    for (name, help, (kind, value)) in families {
+        let _ = writeln!(out, "# HELP weir_{name} {help}\n# TYPE weir_{name} {kind}\nweir_{name} {value}");
     }
     let content_type = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
     Ok(([(header::CONTENT_TYPE, content_type)], out).into_response())

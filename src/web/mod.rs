@@ -129,6 +129,7 @@ impl AppState {
 
 /// Every route of the console.
 pub fn router(state: AppState) -> Router {
+    use kafka::{DownlinkForm as Downlink, UplinkForm as Uplink};
     Router::new()
         .route("/", get(overview::overview_get))
         .route("/api/overview", get(overview::api_get))
@@ -179,10 +180,22 @@ pub fn router(state: AppState) -> Router {
         .route("/kafka/upstreams/edit", get(kafka::upstream_edit_get).post(kafka::upstream_edit_post))
         .route("/kafka/upstreams/delete", post(kafka::upstream_delete_post))
         .route("/kafka/upstreams/test", post(kafka::upstream_test_post))
-        .route("/kafka/uplinks/add", get(kafka::uplink_add_get).post(kafka::uplink_add_post))
-        .route("/kafka/uplinks/edit", get(kafka::uplink_edit_get).post(kafka::uplink_edit_post))
-        .route("/kafka/downlinks/add", get(kafka::downlink_add_get).post(kafka::downlink_add_post))
-        .route("/kafka/downlinks/edit", get(kafka::downlink_edit_get).post(kafka::downlink_edit_post))
+        .route(
+            "/kafka/uplinks/add",
+            get(kafka::route_add_get::<Uplink>).post(kafka::route_add_post::<Uplink>),
+        )
+        .route(
+            "/kafka/uplinks/edit",
+            get(kafka::route_edit_get::<Uplink>).post(kafka::route_edit_post::<Uplink>),
+        )
+        .route(
+            "/kafka/downlinks/add",
+            get(kafka::route_add_get::<Downlink>).post(kafka::route_add_post::<Downlink>),
+        )
+        .route(
+            "/kafka/downlinks/edit",
+            get(kafka::route_edit_get::<Downlink>).post(kafka::route_edit_post::<Downlink>),
+        )
         .route("/kafka/routes/show", get(kafka::route_get))
         .route("/kafka/routes/pause", post(kafka::route_pause_post))
         .route("/kafka/routes/resume", post(kafka::route_resume_post))
@@ -236,6 +249,20 @@ fn back_to(page: &str, result: Result<String, WebError>) -> axum::response::Resp
     let query = form_urlencoded::Serializer::new(String::new()).append_pair(key, &text).finish();
     let separator = if page.contains('?') { '&' } else { '?' };
     axum::response::Redirect::to(&format!("{page}{separator}{query}")).into_response()
+}
+
+/// A change from a form: `act` if `allowed` (the user's right to it, checked first), then back to `page` with the
+/// notice `act` answers, or with the reason it was refused ([`back_to`]).
+async fn act_then_back(
+    page: &str,
+    allowed: Result<(), WebError>,
+    act: impl AsyncFnOnce() -> Result<String, WebError>,
+) -> axum::response::Response {
+    let result = match allowed {
+        Ok(()) => act().await,
+        Err(refused) => Err(refused),
+    };
+    back_to(page, result)
 }
 
 /// Renders a template into a page, or the error page if it cannot be rendered.

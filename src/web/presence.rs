@@ -5,7 +5,7 @@ use axum::extract::{Query, State};
 use axum::response::Response;
 
 use super::session::Signed;
-use super::{AppState, Nav, WebError, render};
+use super::{AppState, Nav, WebError, act_then_back, render};
 use crate::ops::presence::{self, NewPresenceRule, PresenceRuleEntry, PresenceSelection};
 
 #[derive(askama::Template)]
@@ -130,22 +130,19 @@ pub(super) async fn rule_add_post(
     State(state): State<AppState>,
     Form(form): Form<AddRule>,
 ) -> Response {
-    done(
-        async {
-            signed.require_admin()?;
-            let rule = NewPresenceRule {
-                matcher: form.matcher.trim().to_owned(),
-                event: form.event,
-                topic: form.topic.trim().to_owned(),
-                payload: form.payload,
-                qos: form.qos,
-                retain: form.retain,
-            };
-            let id = state.ops().add_presence_rule(&rule, &signed.actor()).await?;
-            Ok(format!("Rule #{id} added; it applies within a second."))
-        }
-        .await,
-    )
+    act_then_back(PAGE, signed.require_admin(), async || {
+        let rule = NewPresenceRule {
+            matcher: form.matcher.trim().to_owned(),
+            event: form.event,
+            topic: form.topic.trim().to_owned(),
+            payload: form.payload,
+            qos: form.qos,
+            retain: form.retain,
+        };
+        let id = state.ops().add_presence_rule(&rule, &signed.actor()).await?;
+        Ok(format!("Rule #{id} added; it applies within a second."))
+    })
+    .await
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -158,16 +155,12 @@ pub(super) async fn rule_delete_post(
     State(state): State<AppState>,
     Form(form): Form<DeleteRule>,
 ) -> Response {
-    done(
-        async {
-            signed.require_admin()?;
-            state.ops().delete_presence_rule(form.id, &signed.actor()).await?;
-            Ok(format!("Rule #{} deleted.", form.id))
-        }
-        .await,
-    )
+    act_then_back(PAGE, signed.require_admin(), async || {
+        state.ops().delete_presence_rule(form.id, &signed.actor()).await?;
+        Ok(format!("Rule #{} deleted.", form.id))
+    })
+    .await
 }
 
-fn done(result: Result<String, WebError>) -> Response {
-    super::back_to("/presence", result)
-}
+/// Where a change goes back to, with its notice or the error of what was refused.
+const PAGE: &str = "/presence";

@@ -501,6 +501,51 @@ async fn pages_assets_metrics_and_limits() {
     assert_eq!(c.post("/users/import", &huge, Some(&cookie)).await.status, StatusCode::PAYLOAD_TOO_LARGE);
 }
 
+/// Every family is its HELP, TYPE and sample lines, in this order; the journal's only with a journal.
+#[tokio::test]
+async fn metrics_are_one_help_type_and_sample_per_family() {
+    let broker_families = [
+        ("messages_received_total", "counter"),
+        ("messages_sent_total", "counter"),
+        ("bytes_received_total", "counter"),
+        ("bytes_sent_total", "counter"),
+        ("messages_dropped_total", "counter"),
+        ("messages_spilled_total", "counter"),
+        ("connections_refused_total", "counter"),
+        ("protocol_errors_total", "counter"),
+        ("clients_connected", "gauge"),
+        ("sessions", "gauge"),
+        ("subscriptions", "gauge"),
+        ("retained_messages", "gauge"),
+        ("uptime_seconds", "gauge"),
+    ];
+    let journal_families = [
+        ("journal_appended_total", "counter"),
+        ("journal_refused_total", "counter"),
+        ("journal_dropped_qos0_total", "counter"),
+        ("journal_pruned_total", "counter"),
+    ];
+    for (c, journaled) in [(Console::new().await, false), (Console::journaled().await, true)] {
+        let body = c.get("/metrics", None).await.body;
+        assert!(body.ends_with('\n'), "{body}");
+        let lines: Vec<&str> = body.lines().collect();
+        let expected: Vec<_> = broker_families
+            .iter()
+            .chain(journaled.then_some(&journal_families).into_iter().flatten())
+            .collect();
+        assert_eq!(lines.len(), 3 * expected.len(), "{body}");
+        for (family, (name, kind)) in lines.chunks(3).zip(expected) {
+            assert!(
+                family[0].starts_with(&format!("# HELP weir_{name} ")) && family[0].ends_with('.'),
+                "{body}"
+            );
+            assert_eq!(family[1], format!("# TYPE weir_{name} {kind}"));
+            let value = family[2].strip_prefix(&format!("weir_{name} ")).unwrap();
+            assert!(value.parse::<u64>().is_ok(), "{}", family[2]);
+        }
+    }
+}
+
 #[tokio::test]
 async fn metrics_elsewhere_need_a_session() {
     let c = Console::with(false).await;

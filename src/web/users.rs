@@ -6,7 +6,7 @@ use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 
 use super::session::Signed;
-use super::{AppState, Nav, WebError, render};
+use super::{AppState, Nav, WebError, act_then_back, back_to, render};
 use crate::auth::Identity;
 use crate::auth::acl::{Action, Effect, Subject};
 use crate::mqtt::broker::Authorizer;
@@ -154,10 +154,8 @@ fn access_test(state: &AppState, query: &UsersQuery) -> AccessTest {
     AccessTest { user, client, topic, answer }
 }
 
-/// Back to the users page with a notice, or with the error of what was refused.
-fn done(result: Result<String, WebError>) -> Response {
-    super::back_to("/users", result)
-}
+/// Where a change goes back to, with its notice or the error of what was refused.
+const PAGE: &str = "/users";
 
 fn roles(text: &str) -> Vec<String> {
     text.split([',', ' ']).map(str::trim).filter(|r| !r.is_empty()).map(str::to_owned).collect()
@@ -176,17 +174,14 @@ pub(super) async fn add_post(
     State(state): State<AppState>,
     Form(form): Form<AddUser>,
 ) -> Response {
-    done(
-        async {
-            signed.require_admin()?;
-            state
-                .ops()
-                .add_user(form.username.trim(), &form.password, &roles(&form.roles), &signed.actor())
-                .await?;
-            Ok(format!("User {} added.", form.username.trim()))
-        }
-        .await,
-    )
+    act_then_back(PAGE, signed.require_admin(), async || {
+        state
+            .ops()
+            .add_user(form.username.trim(), &form.password, &roles(&form.roles), &signed.actor())
+            .await?;
+        Ok(format!("User {} added.", form.username.trim()))
+    })
+    .await
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -200,14 +195,11 @@ pub(super) async fn password_post(
     State(state): State<AppState>,
     Form(form): Form<SetPassword>,
 ) -> Response {
-    done(
-        async {
-            signed.require_admin()?;
-            state.ops().set_password(&form.username, &form.password, &signed.actor()).await?;
-            Ok(format!("Password of {} changed.", form.username))
-        }
-        .await,
-    )
+    act_then_back(PAGE, signed.require_admin(), async || {
+        state.ops().set_password(&form.username, &form.password, &signed.actor()).await?;
+        Ok(format!("Password of {} changed.", form.username))
+    })
+    .await
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -222,18 +214,15 @@ pub(super) async fn roles_post(
     State(state): State<AppState>,
     Form(form): Form<SetRoles>,
 ) -> Response {
-    done(
-        async {
-            signed.require_admin()?;
-            let roles = roles(&form.roles);
-            if form.username == signed.user && !roles.iter().any(|r| r == crate::auth::ADMIN_ROLE) {
-                return Err(WebError::BadRequest("You cannot take the admin role from yourself.".into()));
-            }
-            state.ops().set_roles(&form.username, &roles, &signed.actor()).await?;
-            Ok(format!("Roles of {} set.", form.username))
+    act_then_back(PAGE, signed.require_admin(), async || {
+        let roles = roles(&form.roles);
+        if form.username == signed.user && !roles.iter().any(|r| r == crate::auth::ADMIN_ROLE) {
+            return Err(WebError::BadRequest("You cannot take the admin role from yourself.".into()));
         }
-        .await,
-    )
+        state.ops().set_roles(&form.username, &roles, &signed.actor()).await?;
+        Ok(format!("Roles of {} set.", form.username))
+    })
+    .await
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -246,18 +235,15 @@ pub(super) async fn delete_post(
     State(state): State<AppState>,
     Form(form): Form<DeleteUser>,
 ) -> Response {
-    done(
-        async {
-            signed.require_admin()?;
-            if form.username == signed.user {
-                return Err(WebError::BadRequest("You cannot delete yourself.".into()));
-            }
-            state.ops().delete_user(&form.username, &signed.actor()).await?;
-            state.inner.sessions.remove_user(&form.username);
-            Ok(format!("User {} deleted.", form.username))
+    act_then_back(PAGE, signed.require_admin(), async || {
+        if form.username == signed.user {
+            return Err(WebError::BadRequest("You cannot delete yourself.".into()));
         }
-        .await,
-    )
+        state.ops().delete_user(&form.username, &signed.actor()).await?;
+        state.inner.sessions.remove_user(&form.username);
+        Ok(format!("User {} deleted.", form.username))
+    })
+    .await
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -273,21 +259,18 @@ pub(super) async fn import_post(
     State(state): State<AppState>,
     Form(form): Form<Import>,
 ) -> Response {
-    done(
-        async {
-            signed.require_admin()?;
-            let text = |t: &str| (!t.trim().is_empty()).then(|| t.to_owned());
-            let (passwd, acl) = (text(&form.passwd), text(&form.acl));
-            let summary =
-                state.ops().import_mosquitto(passwd.as_deref(), acl.as_deref(), &signed.actor()).await?;
-            let mut notice = format!("Imported {} users and {} rules.", summary.users, summary.rules);
-            for warning in summary.warnings {
-                notice.push_str(&format!(" Warning: {warning}."));
-            }
-            Ok(notice)
+    act_then_back(PAGE, signed.require_admin(), async || {
+        let text = |t: &str| (!t.trim().is_empty()).then(|| t.to_owned());
+        let (passwd, acl) = (text(&form.passwd), text(&form.acl));
+        let summary =
+            state.ops().import_mosquitto(passwd.as_deref(), acl.as_deref(), &signed.actor()).await?;
+        let mut notice = format!("Imported {} users and {} rules.", summary.users, summary.rules);
+        for warning in summary.warnings {
+            notice.push_str(&format!(" Warning: {warning}."));
         }
-        .await,
-    )
+        Ok(notice)
+    })
+    .await
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -303,15 +286,12 @@ pub(super) async fn rule_add_post(
     State(state): State<AppState>,
     Form(form): Form<AddRule>,
 ) -> Response {
-    done(
-        async {
-            signed.require_admin()?;
-            let rule = parse_rule(form.subject.trim(), &form.effect, &form.action, form.filter.trim())?;
-            let id = state.ops().add_rule(&rule, &signed.actor()).await?;
-            Ok(format!("Rule #{id} added."))
-        }
-        .await,
-    )
+    act_then_back(PAGE, signed.require_admin(), async || {
+        let rule = parse_rule(form.subject.trim(), &form.effect, &form.action, form.filter.trim())?;
+        let id = state.ops().add_rule(&rule, &signed.actor()).await?;
+        Ok(format!("Rule #{id} added."))
+    })
+    .await
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -324,14 +304,11 @@ pub(super) async fn rule_delete_post(
     State(state): State<AppState>,
     Form(form): Form<DeleteRule>,
 ) -> Response {
-    done(
-        async {
-            signed.require_admin()?;
-            state.ops().delete_rule(form.id, &signed.actor()).await?;
-            Ok(format!("Rule #{} deleted.", form.id))
-        }
-        .await,
-    )
+    act_then_back(PAGE, signed.require_admin(), async || {
+        state.ops().delete_rule(form.id, &signed.actor()).await?;
+        Ok(format!("Rule #{} deleted.", form.id))
+    })
+    .await
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -355,7 +332,7 @@ pub(super) async fn token_add_post(
                 .await
                 .unwrap_or_else(IntoResponse::into_response)
         }
-        Err(e) => done(Err(e)),
+        Err(e) => back_to(PAGE, Err(e)),
     }
 }
 
@@ -364,12 +341,9 @@ pub(super) async fn token_delete_post(
     State(state): State<AppState>,
     Form(form): Form<TokenForm>,
 ) -> Response {
-    done(
-        async {
-            signed.require_admin()?;
-            state.ops().delete_token(&form.name, &signed.actor()).await?;
-            Ok(format!("Token {} deleted.", form.name))
-        }
-        .await,
-    )
+    act_then_back(PAGE, signed.require_admin(), async || {
+        state.ops().delete_token(&form.name, &signed.actor()).await?;
+        Ok(format!("Token {} deleted.", form.name))
+    })
+    .await
 }
