@@ -24,6 +24,7 @@ mod checkpoint;
 mod ops;
 mod row;
 mod settings;
+mod syncer;
 mod writer;
 
 use std::path::{Path, PathBuf};
