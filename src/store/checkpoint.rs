@@ -6,9 +6,9 @@
 //! writer's thread: with 4 KiB payloads that was every commit or two, and the writer spent as long copying and
 //! syncing the database file as writing and syncing the log (docs/BENCHMARKS.md, "4 KiB payloads"). Here the writer
 //! turns that off and wakes this thread after its commits; a passive checkpoint copies what is committed while the
-//! writer goes on appending to the log. Durability is unchanged: an acknowledgement still waits for a sync of the
-//! log after its commit, and a checkpoint (with the writer's `synchronous`) syncs the database file before SQLite
-//! lets the log be reused.
+//! writer goes on appending to the log. Durability is unchanged: an acknowledgement still waits for the commit's
+//! sync of the log, and a checkpoint (with `synchronous = FULL`, like the writer) syncs the database file before
+//! SQLite lets the log be reused.
 //!
 //! The log is bounded: SQLite starts it over only at a write transaction that begins when the whole log has been
 //! copied, which a checkpointer running beside a busy writer may never see. So once the log holds more than

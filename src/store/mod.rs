@@ -24,7 +24,6 @@ mod checkpoint;
 mod ops;
 mod row;
 mod settings;
-mod syncer;
 mod writer;
 
 use std::path::{Path, PathBuf};

@@ -123,7 +123,4 @@ pub struct JournalStats {
     /// QoS 1/2 messages refused (disk full or hard cap).
     pub refused: AtomicU64,
     pub pruned: AtomicU64,
-    /// Syncs of the log by the syncer (`synced`): fewer than `batches` when commits made during a sync share the
-    /// next one.
-    pub syncs: AtomicU64,
 }

@@ -22,7 +22,6 @@ use super::checkpoint::Checkpointer;
 use super::ops::{CursorCommit, Op, Queued, SessionOp, Shared};
 use super::row::{StoredRow, queued_delivery};
 use super::settings::{Durability, JournalConfig};
-use super::syncer::{AfterSync, Syncer};
 use super::{StoreError, unix_millis};
 use crate::mqtt::broker::{ClientId, PresenceChange, Refusal, SpillLoad, Will};
 
@@ -90,9 +89,6 @@ pub(super) struct Writer {
     checkpointer: Option<Checkpointer>,
     /// Something was committed since the checkpointer was last woken.
     wrote: bool,
-    /// With `synced`: syncs the log after commits and completes them then; `None` for `batched` and `off`, and
-    /// once closed.
-    syncer: Option<Syncer>,
 }
 
 impl Writer {
@@ -104,9 +100,10 @@ impl Writer {
         inner: std::sync::Weak<Shared>,
         ops: mpsc::UnboundedReceiver<Op>,
     ) -> Result<i64, StoreError> {
-        // `synced` commits with NORMAL too, and its syncer syncs the log before any completion (see `syncer`);
-        // FULL only if the syncer cannot start.
-        let mut synchronous = "NORMAL";
+        let synchronous = match config.durability {
+            Durability::Synced => "FULL",
+            Durability::Batched { .. } | Durability::Off => "NORMAL",
+        };
         let open = || -> rusqlite::Result<Connection> {
             let conn = Connection::open(path)?;
             conn.busy_timeout(Duration::from_secs(10))?;
@@ -146,23 +143,9 @@ impl Writer {
                 |r| r.get(0),
             )
             .map_err(|e| StoreError::Writer(e.to_string()))?;
-        let syncer = match config.durability {
-            Durability::Synced => match Syncer::start(path, inner.clone()) {
-                Ok(syncer) => Some(syncer),
-                Err(e) => {
-                    tracing::warn!("{e}: every commit syncs on the writer's thread instead");
-                    synchronous = "FULL";
-                    conn.pragma_update(None, "synchronous", synchronous)
-                        .map_err(|e| StoreError::Writer(e.to_string()))?;
-                    None
-                }
-            },
-            Durability::Batched { .. } | Durability::Off => None,
-        };
         let checkpointer = Checkpointer::start(path, synchronous, config.max_wal_bytes)?;
         let writer = Writer {
             checkpointer: Some(checkpointer),
-            syncer,
             wrote: false,
             conn,
             inner,
@@ -256,17 +239,13 @@ impl Writer {
         let mut pruned = false;
         for op in after {
             match op {
-                Op::Flush(done) => match &self.syncer {
-                    Some(syncer) => syncer.after_sync(AfterSync::Flush(done)),
-                    None => {
-                        let _ = done.send(());
-                    }
-                },
+                Op::Flush(done) => {
+                    let _ = done.send(());
+                }
                 Op::Close(done) => {
                     self.index_all();
-                    // Its last pass, and the last sync, end before the journal counts as closed.
+                    // Its last pass ends before the journal counts as closed.
                     self.checkpointer = None;
-                    self.syncer = None;
                     let _ = done.send(());
                     next = Next::Stop;
                 }
@@ -330,7 +309,7 @@ impl Writer {
             Ok(loads) => {
                 self.completed(inner, appends, Ok(()));
                 answer_loads(sessions, loads);
-                self.cursors_committed(cursors);
+                answer_cursors(cursors, &Ok(()));
             }
             Err(Failed::Appends(failure)) => {
                 self.completed(inner, appends, Err(failure));
@@ -389,23 +368,12 @@ impl Writer {
             Ok(loads) => {
                 self.wrote = true;
                 answer_loads(ops, loads);
-                self.cursors_committed(cursors);
+                answer_cursors(cursors, &Ok(()));
             }
             Err(e) => {
                 tracing::error!("saving session state or cursors failed: {e}");
                 answer_cursors(cursors, &Err(e.to_string()));
             }
-        }
-    }
-
-    /// Tells the committers of `cursors` that they are committed: with the syncer, once the log is synced, so that
-    /// a committed cursor is on disk like an acknowledged message.
-    fn cursors_committed(&self, cursors: Vec<CursorCommit>) {
-        match &self.syncer {
-            Some(syncer) if !cursors.is_empty() => {
-                syncer.after_sync(AfterSync::Cursors(cursors.into_iter().map(|c| c.done).collect()));
-            }
-            _ => answer_cursors(cursors, &Ok(())),
         }
     }
 
@@ -441,14 +409,8 @@ impl Writer {
                 inner.refusing.store(false, Ordering::Relaxed);
                 inner.stats.appended.fetch_add(count as u64, Ordering::Relaxed);
                 inner.stats.batches.fetch_add(1, Ordering::Relaxed);
-                let dones = appends.into_iter().filter_map(|a| a.done);
-                match &self.syncer {
-                    Some(syncer) => syncer.after_sync(AfterSync::Appends(dones.collect())),
-                    None => {
-                        for done in dones {
-                            let _ = done.send(Ok(()));
-                        }
-                    }
+                for done in appends.into_iter().filter_map(|a| a.done) {
+                    let _ = done.send(Ok(()));
                 }
             }
             Err(failure) => {
