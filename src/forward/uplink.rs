@@ -314,7 +314,8 @@ impl State<'_> {
             if self.broken.is_none() && self.queue.len() < MAX_IN_FLIGHT {
                 let room = (MAX_IN_FLIGHT - self.queue.len()).min(READ_BATCH);
                 let batch = self.consumer.next_batch(room).await?;
-                caught_up = batch.len() < room;
+                // A short batch is not the end when the route's filter is read in id order (many topics).
+                caught_up = self.consumer.caught_up();
                 for (from, to) in self.consumer.take_gaps() {
                     self.gap(from, to);
                 }
@@ -398,7 +399,16 @@ impl State<'_> {
     /// acknowledgement and our cursor commit).
     async fn recover(&mut self) -> Result<(), UplinkError> {
         let spec = &self.route.spec;
-        let pending = self.consumer.next_batch(MAX_IN_FLIGHT).await?;
+        // Every record that can have been in flight: the first `MAX_IN_FLIGHT` after the cursor, which a filter
+        // read in id order may give in several batches.
+        let mut pending = Vec::new();
+        while pending.len() < MAX_IN_FLIGHT {
+            let batch = self.consumer.next_batch(MAX_IN_FLIGHT - pending.len()).await?;
+            pending.extend(batch);
+            if self.consumer.caught_up() {
+                break;
+            }
+        }
         self.consumer.rewind();
         // Records wait: if Kafka cannot be reached to scan it, the status ages them (`between_reports`).
         if let Some(first) = pending.iter().find(|m| m.ts >= spec.from_ms) {
