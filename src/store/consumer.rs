@@ -6,7 +6,7 @@
 //! misses nothing, because retention never prunes past the slowest cursor (until the hard cap).
 
 use super::history::{self, HistoryQuery, Order, StoredMessage};
-use super::{Journal, StoreError};
+use super::{Journal, RecordedGaps, StoreError};
 use crate::mqtt::codec::topic;
 
 /// Where a consumer without a cursor starts.
@@ -161,6 +161,17 @@ impl Consumer {
         self.caught_up
     }
 
+    /// The gaps recorded with this consumer's cursor ([`Consumer::record_gap`]), across restarts.
+    pub async fn recorded_gaps(&self) -> Result<RecordedGaps, StoreError> {
+        self.journal.recorded_gaps(&self.name).await
+    }
+
+    /// Records with the cursor that journal ids `from..=to` were gone before this consumer read them (found at
+    /// `at`, unix ms): the consumer's owner decides what counts, once.
+    pub async fn record_gap(&self, from: i64, to: i64, at: i64) -> Result<(), StoreError> {
+        self.journal.record_gap(&self.name, from, to, at).await
+    }
+
     /// The gaps [`Consumer::next_batch`] found since this was last called.
     pub fn take_gaps(&mut self) -> Vec<(i64, i64)> {
         std::mem::take(&mut self.gaps)
@@ -254,6 +265,27 @@ mod tests {
         c.rewind();
         assert_eq!(c.next_batch(1).await.unwrap()[0].payload, b"2");
         assert!(Consumer::open(&j, "bad", vec!["a/#/b".into()], StartAt::Now).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn gaps_recorded_with_a_cursor_survive_a_restart_and_go_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = journal(dir.path()).await;
+        let c = Consumer::open(&j, "kafka:plant", vec!["plant/#".into()], StartAt::Now).await.unwrap();
+        assert_eq!(c.recorded_gaps().await.unwrap(), RecordedGaps::default());
+        c.record_gap(11, 20, 1_000).await.unwrap();
+        c.record_gap(31, 35, 2_000).await.unwrap();
+        j.close().await;
+
+        let j = journal(dir.path()).await;
+        let mut c = Consumer::open(&j, "kafka:plant", vec!["plant/#".into()], StartAt::Now).await.unwrap();
+        let expected = RecordedGaps { total: 15, last: Some((31, 35, 2_000)) };
+        assert_eq!(c.recorded_gaps().await.unwrap(), expected);
+        c.commit(40).await.unwrap();
+        assert_eq!(c.recorded_gaps().await.unwrap(), expected, "a cursor commit keeps them");
+        j.delete_cursor("kafka:plant").await.unwrap();
+        assert_eq!(j.recorded_gaps("kafka:plant").await.unwrap(), RecordedGaps::default());
+        j.close().await;
     }
 
     #[tokio::test]

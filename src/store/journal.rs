@@ -22,7 +22,7 @@ use sqlx::{Row, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 pub use super::ops::JournalStats;
-use super::ops::{Answer, CursorCommit, Done, Op, Queued, SessionOp, Shared};
+use super::ops::{Answer, CursorChange, CursorCommit, Done, Op, Queued, SessionOp, Shared};
 use super::row::{StoredRow, queued_delivery};
 pub use super::settings::{Durability, JournalConfig, Retention};
 use super::writer::Writer;
@@ -37,6 +37,15 @@ use crate::mqtt::codec::{QoS, RetainHandling, SubscribeFilter, SubscriptionOptio
 #[derive(Debug, Clone)]
 pub struct Journal {
     inner: Arc<Inner>,
+}
+
+/// What a durable consumer's cursor holds of its gaps ([`Journal::record_gap`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RecordedGaps {
+    /// Journal ids lost, in all.
+    pub total: u64,
+    /// The last gap: its first and last journal id, and when it was found (unix ms).
+    pub last: Option<(i64, i64, i64)>,
 }
 
 #[derive(Debug)]
@@ -350,14 +359,37 @@ impl Journal {
     /// as the journal's durability says (with `synced`, on disk) when this returns.
     pub async fn commit_cursor(&self, name: &str, position: i64) -> Result<(), StoreError> {
         let name = name.to_owned();
-        self.request(|done| Op::Cursor(CursorCommit { name, position: Some(position), done })).await
+        self.request(|done| Op::Cursor(CursorCommit { name, change: CursorChange::Position(position), done }))
+            .await
     }
 
     /// Deletes a durable consumer's cursor (the consumer is gone), through the writer like every write:
     /// retention may then prune what it held.
     pub async fn delete_cursor(&self, name: &str) -> Result<(), StoreError> {
         let name = name.to_owned();
-        self.request(|done| Op::Cursor(CursorCommit { name, position: None, done })).await
+        self.request(|done| Op::Cursor(CursorCommit { name, change: CursorChange::Delete, done })).await
+    }
+
+    /// Records a gap in a durable consumer's reading (journal ids `from..=to`, gone before it read them, found at
+    /// `at`, unix ms) with its cursor, through the writer: the count and the last gap survive a restart.
+    pub async fn record_gap(&self, name: &str, from: i64, to: i64, at: i64) -> Result<(), StoreError> {
+        let name = name.to_owned();
+        let change = CursorChange::Gap { from, to, at };
+        self.request(|done| Op::Cursor(CursorCommit { name, change, done })).await
+    }
+
+    /// The gaps recorded with a consumer's cursor (none if it has no cursor).
+    pub async fn recorded_gaps(&self, name: &str) -> Result<RecordedGaps, StoreError> {
+        let row = sqlx::query("SELECT gap_total, gap_from, gap_to, gap_at FROM cursors WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.inner.pool)
+            .await?;
+        let Some(row) = row else { return Ok(RecordedGaps::default()) };
+        let last = match (row.try_get("gap_from")?, row.try_get("gap_to")?, row.try_get("gap_at")?) {
+            (Some(from), Some(to), Some(at)) => Some((from, to, at)),
+            _ => None,
+        };
+        Ok(RecordedGaps { total: u64::try_from(row.try_get::<i64, _>("gap_total")?).unwrap_or(0), last })
     }
 
     pub async fn cursor(&self, name: &str) -> Result<Option<i64>, StoreError> {
