@@ -64,7 +64,7 @@ async fn main() {
     println!(
         "{messages} x 256 B over {topics} topics{}: {read} read in {batches} batches of up to {batch} in {secs:.2} s \
          ({:.0} msg/s), slowest batch {:.1} ms, {} journal rows read",
-        if other_every > 0 { format!(" (every {other_every}th on another topic)") } else { String::new() },
+        if other_every > 0 { format!(" (one in {other_every} on another topic)") } else { String::new() },
         read as f64 / secs,
         slowest * 1000.0,
         consumer.rows_read()
