@@ -176,7 +176,7 @@ pub async fn query_on(conn: &mut SqliteConnection, q: &HistoryQuery) -> Result<P
             (Some(_), None) => Some(SCAN_BEFORE_INDEX.max(16 * reading.limit as u64)),
             _ => None,
         };
-        if let Some(next) = scan(&mut *conn, q, &filter, &mut reading, give_up).await? {
+        if let Scanned::Page(next) = scan(&mut *conn, q, &filter, &mut reading, give_up).await? {
             return Ok(Page { messages: reading.messages, next, rows_read: reading.rows_read });
         }
     }
@@ -270,9 +270,8 @@ impl Reading {
 }
 
 /// Reads the journal in id order from the page's position, at most [`SCAN_WINDOW`] ids per statement, with the
-/// filter's literal prefix (and the time range) checked by SQLite and the rest of the filter here. Returns the
-/// page's `next` when the page is done: full, at the end of the journal, or after `q.max_rows` rows; `None` when
-/// it has read `give_up` rows without filling the page, for the index to go on from `reading.position`.
+/// filter's literal prefix (and the time range) checked by SQLite and the rest of the filter here, until the page
+/// is done or it has read `give_up` rows without filling it.
 ///
 /// The journal's ids only grow and are never reused, and what a reader sees is every row up to the newest it
 /// sees, so a window of ids holds every row there is in it: going on from a window's end skips nothing.
@@ -282,13 +281,13 @@ async fn scan(
     filter: &Filter<'_>,
     reading: &mut Reading,
     give_up: Option<u64>,
-) -> Result<Option<Option<i64>>, StoreError> {
+) -> Result<Scanned, StoreError> {
     // Two subqueries: SQLite answers a lone min() or max() from the rowid's ends.
     let (oldest, newest): (Option<i64>, Option<i64>) =
         sqlx::query_as("SELECT (SELECT min(id) FROM messages), (SELECT max(id) FROM messages)")
             .fetch_one(&mut *conn)
             .await?;
-    let (Some(oldest), Some(newest)) = (oldest, newest) else { return Ok(Some(None)) };
+    let (Some(oldest), Some(newest)) = (oldest, newest) else { return Ok(Scanned::Page(None)) };
     // Where the page starts, clamped to the ids there are (a consumer's position may be long pruned).
     let mut position = match (q.order, reading.position) {
         (Order::OldestFirst, p) => p.unwrap_or(i64::MIN).max(oldest - 1),
@@ -297,8 +296,8 @@ async fn scan(
     let mut examined = 0u64;
     loop {
         let end = match q.order {
-            Order::OldestFirst if position >= newest => return Ok(Some(None)),
-            Order::NewestFirst if position <= oldest => return Ok(Some(None)),
+            Order::OldestFirst if position >= newest => return Ok(Scanned::Page(None)),
+            Order::NewestFirst if position <= oldest => return Ok(Scanned::Page(None)),
             Order::OldestFirst => position.saturating_add(SCAN_WINDOW).min(newest),
             Order::NewestFirst => position.saturating_sub(SCAN_WINDOW).max(oldest),
         };
@@ -341,12 +340,20 @@ async fn scan(
         position = reached;
         reading.position = Some(position);
         if reading.full() || q.max_rows.is_some_and(|max| examined >= max) {
-            return Ok(Some(Some(position)));
+            return Ok(Scanned::Page(Some(position)));
         }
         if give_up.is_some_and(|max| examined >= max) {
-            return Ok(None);
+            return Ok(Scanned::GaveUp);
         }
     }
+}
+
+/// How a [`scan`] ended.
+enum Scanned {
+    /// The page is done: full, at the end of the journal (`None`), or at `max_rows`. Its `next`.
+    Page(Option<i64>),
+    /// It read `give_up` rows without filling the page: the index goes on from the position it reached.
+    GaveUp,
 }
 
 /// Reads through the topic index (one topic, a range of topics, or `seek_topics` one by one) up to where the
