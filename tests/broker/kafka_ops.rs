@@ -358,6 +358,12 @@ async fn a_kafka_gap_at_the_hard_cap_is_counted_and_shown_and_what_follows_arriv
     assert_eq!((after.gap, after.last_gap), (s.gap, s.last_gap), "{after:?}");
     let shown = kafka_status_cli(&data).await;
     assert!(shown.contains(&format!("gap={}", s.gap)) && shown.contains("journal ids"), "{shown}");
+    // A paused route opens no cursor; its status shows the record all the same.
+    ops::route_pause(&db, "gap", "test").await.unwrap();
+    gw.restart_with(small_journal).await;
+    let paused =
+        until_status(&data, "gap", "paused after a restart", |s| s.state == RouteState::Paused).await;
+    assert_eq!((paused.gap, paused.last_gap), (s.gap, s.last_gap), "{paused:?}");
     gw.stop().await;
 }
 
