@@ -147,7 +147,7 @@ pub async fn query(pool: &SqlitePool, q: &HistoryQuery) -> Result<Page, StoreErr
 ///   time range): through the topic index, each topic a seek at the page's position;
 /// - anything else (`#`, `+/...`, a wildcard over more topics, a time range): the journal in id order from the
 ///   page's position, window by window, the literal prefix checked by SQLite and the rest of the filter here, so
-///   that a page costs the rows between its first and last match wherever it is in a large backlog;
+///   that a page costs the rows between its position and its last match, wherever it is in a large backlog;
 /// - a page of that scan that has read [`SCAN_BEFORE_INDEX`] rows (or 16 per message asked for) without filling
 ///   up, and has a literal prefix, goes on through a range of the topic index instead: a sparse filter in a large
 ///   journal costs what its own rows do. A query with [`HistoryQuery::max_rows`] (a consumer's batch) never does:
