@@ -179,6 +179,17 @@ async fn supervise(
                 });
                 if route.paused {
                     board.update(&name, |s| s.state = RouteState::Paused);
+                    // A running route shows the gaps recorded with its cursor when it opens it; a paused one
+                    // shows them from here, after a restart as well.
+                    if let (RouteSpec::Uplink(_), Some(j)) = (&route.spec, &journal) {
+                        match j.recorded_gaps(&uplink::UplinkRoute::cursor_name(&name)).await {
+                            Ok(g) => board.update(&name, |s| {
+                                s.gap = g.total;
+                                s.last_gap = g.last;
+                            }),
+                            Err(e) => tracing::warn!(route = %name, "reading the route's recorded gaps: {e}"),
+                        }
+                    }
                     continue;
                 }
                 if running.contains_key(&name) {

@@ -70,7 +70,8 @@ pub struct RouteStatus {
     /// Records found already in Kafka at start-up and not sent again.
     pub skipped_duplicates: u64,
     pub dead_letters: u64,
-    /// Journal ids lost to the hard cap before this route forwarded them (a gap): counted, never silent.
+    /// Journal ids lost to the hard cap before this route forwarded them (a gap): counted, never silent. Kept with
+    /// the route's cursor in the journal, so the count (and the last gap) outlive a restart.
     pub gap: u64,
     /// The last gap: the first and last journal id lost, and when it was found (unix ms).
     #[serde(default)]

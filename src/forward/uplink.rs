@@ -168,6 +168,15 @@ impl UplinkRoute {
         let consumer =
             Consumer::open(&self.journal, &Self::cursor_name(&spec.name), vec![spec.filter.clone()], start)
                 .await?;
+        // The gaps recorded with the cursor, before this session or this process: shown, and not counted again.
+        let recorded = consumer.recorded_gaps().await?;
+        if let Some((_, to, _)) = recorded.last {
+            *gap_through = (*gap_through).max(to);
+        }
+        self.board.update(&spec.name, |s| {
+            s.gap = recorded.total;
+            s.last_gap = recorded.last;
+        });
         let client_id = format!("weir-{}-{}", self.gateway, spec.name);
         let (producer, delivered, errors) = kafka::producer(&self.upstream, &client_id)?;
         let mut state = State {
@@ -314,9 +323,10 @@ impl State<'_> {
             if self.broken.is_none() && self.queue.len() < MAX_IN_FLIGHT {
                 let room = (MAX_IN_FLIGHT - self.queue.len()).min(READ_BATCH);
                 let batch = self.consumer.next_batch(room).await?;
-                caught_up = batch.len() < room;
+                // A short batch is not the end when the route's filter is read in id order (many topics).
+                caught_up = self.consumer.caught_up();
                 for (from, to) in self.consumer.take_gaps() {
-                    self.gap(from, to);
+                    self.gap(from, to).await?;
                 }
                 for m in batch {
                     self.send(m).await?;
@@ -363,17 +373,20 @@ impl State<'_> {
     async fn check_gap(&mut self) -> Result<(), UplinkError> {
         self.last_gap_check = Instant::now();
         if let Some((from, to)) = self.consumer.gap().await? {
-            self.gap(from, to);
+            self.gap(from, to).await?;
         }
         Ok(())
     }
 
-    /// A gap of journal ids `from..=to`: counted, logged, shown; each id once, across sessions.
-    fn gap(&mut self, from: i64, to: i64) {
+    /// A gap of journal ids `from..=to`: recorded with the cursor (so that it outlives a restart), counted,
+    /// logged, shown; each id once, across sessions and restarts.
+    async fn gap(&mut self, from: i64, to: i64) -> Result<(), UplinkError> {
         let from = from.max(self.gap_through + 1);
         if to < from {
-            return;
+            return Ok(());
         }
+        let now = now_ms();
+        self.consumer.record_gap(from, to, now).await?;
         self.gap_through = to;
         let lost = u64::try_from(to - from + 1).unwrap_or(0);
         let name = &self.route.spec.name;
@@ -383,7 +396,6 @@ impl State<'_> {
             to,
             "the journal's hard cap removed {lost} journal entries before this Kafka route forwarded them (a gap)"
         );
-        let now = now_ms();
         self.route.board.update(name, |s| {
             s.gap += lost;
             s.last_gap = Some((from, to, now));
@@ -392,13 +404,23 @@ impl State<'_> {
             name,
             &format!("gap: journal ids {from} to {to} ({lost} entries) lost to the journal's hard cap"),
         );
+        Ok(())
     }
 
     /// Before sending anything: which of the records after the cursor Kafka already has (a crash between its
     /// acknowledgement and our cursor commit).
     async fn recover(&mut self) -> Result<(), UplinkError> {
         let spec = &self.route.spec;
-        let pending = self.consumer.next_batch(MAX_IN_FLIGHT).await?;
+        // Every record that can have been in flight: the first `MAX_IN_FLIGHT` after the cursor, which a filter
+        // read in id order may give in several batches.
+        let mut pending = Vec::new();
+        while pending.len() < MAX_IN_FLIGHT {
+            let batch = self.consumer.next_batch(MAX_IN_FLIGHT - pending.len()).await?;
+            pending.extend(batch);
+            if self.consumer.caught_up() {
+                break;
+            }
+        }
         self.consumer.rewind();
         // Records wait: if Kafka cannot be reached to scan it, the status ages them (`between_reports`).
         if let Some(first) = pending.iter().find(|m| m.ts >= spec.from_ms) {

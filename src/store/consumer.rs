@@ -6,7 +6,7 @@
 //! misses nothing, because retention never prunes past the slowest cursor (until the hard cap).
 
 use super::history::{self, HistoryQuery, Order, StoredMessage};
-use super::{Journal, StoreError};
+use super::{Journal, RecordedGaps, StoreError};
 use crate::mqtt::codec::topic;
 
 /// Where a consumer without a cursor starts.
@@ -30,7 +30,14 @@ pub struct Consumer {
     rows_read: u64,
     /// Ranges of journal ids after what was read that were gone when the next batch was read (the hard cap).
     gaps: Vec<(i64, i64)>,
+    /// The last batch read up to the newest row there was.
+    caught_up: bool,
 }
+
+/// Rows a batch reads at most per filter where the journal is read in id order (a wildcard over many topics):
+/// a batch that has not filled by then ends there, and the next goes on from where it stopped
+/// ([`HistoryQuery::max_rows`]).
+const BATCH_MAX_ROWS: u64 = 32_768;
 
 impl Consumer {
     /// Opens the consumer `name`, creating its cursor if it has none.
@@ -71,6 +78,7 @@ impl Consumer {
             committed,
             rows_read: 0,
             gaps: Vec::new(),
+            caught_up: false,
         })
     }
 
@@ -78,8 +86,9 @@ impl Consumer {
     ///
     /// Each filter is read through the topic index (as a history query: its literal prefix, plus the rows after
     /// the index), in one read transaction so that all see the same journal; the pages are merged by id, a
-    /// message matched by two filters coming once. Only filters without a literal prefix (`#`, `+/...`) read the
-    /// journal in id order.
+    /// message matched by two filters coming once. A filter the index cannot narrow to a few topics (`#`, `+/...`,
+    /// `plant/#` over thousands of tags) reads the journal in id order, at most [`BATCH_MAX_ROWS`] rows a batch:
+    /// a batch may then be short, or empty, before the end ([`Consumer::caught_up`] says which).
     pub async fn next_batch(&mut self, max: usize) -> Result<Vec<StoredMessage>, StoreError> {
         if max == 0 || self.filters.is_empty() {
             return Ok(Vec::new());
@@ -105,6 +114,7 @@ impl Consumer {
                 order: Order::OldestFirst,
                 after: Some(self.read),
                 limit: max,
+                max_rows: Some(BATCH_MAX_ROWS),
                 ..HistoryQuery::new(filter)
             };
             let page = history::query_on(&mut snapshot, &query).await?;
@@ -120,10 +130,13 @@ impl Consumer {
         merged.retain(|m| m.id <= complete_upto);
         merged.truncate(max);
         self.read = match merged.last() {
-            Some(last) if merged.len() == max || complete_upto != i64::MAX => last.id,
+            Some(last) if merged.len() == max => last.id,
+            // Every filter has read, and this batch holds, everything matching up to there.
+            _ if complete_upto != i64::MAX => complete_upto,
             // Everything matching up to the newest row is in this batch: the next one starts after it.
             _ => self.read.max(newest.unwrap_or(0)),
         };
+        self.caught_up = self.read >= newest.unwrap_or(0);
         Ok(merged)
     }
 
@@ -140,6 +153,23 @@ impl Consumer {
             }
             _ => None,
         })
+    }
+
+    /// Whether the last batch read up to the newest message in the journal: a short batch may come before the
+    /// end, when its filter matched few of the rows it read.
+    pub fn caught_up(&self) -> bool {
+        self.caught_up
+    }
+
+    /// The gaps recorded with this consumer's cursor ([`Consumer::record_gap`]), across restarts.
+    pub async fn recorded_gaps(&self) -> Result<RecordedGaps, StoreError> {
+        self.journal.recorded_gaps(&self.name).await
+    }
+
+    /// Records with the cursor that journal ids `from..=to` were gone before this consumer read them (found at
+    /// `at`, unix ms): the consumer's owner decides what counts, once.
+    pub async fn record_gap(&self, from: i64, to: i64, at: i64) -> Result<(), StoreError> {
+        self.journal.record_gap(&self.name, from, to, at).await
     }
 
     /// The gaps [`Consumer::next_batch`] found since this was last called.
@@ -174,6 +204,7 @@ impl Consumer {
     /// Starts reading again from the committed position (after a failed delivery, say).
     pub fn rewind(&mut self) {
         self.read = self.committed;
+        self.caught_up = false;
     }
 }
 
@@ -234,6 +265,27 @@ mod tests {
         c.rewind();
         assert_eq!(c.next_batch(1).await.unwrap()[0].payload, b"2");
         assert!(Consumer::open(&j, "bad", vec!["a/#/b".into()], StartAt::Now).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn gaps_recorded_with_a_cursor_survive_a_restart_and_go_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = journal(dir.path()).await;
+        let c = Consumer::open(&j, "kafka:plant", vec!["plant/#".into()], StartAt::Now).await.unwrap();
+        assert_eq!(c.recorded_gaps().await.unwrap(), RecordedGaps::default());
+        c.record_gap(11, 20, 1_000).await.unwrap();
+        c.record_gap(31, 35, 2_000).await.unwrap();
+        j.close().await;
+
+        let j = journal(dir.path()).await;
+        let mut c = Consumer::open(&j, "kafka:plant", vec!["plant/#".into()], StartAt::Now).await.unwrap();
+        let expected = RecordedGaps { total: 15, last: Some((31, 35, 2_000)) };
+        assert_eq!(c.recorded_gaps().await.unwrap(), expected);
+        c.commit(40).await.unwrap();
+        assert_eq!(c.recorded_gaps().await.unwrap(), expected, "a cursor commit keeps them");
+        j.delete_cursor("kafka:plant").await.unwrap();
+        assert_eq!(j.recorded_gaps("kafka:plant").await.unwrap(), RecordedGaps::default());
+        j.close().await;
     }
 
     #[tokio::test]
@@ -299,6 +351,65 @@ mod tests {
         .unwrap();
         assert_eq!(all.next_batch(1000).await.unwrap().len(), expected.len());
         assert_eq!(all.rows_read(), 50 + 25 + 8);
+        j.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_consumer_over_many_topics_reads_each_row_once_and_a_bounded_number_per_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = JournalConfig { index_interval: Duration::from_secs(3600), ..JournalConfig::default() };
+        let j = Journal::open(dir.path(), config).await.unwrap();
+        let mut c =
+            Consumer::open(&j, "kafka:plant", vec!["plant/#".into()], StartAt::Beginning).await.unwrap();
+        // 500 tags under `plant/` with another topic between, then a stretch of 40,000 messages of other topics
+        // (longer than a batch reads), then more tags; the first half in the topic index, the rest in the tail.
+        let mut expected = Vec::new();
+        for i in 0..60_000u32 {
+            if i == 30_000 {
+                j.flush().await;
+                j.index_now().await;
+            }
+            let topic = match i {
+                15_000..55_000 => format!("office/{}", i % 3),
+                _ if i % 4 == 3 => "plantx/y".to_owned(),
+                _ => format!("plant/tag{}", i % 500),
+            };
+            let m = Arc::new(Message::new(&topic, i.to_string(), QoS::AtLeastOnce, false));
+            drop(j.append(&m).await);
+            if topic.starts_with("plant/") {
+                expected.push(*m.journal_id.get().unwrap());
+            }
+        }
+        j.flush().await;
+        let newest = *expected.last().unwrap();
+
+        let mut seen = Vec::new();
+        let mut short_before_the_end = 0;
+        loop {
+            let before = c.rows_read();
+            let batch = c.next_batch(500).await.unwrap();
+            let read = c.rows_read() - before;
+            // Bounded per batch whatever the backlog: the rows up to the batch's last match, or the bound and the
+            // rest of one window of ids.
+            assert!(read <= BATCH_MAX_ROWS + 8_192, "{read} rows read for one batch");
+            // A full batch reads the journal from where the last one stopped to its own last match, no more.
+            if batch.len() == 500 {
+                let previous = seen.last().copied().unwrap_or(0);
+                assert!(read <= (batch[499].id - previous) as u64, "{read} rows read for one batch");
+            }
+            if batch.len() < 500 && !c.caught_up() {
+                short_before_the_end += 1;
+            }
+            seen.extend(batch.iter().map(|m| m.id));
+            if c.caught_up() {
+                break;
+            }
+        }
+        assert_eq!(seen, expected, "every match once, in journal order");
+        assert!(short_before_the_end >= 1, "the stretch of other topics ended a batch early");
+        // Each row of the journal was read once: the catch-up costs the backlog, not its square.
+        assert!(c.rows_read() <= newest as u64 + 8_192, "{} rows read for {newest}", c.rows_read());
+        assert!(c.next_batch(500).await.unwrap().is_empty() && c.caught_up());
         j.close().await;
     }
 }

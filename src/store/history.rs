@@ -1,9 +1,11 @@
 //! Reading the journal back: history queries with MQTT topic filters, time ranges and keyset pagination, and
 //! numeric time series for charts.
 //!
-//! A topic filter is turned into an index range on its literal prefix (the levels before the first wildcard, and
-//! for `a/#` the parent topic `a`); the rows in that range are then matched with the MQTT rules in Rust. Pages are keyset-paginated on the journal id,
-//! so reading page 1,000 costs what reading page 1 does, and an export streams page by page in constant memory.
+//! A topic filter is read through the topic index (a topic, or each of the few topics under its literal prefix: the
+//! levels before the first wildcard, and for `a/#` the parent topic `a`), or else by reading the journal in id
+//! order with the literal prefix checked by SQLite; what the prefix lets through is matched with the MQTT rules in
+//! Rust. Pages are keyset-paginated on the journal id, so reading page 1,000 costs what reading page 1 does, and an
+//! export streams page by page in constant memory.
 
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
@@ -33,6 +35,11 @@ pub struct HistoryQuery {
     /// Continue after this journal id (the `next` of the previous page).
     pub after: Option<i64>,
     pub limit: usize,
+    /// At most about this many rows read for the page, matching or not, where the journal is read in id order
+    /// (see [`query_on`]): the page may then hold fewer than `limit` messages, or none, with `next` saying where to
+    /// go on. A consumer's batch sets it, so that a sparse filter in a large backlog costs a bounded time per
+    /// batch; `None` fills the page whatever it takes.
+    pub max_rows: Option<u64>,
 }
 
 impl HistoryQuery {
@@ -44,6 +51,7 @@ impl HistoryQuery {
             order: Order::NewestFirst,
             after: None,
             limit: 100,
+            max_rows: None,
         }
     }
 }
@@ -117,10 +125,11 @@ impl StoredMessage {
 #[derive(Debug, Clone)]
 pub struct Page {
     pub messages: Vec<StoredMessage>,
-    /// Pass as `after` to get the next page; `None` at the end.
+    /// Pass as `after` to get the next page; `None` at the end. Every message up to it (oldest first), or from it
+    /// (newest first), that matches is in this page or an earlier one.
     pub next: Option<i64>,
-    /// Rows read from the database to fill this page, matching the filter or not: what the page cost. With a
-    /// topic constraint, about the matching rows; `#` and `+/...` read the journal in id order.
+    /// Rows read from the database to fill this page, matching the filter or not: what the page cost. Through
+    /// the topic index, about the matching rows; in id order, the journal ids the page went through.
     pub rows_read: u64,
 }
 
@@ -132,120 +141,277 @@ pub async fn query(pool: &SqlitePool, q: &HistoryQuery) -> Result<Page, StoreErr
 
 /// Runs a history query on one connection: inside a transaction, several queries see the same snapshot of the
 /// journal (a consumer with several filters merges their pages).
+///
+/// Three ways to read, by the filter:
+/// - a topic (no wildcard), or a wildcard whose literal prefix holds at most [`MAX_SEEK_TOPICS`] topics (and no
+///   time range): through the topic index, each topic a seek at the page's position;
+/// - anything else (`#`, `+/...`, a wildcard over more topics, a time range): the journal in id order from the
+///   page's position, window by window, the literal prefix checked by SQLite and the rest of the filter here, so
+///   that a page costs the rows between its position and its last match, wherever it is in a large backlog;
+/// - a page of that scan that has read [`SCAN_BEFORE_INDEX`] rows (or 16 per message asked for) without filling
+///   up, and has a literal prefix, goes on through a range of the topic index instead: a sparse filter in a large
+///   journal costs what its own rows do. A query with [`HistoryQuery::max_rows`] (a consumer's batch) never does:
+///   it ends the page there, with what it found and where to go on.
 pub async fn query_on(conn: &mut SqliteConnection, q: &HistoryQuery) -> Result<Page, StoreError> {
     if !topic::valid_topic_filter(&q.filter) {
         return Err(StoreError::InvalidQuery(format!("{:?} is not a valid topic filter", q.filter)));
     }
-    let limit = q.limit.clamp(1, 10_000);
-    let literal = !q.filter.contains(['+', '#']);
-    // The levels before the first wildcard, with their trailing `/` (`a/b/` for `a/b/+` or `a/b/#`), so that the
-    // range holds no sibling that merely starts alike (`a/bc`); `a/b/#` also matches `a/b` itself, the parent.
-    // The MQTT match below sorts out the rest.
-    let prefix = q.filter.split(['+', '#']).next().unwrap_or("");
-    let parent = match q.filter.strip_suffix('#') {
-        Some(rest) if rest == prefix => prefix.strip_suffix('/').filter(|p| !p.is_empty()),
-        _ => None,
-    };
-    let mut messages = Vec::with_capacity(limit.min(1024));
-    let mut position = q.after;
-    let mut rows_read = 0u64;
-    // A topic constraint uses the topic index up to where the writer has filled it, and scans the rows after it
-    // (about the last second); without one (`#`, `+/...`), the journal is read in id order.
-    let topic_range = match (literal, prefix.is_empty()) {
-        (true, _) => Some((q.filter.clone(), None)),
-        (false, false) => Some((prefix.to_owned(), Some(format!("{prefix}\u{10FFFF}")))),
-        (false, true) => None,
-    };
-    let indexed_upto: i64 = match topic_range {
-        Some(_) => {
-            sqlx::query_scalar("SELECT coalesce(max(value), 0) FROM journal_state WHERE key = 'topic_index'")
-                .fetch_one(&mut *conn)
-                .await?
-        }
-        None => 0,
+    let filter = Filter::of(&q.filter);
+    let mut reading = Reading {
+        messages: Vec::with_capacity(q.limit.clamp(1, MAX_LIMIT).min(1024)),
+        limit: q.limit.clamp(1, MAX_LIMIT),
+        position: q.after,
+        rows_read: 0,
     };
     // A wildcard over a few topics is read per topic: each seeks its own next ids (the index is by topic, then
-    // id), so a page costs about `fetch` index entries per topic, wherever the position is in the backlog. A range
-    // over one index scan would read every entry of the range and sort those after the position, per page.
-    let seek_topics = match &topic_range {
-        Some((from, Some(to))) => topics_in_range(&mut *conn, from, to, parent).await?,
+    // id), so a page costs about `fetch` index entries per topic, wherever the position is in the backlog.
+    let seek_topics = match &filter.range {
+        Some((from, Some(to))) if q.since.is_none() && q.until.is_none() => {
+            topics_in_range(&mut *conn, from, to, filter.parent).await?
+        }
         _ => None,
     };
+    if !filter.literal && seek_topics.is_none() {
+        let give_up = match (&filter.range, q.max_rows) {
+            (Some(_), None) => Some(SCAN_BEFORE_INDEX.max(16 * reading.limit as u64)),
+            _ => None,
+        };
+        if let Scanned::Page(next) = scan(&mut *conn, q, &filter, &mut reading, give_up).await? {
+            return Ok(Page { messages: reading.messages, next, rows_read: reading.rows_read });
+        }
+    }
+    by_index(conn, q, &filter, seek_topics.as_deref(), reading).await
+}
+
+/// The most messages in one page.
+const MAX_LIMIT: usize = 10_000;
+
+/// The journal ids one statement of [`scan`] reads at most, matching or not.
+const SCAN_WINDOW: i64 = 8_192;
+
+/// Rows a page of [`scan`] without `max_rows` reads before a filter with a literal prefix turns to the topic index.
+const SCAN_BEFORE_INDEX: u64 = 32_768;
+
+/// The SELECT list every read of full rows uses (`m` is `messages`).
+const COLUMNS: &str = "SELECT m.id, m.ts, m.topic, m.payload, m.qos, m.retain, m.client_id, m.username, \
+                       m.content_type, m.response_topic, m.correlation_data, m.user_properties";
+
+/// What a topic filter gives SQLite to narrow a read.
+struct Filter<'a> {
+    text: &'a str,
+    /// No wildcard: one topic.
+    literal: bool,
+    /// The topic (literal), or the range `[prefix, prefix + U+10FFFF)` of the levels before the first wildcard,
+    /// with their trailing `/` (`a/b/` for `a/b/+` or `a/b/#`), so that it holds no sibling that merely starts
+    /// alike (`a/bc`). `None` without literal levels (`#`, `+/...`).
+    range: Option<(String, Option<String>)>,
+    /// `a/b/#` also matches `a/b` itself, the parent.
+    parent: Option<&'a str>,
+}
+
+impl Filter<'_> {
+    fn of(text: &str) -> Filter<'_> {
+        let literal = !text.contains(['+', '#']);
+        let prefix = text.split(['+', '#']).next().unwrap_or("");
+        let parent = match text.strip_suffix('#') {
+            Some(rest) if rest == prefix => prefix.strip_suffix('/').filter(|p| !p.is_empty()),
+            _ => None,
+        };
+        let range = match (literal, prefix.is_empty()) {
+            (true, _) => Some((text.to_owned(), None)),
+            (false, false) => Some((prefix.to_owned(), Some(format!("{prefix}\u{10FFFF}")))),
+            (false, true) => None,
+        };
+        Filter { text, literal, range, parent }
+    }
+
+    fn matches(&self, topic_name: &str) -> bool {
+        self.literal || topic::matches(self.text, topic_name)
+    }
+
+    /// ` AND <the topic constraint>` on `column`'s table, if there is one.
+    fn push_constraint(&self, sql: &mut QueryBuilder<Sqlite>, column: &str) {
+        let Some((from, to)) = &self.range else { return };
+        match to {
+            None => {
+                sql.push(format_args!(" AND {column}.topic = ")).push_bind(from.clone());
+            }
+            Some(to) => {
+                sql.push(format_args!(" AND (({column}.topic >= ")).push_bind(from.clone());
+                sql.push(format_args!(" AND {column}.topic < ")).push_bind(to.clone());
+                sql.push(")");
+                if let Some(parent) = self.parent {
+                    sql.push(format_args!(" OR {column}.topic = ")).push_bind(parent.to_owned());
+                }
+                sql.push(")");
+            }
+        }
+    }
+}
+
+/// A page being filled.
+struct Reading {
+    messages: Vec<StoredMessage>,
+    limit: usize,
+    /// Everything matching up to here (oldest first) or from here (newest first) has been read.
+    position: Option<i64>,
+    rows_read: u64,
+}
+
+impl Reading {
+    /// What the next statement should fetch: no more rows than the page may still use.
+    fn fetch(&self) -> usize {
+        FETCH.min(self.limit - self.messages.len())
+    }
+
+    fn full(&self) -> bool {
+        self.messages.len() >= self.limit
+    }
+}
+
+/// Reads the journal in id order from the page's position, at most [`SCAN_WINDOW`] ids per statement, with the
+/// filter's literal prefix (and the time range) checked by SQLite and the rest of the filter here, until the page
+/// is done or it has read `give_up` rows without filling it.
+///
+/// The journal's ids only grow and are never reused, and what a reader sees is every row up to the newest it
+/// sees, so a window of ids holds every row there is in it: going on from a window's end skips nothing.
+async fn scan(
+    conn: &mut SqliteConnection,
+    q: &HistoryQuery,
+    filter: &Filter<'_>,
+    reading: &mut Reading,
+    give_up: Option<u64>,
+) -> Result<Scanned, StoreError> {
+    // Two subqueries: SQLite answers a lone min() or max() from the rowid's ends.
+    let (oldest, newest): (Option<i64>, Option<i64>) =
+        sqlx::query_as("SELECT (SELECT min(id) FROM messages), (SELECT max(id) FROM messages)")
+            .fetch_one(&mut *conn)
+            .await?;
+    let (Some(oldest), Some(newest)) = (oldest, newest) else { return Ok(Scanned::Page(None)) };
+    // Where the page starts, clamped to the ids there are (a consumer's position may be long pruned).
+    let mut position = match (q.order, reading.position) {
+        (Order::OldestFirst, p) => p.unwrap_or(i64::MIN).max(oldest - 1),
+        (Order::NewestFirst, p) => p.unwrap_or(i64::MAX).min(newest + 1),
+    };
+    let mut examined = 0u64;
+    loop {
+        let end = match q.order {
+            Order::OldestFirst if position >= newest => return Ok(Scanned::Page(None)),
+            Order::NewestFirst if position <= oldest => return Ok(Scanned::Page(None)),
+            Order::OldestFirst => position.saturating_add(SCAN_WINDOW).min(newest),
+            Order::NewestFirst => position.saturating_sub(SCAN_WINDOW).max(oldest),
+        };
+        let fetch = reading.fetch();
+        let mut sql = QueryBuilder::<Sqlite>::new(format!("{COLUMNS} FROM messages m WHERE m.id "));
+        let direction = match q.order {
+            Order::OldestFirst => {
+                sql.push("> ").push_bind(position).push(" AND m.id <= ").push_bind(end);
+                "ASC"
+            }
+            Order::NewestFirst => {
+                sql.push("< ").push_bind(position).push(" AND m.id >= ").push_bind(end);
+                "DESC"
+            }
+        };
+        filter.push_constraint(&mut sql, "m");
+        // `+m.ts`: not through the index on time; the rowid range is what bounds the read.
+        if let Some(since) = q.since {
+            sql.push(" AND +m.ts >= ").push_bind(since);
+        }
+        if let Some(until) = q.until {
+            sql.push(" AND +m.ts < ").push_bind(until);
+        }
+        sql.push(format_args!(" ORDER BY m.id {direction} LIMIT "));
+        sql.push_bind(i64::try_from(fetch).unwrap_or(i64::MAX));
+        let rows = sql.build().fetch_all(&mut *conn).await?;
+        // A full fetch ends at its last row (more may follow in the window); a short one covers the window.
+        let reached = match rows.last() {
+            Some(last) if rows.len() == fetch => last.try_get("id")?,
+            _ => end,
+        };
+        for row in &rows {
+            let message = stored(row)?;
+            if filter.matches(&message.topic) {
+                reading.messages.push(message);
+            }
+        }
+        examined += reached.abs_diff(position);
+        reading.rows_read += reached.abs_diff(position);
+        position = reached;
+        reading.position = Some(position);
+        if reading.full() || q.max_rows.is_some_and(|max| examined >= max) {
+            return Ok(Scanned::Page(Some(position)));
+        }
+        if give_up.is_some_and(|max| examined >= max) {
+            return Ok(Scanned::GaveUp);
+        }
+    }
+}
+
+/// How a [`scan`] ended.
+enum Scanned {
+    /// The page is done: full, at the end of the journal (`None`), or at `max_rows`. Its `next`.
+    Page(Option<i64>),
+    /// It read `give_up` rows without filling the page: the index goes on from the position it reached.
+    GaveUp,
+}
+
+/// Reads through the topic index (one topic, a range of topics, or `seek_topics` one by one) up to where the
+/// writer has filled it, and the rows after it (about the last second) by id, merged.
+async fn by_index(
+    conn: &mut SqliteConnection,
+    q: &HistoryQuery,
+    filter: &Filter<'_>,
+    seek_topics: Option<&[String]>,
+    mut reading: Reading,
+) -> Result<Page, StoreError> {
+    let indexed_upto: i64 =
+        sqlx::query_scalar("SELECT coalesce(max(value), 0) FROM journal_state WHERE key = 'topic_index'")
+            .fetch_one(&mut *conn)
+            .await?;
+    // Without a time range, the index part picks the page's ids from the index alone and reads only their rows:
+    // joined, SQLite read the row of every indexed message in the range before sorting them by id, so a
+    // consumer's batch over a large backlog read all of it (a catch-up quadratic in the backlog).
+    let ids_first = q.since.is_none() && q.until.is_none();
     loop {
         let mut rows = Vec::new();
         let mut more = false;
         // What the page still needs: a small page (a consumer's batch) reads no more rows than it may use, unless
         // rows in the range do not match (`+`), which the next round reads past.
-        let fetch = FETCH.min(limit - messages.len());
-        let parts: &[Part] = match topic_range {
-            Some(_) => &[Part::Indexed, Part::Tail],
-            None => &[Part::All],
-        };
-        // Without a time range, the index part picks the page's ids from the index alone and reads only their
-        // rows: joined, SQLite read the row of every indexed message in the range before sorting them by id, so a
-        // consumer's batch over a large backlog read all of it (a catch-up quadratic in the backlog).
-        let ids_first = q.since.is_none() && q.until.is_none();
-        for part in parts {
-            let mut sql = QueryBuilder::<Sqlite>::new(match part {
-                Part::Indexed if ids_first => {
-                    "SELECT m.id, m.ts, m.topic, m.payload, m.qos, m.retain, m.client_id, m.username, \
-                     m.content_type, m.response_topic, m.correlation_data, m.user_properties \
-                     FROM messages m WHERE m.id IN (SELECT t.id FROM topic_index t WHERE t.id <= "
-                }
-                Part::Indexed => {
-                    "SELECT m.id, m.ts, m.topic, m.payload, m.qos, m.retain, m.client_id, m.username, \
-                     m.content_type, m.response_topic, m.correlation_data, m.user_properties \
-                     FROM topic_index t JOIN messages m ON m.id = t.id WHERE t.id <= "
-                }
-                Part::Tail | Part::All => {
-                    "SELECT m.id, m.ts, m.topic, m.payload, m.qos, m.retain, m.client_id, m.username, \
-                     m.content_type, m.response_topic, m.correlation_data, m.user_properties \
-                     FROM messages m WHERE m.id > "
-                }
-            });
-            // The first bound is the one SQLite seeks the rowid to: for `All`, oldest first, it must be the page's
-            // position, or every page scans from id 0 (measured: 32 ms instead of 0.1 ms per page at id 900,000).
-            let lower = match (part, q.order, position) {
-                (Part::All, Order::OldestFirst, Some(p)) => p,
-                (Part::All, _, _) => 0,
-                _ => indexed_upto,
-            };
-            sql.push_bind(lower);
-            let column = if *part == Part::Indexed { "t" } else { "m" };
-            if *part == Part::Indexed
+        let fetch = reading.fetch();
+        let position = reading.position;
+        for part in [Part::Indexed, Part::Tail] {
+            if part == Part::Indexed
                 && ids_first
-                && let Some(topics) = &seek_topics
+                && let Some(topics) = seek_topics
             {
                 if topics.is_empty() {
                     continue;
                 }
-                // `lower` is `indexed_upto` here; the ids come from one seek per topic, merged.
-                let mut sql = seek_query(topics, lower, q.order, position, fetch);
+                // The ids come from one seek per topic, merged.
+                let mut sql = seek_query(topics, indexed_upto, q.order, position, fetch);
                 let part_rows = sql.build().fetch_all(&mut *conn).await?;
                 more |= part_rows.len() == fetch;
-                rows_read += part_rows.len() as u64;
+                reading.rows_read += part_rows.len() as u64;
                 for row in part_rows {
                     rows.push(stored(&row)?);
                 }
                 continue;
             }
-            if let Some((from, to)) = &topic_range {
-                match to {
-                    None => {
-                        sql.push(format_args!(" AND {column}.topic = ")).push_bind(from.clone());
-                    }
-                    // Every topic starting with `prefix` sorts in [prefix, prefix + U+10FFFF).
-                    Some(to) => {
-                        sql.push(format_args!(" AND (({column}.topic >= ")).push_bind(from.clone());
-                        sql.push(format_args!(" AND {column}.topic < ")).push_bind(to.clone());
-                        sql.push(")");
-                        if let Some(parent) = parent {
-                            sql.push(format_args!(" OR {column}.topic = ")).push_bind(parent.to_owned());
-                        }
-                        sql.push(")");
-                    }
+            let mut sql = QueryBuilder::<Sqlite>::new(match part {
+                Part::Indexed if ids_first => {
+                    format!(
+                        "{COLUMNS} FROM messages m WHERE m.id IN (SELECT t.id FROM topic_index t WHERE t.id <= "
+                    )
                 }
-            }
+                Part::Indexed => {
+                    format!("{COLUMNS} FROM topic_index t JOIN messages m ON m.id = t.id WHERE t.id <= ")
+                }
+                Part::Tail => format!("{COLUMNS} FROM messages m WHERE m.id > "),
+            });
+            sql.push_bind(indexed_upto);
+            let column = if part == Part::Indexed { "t" } else { "m" };
+            filter.push_constraint(&mut sql, column);
             if let Some(since) = q.since {
                 sql.push(" AND m.ts >= ").push_bind(since);
             }
@@ -269,13 +435,13 @@ pub async fn query_on(conn: &mut SqliteConnection, q: &HistoryQuery) -> Result<P
                 sql.push(" LIMIT ").push_bind(i64::try_from(fetch).unwrap_or(i64::MAX));
             };
             order_limit(&mut sql, column);
-            if *part == Part::Indexed && ids_first {
+            if part == Part::Indexed && ids_first {
                 sql.push(")");
                 order_limit(&mut sql, "m");
             }
             let part_rows = sql.build().fetch_all(&mut *conn).await?;
             more |= part_rows.len() == fetch;
-            rows_read += part_rows.len() as u64;
+            reading.rows_read += part_rows.len() as u64;
             for row in part_rows {
                 rows.push(stored(&row)?);
             }
@@ -290,16 +456,17 @@ pub async fn query_on(conn: &mut SqliteConnection, q: &HistoryQuery) -> Result<P
             more = true;
         }
         for message in rows {
-            position = Some(message.id);
-            if literal || topic::matches(&q.filter, &message.topic) {
-                messages.push(message);
-                if messages.len() == limit {
-                    return Ok(Page { next: position, messages, rows_read });
+            reading.position = Some(message.id);
+            if filter.matches(&message.topic) {
+                reading.messages.push(message);
+                if reading.full() {
+                    let next = reading.position;
+                    return Ok(Page { messages: reading.messages, next, rows_read: reading.rows_read });
                 }
             }
         }
         if !more {
-            return Ok(Page { messages, next: None, rows_read });
+            return Ok(Page { messages: reading.messages, next: None, rows_read: reading.rows_read });
         }
     }
 }
@@ -369,8 +536,6 @@ enum Part {
     Indexed,
     /// Rows after the topic index.
     Tail,
-    /// Every row, when there is no topic constraint.
-    All,
 }
 
 /// Numeric values of the messages matching `q` (oldest first), for charts: `(unix ms, value)`, at most

@@ -22,7 +22,7 @@ use sqlx::{Row, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 pub use super::ops::JournalStats;
-use super::ops::{Answer, CursorCommit, Done, Op, Queued, SessionOp, Shared};
+use super::ops::{Answer, CursorChange, CursorCommit, Done, Op, Queued, SessionOp, Shared};
 use super::row::{StoredRow, queued_delivery};
 pub use super::settings::{Durability, JournalConfig, Retention};
 use super::writer::Writer;
@@ -37,6 +37,15 @@ use crate::mqtt::codec::{QoS, RetainHandling, SubscribeFilter, SubscriptionOptio
 #[derive(Debug, Clone)]
 pub struct Journal {
     inner: Arc<Inner>,
+}
+
+/// What a durable consumer's cursor holds of its gaps ([`Journal::record_gap`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RecordedGaps {
+    /// Journal ids lost, in all.
+    pub total: u64,
+    /// The last gap: its first and last journal id, and when it was found (unix ms).
+    pub last: Option<(i64, i64, i64)>,
 }
 
 #[derive(Debug)]
@@ -350,14 +359,37 @@ impl Journal {
     /// as the journal's durability says (with `synced`, on disk) when this returns.
     pub async fn commit_cursor(&self, name: &str, position: i64) -> Result<(), StoreError> {
         let name = name.to_owned();
-        self.request(|done| Op::Cursor(CursorCommit { name, position: Some(position), done })).await
+        self.request(|done| Op::Cursor(CursorCommit { name, change: CursorChange::Position(position), done }))
+            .await
     }
 
     /// Deletes a durable consumer's cursor (the consumer is gone), through the writer like every write:
     /// retention may then prune what it held.
     pub async fn delete_cursor(&self, name: &str) -> Result<(), StoreError> {
         let name = name.to_owned();
-        self.request(|done| Op::Cursor(CursorCommit { name, position: None, done })).await
+        self.request(|done| Op::Cursor(CursorCommit { name, change: CursorChange::Delete, done })).await
+    }
+
+    /// Records a gap in a durable consumer's reading (journal ids `from..=to`, gone before it read them, found at
+    /// `at`, unix ms) with its cursor, through the writer: the count and the last gap survive a restart.
+    pub async fn record_gap(&self, name: &str, from: i64, to: i64, at: i64) -> Result<(), StoreError> {
+        let name = name.to_owned();
+        let change = CursorChange::Gap { from, to, at };
+        self.request(|done| Op::Cursor(CursorCommit { name, change, done })).await
+    }
+
+    /// The gaps recorded with a consumer's cursor (none if it has no cursor).
+    pub async fn recorded_gaps(&self, name: &str) -> Result<RecordedGaps, StoreError> {
+        let row = sqlx::query("SELECT gap_total, gap_from, gap_to, gap_at FROM cursors WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.inner.pool)
+            .await?;
+        let Some(row) = row else { return Ok(RecordedGaps::default()) };
+        let last = match (row.try_get("gap_from")?, row.try_get("gap_to")?, row.try_get("gap_at")?) {
+            (Some(from), Some(to), Some(at)) => Some((from, to, at)),
+            _ => None,
+        };
+        Ok(RecordedGaps { total: u64::try_from(row.try_get::<i64, _>("gap_total")?).unwrap_or(0), last })
     }
 
     pub async fn cursor(&self, name: &str) -> Result<Option<i64>, StoreError> {
@@ -742,37 +774,124 @@ mod tests {
 
     #[tokio::test]
     async fn a_wildcard_over_few_or_many_topics_pages_through_every_match_in_order() {
-        // Up to 64 topics under the prefix are read topic by topic from the index, more in one range scan.
-        for topic_count in [3usize, 100] {
+        // Up to 64 topics under the prefix are read topic by topic from the index; more (or a time range), in id
+        // order from the page's position, window by window. Rows both in the index and in the writer's tail.
+        for topic_count in [3usize, 100, 500] {
             let dir = tempfile::tempdir().unwrap();
             let j = journal(dir.path(), |c| c.index_interval = Duration::from_secs(3600)).await;
             let mut all = Vec::new();
-            for i in 0..1500 {
-                if i == 1000 {
+            for i in 0..3000 {
+                if i == 2000 {
                     j.flush().await;
                     j.index_now().await;
                 }
-                let topic = if i % 7 == 0 { "other".to_owned() } else { format!("p/{}", i % topic_count) };
+                let topic = match i % 7 {
+                    0 => "other".to_owned(),
+                    // Beside the prefix, in the same range of the index as `p/...` in no way: `p` and `p0/`.
+                    3 if i % 2 == 0 => "p0/x".to_owned(),
+                    _ => format!("p/{}", i % topic_count),
+                };
                 j.append_nowait(&message(&topic, i.to_string(), QoS::AtMostOnce));
                 all.push((topic, i.to_string()));
             }
             j.flush().await;
+            let since = unix_millis(SystemTime::now()) - 3_600_000;
             for filter in ["p/#", "p/+"] {
                 for order in [Order::NewestFirst, Order::OldestFirst] {
-                    let mut q = HistoryQuery::new(filter);
-                    q.order = order;
-                    q.limit = 97;
-                    let seen = every_page(&j, q).await;
-                    let mut expected: Vec<String> =
-                        all.iter().filter(|(t, _)| t.starts_with("p/")).map(|(_, p)| p.clone()).collect();
-                    if order == Order::NewestFirst {
-                        expected.reverse();
+                    for time_range in [false, true] {
+                        let mut q = HistoryQuery::new(filter);
+                        q.order = order;
+                        q.limit = 97;
+                        if time_range {
+                            q.since = Some(since);
+                        }
+                        let seen = every_page(&j, q).await;
+                        let mut expected: Vec<String> =
+                            all.iter().filter(|(t, _)| t.starts_with("p/")).map(|(_, p)| p.clone()).collect();
+                        if order == Order::NewestFirst {
+                            expected.reverse();
+                        }
+                        assert_eq!(
+                            seen, expected,
+                            "{topic_count} topics, {filter} {order:?}, since: {time_range}"
+                        );
                     }
-                    assert_eq!(seen, expected, "{topic_count} topics, {filter} {order:?}");
                 }
             }
             j.close().await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_wildcard_over_many_topics_costs_its_page_not_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = journal(dir.path(), |c| c.index_interval = Duration::from_secs(3600)).await;
+        // 300 topics under `p/`: 100 messages, then 40,000 of another topic, then 200 more; half in the index.
+        let mut matching = Vec::new();
+        for i in 0..40_300 {
+            if i == 20_000 {
+                j.flush().await;
+                j.index_now().await;
+            }
+            let topic = if !(100..40_100).contains(&i) { format!("p/{}", i % 500) } else { "q/x".to_owned() };
+            let m = message(&topic, i.to_string(), QoS::AtMostOnce);
+            // Waits only for places in the writer's queue, so that nothing is dropped.
+            drop(j.append(&m).await);
+            if topic.starts_with("p/") {
+                matching.push(*m.journal_id.get().unwrap());
+            }
+        }
+        j.flush().await;
+        let ids = |page: &history::Page| page.messages.iter().map(|m| m.id).collect::<Vec<_>>();
+
+        // A page in id order reads the journal from its position to its last match, and no further.
+        let mut q = HistoryQuery { order: Order::OldestFirst, limit: 50, ..HistoryQuery::new("p/#") };
+        q.after = Some(matching[20]);
+        let page = history::query(j.pool(), &q).await.unwrap();
+        assert_eq!(ids(&page), matching[21..71]);
+        assert_eq!(page.rows_read, 50, "the rows between its position and its last match");
+        let mut q = HistoryQuery { limit: 150, ..HistoryQuery::new("p/#") };
+        q.after = Some(matching[250] + 1);
+        let page = history::query(j.pool(), &q).await.unwrap();
+        let expected: Vec<i64> = matching[101..=250].iter().rev().copied().collect();
+        assert_eq!(ids(&page), expected, "newest first");
+        assert_eq!(page.rows_read, 150);
+
+        // With a bound on the rows read (a consumer's batch), a page that meets a long stretch of other topics
+        // ends early, short or empty, and says where to go on; nothing is skipped.
+        let mut q = HistoryQuery {
+            order: Order::OldestFirst,
+            limit: 150,
+            max_rows: Some(10_000),
+            ..HistoryQuery::new("p/+")
+        };
+        let mut seen = Vec::new();
+        let mut empty = 0;
+        loop {
+            let page = history::query(j.pool(), &q).await.unwrap();
+            assert!(page.rows_read <= 10_000 + 8_192, "{} rows read", page.rows_read);
+            if page.messages.is_empty() && page.next.is_some() {
+                empty += 1;
+            }
+            seen.extend(ids(&page));
+            match page.next {
+                Some(next) => q.after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen, matching);
+        assert!(empty >= 1, "the stretch of 40,000 took a page of its own");
+
+        // Without one (the console), a sparse stretch is read through the index after a while: the page fills,
+        // without reading every row of the stretch.
+        let q = HistoryQuery { limit: 250, ..HistoryQuery::new("p/#") };
+        let page = history::query(j.pool(), &q).await.unwrap();
+        let mut expected: Vec<i64> = matching[50..].to_vec();
+        expected.reverse();
+        assert_eq!(ids(&page), expected);
+        assert!(page.next.is_some());
+        assert!(page.rows_read < 40_000, "{} rows read", page.rows_read);
+        j.close().await;
     }
 
     #[tokio::test]

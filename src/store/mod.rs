@@ -37,7 +37,7 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqlitePool};
 
 pub(crate) use crate::timefmt::unix_millis;
-pub use journal::{Durability, Journal, JournalConfig, JournalStats, Retention};
+pub use journal::{Durability, Journal, JournalConfig, JournalStats, RecordedGaps, Retention};
 /// SQLite's `synchronous` setting, for callers of [`open`].
 pub use sqlx::sqlite::SqliteSynchronous as Synchronous;
 

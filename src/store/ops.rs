@@ -80,10 +80,19 @@ pub(super) type Answer<T> = oneshot::Sender<Result<T, String>>;
 #[derive(Debug)]
 pub(super) struct CursorCommit {
     pub(super) name: String,
-    /// The last journal id the consumer has fully processed; `None` deletes the cursor (its consumer is gone,
-    /// and retention may prune what it held).
-    pub(super) position: Option<i64>,
+    pub(super) change: CursorChange,
     pub(super) done: Answer<()>,
+}
+
+#[derive(Debug)]
+pub(super) enum CursorChange {
+    /// The last journal id the consumer has fully processed.
+    Position(i64),
+    /// Journal ids `from..=to` were gone before the consumer read them, found at `at` (unix ms): added to the
+    /// cursor's gap count, and its last gap.
+    Gap { from: i64, to: i64, at: i64 },
+    /// Its consumer is gone: retention may prune what it held.
+    Delete,
 }
 
 /// Told when an append is committed, or why it was refused.

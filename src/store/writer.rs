@@ -19,7 +19,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tokio::sync::mpsc;
 
 use super::checkpoint::Checkpointer;
-use super::ops::{CursorCommit, Op, Queued, SessionOp, Shared};
+use super::ops::{CursorChange, CursorCommit, Op, Queued, SessionOp, Shared};
 use super::row::{StoredRow, queued_delivery};
 use super::settings::{Durability, JournalConfig};
 use super::{StoreError, unix_millis};
@@ -876,14 +876,20 @@ fn presence_statements(tx: &Transaction<'_>, c: &PresenceChange) -> rusqlite::Re
 fn cursor_statements(tx: &Transaction<'_>, cursors: &[CursorCommit]) -> rusqlite::Result<()> {
     let now = unix_millis(SystemTime::now());
     for cursor in cursors {
-        match cursor.position {
-            Some(position) => tx
+        match cursor.change {
+            CursorChange::Position(position) => tx
                 .prepare_cached(
                     "INSERT INTO cursors (name, position, updated) VALUES (?, ?, ?) \
                      ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated = excluded.updated",
                 )?
                 .execute(params![cursor.name, position, now])?,
-            None => tx.prepare_cached("DELETE FROM cursors WHERE name = ?")?.execute([&cursor.name])?,
+            CursorChange::Gap { from, to, at } => tx
+                .prepare_cached(
+                    "UPDATE cursors SET gap_total = gap_total + ?, gap_from = ?, gap_to = ?, gap_at = ? \
+                     WHERE name = ?",
+                )?
+                .execute(params![to - from + 1, from, to, at, cursor.name])?,
+            CursorChange::Delete => tx.prepare_cached("DELETE FROM cursors WHERE name = ?")?.execute([&cursor.name])?,
         };
     }
     Ok(())

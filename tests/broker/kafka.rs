@@ -850,7 +850,8 @@ async fn bad_input_is_shown_clearly_and_loses_nothing() {
         sasl_password: Some("wrong".into()),
         ..ops::SetUpstream::default()
     };
-    let before = ops::status(&data).report.unwrap().routes.into_iter().find(|r| r.name == "bad").unwrap();
+    // The report is rewritten every second: wait until it counts the 60 acknowledgements the cursor covers.
+    let before = until_status(&data, "bad", "60 forwarded", |s| s.forwarded >= 60).await;
     ops::upstream_set(&db, request, "test").await.unwrap();
     until_status(&data, "bad", "an authentication error", |s| {
         s.last_error.as_deref().is_some_and(|e| e.contains("Authentication"))

@@ -295,11 +295,11 @@ async fn a_kafka_gap_at_the_hard_cap_is_counted_and_shown_and_what_follows_arriv
     let tansu = Tansu::start().await;
     tansu.create_topic("gap", 1).await;
     tansu.proxy.set(Fault::Cut);
-    let gw = TestGateway::start_with(|c| {
+    let small_journal = |c: &mut weir::config::Config| {
         c.journal.retention.max_bytes = None;
         c.journal.retention.hard_cap_bytes = Some(1024 * 1024);
-    })
-    .await;
+    };
+    let mut gw = TestGateway::start_with(small_journal).await;
     let data = gw.data_dir().to_owned();
     let db = config_db(&data).await;
     add_upstream(&db, "main", &tansu.bootstrap()).await;
@@ -319,6 +319,22 @@ async fn a_kafka_gap_at_the_hard_cap_is_counted_and_shown_and_what_follows_arriv
     let shown = kafka_status_cli(&data).await;
     assert!(shown.contains(&format!("gap={}", s.gap)) && shown.contains("journal ids"), "{shown}");
 
+    // The count and the last gap are kept with the route's cursor: after a restart the status shows them again,
+    // and the ids found missing again (the cursor is still before them, Kafka still down) are not counted twice.
+    gw.restart_with(small_journal).await;
+    let again = until_status(&data, "gap", "the gap after a restart, checked again", |s| {
+        s.last_gap.is_some() && matches!(s.state, RouteState::Error | RouteState::Stalled)
+    })
+    .await;
+    assert!(again.gap >= s.gap, "{again:?}");
+    assert!(
+        again.last_gap == s.last_gap || again.last_gap.is_some_and(|(first, _, _)| first > to),
+        "counted once: before the restart {s:?}, after {again:?}"
+    );
+    let shown = kafka_status_cli(&data).await;
+    assert!(shown.contains(&format!("gap={}", again.gap)) && shown.contains("journal ids"), "{shown}");
+    eprintln!("after the restart: gap={} (before: {}), last {:?}", again.gap, s.gap, again.last_gap);
+
     tansu.proxy.set(Fault::Pass);
     assert_eq!(publish_qos1_padded(gw.tcp, "gap", &keys, 3000..3100, 100, 1000).await, 100);
     until_forwarded_all(&data, "gap").await;
@@ -334,6 +350,20 @@ async fn a_kafka_gap_at_the_hard_cap_is_counted_and_shown_and_what_follows_arriv
     );
     assert!(s.gap >= first, "{} journal entries counted as lost, {first} messages missing", s.gap);
     eprintln!("gap: {} entries counted, the first {first} of 3,100 messages lost, the rest forwarded", s.gap);
+
+    // The cursor is past the gap now, so nothing finds it missing again: after a restart the status still shows
+    // it, from the cursor's record.
+    gw.restart_with(small_journal).await;
+    let after = until_status(&data, "gap", "idle after a restart", |s| s.state == RouteState::Idle).await;
+    assert_eq!((after.gap, after.last_gap), (s.gap, s.last_gap), "{after:?}");
+    let shown = kafka_status_cli(&data).await;
+    assert!(shown.contains(&format!("gap={}", s.gap)) && shown.contains("journal ids"), "{shown}");
+    // A paused route opens no cursor; its status shows the record all the same.
+    ops::route_pause(&db, "gap", "test").await.unwrap();
+    gw.restart_with(small_journal).await;
+    let paused =
+        until_status(&data, "gap", "paused after a restart", |s| s.state == RouteState::Paused).await;
+    assert_eq!((paused.gap, paused.last_gap), (s.gap, s.last_gap), "{paused:?}");
     gw.stop().await;
 }
 

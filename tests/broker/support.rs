@@ -40,6 +40,22 @@ impl TestGateway {
         TestGateway { gateway: Some(gateway), tcp, ws, _dir: dir }
     }
 
+    /// Stops the gateway and starts it again on the same data directory (on new ports), with `adjust` applied to
+    /// the configuration again.
+    pub async fn restart_with(&mut self, adjust: impl FnOnce(&mut Config)) {
+        if let Some(gateway) = self.gateway.take() {
+            gateway.shutdown().await;
+        }
+        let mut config = Config::for_test(self._dir.path());
+        config.broker.sys_interval = None;
+        adjust(&mut config);
+        let listeners = app::bind(&config).await.unwrap();
+        let gateway = Gateway::start(config, listeners).await.unwrap();
+        self.tcp = gateway.local_addr("mqtt").unwrap();
+        self.ws = gateway.local_addr("ws").unwrap();
+        self.gateway = Some(gateway);
+    }
+
     pub fn gateway(&self) -> &Gateway {
         self.gateway.as_ref().unwrap()
     }
