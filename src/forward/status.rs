@@ -181,7 +181,7 @@ pub fn read_report(data_dir: &Path) -> std::io::Result<StatusReport> {
 }
 
 /// Writes `report` into the data directory, as a gateway without a runtime directory does (for tests).
-#[cfg(test)]
+#[cfg(all(test, feature = "kafka"))]
 pub(crate) fn write_report(data_dir: &Path, report: &StatusReport) -> std::io::Result<()> {
     write_atomically(&data_dir.join(STATUS_FILE), report)
 }

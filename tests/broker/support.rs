@@ -42,6 +42,7 @@ impl TestGateway {
 
     /// Stops the gateway and starts it again on the same data directory (on new ports), with `adjust` applied to
     /// the configuration again.
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))] // used by the Kafka tests
     pub async fn restart_with(&mut self, adjust: impl FnOnce(&mut Config)) {
         if let Some(gateway) = self.gateway.take() {
             gateway.shutdown().await;
