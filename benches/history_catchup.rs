@@ -4,6 +4,8 @@
 //! Run: `cargo bench --bench history_catchup -- --messages 200000 --topics 1000 [--other-every 3]`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,14 +14,7 @@ use weir::mqtt::codec::QoS;
 use weir::store::consumer::{Consumer, StartAt};
 use weir::store::{Journal, JournalConfig};
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().expect("a number"))
-        .unwrap_or(default)
-}
+use support::arg;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {

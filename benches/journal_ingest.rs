@@ -3,6 +3,8 @@
 //! (`-- --messages N --topics T`). Prints one Markdown row per case.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,14 +12,7 @@ use weir::mqtt::broker::Message;
 use weir::mqtt::codec::QoS;
 use weir::store::{Durability, Journal, JournalConfig};
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().expect("a number"))
-        .unwrap_or(default)
-}
+use support::arg;
 
 async fn run(durability: Durability, payload: usize, messages: usize, topics: usize) -> (f64, u64) {
     let dir = tempfile::tempdir().unwrap();

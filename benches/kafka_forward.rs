@@ -4,6 +4,8 @@
 //! every 100 ms during the catch-up. Run: `cargo bench --bench kafka_forward -- --messages N --payload B`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+mod support;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,14 +15,7 @@ use weir::mqtt::broker::{Broker, BrokerConfig, ClientId, Message, Restored};
 use weir::mqtt::codec::QoS;
 use weir::store::{self, Journal, JournalConfig};
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().expect("a number"))
-        .unwrap_or(default)
-}
+use support::arg;
 
 /// utime + stime of a process, in milliseconds (clock ticks are 100 Hz on Linux).
 fn cpu_ms(pid: u32) -> u64 {
