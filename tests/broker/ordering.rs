@@ -175,6 +175,18 @@ async fn a_subscription_read_before_a_publish_is_in_force_for_it_over_tls() {
     gw.stop().await;
 }
 
+/// The same over WebSocket: tungstenite reads the socket through the same stamped reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_read_before_a_publish_is_in_force_for_it_over_websocket() {
+    const ROUNDS: u16 = 200;
+    let gw = TestGateway::start().await;
+    let addr = gw.ws;
+    let (mut b, mut a) = pair_on(|| Raw::connect_ws(addr)).await;
+    let missed = race(&mut b, &mut a, ROUNDS).await;
+    assert!(missed.is_empty(), "B missed A's message in {} of {ROUNDS} rounds: {missed:?}", missed.len());
+    gw.stop().await;
+}
+
 /// The other side of the same rule: a publish that A saw acknowledged before B sent its SUBSCRIBE arrived before
 /// it, and B must not get it (it is not retained).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

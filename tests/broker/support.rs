@@ -90,6 +90,65 @@ where
 }
 
 /// A byte stream a [`Raw`] client speaks over: TCP, or TLS over TCP.
+/// The bytes of a WebSocket's binary messages as a stream, for [`Raw`].
+struct WsBytes {
+    ws: tokio_tungstenite::WebSocketStream<TcpStream>,
+    /// What is left of the last message read.
+    unread: bytes::Bytes,
+}
+
+impl AsyncRead for WsBytes {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        while self.unread.is_empty() {
+            match std::task::ready!(self.ws.poll_next_unpin(cx)) {
+                Some(Ok(Message::Binary(data))) => self.unread = data,
+                Some(Ok(Message::Close(_))) | None => return std::task::Poll::Ready(Ok(())),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return std::task::Poll::Ready(Err(std::io::Error::other(e))),
+            }
+        }
+        let n = self.unread.len().min(buf.remaining());
+        buf.put_slice(&self.unread.split_to(n));
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for WsBytes {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use futures_util::SinkExt;
+        use tokio_tungstenite::tungstenite::Message;
+        std::task::ready!(self.ws.poll_ready_unpin(cx)).map_err(std::io::Error::other)?;
+        self.ws.start_send_unpin(Message::Binary(data.to_vec().into())).map_err(std::io::Error::other)?;
+        std::task::Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use futures_util::SinkExt;
+        self.ws.poll_flush_unpin(cx).map_err(std::io::Error::other)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use futures_util::SinkExt;
+        self.ws.poll_close_unpin(cx).map_err(std::io::Error::other)
+    }
+}
+
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
@@ -137,6 +196,18 @@ impl Raw {
                 .expect("TLS handshake timed out")
                 .unwrap();
         Raw { stream: Box::new(tls) }
+    }
+
+    /// Over WebSocket (subprotocol `mqtt`, path `/mqtt`) to `addr`: every [`Raw::send`] is one binary message, and
+    /// what arrives is read as one byte stream.
+    pub async fn connect_ws(addr: SocketAddr) -> Raw {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = format!("ws://{addr}/mqtt").into_client_request().unwrap();
+        request.headers_mut().insert("sec-websocket-protocol", "mqtt".parse().unwrap());
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let (ws, _) = tokio_tungstenite::client_async(request, tcp).await.unwrap();
+        Raw { stream: Box::new(WsBytes { ws, unread: bytes::Bytes::new() }) }
     }
 
     pub async fn send(&mut self, bytes: &[u8]) {
