@@ -3,14 +3,16 @@
 //! Specs are stored as JSON (`kafka_upstreams.spec`, `kafka_routes.spec`) so that a field added later needs no
 //! migration; what is read back is validated again, so a hand-edited row cannot start a broken route. Every
 //! change bumps `config_version`, which the running gateway polls once a second (see [`super::run`]), and is
-//! written to the audit log in the same transaction.
+//! written to the audit log in the same transaction (`config_db::finish`, as for users and rules). Every change is
+//! a `BEGIN IMMEDIATE` transaction: it takes the write lock first (waiting up to the busy timeout), so that a check
+//! it reads (the upstream exists, is unused) cannot be invalidated by another process before it writes, and never
+//! fails with SQLITE_BUSY_SNAPSHOT on the upgrade from reading to writing.
 //!
 //! Validation names the field of each refused value ([`FieldError`]) and reports them all at once, so that the
 //! console shows each reason beside its field; the CLI prints them joined.
 
 use std::fmt;
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -18,7 +20,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::{Row, SqlitePool};
 
 use crate::mqtt::codec::topic;
-use crate::store::config_db::Audited;
+use crate::store::config_db::{Audited, finish};
+use crate::timefmt::now_ms;
 
 /// Why a spec was refused or could not be stored.
 #[derive(Debug, thiserror::Error)]
@@ -969,32 +972,6 @@ pub async fn delete_route(pool: &SqlitePool, name: &str, audited: Audited<'_>) -
 /// This gateway's id in the records it writes.
 pub async fn gateway_id(pool: &SqlitePool) -> Result<String, ConfigError> {
     Ok(sqlx::query_scalar("SELECT gateway FROM kafka_gateway WHERE id = 1").fetch_one(pool).await?)
-}
-
-// Every change is a `BEGIN IMMEDIATE` transaction: it takes the write lock first (waiting up to the busy
-// timeout), so that a check it reads (the upstream exists, is unused) cannot be invalidated by another process
-// before it writes, and never fails with SQLITE_BUSY_SNAPSHOT on the upgrade from reading to writing. It ends
-// here: its audit entry, the version bump the running gateway polls, the commit.
-async fn finish(
-    mut tx: sqlx::Transaction<'_, sqlx::Sqlite>,
-    audited: Audited<'_>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO audit_log (ts, actor, action, detail) VALUES (?, ?, ?, ?)")
-        .bind(now_ms())
-        .bind(audited.actor)
-        .bind(audited.action)
-        .bind(audited.detail)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("UPDATE config_version SET version = version + 1").execute(&mut *tx).await?;
-    tx.commit().await
-}
-
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

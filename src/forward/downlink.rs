@@ -13,13 +13,14 @@ use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
 use sqlx::SqlitePool;
 use tokio::sync::watch;
 
-use super::config::{Downlink, Upstream, expand_downlink_topic, now_ms};
+use super::config::{Downlink, Upstream, expand_downlink_topic};
 use super::kafka::{self, KafkaClientError};
 use super::settings::Role;
 use super::status::{RouteState, StatusBoard};
 use crate::auth::Identity;
 use crate::mqtt::broker::{Broker, BrokerGone, ClientId, Message};
 use crate::mqtt::codec::{QoS, topic};
+use crate::timefmt::now_ms;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -243,7 +243,7 @@ async fn supervise(
             }
         }
         let mut report = StatusReport {
-            written_ms: config::now_ms(),
+            written_ms: crate::timefmt::now_ms(),
             gateway: gateway.clone(),
             routes,
             ..StatusReport::default()

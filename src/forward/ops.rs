@@ -11,10 +11,11 @@ use sqlx::{Row, SqlitePool};
 
 use super::config::{
     self, Compression, ConfigError, Downlink, FieldError, KeySpec, Problems, Redacted, RouteSpec, Sasl,
-    SaslMechanism, StoredRoute, Uplink, Upstream, ValueFormat, now_ms,
+    SaslMechanism, StoredRoute, Uplink, Upstream, ValueFormat,
 };
 use super::status;
 use crate::store::config_db::Audited;
+use crate::timefmt::now_ms;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

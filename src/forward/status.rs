@@ -136,7 +136,7 @@ impl StatusBoard {
     }
 
     pub(crate) fn error(&self, route: &str, error: &str) {
-        let now = super::config::now_ms();
+        let now = crate::timefmt::now_ms();
         self.update(route, |s| {
             s.last_error = Some(error.to_owned());
             s.last_error_ms = Some(now);
@@ -169,7 +169,7 @@ pub fn read(data_dir: &Path) -> StatusView {
     };
     let running = match (&report.process, report.live) {
         (Some(p), false) => process_alive(p),
-        _ => super::config::now_ms() - report.written_ms < STALE_AFTER_MS,
+        _ => crate::timefmt::now_ms() - report.written_ms < STALE_AFTER_MS,
     };
     StatusView { running, report: Some(report) }
 }
@@ -387,7 +387,7 @@ mod tests {
 
     fn report(state: RouteState, forwarded: u64) -> StatusReport {
         StatusReport {
-            written_ms: super::super::config::now_ms(),
+            written_ms: crate::timefmt::now_ms(),
             gateway: "gw".into(),
             routes: vec![RouteStatus { name: "r".into(), state, forwarded, ..RouteStatus::default() }],
             ..StatusReport::default()

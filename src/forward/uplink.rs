@@ -19,7 +19,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use sqlx::SqlitePool;
 use tokio::sync::{mpsc, watch};
 
-use super::config::{KeySpec, TopicTemplate, Uplink, Upstream, now_ms};
+use super::config::{KeySpec, TopicTemplate, Uplink, Upstream};
 use super::format::{self, AliasBook};
 use super::kafka::{self, Delivered, HEADER_GATEWAY, HEADER_ID, HEADER_ROUTE, KafkaClientError, Producer};
 use super::settings::MAX_IN_FLIGHT;
@@ -27,6 +27,7 @@ use super::status::{RouteState, STALL_AFTER_MS, StatusBoard};
 use crate::store::consumer::{Consumer, StartAt};
 use crate::store::history::StoredMessage;
 use crate::store::{Journal, StoreError};
+use crate::timefmt::now_ms;
 
 /// Journal messages read per round.
 const READ_BATCH: usize = 2_000;

@@ -105,8 +105,9 @@ pub async fn security_rows(pool: &SqlitePool) -> Result<SecurityRows, StoreError
     Ok(SecurityRows { version, users, rules })
 }
 
-/// Ends a change: its audit entry and the version bump, committed with it.
-async fn finish(mut tx: Transaction<'_, Sqlite>, audited: Audited<'_>) -> Result<(), StoreError> {
+/// Ends a change to `config.sqlite` (here and in `forward::config`): its audit entry and the version bump the
+/// running gateway polls, committed with it.
+pub(crate) async fn finish(mut tx: Transaction<'_, Sqlite>, audited: Audited<'_>) -> Result<(), sqlx::Error> {
     sqlx::query("INSERT INTO audit_log (ts, actor, action, detail) VALUES (?, ?, ?, ?)")
         .bind(now_ms())
         .bind(audited.actor)
@@ -115,8 +116,7 @@ async fn finish(mut tx: Transaction<'_, Sqlite>, audited: Audited<'_>) -> Result
         .execute(&mut *tx)
         .await?;
     sqlx::query("UPDATE config_version SET version = version + 1").execute(&mut *tx).await?;
-    tx.commit().await?;
-    Ok(())
+    tx.commit().await
 }
 
 /// Runs one statement as a change; false (and nothing written) if it affected no row.
