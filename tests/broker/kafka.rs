@@ -514,6 +514,17 @@ pub async fn start_weir(data: &Path) -> (Child, SocketAddr) {
     crate::durability::start_weir_env(data, "", &[("RUNTIME_DIRECTORY", &run)]).await
 }
 
+/// A gateway in this process on `data` (no `$SYS`), and its MQTT port: started again on the same directory, it
+/// is the same gateway after a restart.
+pub async fn start_gateway(data: &Path) -> (weir::app::Gateway, u16) {
+    let mut config = weir::config::Config::for_test(data);
+    config.broker.sys_interval = None;
+    let listeners = weir::app::bind(&config).await.unwrap();
+    let gw = weir::app::Gateway::start(config, listeners).await.unwrap();
+    let port = gw.local_addr("mqtt").unwrap().port();
+    (gw, port)
+}
+
 pub async fn weir_cli(data: &Path, args: &[&str]) {
     let out = Command::new(WEIR).arg("kafka").arg("--data-dir").arg(data).args(args).output().await.unwrap();
     assert!(out.status.success(), "weir kafka {args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -644,21 +655,12 @@ async fn kill_9_of_the_gateway_mid_forward_loses_nothing_and_duplicates_nothing(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_downlink_publishes_as_its_user_and_survives_a_restart() {
     use crate::clients::v4::{Client, QoS, options};
-    use weir::app::{self, Gateway};
     use weir::auth::acl::{Action, Effect, Rule, Subject};
 
     let tansu = Tansu::start().await;
     tansu.create_topic("commands", 1).await;
     let dir = tempfile::tempdir().unwrap();
-    let start = async || {
-        let mut config = weir::config::Config::for_test(dir.path());
-        config.broker.sys_interval = None;
-        let listeners = app::bind(&config).await.unwrap();
-        let gw = Gateway::start(config, listeners).await.unwrap();
-        let port = gw.local_addr("mqtt").unwrap().port();
-        (gw, port)
-    };
-    let (gw, port) = start().await;
+    let (gw, port) = start_gateway(dir.path()).await;
     let security = gw.security();
     security.add_user("operator", "secret-pw", &[], "test").await.unwrap();
     security
@@ -713,7 +715,7 @@ async fn a_downlink_publishes_as_its_user_and_survives_a_restart() {
 
     // While the gateway is down, upstream sends more; after the restart exactly those arrive.
     produce(&tansu.bootstrap(), "commands", &[("d3", "reset"), ("d2", "on")]).await;
-    let (gw, port) = start().await;
+    let (gw, port) = start_gateway(dir.path()).await;
     let mut device_options = options("device", port);
     device_options.set_clean_session(false);
     let (mut device, ack) = Client::connect(device_options).await;

@@ -15,7 +15,7 @@ use weir::sparkplug::proto::{DataType, Metric, MetricValue, Payload};
 
 use crate::kafka::{
     KAFKA_WAIT, Tansu, add_upstream, check_exact, config_db, keys, publish_qos1, publish_qos1_padded,
-    read_all, until_forwarded_all, until_status, uplink, weir_cli,
+    read_all, start_gateway, until_forwarded_all, until_status, uplink, weir_cli,
 };
 use crate::proxy::Fault;
 use crate::support::TestGateway;
@@ -123,20 +123,10 @@ async fn publish_one(client: &mut crate::clients::v4::Client, topic: &str, paylo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kafka_sparkplug_route_resolves_aliases_also_after_a_restart() {
-    use weir::app::{self, Gateway};
-
     let tansu = Tansu::start().await;
     tansu.create_topic("spb", 1).await;
     let dir = tempfile::tempdir().unwrap();
-    let start = async || {
-        let mut config = weir::config::Config::for_test(dir.path());
-        config.broker.sys_interval = None;
-        let listeners = app::bind(&config).await.unwrap();
-        let gw = Gateway::start(config, listeners).await.unwrap();
-        let port = gw.local_addr("mqtt").unwrap().port();
-        (gw, port)
-    };
-    let (gw, port) = start().await;
+    let (gw, port) = start_gateway(dir.path()).await;
     let db = config_db(dir.path()).await;
     add_upstream(&db, "main", &tansu.bootstrap()).await;
     let route = ops::AddRoute { format: "sparkplug".into(), ..uplink("spb", "#", "spb") };
@@ -177,7 +167,7 @@ async fn a_kafka_sparkplug_route_resolves_aliases_also_after_a_restart() {
     gw.shutdown().await;
 
     // After a restart the route knows no birth: the aliases come from the journal.
-    let (gw, port) = start().await;
+    let (gw, port) = start_gateway(dir.path()).await;
     let (mut edge, _) = crate::clients::v4::Client::connect(crate::clients::v4::options("edge", port)).await;
     publish_one(
         &mut edge,
