@@ -828,6 +828,7 @@ pub async fn route_replay(
             response_topic: None,
             correlation_data: None,
             user_properties: Vec::new(),
+            payload_ref: None,
         });
         letters.push((id, message));
     }

@@ -889,6 +889,7 @@ mod tests {
             response_topic: None,
             correlation_data: None,
             user_properties: vec![("unit".into(), "C".into())],
+            payload_ref: None,
         }
     }
 

@@ -60,6 +60,18 @@ pub async fn create(
     for (name, database) in &names {
         snapshot(data_dir, *database, &work.path().join(name)).await?;
     }
+    if with_journal {
+        // The journal's larger payloads are in its payload log: the copy takes them into its rows.
+        let copy = work.path().join(JOURNAL_FILE);
+        let log = store::payload_log::dir_of(&data_dir.join(JOURNAL_FILE));
+        let gone = tokio::task::spawn_blocking(move || store::payload_log::inline_into(&copy, &log))
+            .await
+            .map_err(|e| OpsError::Invalid(format!("copying the journal's payloads: {e}")))?
+            .map_err(store::StoreError::from)?;
+        if gone > 0 {
+            tracing::info!(gone, "messages pruned while the backup was made are not in it");
+        }
+    }
     let mut sealer = Sealer::new(out, passphrase)?;
     let mut entries = Vec::new();
     for (name, _) in &names {
@@ -118,6 +130,11 @@ pub fn apply_staged(data_dir: &Path) -> Result<Option<PathBuf>, FileError> {
     for db in moved.clone() {
         moved.push(format!("{db}-wal"));
         moved.push(format!("{db}-shm"));
+    }
+    if has_journal {
+        // The replaced journal's payload log goes with it (the backup's journal holds its payloads in its rows).
+        let log = store::payload_log::dir_of(Path::new(JOURNAL_FILE));
+        moved.push(log.to_string_lossy().into_owned());
     }
     moved.extend(["pki/ca.crt", "pki/ca.key", "pki/server.crt", "pki/server.key"].map(String::from));
     for name in &moved {

@@ -177,7 +177,9 @@ mod tests {
     use crate::store::{JOURNAL_FILE, Journal, JournalConfig};
 
     async fn journal(dir: &Path, max_wal_bytes: u64) -> Journal {
-        let mut config = JournalConfig { max_wal_bytes, ..JournalConfig::default() };
+        // Payloads of 4 KiB in the rows, through SQLite's log, not in the payload log.
+        let mut config =
+            JournalConfig { max_wal_bytes, payload_log_min: usize::MAX, ..JournalConfig::default() };
         config.retention.prune_interval = Duration::from_secs(3600);
         Journal::open(dir, config).await.unwrap()
     }

@@ -7,10 +7,13 @@
 //! Rust. Pages are keyset-paginated on the journal id, so reading page 1,000 costs what reading page 1 does, and an
 //! export streams page by page in constant memory.
 
+use std::path::Path;
+
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 
 use super::StoreError;
+use super::payload_log::{self, PayloadError, PayloadRef};
 use crate::mqtt::codec::topic;
 
 /// The most rows fetched per round trip while filling a page (fewer when the page needs fewer).
@@ -74,6 +77,10 @@ pub struct StoredMessage {
     #[serde(skip)]
     pub correlation_data: Option<Vec<u8>>,
     pub user_properties: Vec<(String, String)>,
+    /// Where the payload is in the payload log while it is not read yet (`payload` is then empty): only within
+    /// this module's reads, which read it before they return.
+    #[serde(skip)]
+    pub(crate) payload_ref: Option<PayloadRef>,
 }
 
 /// How a payload is shown.
@@ -153,6 +160,49 @@ pub async fn query(pool: &SqlitePool, q: &HistoryQuery) -> Result<Page, StoreErr
 ///   journal costs what its own rows do. A query with [`HistoryQuery::max_rows`] (a consumer's batch) never does:
 ///   it ends the page there, with what it found and where to go on.
 pub async fn query_on(conn: &mut SqliteConnection, q: &HistoryQuery) -> Result<Page, StoreError> {
+    let mut page = query_rows(&mut *conn, q).await?;
+    page.messages = with_payloads(conn, page.messages).await?;
+    Ok(page)
+}
+
+/// Reads the payloads of `messages` that are in the payload log, on a blocking thread (they are file reads).
+/// A message whose payload cannot be read is left out: pruned meanwhile, or (logged) damaged on disk.
+async fn with_payloads(
+    conn: &mut SqliteConnection,
+    mut messages: Vec<StoredMessage>,
+) -> Result<Vec<StoredMessage>, StoreError> {
+    if messages.iter().all(|m| m.payload_ref.is_none()) {
+        return Ok(messages);
+    }
+    // The log is beside the database file this connection reads.
+    let file: String = sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
+        .fetch_one(conn)
+        .await?;
+    let dir = payload_log::dir_of(Path::new(&file));
+    tokio::task::spawn_blocking(move || {
+        let mut log = payload_log::Reader::new(dir);
+        messages.retain_mut(|m| {
+            let Some(at) = m.payload_ref.take() else { return true };
+            match log.read(m.id, at) {
+                Ok(payload) => {
+                    m.payload = payload;
+                    true
+                }
+                // Pruned since this read's rows were: as if it had read after.
+                Err(PayloadError::Gone { .. }) => false,
+                Err(e) => {
+                    tracing::warn!("{e}: the message is left out");
+                    false
+                }
+            }
+        });
+        messages
+    })
+    .await
+    .map_err(|e| StoreError::Writer(format!("reading payloads: {e}")))
+}
+
+async fn query_rows(conn: &mut SqliteConnection, q: &HistoryQuery) -> Result<Page, StoreError> {
     if !topic::valid_topic_filter(&q.filter) {
         return Err(StoreError::InvalidQuery(format!("{:?} is not a valid topic filter", q.filter)));
     }
@@ -194,7 +244,8 @@ const SCAN_BEFORE_INDEX: u64 = 32_768;
 
 /// The SELECT list every read of full rows uses (`m` is `messages`).
 const COLUMNS: &str = "SELECT m.id, m.ts, m.topic, m.payload, m.qos, m.retain, m.client_id, m.username, \
-                       m.content_type, m.response_topic, m.correlation_data, m.user_properties";
+                       m.content_type, m.response_topic, m.correlation_data, m.user_properties, m.payload_at, \
+                       m.payload_len, m.payload_crc";
 
 /// What a topic filter gives SQLite to narrow a read.
 struct Filter<'a> {
@@ -508,11 +559,7 @@ fn seek_query(
         Order::OldestFirst => ("ASC", " AND id > "),
     };
     let limit = i64::try_from(fetch).unwrap_or(i64::MAX);
-    let mut sql = QueryBuilder::<Sqlite>::new(
-        "SELECT m.id, m.ts, m.topic, m.payload, m.qos, m.retain, m.client_id, m.username, \
-         m.content_type, m.response_topic, m.correlation_data, m.user_properties \
-         FROM messages m WHERE m.id IN (",
-    );
+    let mut sql = QueryBuilder::<Sqlite>::new(format!("{COLUMNS} FROM messages m WHERE m.id IN ("));
     for (i, topic) in topics.iter().enumerate() {
         if i > 0 {
             sql.push(" UNION ALL ");
@@ -566,18 +613,22 @@ pub async fn series(
 
 /// One message by its journal id.
 pub async fn message(pool: &SqlitePool, id: i64) -> Result<Option<StoredMessage>, StoreError> {
-    let row = sqlx::query("SELECT * FROM messages WHERE id = ?").bind(id).fetch_optional(pool).await?;
-    row.as_ref().map(stored).transpose()
+    let mut conn = pool.acquire().await?;
+    let row = sqlx::query("SELECT * FROM messages WHERE id = ?").bind(id).fetch_optional(&mut *conn).await?;
+    let found = row.as_ref().map(stored).transpose()?;
+    Ok(with_payloads(&mut conn, found.into_iter().collect()).await?.pop())
 }
 
 /// The retained message of a topic, as the journal keeps it.
 pub async fn retained(pool: &SqlitePool, topic: &str) -> Result<Option<StoredMessage>, StoreError> {
+    let mut conn = pool.acquire().await?;
     let row =
         sqlx::query("SELECT m.* FROM retained r JOIN messages m ON m.id = r.message_id WHERE r.topic = ?")
             .bind(topic)
-            .fetch_optional(pool)
+            .fetch_optional(&mut *conn)
             .await?;
-    row.as_ref().map(stored).transpose()
+    let found = row.as_ref().map(stored).transpose()?;
+    Ok(with_payloads(&mut conn, found.into_iter().collect()).await?.pop())
 }
 
 fn stored(row: &SqliteRow) -> Result<StoredMessage, StoreError> {
@@ -595,6 +646,11 @@ fn stored(row: &SqliteRow) -> Result<StoredMessage, StoreError> {
         response_topic: row.try_get("response_topic")?,
         correlation_data: row.try_get("correlation_data")?,
         user_properties: user_properties.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default(),
+        payload_ref: PayloadRef::from_columns(
+            row.try_get("payload_at")?,
+            row.try_get("payload_len")?,
+            row.try_get("payload_crc")?,
+        ),
     })
 }
 
@@ -624,6 +680,7 @@ mod tests {
             response_topic: None,
             correlation_data: None,
             user_properties: Vec::new(),
+            payload_ref: None,
         }
     }
 

@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use super::ops::JournalStats;
 use super::ops::{Answer, CursorChange, CursorCommit, Done, Op, Queued, SessionOp, Shared};
+use super::payload_log;
 use super::row::{StoredRow, queued_delivery};
 pub use super::settings::{Durability, JournalConfig, Retention};
 use super::writer::Writer;
@@ -63,6 +64,8 @@ struct Inner {
     /// The id the next append gets. Held while that append is sent, so that ids reach the writer (and are
     /// committed) in ascending order: a reader that has seen id n never later finds a row below it appear.
     next_id: Mutex<i64>,
+    /// The payload log's directory (`store/payload_log.rs`).
+    payload_dir: std::path::PathBuf,
 }
 
 impl Journal {
@@ -94,6 +97,7 @@ impl Journal {
             include: config.include.clone(),
             exclude: config.exclude.clone(),
             next_id: Mutex::new(0),
+            payload_dir: payload_log::dir_of(&path),
         });
         let next_id = Writer::start(&path, config.clone(), Arc::downgrade(&inner.shared), receiver)?;
         *inner.next_id.lock().unwrap_or_else(PoisonError::into_inner) = next_id;
@@ -232,8 +236,9 @@ impl Journal {
                 .await?;
         let now = unix_millis(SystemTime::now());
         let mut out = Vec::with_capacity(rows.len());
+        let mut log = payload_log::Reader::new(self.inner.payload_dir.clone());
         for row in rows {
-            if let Some(message) = message_from_row(&row, now, true)? {
+            if let Some(message) = message_from_row(&row, now, true, &mut log)? {
                 out.push(message);
             }
         }
@@ -292,6 +297,7 @@ impl Journal {
         .fetch_all(&self.inner.pool)
         .await?;
         let mut expired = Vec::new();
+        let mut log = payload_log::Reader::new(self.inner.payload_dir.clone());
         for row in rows {
             let client_id: String = row.try_get("session")?;
             let Some(record) = index.get(&client_id).and_then(|&i| records.get_mut(i)) else { continue };
@@ -299,7 +305,7 @@ impl Journal {
             // An expired message still in flight is resent anyway: its packet id is in use at the client. An
             // expired queued one is dropped.
             let Some(delivery) =
-                delivery_from_row(&row, if packet_id.is_some() { i64::MIN / 2 } else { now })?
+                delivery_from_row(&row, if packet_id.is_some() { i64::MIN / 2 } else { now }, &mut log)?
             else {
                 expired.push((ClientId::new(&client_id), row.try_get::<i64, _>("id")?));
                 continue;
@@ -576,13 +582,18 @@ fn message_from_row(
     row: &sqlx::sqlite::SqliteRow,
     now: i64,
     retain: bool,
+    log: &mut payload_log::Reader,
 ) -> Result<Option<Message>, sqlx::Error> {
-    Ok(StoredRow::from_sqlx(row)?.into_message(now, retain))
+    Ok(StoredRow::from_sqlx(row)?.into_message(now, retain, log))
 }
 
 /// A queued delivery from a row of `session_messages` joined with its message. `None` if the message expired.
-fn delivery_from_row(row: &sqlx::sqlite::SqliteRow, now: i64) -> Result<Option<Delivery>, sqlx::Error> {
-    let Some(message) = message_from_row(row, now, false)? else { return Ok(None) };
+fn delivery_from_row(
+    row: &sqlx::sqlite::SqliteRow,
+    now: i64,
+    log: &mut payload_log::Reader,
+) -> Result<Option<Delivery>, sqlx::Error> {
+    let Some(message) = message_from_row(row, now, false, log)? else { return Ok(None) };
     Ok(Some(queued_delivery(
         message,
         row.try_get("delivered_qos")?,
@@ -950,7 +961,8 @@ mod tests {
         .await;
         // A durable consumer that has read nothing: below the hard cap it would keep every row.
         j.commit_cursor("kafka:stalled", 0).await.unwrap();
-        let payload = bytes::Bytes::from(vec![b'x'; 2000]);
+        // Two rows to a 4 KiB page, in the rows (below `payload_log_min`).
+        let payload = bytes::Bytes::from(vec![b'x'; 1900]);
         let mut last = None;
         for i in 0..2000 {
             let m = message(&format!("cap/{}", i % 10), payload.clone(), QoS::AtLeastOnce);

@@ -19,9 +19,10 @@ pub mod journal;
 pub mod presence;
 pub mod topics;
 // The journal's parts below its handle (`journal`): dependencies point one way, journal -> writer -> ops, row,
-// settings, checkpoint.
+// settings, checkpoint, payload_log.
 mod checkpoint;
 mod ops;
+pub mod payload_log;
 mod row;
 mod settings;
 mod writer;
@@ -62,6 +63,8 @@ pub enum StoreError {
     InvalidQuery(String),
     #[error("journal writer: {0}")]
     Writer(String),
+    #[error(transparent)]
+    Payload(#[from] payload_log::PayloadError),
 }
 
 /// Which database a pool belongs to, for opening with the right migrations and settings.
@@ -197,6 +200,14 @@ fn move_aside(path: &Path) -> Result<PathBuf, StoreError> {
             std::fs::rename(&side, PathBuf::from(target))
                 .map_err(|source| StoreError::MoveAside { path: side.clone(), source })?;
         }
+    }
+    // The journal's payload log goes with it: a fresh journal starts a fresh log.
+    let log = payload_log::dir_of(path);
+    if log.exists() {
+        let mut target = log.as_os_str().to_owned();
+        target.push(format!(".damaged-{stamp}"));
+        std::fs::rename(&log, PathBuf::from(target))
+            .map_err(|source| StoreError::MoveAside { path: log, source })?;
     }
     Ok(aside)
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use sqlx::Row;
 
+use super::payload_log::{PayloadRef, Reader};
 use crate::mqtt::broker::{ClientId, Delivery, Message, MessageProperties};
 use crate::mqtt::codec::QoS;
 
@@ -15,6 +16,8 @@ pub(super) struct StoredRow {
     ts: i64,
     topic: String,
     payload: Vec<u8>,
+    /// Where the payload is in the payload log, if it is not in the row.
+    payload_ref: Option<PayloadRef>,
     qos: i64,
     client_id: Option<String>,
     username: Option<String>,
@@ -33,6 +36,11 @@ impl StoredRow {
             ts: row.try_get("ts")?,
             topic: row.try_get("topic")?,
             payload: row.try_get("payload")?,
+            payload_ref: PayloadRef::from_columns(
+                row.try_get("payload_at")?,
+                row.try_get("payload_len")?,
+                row.try_get("payload_crc")?,
+            ),
             qos: row.try_get("qos")?,
             client_id: row.try_get("client_id")?,
             username: row.try_get("username")?,
@@ -51,6 +59,11 @@ impl StoredRow {
             ts: row.get("ts")?,
             topic: row.get("topic")?,
             payload: row.get("payload")?,
+            payload_ref: PayloadRef::from_columns(
+                row.get("payload_at")?,
+                row.get("payload_len")?,
+                row.get("payload_crc")?,
+            ),
             qos: row.get("qos")?,
             client_id: row.get("client_id")?,
             username: row.get("username")?,
@@ -63,9 +76,10 @@ impl StoredRow {
         })
     }
 
-    /// Rebuilds the journaled message. `None` if its expiry interval has run out by `now` (counting the time the
-    /// gateway was down); otherwise it keeps what remains of it.
-    pub(super) fn into_message(self, now: i64, retain: bool) -> Option<Message> {
+    /// Rebuilds the journaled message, its payload read from the payload log (`log`) if it is there. `None` if
+    /// its expiry interval has run out by `now` (counting the time the gateway was down; otherwise it keeps what
+    /// remains of it), or if its payload cannot be read (logged).
+    pub(super) fn into_message(mut self, now: i64, retain: bool, log: &mut Reader) -> Option<Message> {
         let remaining = match self.expiry_interval {
             Some(e) => match u32::try_from(e - (now - self.ts) / 1000) {
                 Ok(r) if r > 0 => Some(r),
@@ -73,6 +87,19 @@ impl StoredRow {
             },
             None => None,
         };
+        if let Some(at) = self.payload_ref {
+            match log.read(self.id, at) {
+                Ok(payload) => self.payload = payload,
+                Err(e @ super::payload_log::PayloadError::Gone { .. }) => {
+                    tracing::debug!("{e}: the message is left out");
+                    return None;
+                }
+                Err(e) => {
+                    tracing::warn!("{e}: the message is left out");
+                    return None;
+                }
+            }
+        }
         let qos = QoS::from_u8(u8::try_from(self.qos).unwrap_or(0)).unwrap_or_default();
         let mut message = Message::new(&self.topic, self.payload, qos, retain);
         message.origin = self.client_id.map(|c| ClientId::new(&c));

@@ -71,6 +71,14 @@ pub struct JournalConfig {
     /// after the commit the cache shrinks back to its 2 MB. The queue's places bound a batch's payloads to
     /// 16 MiB, so 32 MiB is never reached in practice.
     pub max_dirty_bytes: u64,
+    /// Payloads of at least this many bytes go to the payload log (`store/payload_log.rs`), written once,
+    /// rather than into SQLite, which writes everything twice (its log, then the file). Smaller ones stay in
+    /// the row, where a history page reads them without a file read each; so do retained messages. `usize::MAX`
+    /// keeps every payload in SQLite.
+    pub payload_log_min: usize,
+    /// The size at which a segment of the payload log is closed and the next batch starts a new one. Retention
+    /// deletes whole segments, once every row in one is gone.
+    pub payload_segment_bytes: u64,
 }
 
 impl Default for JournalConfig {
@@ -87,6 +95,8 @@ impl Default for JournalConfig {
             commit_interval: Duration::from_millis(2),
             max_wal_bytes: 64 * 1024 * 1024,
             max_dirty_bytes: 32 * 1024 * 1024,
+            payload_log_min: 2048,
+            payload_segment_bytes: 16 * 1024 * 1024,
         }
     }
 }

@@ -20,12 +20,13 @@ use tokio::sync::mpsc;
 
 use super::checkpoint::Checkpointer;
 use super::ops::{CursorChange, CursorCommit, Op, Queued, SessionOp, Shared};
+use super::payload_log::{self, Log, PayloadRef};
 use super::row::{StoredRow, queued_delivery};
 use super::settings::{Durability, JournalConfig};
 use super::{StoreError, unix_millis};
 use crate::mqtt::broker::{ClientId, PresenceChange, Refusal, SpillLoad, Will};
 
-/// Rows per INSERT statement, largest first: 14 parameters a row, well under SQLite's limit of 32,766. Powers of
+/// Rows per INSERT statement, largest first: 17 parameters a row, well under SQLite's limit of 32,766. Powers of
 /// two, so that any batch takes few statements, each prepared once.
 const INSERT_SIZES: [usize; 9] = [256, 128, 64, 32, 16, 8, 4, 2, 1];
 /// The most rows the writer adds to the topic index in one step.
@@ -41,11 +42,12 @@ const PRESENCE_EVENTS_MAX: i64 = 1_000_000;
 
 /// The INSERT statement for `rows` rows (one of [`INSERT_SIZES`]).
 fn insert_sql(rows: usize) -> String {
-    let row = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+    let row = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
     let values = vec![row; rows].join(", ");
     format!(
         "INSERT INTO messages (id, ts, topic, payload, qos, retain, client_id, username, payload_format, \
-         expiry_interval, content_type, response_topic, correlation_data, user_properties) VALUES {values}"
+         expiry_interval, content_type, response_topic, correlation_data, user_properties, payload_at, \
+         payload_len, payload_crc) VALUES {values}"
     )
 }
 
@@ -59,6 +61,8 @@ enum Next {
 enum WriteFailure {
     Full,
     Other(rusqlite::Error),
+    /// Writing the payload log.
+    Log(std::io::Error),
 }
 
 /// SQLITE_FULL: the disk (ENOSPC) or the database's page limit is full.
@@ -66,6 +70,16 @@ fn classify(e: rusqlite::Error) -> WriteFailure {
     let full = matches!(&e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull)
         || e.to_string().contains("database or disk is full");
     if full { WriteFailure::Full } else { WriteFailure::Other(e) }
+}
+
+/// ENOSPC (or the file size limit) writing the payload log is a full disk, as SQLITE_FULL is.
+fn classify_log(e: std::io::Error) -> WriteFailure {
+    match e.kind() {
+        std::io::ErrorKind::StorageFull
+        | std::io::ErrorKind::FileTooLarge
+        | std::io::ErrorKind::QuotaExceeded => WriteFailure::Full,
+        _ => WriteFailure::Log(e),
+    }
 }
 
 pub(super) struct Writer {
@@ -89,6 +103,12 @@ pub(super) struct Writer {
     checkpointer: Option<Checkpointer>,
     /// Something was committed since the checkpointer was last woken.
     wrote: bool,
+    /// Payloads of `payload_log_min` bytes and more, and its directory (for read-backs).
+    log: Log,
+    payload_dir: std::path::PathBuf,
+    /// With `batched`: the newest id whose payload the last sync of the log covered, for the next commit to
+    /// record (`payload_log::SYNCED_KEY`).
+    log_synced_unrecorded: Option<i64>,
 }
 
 impl Writer {
@@ -122,20 +142,30 @@ impl Writer {
             conn.pragma_update(None, "cache_spill", i64::try_from(spill).unwrap_or(i64::MAX).max(1))?;
             Ok(conn)
         };
-        let conn = open().map_err(|e| StoreError::Writer(e.to_string()))?;
+        let mut conn = open().map_err(|e| StoreError::Writer(e.to_string()))?;
+        let payload_dir = payload_log::dir_of(path);
+        let log = Log::open(&payload_dir, config.payload_segment_bytes).map_err(|e| {
+            StoreError::Writer(format!("opening the payload log {}: {e}", payload_dir.display()))
+        })?;
+        payload_log::verify_unsynced(&mut conn, &log)
+            .map_err(|e| StoreError::Writer(format!("checking the payload log: {e}")))?;
         let last_id: i64 = conn
             .query_row("SELECT coalesce(max(id), 0) FROM messages", [], |r| r.get(0))
             .map_err(|e| StoreError::Writer(e.to_string()))?;
         // Ids are given before the commit, and session queues may refer to one whose append then failed or was
-        // cut short by a crash: such an id is never given again.
+        // cut short by a crash: such an id is never given again, nor one whose row the payload log's check
+        // removed (`payloads_synced` is at least it). Nor is one at or below a payload segment's first id: a
+        // row's payload is in the segment with the greatest first id not above the row's.
         let next_id: i64 = conn
             .query_row(
                 "SELECT max(?, (SELECT coalesce(max(message_id), 0) FROM session_messages), \
-                 (SELECT coalesce(max(position), 0) FROM cursors)) + 1",
+                 (SELECT coalesce(max(position), 0) FROM cursors), \
+                 (SELECT coalesce(max(value), 0) FROM journal_state WHERE key = 'payloads_synced')) + 1",
                 [last_id],
                 |r| r.get(0),
             )
             .map_err(|e| StoreError::Writer(e.to_string()))?;
+        let next_id = next_id.max(log.newest_first().map_or(0, |first| first + 1));
         let indexed_upto: i64 = conn
             .query_row(
                 "SELECT coalesce(max(value), 0) FROM journal_state WHERE key = 'topic_index'",
@@ -147,6 +177,9 @@ impl Writer {
         let writer = Writer {
             checkpointer: Some(checkpointer),
             wrote: false,
+            log,
+            payload_dir,
+            log_synced_unrecorded: None,
             conn,
             inner,
             config,
@@ -258,8 +291,15 @@ impl Writer {
                         let _ = done.send(n);
                     }
                 }
-                // `batched`: the checkpointer's pass syncs the log.
-                Op::Checkpoint => self.wrote = true,
+                // `batched`: the checkpointer's pass syncs SQLite's log; the payload log is synced here, and the
+                // next commit records how far.
+                Op::Checkpoint => {
+                    self.wrote = true;
+                    match self.log.sync() {
+                        Ok(()) => self.log_synced_unrecorded = Some(self.log.staged_upto()),
+                        Err(e) => tracing::warn!("syncing the payload log: {e}"),
+                    }
+                }
                 Op::Index(done) => match done {
                     Some(done) => {
                         self.index_all();
@@ -332,20 +372,46 @@ impl Writer {
         sessions: &[SessionOp],
         cursors: &[CursorCommit],
     ) -> Result<Vec<SpillLoad>, Failed> {
-        let tx = self.conn.transaction().map_err(|e| Failed::Appends(classify(e)))?;
-        let newest = insert_rows(&tx, &self.insert_sql, appends).map_err(Failed::Appends)?;
-        let loads = session_statements(&tx, &mut self.generations, sessions).map_err(Failed::Sessions)?;
-        cursor_statements(&tx, cursors).map_err(Failed::Sessions)?;
-        tx.commit().map_err(|e| Failed::Appends(classify(e)))?;
+        let mark = self.log.mark();
+        let result = (|| {
+            let tx = self.conn.transaction().map_err(|e| Failed::Appends(classify(e)))?;
+            let newest = insert_appends(
+                &tx,
+                &self.insert_sql,
+                &mut self.log,
+                &self.config,
+                &mut self.log_synced_unrecorded,
+                appends,
+            )
+            .map_err(Failed::Appends)?;
+            let loads = session_statements(&tx, &mut self.generations, &self.payload_dir, sessions)
+                .map_err(Failed::Sessions)?;
+            cursor_statements(&tx, cursors).map_err(Failed::Sessions)?;
+            tx.commit().map_err(|e| Failed::Appends(classify(e)))?;
+            Ok((newest, loads))
+        })();
+        let (newest, loads) = result.inspect_err(|_| self.log.rollback(mark))?;
         self.wrote = true;
         self.last_id = self.last_id.max(newest);
         Ok(loads)
     }
 
     fn commit_appends(&mut self, appends: &[Queued]) -> Result<(), WriteFailure> {
-        let tx = self.conn.transaction().map_err(classify)?;
-        let newest = insert_rows(&tx, &self.insert_sql, appends)?;
-        tx.commit().map_err(classify)?;
+        let mark = self.log.mark();
+        let result = (|| {
+            let tx = self.conn.transaction().map_err(classify)?;
+            let newest = insert_appends(
+                &tx,
+                &self.insert_sql,
+                &mut self.log,
+                &self.config,
+                &mut self.log_synced_unrecorded,
+                appends,
+            )?;
+            tx.commit().map_err(classify)?;
+            Ok(newest)
+        })();
+        let newest = result.inspect_err(|_| self.log.rollback(mark))?;
         self.wrote = true;
         self.last_id = self.last_id.max(newest);
         Ok(())
@@ -359,7 +425,7 @@ impl Writer {
         }
         let result = (|| {
             let tx = self.conn.transaction()?;
-            let loads = session_statements(&tx, &mut self.generations, &ops)?;
+            let loads = session_statements(&tx, &mut self.generations, &self.payload_dir, &ops)?;
             cursor_statements(&tx, &cursors)?;
             tx.commit()?;
             Ok::<_, rusqlite::Error>(loads)
@@ -416,7 +482,7 @@ impl Writer {
             Err(failure) => {
                 let refusal = match &failure {
                     WriteFailure::Full => Refusal::Full,
-                    WriteFailure::Other(_) => Refusal::Unavailable,
+                    WriteFailure::Other(_) | WriteFailure::Log(_) => Refusal::Unavailable,
                 };
                 inner.refusing.store(refusal == Refusal::Full, Ordering::Relaxed);
                 let mut refused = 0u64;
@@ -435,6 +501,7 @@ impl Writer {
                 let why = match &failure {
                     WriteFailure::Full => "the disk or the journal's hard cap is full".to_owned(),
                     WriteFailure::Other(e) => e.to_string(),
+                    WriteFailure::Log(e) => format!("writing the payload log: {e}"),
                 };
                 let now = Instant::now();
                 if self.last_error_log.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10)) {
@@ -500,12 +567,12 @@ impl Writer {
         }
     }
 
-    /// Current size of the file in bytes, not counting free pages.
+    /// The journal's size in bytes: the file, not counting free pages, and the payload log's segments.
     fn used_bytes(&self) -> rusqlite::Result<u64> {
         let pragma = |sql: &str| self.conn.prepare_cached(sql)?.query_row([], |r| r.get::<_, i64>(0));
         let (pages, free, size) =
             (pragma("PRAGMA page_count")?, pragma("PRAGMA freelist_count")?, pragma("PRAGMA page_size")?);
-        Ok(u64::try_from((pages - free).max(0) * size).unwrap_or(0))
+        Ok(u64::try_from((pages - free).max(0) * size).unwrap_or(0) + self.log.bytes())
     }
 
     /// Beyond the hard cap even after pruning everything it allows, with `appends` about to be written.
@@ -603,6 +670,8 @@ impl Writer {
                 if n == 0 {
                     break;
                 }
+                // Segments left without rows go now, and no longer count.
+                self.log.remove_unreferenced(&self.conn)?;
             }
         }
         if deleted > 0 {
@@ -614,6 +683,7 @@ impl Writer {
                 .execute([])?;
             self.conn.execute_batch("PRAGMA incremental_vacuum")?;
         }
+        self.log.remove_unreferenced(&self.conn)?;
         Ok(deleted)
     }
 }
@@ -644,6 +714,7 @@ fn deleted_presence(conn: &Connection, max_age: Option<Duration>) -> rusqlite::R
 /// message expired or is gone (removed at the hard cap) are deleted; the gone ones are counted as missing.
 fn load_spilled(
     tx: &Transaction<'_>,
+    payload_dir: &Path,
     client: &ClientId,
     limit: usize,
     keep: bool,
@@ -651,6 +722,7 @@ fn load_spilled(
     let now = unix_millis(SystemTime::now());
     let mut load = SpillLoad::default();
     let mut gone = Vec::new();
+    let mut log = payload_log::Reader::new(payload_dir.to_owned());
     let mut last = None;
     {
         let mut statement = tx.prepare_cached(
@@ -669,7 +741,7 @@ fn load_spilled(
                 continue;
             }
             let stored = StoredRow::from_rusqlite(row)?;
-            let Some(message) = stored.into_message(now, false) else {
+            let Some(message) = stored.into_message(now, false, &mut log) else {
                 gone.push(seq);
                 continue;
             };
@@ -709,6 +781,7 @@ fn load_spilled(
 fn session_statements(
     tx: &Transaction<'_>,
     generations: &mut HashMap<ClientId, u64>,
+    payload_dir: &Path,
     ops: &[SessionOp],
 ) -> rusqlite::Result<Vec<SpillLoad>> {
     let mut loads = Vec::new();
@@ -808,7 +881,7 @@ fn session_statements(
                 let stale = generations.get(client).is_some_and(|g| g != generation);
                 let load = match stale {
                     true => SpillLoad::default(),
-                    false => load_spilled(tx, client, *limit, *keep)?,
+                    false => load_spilled(tx, payload_dir, client, *limit, *keep)?,
                 };
                 loads.push(load);
             }
@@ -949,12 +1022,42 @@ impl WillProperties<'_> {
     }
 }
 
+/// Inserts the rows of `appends` in `tx`, their larger payloads staged in the payload log, and writes those
+/// (with `synced`, synced, and the newest id they cover recorded in `tx`) before the caller commits. With
+/// `batched`, records instead how far the last sync of the log went (`synced_unrecorded`), if it is not yet.
+fn insert_appends(
+    tx: &Transaction<'_>,
+    insert_sql: &[(usize, String)],
+    log: &mut Log,
+    config: &JournalConfig,
+    synced_unrecorded: &mut Option<i64>,
+    appends: &[Queued],
+) -> Result<i64, WriteFailure> {
+    let newest = insert_rows(tx, insert_sql, appends, log, config.payload_log_min)?;
+    let synced = config.durability == Durability::Synced;
+    let recorded = match log.has_pending() {
+        true => {
+            log.write(synced).map_err(classify_log)?;
+            synced.then(|| log.staged_upto())
+        }
+        false => None,
+    };
+    if let Some(upto) = recorded.or_else(|| synced_unrecorded.take()) {
+        tx.prepare_cached("INSERT OR REPLACE INTO journal_state (key, value) VALUES (?, ?)")
+            .and_then(|mut s| s.execute(params![payload_log::SYNCED_KEY, upto]))
+            .map_err(classify)?;
+    }
+    Ok(newest)
+}
+
 /// Inserts `appends` under their ids, and updates the retained table for those that are retained. Returns the
 /// newest id.
 fn insert_rows(
     tx: &Transaction<'_>,
     insert_sql: &[(usize, String)],
     appends: &[Queued],
+    log: &mut Log,
+    log_min: usize,
 ) -> Result<i64, WriteFailure> {
     let mut newest = 0;
     let mut rest = appends;
@@ -969,11 +1072,15 @@ fn insert_rows(
             let user_properties = p
                 .filter(|p| !p.user_properties.is_empty())
                 .and_then(|p| serde_json::to_string(&p.user_properties).ok());
+            // Retained messages stay in the row: one would keep its whole segment of the log.
+            let logged: Option<PayloadRef> =
+                (m.payload.len() >= log_min && !m.retain).then(|| log.stage(*id, &m.payload));
             let bind = |statement: &mut rusqlite::CachedStatement<'_>, at: &mut usize| {
                 statement.raw_bind_parameter(*at, id)?;
                 statement.raw_bind_parameter(*at + 1, ts)?;
                 statement.raw_bind_parameter(*at + 2, &*m.topic)?;
-                statement.raw_bind_parameter(*at + 3, &m.payload[..])?;
+                statement
+                    .raw_bind_parameter(*at + 3, if logged.is_some() { &[][..] } else { &m.payload[..] })?;
                 statement.raw_bind_parameter(*at + 4, m.qos as i64)?;
                 statement.raw_bind_parameter(*at + 5, m.retain)?;
                 statement.raw_bind_parameter(*at + 6, m.origin.as_ref().map(|c| c.as_str()))?;
@@ -986,7 +1093,10 @@ fn insert_rows(
                 statement.raw_bind_parameter(*at + 11, p.and_then(|p| p.response_topic.as_deref()))?;
                 statement.raw_bind_parameter(*at + 12, p.and_then(|p| p.correlation_data.as_deref()))?;
                 statement.raw_bind_parameter(*at + 13, user_properties.as_deref())?;
-                *at += 14;
+                statement.raw_bind_parameter(*at + 14, logged.map(|l| l.at as i64))?;
+                statement.raw_bind_parameter(*at + 15, logged.map(|l| i64::from(l.len)))?;
+                statement.raw_bind_parameter(*at + 16, logged.map(|l| i64::from(l.crc)))?;
+                *at += 17;
                 Ok::<(), rusqlite::Error>(())
             };
             bind(&mut statement, &mut at).map_err(classify)?;

@@ -103,7 +103,10 @@ async fn overview(state: &AppState) -> Result<Overview, WebError> {
                 .iter()
                 .filter_map(|suffix| std::fs::metadata(data_dir.join(format!("{JOURNAL_FILE}{suffix}"))).ok())
                 .map(|m| m.len())
-                .sum();
+                .sum::<u64>()
+                + crate::store::payload_log::disk_bytes(&crate::store::payload_log::dir_of(
+                    &data_dir.join(JOURNAL_FILE),
+                ));
             bytes(size)
         }
         None => "off (durability = \"off\")".to_owned(),

@@ -65,11 +65,13 @@ pub fn publish(qos: u8, packet_id: u16, topic: &str, payload: &[u8]) -> Vec<u8> 
 }
 
 /// Publishes `count` messages at `qos` as fast as the socket takes them, and records every packet id the broker
-/// acknowledges (PUBACK, or PUBREC for QoS 2, which is then released), until the connection breaks.
+/// acknowledges (PUBACK, or PUBREC for QoS 2, which is then released), until the connection breaks. Each payload
+/// is `<client>-<packet id>`, padded with dots to `pad` bytes.
 async fn publish_until_killed(
     addr: std::net::SocketAddr,
     client: String,
     qos: u8,
+    pad: usize,
     count: u16,
     acked: tokio::sync::mpsc::UnboundedSender<u16>,
 ) {
@@ -87,7 +89,9 @@ async fn publish_until_killed(
                 Some(id) = to_release.recv() => packet(0x62, &id.to_be_bytes()),
                 _ = std::future::ready(()), if next <= count => {
                     next += 1;
-                    publish(qos, next - 1, "durable/t", format!("{client}-{}", next - 1).as_bytes())
+                    let mut payload = format!("{client}-{}", next - 1).into_bytes();
+                    payload.resize(payload.len().max(pad), b'.');
+                    publish(qos, next - 1, "durable/t", &payload)
                 }
                 else => return,
             };
@@ -120,10 +124,12 @@ async fn acknowledged_messages_survive_kill_9_again_and_again() {
     let mut expected = BTreeSet::new();
     for round in 0..6u8 {
         let qos = 1 + round % 2;
+        // The last rounds publish 4 KiB payloads: those go to the journal's payload log, not into SQLite.
+        let pad = if round >= 3 { 4096 } else { 0 };
         let (mut child, addr) = start_weir(&data, "").await;
         let client = format!("round{round}");
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let publisher = tokio::spawn(publish_until_killed(addr, client.clone(), qos, 20_000, tx));
+        let publisher = tokio::spawn(publish_until_killed(addr, client.clone(), qos, pad, 20_000, tx));
         // Kill once a good number are acknowledged, while the rest are still in flight.
         let mut acked = Vec::new();
         while acked.len() < 300 + usize::from(round) * 100 {
@@ -148,7 +154,16 @@ async fn acknowledged_messages_survive_kill_9_again_and_again() {
         let mut stored = BTreeSet::new();
         loop {
             let page = history::query(&pool, &q).await.unwrap();
-            stored.extend(page.messages.iter().map(|m| String::from_utf8(m.payload.clone()).unwrap()));
+            for m in &page.messages {
+                let text = String::from_utf8(m.payload.clone()).unwrap();
+                let padded = m.payload.len() > 100;
+                assert!(
+                    !padded || m.payload.len() == 4096,
+                    "round {round}: a payload of {} bytes",
+                    m.payload.len()
+                );
+                stored.insert(text.trim_end_matches('.').to_owned());
+            }
             match page.next {
                 Some(next) => q.after = Some(next),
                 None => break,
@@ -453,19 +468,26 @@ async fn receive_and_ack(client: &mut Raw, count: usize) -> Vec<String> {
     for _ in 0..count {
         let (id, payload) = parse_publish(&client.read_packet().await);
         client.send(&packet(0x40, &id.to_be_bytes())).await;
-        got.push(String::from_utf8(payload).unwrap());
+        let text = String::from_utf8(payload).unwrap();
+        assert!(text.len() < 100 || text.len() == 3000, "a payload of {} bytes", text.len());
+        got.push(text.trim_end_matches('.').to_owned());
     }
     got
 }
 
-/// Publishes `range` as QoS 1 messages `m-<n>` on `topic`, one at a time, each acknowledged before the next.
+/// Publishes `range` as QoS 1 messages `m-<n>` on `topic`, one at a time, each acknowledged before the next. Odd
+/// ones are padded with dots to 3,000 bytes: the journal keeps those in its payload log, the others in their rows.
 async fn publish_acked(addr: std::net::SocketAddr, topic: &str, range: std::ops::Range<usize>) {
     let mut p = Raw::connect(addr).await;
     p.send(&connect_v311("spill-publisher", true, 0)).await;
     assert_eq!(p.read_packet().await, [0x20, 2, 0, 0]);
     for n in range {
         let id = u16::try_from(n % 60_000 + 1).unwrap();
-        p.send(&publish(1, id, topic, format!("m-{n}").as_bytes())).await;
+        let mut payload = format!("m-{n}").into_bytes();
+        if n % 2 == 1 {
+            payload.resize(3000, b'.');
+        }
+        p.send(&publish(1, id, topic, &payload)).await;
         assert_eq!(p.read_packet().await, [0x40, 2, (id >> 8) as u8, id as u8], "PUBACK for m-{n}");
     }
 }
