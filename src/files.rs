@@ -72,7 +72,8 @@ pub fn secure_data_dir(dir: &Path) -> Result<Vec<PathBuf>, FileError> {
     for entry in fs::read_dir(dir).map_err(at(dir))? {
         let path = entry.map_err(at(dir))?.path();
         let meta = fs::symlink_metadata(&path).map_err(at(&path))?;
-        if meta.is_dir() && path.file_name().is_some_and(|n| n == "pki") {
+        // The CA's directory, and the journal's payload log.
+        if meta.is_dir() && path.file_name().is_some_and(|n| n == "pki" || n == "journal.payloads") {
             restrict(&path, PRIVATE_DIR, &mut repaired)?;
             for inner in fs::read_dir(&path).map_err(at(&path))? {
                 let inner = inner.map_err(at(&path))?.path();

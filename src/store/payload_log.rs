@@ -30,7 +30,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension};
@@ -243,7 +243,7 @@ pub(super) struct Log {
 impl Log {
     /// Opens the log in `dir` (created if need be): appends go on at the end of its last segment.
     pub(super) fn open(dir: &Path, segment_bytes: u64) -> io::Result<Log> {
-        std::fs::create_dir_all(dir)?;
+        std::fs::DirBuilder::new().recursive(true).mode(crate::files::PRIVATE_DIR).create(dir)?;
         let segments = list(dir)?;
         let current = match segments.last_key_value() {
             Some((&first, _)) => Some((
@@ -328,6 +328,7 @@ impl Log {
                 .write(true)
                 .create(true)
                 .truncate(true)
+                .mode(crate::files::PRIVATE_FILE)
                 .open(self.dir.join(segment_name(first)))?;
             // The new name must survive a power cut with the data written into it.
             File::open(&self.dir)?.sync_all()?;
@@ -532,6 +533,12 @@ mod tests {
         // A batch goes to one segment; the next starts a new one once it holds 64 KiB.
         assert!(segments(dir.path()).len() >= 2, "{:?}", segments(dir.path()));
         assert_eq!(segments(dir.path()).values().sum::<u64>(), 100 * 4096, "each payload written once");
+        let log_dir = dir_of(&dir.path().join(JOURNAL_FILE));
+        let mode =
+            |p: &Path| std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions());
+        assert_eq!(mode(&log_dir) & 0o777, 0o700);
+        let (first, _) = segments(dir.path()).into_iter().next().unwrap();
+        assert_eq!(mode(&log_dir.join(segment_name(first))) & 0o777, 0o600);
         // `synced`: the commit recorded the newest id whose payload is synced.
         let synced: i64 = sqlx::query_scalar("SELECT value FROM journal_state WHERE key = ?")
             .bind(SYNCED_KEY)
