@@ -1,7 +1,8 @@
 //! Durable storage in SQLite, as two files in the data directory:
 //!
 //! - `journal.sqlite`: the write-heavy message journal (history, and the backlog of durable consumers), written
-//!   by one writer task with group commit. See [`journal`].
+//!   by one writer thread with group commit, its payloads of 2 KiB and more in the segment files of
+//!   `journal.payloads/` beside it. See [`journal`] and [`payload_log`].
 //! - `config.sqlite`: configuration (users, ACLs, certificates, routes as their issues land) and the audit log.
 //!
 //! Keeping them apart means a flood of messages cannot slow a configuration change or endanger it, and the

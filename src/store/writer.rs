@@ -5,7 +5,7 @@
 //! wake-up each way), and a batch is several statements plus the session updates. Profiles showed those
 //! hand-offs costing about as much CPU as SQLite's own work. Here the thread blocks on the journal's channel,
 //! takes everything waiting, and runs it with cached prepared statements; appenders wait on their own oneshot.
-//! It is the only writer of `journal.sqlite`: cursor commits and the start-up cleanup are operations on the same
+//! It is the only writer of `journal.sqlite` and of its payload log (`store/payload_log.rs`): cursor commits and the start-up cleanup are operations on the same
 //! channel, and the sqlx pool is opened read-only (`query_only`). Reads (history, exports, consumers, start-up)
 //! stay on that pool: in WAL mode they never block this writer. Nor does copying the log into the database file:
 //! that is the checkpointer's thread (`store/checkpoint.rs`), which the writer wakes after its commits.
