@@ -631,6 +631,58 @@ mod tests {
         assert!(firsts.iter().filter(|&&f| f <= oldest).count() <= 1, "{firsts:?} with rows from {oldest}");
     }
 
+    /// Sets this process's soft file size limit (`RLIMIT_FSIZE`), `None` for none, with prlimit(1).
+    fn set_file_size_limit(limit: Option<u64>) {
+        let limit = limit.map_or("unlimited".to_owned(), |l| l.to_string());
+        let status = std::process::Command::new("prlimit")
+            .arg(format!("--pid={}", std::process::id()))
+            .arg(format!("--fsize={limit}:"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    #[tokio::test]
+    async fn a_payload_log_that_cannot_grow_refuses_visibly_loses_nothing_and_recovers() {
+        // The file size limit of this test's process stands in for a full disk: a write beyond it fails (EFBIG)
+        // as one on a full disk does (ENOSPC), where the rest of the journal still has room. SIGXFSZ, which would
+        // end the process, is caught. nextest runs each test in a process of its own.
+        let _caught =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(libc::SIGXFSZ)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let j = journal(dir.path(), |c| c.payload_segment_bytes = 64 * 1024 * 1024).await;
+        let mut accepted = append_all(&j, (0..100).map(|i| big("cam/1", i, false))).await;
+        let (first, size) = segments(dir.path()).into_iter().next().unwrap();
+        assert_eq!(size, 100 * 4096);
+        // Room for five more payloads and part of a sixth.
+        set_file_size_limit(Some(size + 5 * 4096 + 100));
+        let mut refused = None;
+        for i in 100..120 {
+            let m = Arc::new(big("cam/1", i, false));
+            match j.append(&m).await.await.unwrap() {
+                Ok(()) => accepted.push(*m.journal_id.get().unwrap()),
+                Err(e) => {
+                    refused = Some((i, e));
+                    break;
+                }
+            }
+        }
+        assert_eq!(refused, Some((105, crate::mqtt::broker::Refusal::Full)), "refused as a full disk is");
+        assert!(j.is_refusing());
+        let segment = dir_of(&dir.path().join(JOURNAL_FILE)).join(segment_name(first));
+        assert_eq!(std::fs::metadata(&segment).unwrap().len(), 105 * 4096, "the cut-off write is taken back");
+
+        // Space comes back: the next publish is taken, and everything accepted reads back.
+        set_file_size_limit(None);
+        accepted.extend(append_all(&j, [big("cam/1", 200, false)]).await);
+        assert!(!j.is_refusing());
+        let got = history_of(&j, "cam/1").await;
+        let numbers = (0..105).chain([200]);
+        let want: Vec<(i64, Vec<u8>)> =
+            accepted.iter().zip(numbers).map(|(&id, i)| (id, payload(i, 4096))).collect();
+        assert_eq!(got, want);
+    }
+
     #[tokio::test]
     async fn a_journal_backup_holds_the_payloads_of_the_log() {
         let dir = tempfile::tempdir().unwrap();
