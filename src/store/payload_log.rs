@@ -429,6 +429,9 @@ pub(super) fn verify_unsynced(conn: &mut Connection, log: &Log) -> rusqlite::Res
             }
         }
     }
+    // Every row up to the newest is checked now (with none in the log, there was nothing to check).
+    let newest: i64 =
+        conn.query_row("SELECT max(?, coalesce(max(id), 0)) FROM messages", [newest], |r| r.get(0))?;
     let tx = conn.transaction()?;
     for id in &damaged {
         tx.execute("DELETE FROM messages WHERE id = ?", [id])?;

@@ -277,6 +277,9 @@ impl Writer {
                 }
                 Op::Close(done) => {
                     self.index_all();
+                    if let Err(e) = self.log.sync() {
+                        tracing::warn!("syncing the payload log: {e}");
+                    }
                     // Its last pass ends before the journal counts as closed.
                     self.checkpointer = None;
                     let _ = done.send(());
