@@ -52,44 +52,35 @@ pub fn disk_bytes(dir: &Path) -> u64 {
 /// log in `dir`, so that the copy stands alone. A row whose segment retention removed meanwhile is left out of
 /// the copy. Returns the rows left out.
 pub fn inline_into(copy: &Path, dir: &Path) -> Result<u64, PayloadError> {
-    let sql = |source: rusqlite::Error| PayloadError::Io { id: 0, source: io::Error::other(source) };
-    let mut conn = Connection::open(copy).map_err(sql)?;
-    let tx = conn.transaction().map_err(sql)?;
+    let mut conn = Connection::open(copy)?;
+    let tx = conn.transaction()?;
     let mut reader = Reader::new(dir.to_owned());
     let mut gone = 0;
     {
-        let mut select = tx
-            .prepare(
-                "SELECT id, payload_at, payload_len, payload_crc FROM messages WHERE payload_at IS NOT NULL                  ORDER BY id",
-            )
-            .map_err(sql)?;
-        let mut update = tx
-            .prepare(
-                "UPDATE messages SET payload = ?, payload_at = NULL, payload_len = NULL, payload_crc = NULL                  WHERE id = ?",
-            )
-            .map_err(sql)?;
-        let mut delete = tx.prepare("DELETE FROM messages WHERE id = ?").map_err(sql)?;
-        let mut rows = select.query([]).map_err(sql)?;
-        while let Some(row) = rows.next().map_err(sql)? {
-            let id: i64 = row.get(0).map_err(sql)?;
-            let Some(at) = PayloadRef::from_columns(
-                row.get(1).map_err(sql)?,
-                row.get(2).map_err(sql)?,
-                row.get(3).map_err(sql)?,
-            ) else {
-                continue;
-            };
+        let mut select = tx.prepare(
+            "SELECT id, payload_at, payload_len, payload_crc FROM messages WHERE payload_at IS NOT NULL \
+             ORDER BY id",
+        )?;
+        let mut update = tx.prepare(
+            "UPDATE messages SET payload = ?, payload_at = NULL, payload_len = NULL, payload_crc = NULL \
+             WHERE id = ?",
+        )?;
+        let mut delete = tx.prepare("DELETE FROM messages WHERE id = ?")?;
+        let mut rows = select.query([])?;
+        while let Some(row) = rows.next()? {
+            let id: i64 = row.get(0)?;
+            let Some(at) = PayloadRef::from_columns(row.get(1)?, row.get(2)?, row.get(3)?) else { continue };
             match reader.read(id, at) {
-                Ok(payload) => update.execute(rusqlite::params![payload, id]).map_err(sql)?,
+                Ok(payload) => update.execute(rusqlite::params![payload, id])?,
                 Err(PayloadError::Gone { .. }) => {
                     gone += 1;
-                    delete.execute([id]).map_err(sql)?
+                    delete.execute([id])?
                 }
                 Err(e) => return Err(e),
             };
         }
     }
-    tx.commit().map_err(sql)?;
+    tx.commit()?;
     Ok(gone)
 }
 
@@ -121,6 +112,8 @@ pub enum PayloadError {
     Damaged { id: i64, why: String },
     #[error("message {id}: reading its payload: {source}")]
     Io { id: i64, source: io::Error },
+    #[error("the copy of the journal: {0}")]
+    Copy(#[from] rusqlite::Error),
 }
 
 fn segment_name(first: i64) -> String {
@@ -568,6 +561,24 @@ mod tests {
                 j = journal(dir.path(), |_| {}).await;
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_journal_with_payloads_in_its_rows_goes_on_with_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        // As a journal written before the payload log: every payload in its row.
+        let j = journal(dir.path(), |c| c.payload_log_min = usize::MAX).await;
+        let before = append_all(&j, (0..10).map(|i| big("cam/1", i, false))).await;
+        j.close().await;
+        assert!(segments(dir.path()).is_empty());
+        let j = journal(dir.path(), |_| {}).await;
+        let after = append_all(&j, (10..20).map(|i| big("cam/1", i, false))).await;
+        let logged: i64 =
+            sqlx::query_scalar("SELECT count(payload_at) FROM messages").fetch_one(j.pool()).await.unwrap();
+        assert_eq!(logged, 10, "only the new ones are in the log");
+        let want: Vec<(i64, Vec<u8>)> =
+            before.iter().chain(&after).enumerate().map(|(i, &id)| (id, payload(i, 4096))).collect();
+        assert_eq!(history_of(&j, "cam/1").await, want, "both kinds in one page");
     }
 
     #[tokio::test]

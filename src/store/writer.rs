@@ -5,10 +5,11 @@
 //! wake-up each way), and a batch is several statements plus the session updates. Profiles showed those
 //! hand-offs costing about as much CPU as SQLite's own work. Here the thread blocks on the journal's channel,
 //! takes everything waiting, and runs it with cached prepared statements; appenders wait on their own oneshot.
-//! It is the only writer of `journal.sqlite` and of its payload log (`store/payload_log.rs`): cursor commits and the start-up cleanup are operations on the same
-//! channel, and the sqlx pool is opened read-only (`query_only`). Reads (history, exports, consumers, start-up)
-//! stay on that pool: in WAL mode they never block this writer. Nor does copying the log into the database file:
-//! that is the checkpointer's thread (`store/checkpoint.rs`), which the writer wakes after its commits.
+//! It is the only writer of `journal.sqlite` and of its payload log (`store/payload_log.rs`): cursor commits and
+//! the start-up cleanup are operations on the same channel, and the sqlx pool is opened read-only
+//! (`query_only`). Reads (history, exports, consumers, start-up) stay on that pool: in WAL mode they never block
+//! this writer. Nor does copying the log into the database file: that is the checkpointer's thread
+//! (`store/checkpoint.rs`), which the writer wakes after its commits.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -400,24 +401,11 @@ impl Writer {
     }
 
     fn commit_appends(&mut self, appends: &[Queued]) -> Result<(), WriteFailure> {
-        let mark = self.log.mark();
-        let result = (|| {
-            let tx = self.conn.transaction().map_err(classify)?;
-            let newest = insert_appends(
-                &tx,
-                &self.insert_sql,
-                &mut self.log,
-                &self.config,
-                &mut self.log_synced_unrecorded,
-                appends,
-            )?;
-            tx.commit().map_err(classify)?;
-            Ok(newest)
-        })();
-        let newest = result.inspect_err(|_| self.log.rollback(mark))?;
-        self.wrote = true;
-        self.last_id = self.last_id.max(newest);
-        Ok(())
+        match self.commit_together(appends, &[], &[]) {
+            Ok(_) => Ok(()),
+            Err(Failed::Appends(failure)) => Err(failure),
+            Err(Failed::Sessions(e)) => Err(WriteFailure::Other(e)),
+        }
     }
 
     /// Session changes and cursor commits in a transaction of their own; a failure is logged (read-backs then
