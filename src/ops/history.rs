@@ -36,11 +36,27 @@ impl Selection {
     }
 }
 
-/// The journal of a data directory, for reading.
+/// The journal of a data directory, for reading. A journal that an older version wrote and the gateway has not
+/// opened since (which upgrades it) is refused with a clear error: reading opens it without migrating it.
 pub async fn open(data_dir: &Path) -> Result<SqlitePool, OpsError> {
-    store::open_for_reading(data_dir, store::Database::Journal)
+    let pool = store::open_for_reading(data_dir, store::Database::Journal)
         .await
-        .map_err(|_| OpsError::NoData { what: "history", dir: data_dir.to_owned() })
+        .map_err(|_| OpsError::NoData { what: "history", dir: data_dir.to_owned() })?;
+    let current: bool = sqlx::query_scalar(
+        "SELECT count(*) > 0 FROM pragma_table_info('messages') WHERE name = 'payload_at'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap_or(false);
+    if !current {
+        pool.close().await;
+        return Err(OpsError::Invalid(format!(
+            "the journal in {} was written by an older weir, or is not a journal: start the gateway once (it \
+             upgrades the journal), then read it",
+            data_dir.display()
+        )));
+    }
+    Ok(pool)
 }
 
 /// Up to `limit` matching messages, newest first unless `oldest_first`.
@@ -79,4 +95,33 @@ pub fn text_line(m: &history::StoredMessage, view: PayloadView) -> String {
         other => other.to_string(),
     };
     format!("{} {} q{} {}", timefmt::format(m.ts), m.topic, m.qos, payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_journal_an_older_weir_wrote_is_refused_with_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        // The messages table as it was before the payload log.
+        let old = rusqlite::Connection::open(dir.path().join(store::JOURNAL_FILE)).unwrap();
+        old.execute_batch(
+            "CREATE TABLE messages (id INTEGER PRIMARY KEY, ts INTEGER, topic TEXT, payload BLOB)",
+        )
+        .unwrap();
+        drop(old);
+        let error = open(dir.path()).await.unwrap_err().to_string();
+        assert!(
+            error.contains("written by an older weir") && error.contains("start the gateway once"),
+            "{error}"
+        );
+
+        let current = tempfile::tempdir().unwrap();
+        store::Journal::open(current.path(), store::JournalConfig::default()).await.unwrap().close().await;
+        let journal = open(current.path()).await.unwrap();
+        let page =
+            query(&journal, &Selection { filter: "#".into(), since: None, until: None }, 10, false).await;
+        assert!(page.unwrap().messages.is_empty());
+    }
 }
