@@ -53,6 +53,15 @@ pub fn disk_bytes(dir: &Path) -> u64 {
 /// the copy. Returns the rows left out.
 pub fn inline_into(copy: &Path, dir: &Path) -> Result<u64, PayloadError> {
     let mut conn = Connection::open(copy)?;
+    // A journal an older version wrote, not upgraded yet, has every payload in its rows.
+    let logged: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('messages') WHERE name = 'payload_at'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !logged {
+        return Ok(0);
+    }
     let tx = conn.transaction()?;
     let mut reader = Reader::new(dir.to_owned());
     let mut gone = 0;
@@ -695,6 +704,25 @@ mod tests {
         let want: Vec<(i64, Vec<u8>)> =
             accepted.iter().zip(numbers).map(|(&id, i)| (id, payload(i, 4096))).collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_copy_of_a_journal_from_before_the_log_is_left_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("copy.sqlite");
+        let old = Connection::open(&copy).unwrap();
+        old.execute_batch(
+            "CREATE TABLE messages (id INTEGER PRIMARY KEY, topic TEXT, payload BLOB); \
+             INSERT INTO messages VALUES (1, 'a', x'00ff');",
+        )
+        .unwrap();
+        drop(old);
+        assert_eq!(inline_into(&copy, &dir.path().join("none")).unwrap(), 0);
+        let payload: Vec<u8> = Connection::open(&copy)
+            .unwrap()
+            .query_row("SELECT payload FROM messages", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(payload, [0, 255]);
     }
 
     #[tokio::test]
