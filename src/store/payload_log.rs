@@ -277,6 +277,11 @@ impl Log {
         self.segments.values().sum()
     }
 
+    /// The log's directory.
+    pub(super) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// A reader of this log.
     pub(super) fn reader(&self) -> Reader {
         Reader::new(self.dir.clone())

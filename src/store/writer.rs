@@ -104,9 +104,8 @@ pub(super) struct Writer {
     checkpointer: Option<Checkpointer>,
     /// Something was committed since the checkpointer was last woken.
     wrote: bool,
-    /// Payloads of `payload_log_min` bytes and more, and its directory (for read-backs).
+    /// Payloads of `payload_log_min` bytes and more.
     log: Log,
-    payload_dir: std::path::PathBuf,
     /// With `batched`: the newest id whose payload the last sync of the log covered, for the next commit to
     /// record (`payload_log::SYNCED_KEY`).
     log_synced_unrecorded: Option<i64>,
@@ -179,7 +178,6 @@ impl Writer {
             checkpointer: Some(checkpointer),
             wrote: false,
             log,
-            payload_dir,
             log_synced_unrecorded: None,
             conn,
             inner,
@@ -388,7 +386,7 @@ impl Writer {
                 appends,
             )
             .map_err(Failed::Appends)?;
-            let loads = session_statements(&tx, &mut self.generations, &self.payload_dir, sessions)
+            let loads = session_statements(&tx, &mut self.generations, self.log.dir(), sessions)
                 .map_err(Failed::Sessions)?;
             cursor_statements(&tx, cursors).map_err(Failed::Sessions)?;
             tx.commit().map_err(|e| Failed::Appends(classify(e)))?;
@@ -416,7 +414,7 @@ impl Writer {
         }
         let result = (|| {
             let tx = self.conn.transaction()?;
-            let loads = session_statements(&tx, &mut self.generations, &self.payload_dir, &ops)?;
+            let loads = session_statements(&tx, &mut self.generations, self.log.dir(), &ops)?;
             cursor_statements(&tx, &cursors)?;
             tx.commit()?;
             Ok::<_, rusqlite::Error>(loads)
